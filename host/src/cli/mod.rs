@@ -1,0 +1,72 @@
+//! The command-line interface. Each subcommand lives in its own module; this
+//! one parses arguments, sets up logging and maps errors to exit codes.
+
+mod run_plugin;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a bad invocation, an unloadable plugin or unreadable input.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code when the plugin loaded but at least one batch failed.
+pub const EXIT_BATCH_FAILED: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "jetplug", version, about = "Run sandboxed WebAssembly plugins on NATS JetStream streams")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `jetplug=debug,plugin=trace`.
+    #[arg(long, global = true, env = "JETPLUG_LOG", default_value = "warn")]
+    log: String,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a plugin offline over messages from a JSONL file and print its decisions.
+    RunPlugin(run_plugin::Args),
+}
+
+/// Parses the command line, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::RunPlugin(args) => run_plugin::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn init_tracing(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("warning: invalid --log filter `{filter}` ({e}); using `warn`");
+        tracing_subscriber::EnvFilter::new("warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

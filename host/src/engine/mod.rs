@@ -1,0 +1,149 @@
+//! The shared wasmtime engine: one per host, configured once.
+//!
+//! Why these settings:
+//! - the **pooling allocator** pre-reserves instance slots, so creating a fresh
+//!   instance after a trap costs microseconds instead of mmap calls;
+//! - **epoch interruption** (with [`ticker`]) bounds every batch by wall time
+//!   without the per-instruction cost of fuel;
+//! - the **component cache** ([`cache`]) keeps compiled components on disk so a
+//!   restart does not recompile (cranelift takes seconds on big plugins).
+
+pub mod cache;
+pub mod ticker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use cache::ComponentCache;
+use ticker::EpochTicker;
+
+/// Engine-wide settings. The defaults suit a host running tens of plugins.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Period of the epoch ticker; deadlines are rounded up to whole ticks
+    /// (default 10 ms).
+    pub epoch_tick: Duration,
+    /// Use the pooling instance allocator (default true).
+    pub pooling: bool,
+    /// Instances that may be alive at once across all plugins (default 256).
+    pub max_instances: u32,
+    /// Largest linear memory any plugin may be given (default 1 GiB); a plugin's
+    /// own memory limit must not exceed it.
+    pub max_memory_bytes: u64,
+    /// Where compiled components are cached; `None` disables the cache
+    /// (default: see [`cache::default_dir`]).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            epoch_tick: Duration::from_millis(10),
+            pooling: true,
+            max_instances: 256,
+            max_memory_bytes: 1 << 30,
+            cache_dir: cache::default_dir(),
+        }
+    }
+}
+
+/// Engine creation failed (bad settings, or the OS refused the reservation).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the wasm engine: {0}")]
+pub struct EngineError(String);
+
+/// The engine plus what runs beside it: the epoch ticker and the cache.
+#[derive(Debug)]
+pub struct Runtime {
+    engine: Engine,
+    settings: EngineSettings,
+    cache: Option<ComponentCache>,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    pub fn new(settings: EngineSettings) -> Result<Self, EngineError> {
+        if settings.epoch_tick.is_zero() {
+            return Err(EngineError("epoch tick must be greater than zero".into()));
+        }
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(OptLevel::Speed);
+        if settings.pooling {
+            let max_memory = usize::try_from(settings.max_memory_bytes)
+                .map_err(|_| EngineError("max memory does not fit this platform".into()))?;
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(settings.max_instances)
+                // A Rust component is one main module plus a few small shims.
+                .total_core_instances(settings.max_instances.saturating_mul(4))
+                .total_memories(settings.max_instances)
+                .total_tables(settings.max_instances.saturating_mul(4))
+                .total_stacks(settings.max_instances)
+                .max_memory_size(max_memory);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
+        let cache = settings
+            .cache_dir
+            .clone()
+            .map(|dir| ComponentCache::new(dir, &engine));
+        let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick)
+            .map_err(|e| EngineError(format!("cannot start the epoch ticker thread: {e}")))?;
+        Ok(Runtime {
+            engine,
+            settings,
+            cache,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    pub fn cache(&self) -> Option<&ComponentCache> {
+        self.cache.as_ref()
+    }
+
+    /// The number of epoch ticks that covers `deadline` (at least one).
+    pub fn deadline_ticks(&self, deadline: Duration) -> u64 {
+        let tick = self.settings.epoch_tick.as_nanos().max(1);
+        let ticks = deadline.as_nanos().div_ceil(tick);
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_rounds_up_to_ticks() -> Result<(), EngineError> {
+        let rt = Runtime::new(EngineSettings {
+            cache_dir: None,
+            max_instances: 4,
+            ..EngineSettings::default()
+        })?;
+        assert_eq!(rt.deadline_ticks(Duration::from_millis(100)), 10);
+        assert_eq!(rt.deadline_ticks(Duration::from_millis(101)), 11);
+        assert_eq!(rt.deadline_ticks(Duration::ZERO), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn zero_tick_is_refused() {
+        let err = Runtime::new(EngineSettings {
+            epoch_tick: Duration::ZERO,
+            cache_dir: None,
+            ..EngineSettings::default()
+        });
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! jetplug: a NATS JetStream consumer host that runs sandboxed, WIT-typed
+//! WebAssembly components (plugins).
+//!
+//! Data flows one way: configuration → JetStream consumer → dispatch →
+//! plugin → decisions → settle. This crate is the library behind the
+//! `jetplug` binary; `cli` is the thin command-line layer on top.
+
+pub mod bindings;
+pub mod capability;
+pub mod cli;
+pub mod engine;
+pub mod input;
+pub mod plugin;
+pub mod subject;
+pub mod units;
+
+pub use bindings::{Decision, Message};

@@ -1,0 +1,267 @@
+//! Loading a plugin: read, check it is a component, compile (through the
+//! cache), check its imports against its grants, link only what is granted,
+//! and pre-instantiate (`InstancePre`) so every later instance is cheap.
+//!
+//! Everything that can be wrong with a plugin file is found here, before a
+//! single message is handed to it, and reported as a [`LoadError`] that names
+//! the file or plugin and what to do about it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use wasmtime::component::{Component, Linker};
+
+use super::{PluginSpec, PluginState};
+use crate::bindings::EventPluginPre;
+use crate::capability::{self, Capability};
+use crate::engine::Runtime;
+use crate::engine::cache::{self, CacheOutcome};
+
+/// The export every plugin must provide.
+pub const HANDLER_EXPORT: &str = "jetplug:plugin/handler@0.1.0";
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read plugin file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a WebAssembly file (it does not start with the `\\0asm` magic bytes)", path.display())]
+    NotWasm { path: PathBuf },
+    #[error(
+        "{} is a core WebAssembly module, not a component: build the plugin for the \
+         wasm32-wasip2 target (or wrap the module with `wasm-tools component new`)",
+        path.display()
+    )]
+    CoreModule { path: PathBuf },
+    #[error("{} is not a valid WebAssembly component: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "plugin `{plugin}` imports `{interface}` but is not granted `{grant}`: \
+         add it to the plugin's grants (e.g. `{grant} = [...]`) or remove the import"
+    )]
+    UngrantedImport {
+        plugin: String,
+        interface: String,
+        grant: Capability,
+    },
+    #[error(
+        "plugin `{plugin}` imports `{import}`, which jetplug does not provide \
+         (available: jetplug:plugin/{{log,publish,sql,kv}}@0.1.0 and wasi:*@0.2)"
+    )]
+    UnknownImport { plugin: String, import: String },
+    #[error(
+        "plugin `{plugin}` ({}) does not implement the world jetplug:plugin/event-plugin@0.1.0: {reason}",
+        path.display()
+    )]
+    NotAPlugin {
+        plugin: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "plugin `{plugin}`: memory limit of {limit} bytes exceeds the engine's maximum of {max} bytes"
+    )]
+    MemoryLimitTooLarge { plugin: String, limit: u64, max: u64 },
+}
+
+/// A loaded, validated plugin version, ready to be instantiated.
+pub struct Plugin {
+    pub(crate) spec: PluginSpec,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) pre: EventPluginPre<PluginState>,
+    hash: String,
+    loaded_at: SystemTime,
+    cache: CacheOutcome,
+    imports: Vec<Capability>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.spec.name)
+            .field("hash", &self.hash)
+            .field("imports", &self.imports)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// SHA-256 of the component bytes: the version's identity.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Whether compilation was skipped thanks to the on-disk cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    /// The jetplug capabilities the component imports.
+    pub fn imports(&self) -> &[Capability] {
+        &self.imports
+    }
+}
+
+/// Loads the plugin file named by `spec.path`.
+pub fn load(runtime: &Arc<Runtime>, spec: PluginSpec) -> Result<Plugin, LoadError> {
+    let bytes = std::fs::read(&spec.path).map_err(|source| LoadError::Read {
+        path: spec.path.clone(),
+        source,
+    })?;
+    load_bytes(runtime, spec, &bytes)
+}
+
+/// Loads a plugin from component bytes (`spec.path` is used in messages only).
+pub fn load_bytes(
+    runtime: &Arc<Runtime>,
+    spec: PluginSpec,
+    bytes: &[u8],
+) -> Result<Plugin, LoadError> {
+    let path = spec.path.clone();
+    check_header(&path, bytes)?;
+    let max = runtime.settings().max_memory_bytes;
+    if spec.limits.memory_bytes > max {
+        return Err(LoadError::MemoryLimitTooLarge {
+            plugin: spec.name.clone(),
+            limit: spec.limits.memory_bytes,
+            max,
+        });
+    }
+
+    let hash = cache::content_hash(bytes);
+    let engine = runtime.engine();
+    let (component, cache) = match runtime.cache() {
+        Some(c) => c.load_or_compile(engine, bytes, &hash),
+        None => Component::new(engine, bytes).map(|c| (c, CacheOutcome::Compiled)),
+    }
+    .map_err(|e| LoadError::Invalid {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    })?;
+
+    let imports = check_imports(&spec, &component, runtime)?;
+    check_exports(&spec, &component, runtime)?;
+
+    let not_a_plugin = |e: wasmtime::Error| LoadError::NotAPlugin {
+        plugin: spec.name.clone(),
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    };
+    let linker = linker_for(runtime, &imports).map_err(not_a_plugin)?;
+    let instance_pre = linker.instantiate_pre(&component).map_err(not_a_plugin)?;
+    let pre = EventPluginPre::new(instance_pre).map_err(not_a_plugin)?;
+
+    tracing::debug!(plugin = %spec.name, hash = %hash, ?cache, "plugin loaded");
+    Ok(Plugin {
+        spec,
+        runtime: runtime.clone(),
+        pre,
+        hash,
+        loaded_at: SystemTime::now(),
+        cache,
+        imports,
+    })
+}
+
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm {
+            path: path.to_path_buf(),
+        });
+    }
+    // Bytes 4..8: version + layer. Layer 0 is a core module, 1 a component.
+    if bytes[6..8] == [0, 0] {
+        return Err(LoadError::CoreModule {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Every jetplug import must be granted; WASI is allowed (with no ambient
+/// authority); anything else is unknown.
+fn check_imports(
+    spec: &PluginSpec,
+    component: &Component,
+    runtime: &Runtime,
+) -> Result<Vec<Capability>, LoadError> {
+    let mut caps = Vec::new();
+    for (name, _) in component.component_type().imports(runtime.engine()) {
+        if let Some(cap) = Capability::from_import(name) {
+            if !spec.grants.allows(cap) {
+                return Err(LoadError::UngrantedImport {
+                    plugin: spec.name.clone(),
+                    interface: name.to_owned(),
+                    grant: cap,
+                });
+            }
+            caps.push(cap);
+        } else if !(name.starts_with("wasi:") || name.starts_with("jetplug:plugin/types")) {
+            return Err(LoadError::UnknownImport {
+                plugin: spec.name.clone(),
+                import: name.to_owned(),
+            });
+        }
+    }
+    caps.sort();
+    caps.dedup();
+    Ok(caps)
+}
+
+fn check_exports(
+    spec: &PluginSpec,
+    component: &Component,
+    runtime: &Runtime,
+) -> Result<(), LoadError> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(runtime.engine())
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    if exports.iter().any(|e| e == HANDLER_EXPORT) {
+        return Ok(());
+    }
+    let found = if exports.is_empty() {
+        "nothing".to_owned()
+    } else {
+        exports.join(", ")
+    };
+    Err(LoadError::NotAPlugin {
+        plugin: spec.name.clone(),
+        path: spec.path.clone(),
+        reason: format!("it does not export `{HANDLER_EXPORT}` (it exports {found})"),
+    })
+}
+
+/// A linker with WASI and exactly the granted capabilities the plugin uses.
+fn linker_for(runtime: &Runtime, caps: &[Capability]) -> wasmtime::Result<Linker<PluginState>> {
+    let mut linker = Linker::new(runtime.engine());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    capability::add_types_to_linker(&mut linker)?;
+    for cap in caps {
+        match cap {
+            Capability::Log => capability::log::add_to_linker(&mut linker)?,
+            Capability::Publish => capability::publish::add_to_linker(&mut linker)?,
+            Capability::Sql => capability::sql::add_to_linker(&mut linker)?,
+            Capability::Kv => capability::kv::add_to_linker(&mut linker)?,
+        }
+    }
+    Ok(linker)
+}

@@ -1,0 +1,47 @@
+//! Plugins: what one is ([`PluginSpec`]), loading and validating it
+//! ([`load`]), and running batches through it ([`PluginInstance`]).
+
+pub mod instance;
+pub mod limits;
+pub mod load;
+pub mod state;
+
+use std::path::PathBuf;
+
+pub use instance::{BatchError, PluginInstance};
+pub use limits::Limits;
+pub use load::{LoadError, Plugin, load, load_bytes};
+pub use state::PluginState;
+
+use crate::capability::Grants;
+
+/// Everything needed to load and run one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Name from the configuration (`[plugin.NAME]`); used in logs and errors.
+    pub name: String,
+    /// The tenant the plugin belongs to.
+    pub tenant: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// Interfaces and resources the plugin may use.
+    pub grants: Grants,
+    /// Memory, time and log limits.
+    pub limits: Limits,
+    /// Passed to the plugin's `init`.
+    pub config: Vec<(String, String)>,
+}
+
+impl PluginSpec {
+    /// A spec with default tenant, grants (`log` only), limits and no config.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        PluginSpec {
+            name: name.into(),
+            tenant: "default".into(),
+            path: path.into(),
+            grants: Grants::default(),
+            limits: Limits::default(),
+            config: Vec::new(),
+        }
+    }
+}

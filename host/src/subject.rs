@@ -1,0 +1,66 @@
+//! NATS subject patterns: `*` matches one token, `>` matches one or more
+//! trailing tokens. Used to check publish grants and tenant boundaries.
+
+/// Whether `subject` (no wildcards) is matched by `pattern`.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut pat = pattern.split('.');
+    let mut sub = subject.split('.');
+    loop {
+        match (pat.next(), sub.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(s)) if !s.is_empty() => {}
+            (Some(p), Some(s)) if p == s && !s.is_empty() => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Checks that `subject` is a valid concrete subject to publish to:
+/// non-empty tokens, no wildcards, no whitespace.
+pub fn validate_publish_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("subject is empty".into());
+    }
+    for token in subject.split('.') {
+        if token.is_empty() {
+            return Err(format!("subject `{subject}` has an empty token"));
+        }
+        if token == "*" || token == ">" {
+            return Err(format!(
+                "subject `{subject}` contains a wildcard; publish needs a concrete subject"
+            ));
+        }
+        if token.chars().any(char::is_whitespace) {
+            return Err(format!("subject `{subject}` contains whitespace"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("learning.>", "learning.quiz.answered"));
+        assert!(!matches("learning.>", "learning"));
+        assert!(matches("learning.*.answered", "learning.quiz.answered"));
+        assert!(!matches("learning.*.answered", "learning.quiz.started"));
+        assert!(!matches("learning.*", "learning.quiz.answered"));
+        assert!(matches(">", "a"));
+        assert!(matches("a.b", "a.b"));
+        assert!(!matches("a.b", "a.b.c"));
+        assert!(!matches("a.*", "a."));
+    }
+
+    #[test]
+    fn publish_subjects() {
+        assert!(validate_publish_subject("dlq.learning.indexer").is_ok());
+        assert!(validate_publish_subject("").is_err());
+        assert!(validate_publish_subject("a..b").is_err());
+        assert!(validate_publish_subject("a.>").is_err());
+        assert!(validate_publish_subject("a b").is_err());
+    }
+}
