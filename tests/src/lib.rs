@@ -1,1 +1,33 @@
+//! Test support for jetplug: real servers and test plugins, never mocks.
+//!
+//! - [`NatsServer`]: a `nats-server -js` on a free port with a temporary store,
+//!   killable and restartable on the same port (fault tests);
+//! - [`Postgres`]: a PostgreSQL cluster `initdb`-ed into a temporary directory
+//!   on a free port, stoppable and restartable;
+//! - [`plugins`]: paths of the components built from `plugins/`.
 
+mod nats;
+mod ports;
+mod postgres;
+
+pub use nats::NatsServer;
+pub use ports::free_port;
+pub use postgres::Postgres;
+
+/// Paths of the test and shipped plugins, built by this crate's build script.
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+/// Finds a program: `$ENV_VAR` if set, else the first `name` on `PATH`.
+pub(crate) fn find_program(env_var: &str, name: &str, extra_dirs: &[std::path::PathBuf]) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Ok(p.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra_dirs.iter().cloned())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("`{name}` not found on PATH (or in ${env_var}); run scripts/setup.sh"))
+}

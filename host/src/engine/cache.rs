@@ -88,7 +88,10 @@ impl ComponentCache {
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let path = self.entry_path(content_hash);
         if path.exists() {
-            match deserialize(engine, &path) {
+            match std::fs::read(&path)
+                .map_err(wasmtime::Error::from)
+                .and_then(|bytes| deserialize(engine, &bytes))
+            {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e,
                     "unreadable compiled-component cache entry; recompiling"),
@@ -103,7 +106,7 @@ impl ComponentCache {
                 CacheOutcome::Compiled
             }
         };
-        let component = deserialize_bytes(engine, &compiled)?;
+        let component = deserialize(engine, &compiled)?;
         Ok((component, outcome))
     }
 
@@ -118,16 +121,12 @@ impl ComponentCache {
 }
 
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: the cache directory is written only by this module, from
-    // `Engine::precompile_component`, and entries are keyed by the engine's
-    // compatibility hash; wasmtime additionally validates the header.
-    unsafe { Component::deserialize_file(engine, path) }
-}
-
-#[allow(unsafe_code)]
-fn deserialize_bytes(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: `bytes` were produced by `precompile_component` on this engine.
+fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: the bytes come from `Engine::precompile_component` — either just
+    // now, or from a cache file this module wrote, keyed by the engine's
+    // compatibility hash; wasmtime also validates the header. They are read
+    // into memory (not mapped), so a cache file changed on disk later cannot
+    // affect a loaded component.
     unsafe { Component::deserialize(engine, bytes) }
 }
 

@@ -1,0 +1,322 @@
+//! The wasm runtime against real components from plugins/: hostile plugins
+//! are stopped and reported precisely, the host keeps going on a fresh
+//! instance, loading refuses bad components with clear errors, grants are
+//! enforced, and the compile cache spares a restart from recompiling.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jetplug::capability::Grants;
+use jetplug::engine::cache::CacheOutcome;
+use jetplug::engine::{EngineSettings, Runtime};
+use jetplug::plugin::{self, BatchError, Limits, LoadError, PluginInstance, PluginSpec};
+use jetplug::{Decision, Message};
+use jetplug_tests::plugins;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn runtime(cache_dir: Option<PathBuf>) -> Result<Arc<Runtime>, Box<dyn std::error::Error>> {
+    Ok(Arc::new(Runtime::new(EngineSettings {
+        max_instances: 16,
+        cache_dir,
+        ..EngineSettings::default()
+    })?))
+}
+
+fn spec(path: &str) -> PluginSpec {
+    let name = std::path::Path::new(path)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    PluginSpec::new(name, path)
+}
+
+fn msg(payload: &str) -> Message {
+    Message {
+        stream: "TEST".into(),
+        consumer: "c".into(),
+        subject: "test.subject".into(),
+        headers: vec![],
+        payload: payload.as_bytes().to_vec(),
+        stream_seq: 1,
+        delivered: 1,
+        published_at_ms: 0,
+        tenant: "default".into(),
+    }
+}
+
+fn instance(rt: &Arc<Runtime>, spec: PluginSpec) -> Result<PluginInstance, LoadError> {
+    Ok(PluginInstance::new(Arc::new(plugin::load(rt, spec)?)))
+}
+
+/// A hostile batch fails with `check`, and the next (benign) batch succeeds on
+/// a second, fresh instance.
+async fn fails_then_recovers(
+    inst: &mut PluginInstance,
+    check: impl FnOnce(&BatchError),
+) -> TestResult {
+    let err = inst
+        .handle(&[msg("boom"), msg("ok")])
+        .await
+        .err()
+        .ok_or("hostile batch succeeded")?;
+    check(&err);
+    let decisions = inst.handle(&[msg("ok"), msg("ok")]).await?;
+    assert!(matches!(decisions[..], [Decision::Ack, Decision::Ack]));
+    assert_eq!(inst.instances_created(), 2, "next batch ran on a fresh instance");
+    Ok(())
+}
+
+#[tokio::test]
+async fn noop_plugin_decides_per_payload_and_reuses_its_instance() -> TestResult {
+    let rt = runtime(None)?;
+    let mut inst = instance(&rt, spec(plugins::TEST_NOOP))?;
+    for _ in 0..3 {
+        let d = inst
+            .handle(&[msg("x"), msg("retry"), msg("retry:250"), msg("term:bad event")])
+            .await?;
+        assert_eq!(d.len(), 4);
+        assert!(matches!(d[0], Decision::Ack));
+        assert!(matches!(d[1], Decision::Retry(None)));
+        assert!(matches!(d[2], Decision::Retry(Some(250))));
+        assert!(matches!(&d[3], Decision::Term(r) if r == "bad event"));
+    }
+    assert_eq!(inst.instances_created(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn infinite_loop_is_interrupted_near_the_deadline() -> TestResult {
+    let rt = runtime(None)?;
+    let deadline = Duration::from_millis(300);
+    let mut inst = instance(
+        &rt,
+        PluginSpec {
+            limits: Limits {
+                deadline,
+                ..Limits::default()
+            },
+            ..spec(plugins::TEST_LOOP)
+        },
+    )?;
+    inst.ready().await?;
+    let started = Instant::now();
+    let mut elapsed = Duration::ZERO;
+    fails_then_recovers(&mut inst, |e| {
+        elapsed = started.elapsed();
+        assert!(matches!(e, BatchError::Deadline { deadline: d, .. } if *d == deadline), "{e}");
+        assert_eq!(e.kind(), "deadline");
+    })
+    .await?;
+    assert!(elapsed >= deadline, "interrupted early: {elapsed:?}");
+    // deadline + one epoch tick, with slack for a loaded 2-core machine.
+    assert!(elapsed < deadline + Duration::from_secs(2), "interrupted late: {elapsed:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn memory_bomb_traps_at_the_limit() -> TestResult {
+    let rt = runtime(None)?;
+    let limit = 32 << 20;
+    let mut inst = instance(
+        &rt,
+        PluginSpec {
+            limits: Limits {
+                memory_bytes: limit,
+                ..Limits::default()
+            },
+            ..spec(plugins::TEST_MEMBOMB)
+        },
+    )?;
+    fails_then_recovers(&mut inst, |e| {
+        assert!(matches!(e, BatchError::MemoryLimit { limit: l, .. } if *l == limit), "{e}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn panic_is_a_trap_with_the_panic_message() -> TestResult {
+    let rt = runtime(None)?;
+    let mut inst = instance(&rt, spec(plugins::TEST_PANIC))?;
+    fails_then_recovers(&mut inst, |e| {
+        assert!(matches!(e, BatchError::Trap { .. }), "{e}");
+        assert!(e.to_string().contains("refusing a batch of 2 messages"), "{e}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wrong_number_of_decisions_is_an_error() -> TestResult {
+    let rt = runtime(None)?;
+    let mut inst = instance(&rt, spec(plugins::TEST_WRONG_COUNT))?;
+    fails_then_recovers(&mut inst, |e| {
+        assert!(
+            matches!(e, BatchError::WrongDecisionCount { expected: 2, got: 3, .. }),
+            "{e}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn failing_init_is_reported() -> TestResult {
+    let rt = runtime(None)?;
+    let mut inst = instance(
+        &rt,
+        PluginSpec {
+            config: vec![("fail_init".into(), "no database url".into())],
+            ..spec(plugins::TEST_NOOP)
+        },
+    )?;
+    let err = inst.ready().await.err().ok_or("init succeeded")?;
+    assert!(matches!(&err, BatchError::Init { reason, .. } if reason == "no database url"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ungranted_import_is_refused_with_plugin_interface_and_grant() -> TestResult {
+    let rt = runtime(None)?;
+    let err = plugin::load(&rt, spec(plugins::TEST_CAPABILITIES))
+        .err()
+        .ok_or("loaded without grants")?;
+    match &err {
+        LoadError::UngrantedImport { plugin, interface, grant } => {
+            assert_eq!(plugin, "test_capabilities");
+            assert!(interface.starts_with("jetplug:plugin/"), "{interface}");
+            assert!(interface.contains(grant.name()), "{interface} vs {grant}");
+        }
+        other => return Err(format!("wrong error: {other}").into()),
+    }
+    let text = err.to_string();
+    assert!(text.contains("test_capabilities") && text.contains("not granted"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn calls_are_checked_against_the_grant() -> TestResult {
+    let rt = runtime(None)?;
+    let grants = Grants {
+        publish: vec!["allowed.>".into()],
+        sql: vec!["events".into()],
+        kv: vec!["state".into()],
+        ..Grants::default()
+    };
+    let mut inst = instance(
+        &rt,
+        PluginSpec {
+            grants,
+            ..spec(plugins::TEST_CAPABILITIES)
+        },
+    )?;
+    let payloads = [
+        "sql:billing",
+        "publish:forbidden.subject",
+        "kv:secrets",
+        "sql:events",
+        "publish:allowed.x",
+        "kv:state",
+        "log line",
+    ];
+    let batch: Vec<_> = payloads.iter().map(|p| msg(p)).collect();
+    let d = inst.handle(&batch).await?;
+    let reasons: Vec<String> = d
+        .iter()
+        .map(|d| match d {
+            Decision::Term(r) => r.clone(),
+            Decision::Ack => "ack".into(),
+            Decision::Retry(_) => "retry".into(),
+        })
+        .collect();
+    for (i, name) in ["billing", "forbidden.subject", "secrets"].iter().enumerate() {
+        assert!(
+            reasons[i].starts_with("access-denied") && reasons[i].contains(name),
+            "{}",
+            reasons[i]
+        );
+    }
+    // Granted calls pass the check; no backend is wired in yet.
+    for r in &reasons[3..6] {
+        assert!(r.starts_with("unavailable"), "{r}");
+    }
+    assert_eq!(reasons[6], "ack");
+    Ok(())
+}
+
+#[tokio::test]
+async fn component_of_another_world_is_not_a_plugin() -> TestResult {
+    let rt = runtime(None)?;
+    let err = plugin::load(&rt, spec(plugins::TEST_NOT_A_PLUGIN))
+        .err()
+        .ok_or("loaded")?;
+    assert!(matches!(err, LoadError::NotAPlugin { .. }), "{err}");
+    assert!(err.to_string().contains("jetplug:plugin/handler@0.1.0"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_files_get_clear_errors() -> TestResult {
+    let rt = runtime(None)?;
+    let dir = tempfile::tempdir()?;
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm")?;
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0")?;
+    let truncated = dir.path().join("truncated.wasm");
+    let bytes = std::fs::read(plugins::TEST_NOOP)?;
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
+    let missing = dir.path().join("missing.wasm");
+
+    let load = |p: &std::path::Path| plugin::load(&rt, PluginSpec::new("p", p)).err();
+    assert!(matches!(load(&garbage), Some(LoadError::NotWasm { .. })));
+    assert!(matches!(load(&core), Some(LoadError::CoreModule { .. })));
+    assert!(matches!(load(&truncated), Some(LoadError::Invalid { .. })));
+    assert!(matches!(load(&missing), Some(LoadError::Read { .. })));
+    let text = load(&truncated).map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("truncated.wasm"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn memory_limit_above_engine_maximum_is_refused() -> TestResult {
+    let rt = runtime(None)?;
+    let err = plugin::load(
+        &rt,
+        PluginSpec {
+            limits: Limits {
+                memory_bytes: 1 << 40,
+                ..Limits::default()
+            },
+            ..spec(plugins::TEST_NOOP)
+        },
+    )
+    .err();
+    assert!(matches!(err, Some(LoadError::MemoryLimitTooLarge { .. })));
+    Ok(())
+}
+
+#[tokio::test]
+async fn compiled_components_are_cached_across_restarts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let first = plugin::load(&runtime(Some(dir.path().into()))?, spec(plugins::TEST_NOOP))?;
+    assert_eq!(first.cache_outcome(), CacheOutcome::Stored);
+
+    // A new engine (as after a restart) with the same settings: no recompile.
+    let rt = runtime(Some(dir.path().into()))?;
+    let second = plugin::load(&rt, spec(plugins::TEST_NOOP))?;
+    assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(first.hash(), second.hash());
+    let mut inst = PluginInstance::new(Arc::new(second));
+    assert!(matches!(inst.handle(&[msg("x")]).await?[..], [Decision::Ack]));
+
+    // A corrupt entry is recompiled and replaced, never fatal.
+    let entry = rt.cache().ok_or("cache enabled")?.entry_path(first.hash());
+    std::fs::write(&entry, b"corrupt")?;
+    let third = plugin::load(&rt, spec(plugins::TEST_NOOP))?;
+    assert_eq!(third.cache_outcome(), CacheOutcome::Stored);
+    assert_eq!(
+        plugin::load(&rt, spec(plugins::TEST_NOOP))?.cache_outcome(),
+        CacheOutcome::Hit
+    );
+    Ok(())
+}
