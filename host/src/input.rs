@@ -178,14 +178,23 @@ mod tests {
     fn bad_fields_are_named() {
         let cases = [
             ("{\"subject\":\"a.>\"}", "wildcard"),
-            ("{\"subject\":\"a\",\"payload\":1,\"payload_text\":\"x\"}", "only one"),
+            (
+                "{\"subject\":\"a\",\"payload\":1,\"payload_text\":\"x\"}",
+                "only one",
+            ),
             ("{\"subject\":\"a\",\"payload_base64\":\"!!\"}", "base64"),
-            ("{\"subject\":\"a\",\"colour\":\"red\"}", "unknown field `colour`"),
+            (
+                "{\"subject\":\"a\",\"colour\":\"red\"}",
+                "unknown field `colour`",
+            ),
             ("{\"payload\":1}", "missing field `subject`"),
         ];
         for (line, want) in cases {
             let msg = parse(line).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(msg.contains(want) && msg.starts_with("events.jsonl:1:"), "{line}: {msg}");
+            assert!(
+                msg.contains(want) && msg.starts_with("events.jsonl:1:"),
+                "{line}: {msg}"
+            );
         }
     }
 }

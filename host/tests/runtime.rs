@@ -64,7 +64,11 @@ async fn fails_then_recovers(
     check(&err);
     let decisions = inst.handle(&[msg("ok"), msg("ok")]).await?;
     assert!(matches!(decisions[..], [Decision::Ack, Decision::Ack]));
-    assert_eq!(inst.instances_created(), 2, "next batch ran on a fresh instance");
+    assert_eq!(
+        inst.instances_created(),
+        2,
+        "next batch ran on a fresh instance"
+    );
     Ok(())
 }
 
@@ -74,7 +78,12 @@ async fn noop_plugin_decides_per_payload_and_reuses_its_instance() -> TestResult
     let mut inst = instance(&rt, spec(plugins::TEST_NOOP))?;
     for _ in 0..3 {
         let d = inst
-            .handle(&[msg("x"), msg("retry"), msg("retry:250"), msg("term:bad event")])
+            .handle(&[
+                msg("x"),
+                msg("retry"),
+                msg("retry:250"),
+                msg("term:bad event"),
+            ])
             .await?;
         assert_eq!(d.len(), 4);
         assert!(matches!(d[0], Decision::Ack));
@@ -105,13 +114,19 @@ async fn infinite_loop_is_interrupted_near_the_deadline() -> TestResult {
     let mut elapsed = Duration::ZERO;
     fails_then_recovers(&mut inst, |e| {
         elapsed = started.elapsed();
-        assert!(matches!(e, BatchError::Deadline { deadline: d, .. } if *d == deadline), "{e}");
+        assert!(
+            matches!(e, BatchError::Deadline { deadline: d, .. } if *d == deadline),
+            "{e}"
+        );
         assert_eq!(e.kind(), "deadline");
     })
     .await?;
     assert!(elapsed >= deadline, "interrupted early: {elapsed:?}");
     // deadline + one epoch tick, with slack for a loaded 2-core machine.
-    assert!(elapsed < deadline + Duration::from_secs(2), "interrupted late: {elapsed:?}");
+    assert!(
+        elapsed < deadline + Duration::from_secs(2),
+        "interrupted late: {elapsed:?}"
+    );
     Ok(())
 }
 
@@ -130,7 +145,10 @@ async fn memory_bomb_traps_at_the_limit() -> TestResult {
         },
     )?;
     fails_then_recovers(&mut inst, |e| {
-        assert!(matches!(e, BatchError::MemoryLimit { limit: l, .. } if *l == limit), "{e}");
+        assert!(
+            matches!(e, BatchError::MemoryLimit { limit: l, .. } if *l == limit),
+            "{e}"
+        );
     })
     .await
 }
@@ -141,7 +159,10 @@ async fn panic_is_a_trap_with_the_panic_message() -> TestResult {
     let mut inst = instance(&rt, spec(plugins::TEST_PANIC))?;
     fails_then_recovers(&mut inst, |e| {
         assert!(matches!(e, BatchError::Trap { .. }), "{e}");
-        assert!(e.to_string().contains("refusing a batch of 2 messages"), "{e}");
+        assert!(
+            e.to_string().contains("refusing a batch of 2 messages"),
+            "{e}"
+        );
     })
     .await
 }
@@ -152,7 +173,14 @@ async fn wrong_number_of_decisions_is_an_error() -> TestResult {
     let mut inst = instance(&rt, spec(plugins::TEST_WRONG_COUNT))?;
     fails_then_recovers(&mut inst, |e| {
         assert!(
-            matches!(e, BatchError::WrongDecisionCount { expected: 2, got: 3, .. }),
+            matches!(
+                e,
+                BatchError::WrongDecisionCount {
+                    expected: 2,
+                    got: 3,
+                    ..
+                }
+            ),
             "{e}"
         );
     })
@@ -170,7 +198,10 @@ async fn failing_init_is_reported() -> TestResult {
         },
     )?;
     let err = inst.ready().await.err().ok_or("init succeeded")?;
-    assert!(matches!(&err, BatchError::Init { reason, .. } if reason == "no database url"), "{err}");
+    assert!(
+        matches!(&err, BatchError::Init { reason, .. } if reason == "no database url"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -181,7 +212,11 @@ async fn ungranted_import_is_refused_with_plugin_interface_and_grant() -> TestRe
         .err()
         .ok_or("loaded without grants")?;
     match &err {
-        LoadError::UngrantedImport { plugin, interface, grant } => {
+        LoadError::UngrantedImport {
+            plugin,
+            interface,
+            grant,
+        } => {
             assert_eq!(plugin, "test_capabilities");
             assert!(interface.starts_with("jetplug:plugin/"), "{interface}");
             assert!(interface.contains(grant.name()), "{interface} vs {grant}");
@@ -189,7 +224,10 @@ async fn ungranted_import_is_refused_with_plugin_interface_and_grant() -> TestRe
         other => return Err(format!("wrong error: {other}").into()),
     }
     let text = err.to_string();
-    assert!(text.contains("test_capabilities") && text.contains("not granted"), "{text}");
+    assert!(
+        text.contains("test_capabilities") && text.contains("not granted"),
+        "{text}"
+    );
     Ok(())
 }
 
@@ -228,7 +266,10 @@ async fn calls_are_checked_against_the_grant() -> TestResult {
             Decision::Retry(_) => "retry".into(),
         })
         .collect();
-    for (i, name) in ["billing", "forbidden.subject", "secrets"].iter().enumerate() {
+    for (i, name) in ["billing", "forbidden.subject", "secrets"]
+        .iter()
+        .enumerate()
+    {
         assert!(
             reasons[i].starts_with("access-denied") && reasons[i].contains(name),
             "{}",
@@ -250,7 +291,10 @@ async fn component_of_another_world_is_not_a_plugin() -> TestResult {
         .err()
         .ok_or("loaded")?;
     assert!(matches!(err, LoadError::NotAPlugin { .. }), "{err}");
-    assert!(err.to_string().contains("jetplug:plugin/handler@0.1.0"), "{err}");
+    assert!(
+        err.to_string().contains("jetplug:plugin/handler@0.1.0"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -307,7 +351,10 @@ async fn compiled_components_are_cached_across_restarts() -> TestResult {
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
     assert_eq!(first.hash(), second.hash());
     let mut inst = PluginInstance::new(Arc::new(second));
-    assert!(matches!(inst.handle(&[msg("x")]).await?[..], [Decision::Ack]));
+    assert!(matches!(
+        inst.handle(&[msg("x")]).await?[..],
+        [Decision::Ack]
+    ));
 
     // A corrupt entry is recompiled and replaced, never fatal.
     let entry = rt.cache().ok_or("cache enabled")?.entry_path(first.hash());

@@ -20,14 +20,23 @@ pub mod plugins {
 }
 
 /// Finds a program: `$ENV_VAR` if set, else the first `name` on `PATH`.
-pub(crate) fn find_program(env_var: &str, name: &str, extra_dirs: &[std::path::PathBuf]) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn find_program(
+    env_var: &str,
+    name: &str,
+    extra_dirs: &[std::path::PathBuf],
+) -> anyhow::Result<std::path::PathBuf> {
     if let Some(p) = std::env::var_os(env_var) {
         return Ok(p.into());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
+    // scripts/setup.sh installs nats-server here when none is on PATH.
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/venv/bin");
     std::env::split_paths(&path)
+        .chain(std::iter::once(local))
         .chain(extra_dirs.iter().cloned())
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("`{name}` not found on PATH (or in ${env_var}); run scripts/setup.sh"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("`{name}` not found on PATH (or in ${env_var}); run scripts/setup.sh")
+        })
 }

@@ -93,7 +93,10 @@ impl NatsServer {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!("nats-server not ready after {timeout:?}; log: {}", self.log());
+                bail!(
+                    "nats-server not ready after {timeout:?}; log: {}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

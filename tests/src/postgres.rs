@@ -111,7 +111,10 @@ impl Postgres {
                 .arg(self.dir.path())
                 .status()?;
             if !status.success() {
-                bail!("chown {user} {} failed: is there a `{user}` user? run scripts/setup.sh", self.dir.path().display());
+                bail!(
+                    "chown {user} {} failed: is there a `{user}` user? run scripts/setup.sh",
+                    self.dir.path().display()
+                );
             }
         }
         Ok(())
@@ -135,7 +138,16 @@ impl Postgres {
             .command("initdb")
             .arg("-D")
             .arg(self.data())
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .output()
             .await
             .context("run initdb")?;
@@ -229,7 +241,11 @@ fn is_root() -> bool {
 /// Debian installs server binaries outside PATH, under a versioned directory.
 fn debian_bin_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path().join("bin")).collect())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     dirs.reverse();

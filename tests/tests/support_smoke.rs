@@ -30,7 +30,11 @@ async fn nats_server_with_jetstream_survives_kill_and_restart() -> anyhow::Resul
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client);
     let mut s = js.get_stream("SMOKE").await?;
-    assert_eq!(s.info().await?.state.messages, 1, "file-stored message survives a crash");
+    assert_eq!(
+        s.info().await?.state.messages,
+        1,
+        "file-stored message survives a crash"
+    );
     let msg = s.get_raw_message(1).await?;
     assert_eq!(&msg.payload[..], b"hello");
     Ok(())
@@ -51,7 +55,9 @@ async fn postgres_runs_restarts_and_stops_on_drop() -> anyhow::Result<()> {
     drop(pg);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
         "server still listening after drop"
     );
     Ok(())

@@ -58,7 +58,11 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 }
 
 impl kv::Host for KvState {
-    async fn get(&mut self, bucket: String, _key: String) -> Result<Option<Entry>, CapabilityError> {
+    async fn get(
+        &mut self,
+        bucket: String,
+        _key: String,
+    ) -> Result<Option<Entry>, CapabilityError> {
         Err(self.gate(&bucket))
     }
 
@@ -96,7 +100,10 @@ mod tests {
             kv: vec!["sessions".into()],
             ..Grants::default()
         }));
-        assert!(matches!(state.gate("sessions"), CapabilityError::Unavailable(_)));
+        assert!(matches!(
+            state.gate("sessions"),
+            CapabilityError::Unavailable(_)
+        ));
         assert!(matches!(
             state.gate("billing"),
             CapabilityError::AccessDenied(m) if m.contains("billing")

@@ -13,7 +13,11 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_BATCH_FAILED: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "jetplug", version, about = "Run sandboxed WebAssembly plugins on NATS JetStream streams")]
+#[command(
+    name = "jetplug",
+    version,
+    about = "Run sandboxed WebAssembly plugins on NATS JetStream streams"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `jetplug=debug,plugin=trace`.
     #[arg(long, global = true, env = "JETPLUG_LOG", default_value = "warn")]
@@ -35,7 +39,10 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

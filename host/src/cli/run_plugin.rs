@@ -131,7 +131,10 @@ struct Report {
 impl Report {
     fn new(json: bool) -> Self {
         if !json {
-            println!("{:>6}  {:<32}  {:<8}  detail", "line", "subject", "decision");
+            println!(
+                "{:>6}  {:<32}  {:<8}  detail",
+                "line", "subject", "decision"
+            );
         }
         Report {
             json,
@@ -160,7 +163,11 @@ impl Report {
                         }
                         Decision::Retry(None) => {
                             self.retries += 1;
-                            ("retry", "host backoff".to_owned(), json!({ "delay_ms": null }))
+                            (
+                                "retry",
+                                "host backoff".to_owned(),
+                                json!({ "delay_ms": null }),
+                            )
                         }
                         Decision::Term(reason) => {
                             self.terms += 1;
@@ -192,7 +199,10 @@ impl Report {
             }
             println!("{obj}");
         } else {
-            println!("{:>6}  {:<32}  {:<8}  {}", m.line, m.message.subject, kind, detail);
+            println!(
+                "{:>6}  {:<32}  {:<8}  {}",
+                m.line, m.message.subject, kind, detail
+            );
         }
     }
 

