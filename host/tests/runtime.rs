@@ -285,6 +285,24 @@ async fn calls_are_checked_against_the_grant() -> TestResult {
 }
 
 #[tokio::test]
+async fn no_ambient_files_env_or_network() -> TestResult {
+    let rt = runtime(None)?;
+    let mut inst = instance(
+        &rt,
+        PluginSpec {
+            grants: Grants::all(),
+            ..spec(plugins::TEST_CAPABILITIES)
+        },
+    )?;
+    let d = inst.handle(&[msg("ambient")]).await?;
+    assert!(
+        matches!(&d[..], [Decision::Term(r)] if r == "fs=denied env=0 net=denied"),
+        "{d:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn component_of_another_world_is_not_a_plugin() -> TestResult {
     let rt = runtime(None)?;
     let err = plugin::load(&rt, spec(plugins::TEST_NOT_A_PLUGIN))

@@ -46,7 +46,12 @@ impl PluginState {
         let stderr = OutputTail::default();
         // No args, env, preopened dirs or network: WASI only as far as the
         // guest language runtime needs (clocks, random, stdio).
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         let grants = Arc::new(spec.grants.clone());
         PluginState {
             wasi,

@@ -1,6 +1,7 @@
 //! Calls the capability named by each message's payload and reports the
 //! outcome: `ack` on success, `term("<error>")` on a capability error.
-//! Payloads: `sql:DB`, `publish:SUBJECT`, `kv:BUCKET`, `log`.
+//! Payloads: `sql:DB`, `publish:SUBJECT`, `kv:BUCKET`, `ambient` (tries files,
+//! environment and sockets; answers `term("fs=.. env=.. net=..")`), else logs.
 
 wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
 
@@ -22,6 +23,9 @@ impl Guest for Caps {
 
 fn run(payload: &[u8]) -> Decision {
     let text = String::from_utf8_lossy(payload);
+    if text == "ambient" {
+        return Decision::Term(ambient());
+    }
     let result = if let Some(db) = text.strip_prefix("sql:") {
         sql::execute(db, "select 1", &[]).map(|_| ())
     } else if let Some(subject) = text.strip_prefix("publish:") {
@@ -42,6 +46,20 @@ fn run(payload: &[u8]) -> Decision {
         Ok(()) => Decision::Ack,
         Err(e) => Decision::Term(describe(&e)),
     }
+}
+
+/// What the sandbox lets through of files, environment and network.
+fn ambient() -> String {
+    let fs = match std::fs::read_dir("/") {
+        Ok(_) => "open",
+        Err(_) => "denied",
+    };
+    let env = std::env::vars().count();
+    let net = match std::net::TcpStream::connect("127.0.0.1:4222") {
+        Ok(_) => "open",
+        Err(_) => "denied",
+    };
+    format!("fs={fs} env={env} net={net}")
 }
 
 fn describe(e: &Error) -> String {
