@@ -8,6 +8,7 @@
 pub mod bindings;
 pub mod capability;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod input;
 pub mod plugin;

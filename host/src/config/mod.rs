@@ -1,0 +1,217 @@
+//! `jetplug.toml`: typed, validated configuration.
+//!
+//! Loading is all-or-nothing and happens before anything connects: unknown
+//! keys, bad values and broken references are reported with the file, the
+//! key and the reason (and the line, when the TOML parser knows it).
+
+mod nats;
+mod pipeline;
+mod plugin;
+mod stream;
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use nats::NatsConfig;
+pub use pipeline::{BackoffConfig, DeliverPolicy, Ordering, PipelineConfig};
+pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
+pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};
+pub use units::{Dur, Size};
+
+use crate::engine::EngineSettings;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub host: HostConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default, rename = "stream")]
+    pub streams: Vec<StreamConfig>,
+    #[serde(default, rename = "plugin")]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// `[host]`: process-wide behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// On SIGINT/SIGTERM, how long in-flight batches may take to finish and
+    /// settle before the host exits anyway (default 30s).
+    pub shutdown_timeout: Dur,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            shutdown_timeout: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[engine]`: the wasm engine shared by all plugins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Instances alive at once across all plugins (default 256).
+    pub max_instances: u32,
+    /// Largest memory limit any plugin may have (default 1GiB).
+    pub max_memory: Size,
+    /// Compiled-component cache (default `~/.cache/jetplug/components`).
+    pub cache_dir: Option<PathBuf>,
+    /// Disable the compiled-component cache (default false).
+    pub no_cache: bool,
+    /// Epoch tick: the resolution of plugin deadlines (default 10ms).
+    pub epoch_tick: Dur,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let s = EngineSettings::default();
+        EngineConfig {
+            max_instances: s.max_instances,
+            max_memory: Size(s.max_memory_bytes),
+            cache_dir: None,
+            no_cache: false,
+            epoch_tick: Dur(s.epoch_tick),
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn settings(&self) -> EngineSettings {
+        let defaults = EngineSettings::default();
+        EngineSettings {
+            epoch_tick: self.epoch_tick.0,
+            pooling: true,
+            max_instances: self.max_instances,
+            max_memory_bytes: self.max_memory.0,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or(defaults.cache_dir)
+            },
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a value has the wrong type or form.
+    #[error("{}{}: {key}: {reason}", path.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        key: String,
+        location: Option<(usize, usize)>,
+        reason: String,
+    },
+    /// Well-formed, but a value is out of range or a reference is broken.
+    #[error("{}: {key}: {reason}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The offending key, e.g. `pipeline[0].batch`.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Parse { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`. Relative plugin paths and
+    /// credential files are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path, base)
+    }
+
+    /// Parses and validates TOML `text`; `path` names it in errors, `base`
+    /// resolves relative paths.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let mut config = parse_toml(text, path)?;
+        config.resolve_paths(base);
+        validate::validate(&config, path)?;
+        Ok(config)
+    }
+
+    /// The stream declared under `name`.
+    pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+
+    /// The pipeline called `name`.
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for plugin in self.plugins.values_mut() {
+            resolve(&mut plugin.path);
+        }
+        if let Some(p) = self.nats.credentials.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.nats.tls_ca.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.engine.cache_dir.as_mut() {
+            resolve(p);
+        }
+    }
+}
+
+fn parse_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let parse_error = |key: String, e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        key,
+        location: e.span().map(|s| line_col(text, s.start)),
+        reason: e.message().trim().to_owned(),
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| parse_error("(document)".into(), e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "(document)".into() } else { key };
+        parse_error(key, e.into_inner())
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}

@@ -1,0 +1,118 @@
+//! `[[pipeline]]`: which streams feed which plugin, and how messages are
+//! pulled, batched, retried and dead-lettered.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::Dur;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    /// From the first message in the stream.
+    #[default]
+    All,
+    /// Only messages published after the consumer is created.
+    New,
+    /// From `start_sequence`.
+    ByStartSequence,
+    /// From `start_time`.
+    ByStartTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Batches run in parallel (up to `concurrency`) in any order.
+    #[default]
+    None,
+    /// Messages of one subject are handled one batch at a time, in order;
+    /// different subjects run in parallel.
+    Subject,
+}
+
+/// Host retry backoff for `retry(none)` and plugin failures:
+/// `initial * 2^(delivered-1)`, capped at `max`, with ±20% jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    pub initial: Dur,
+    pub max: Dur,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Dur(Duration::from_secs(1)),
+            max: Dur(Duration::from_secs(300)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub name: String,
+    /// Streams to consume (one durable consumer each).
+    pub streams: Vec<String>,
+    /// Only these subjects (default: everything in the stream).
+    #[serde(default)]
+    pub filter_subjects: Vec<String>,
+    /// The plugin that handles messages.
+    pub plugin: String,
+    /// The plugin that receives dead letters (default: the built-in route to
+    /// `dlq.<stream>.<pipeline>`).
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    #[serde(default)]
+    pub deliver: DeliverPolicy,
+    /// With `deliver = "by_start_sequence"`.
+    #[serde(default)]
+    pub start_sequence: Option<u64>,
+    /// With `deliver = "by_start_time"`: RFC 3339, e.g. `2026-01-31T12:00:00Z`.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait: Dur,
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: u32,
+    #[serde(default = "default_batch")]
+    pub batch: u32,
+    #[serde(default = "default_batch_max_wait")]
+    pub batch_max_wait: Dur,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    #[serde(default)]
+    pub ordering: Ordering,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+}
+
+fn default_ack_wait() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_max_deliver() -> u32 {
+    5
+}
+fn default_max_ack_pending() -> u32 {
+    1000
+}
+fn default_batch() -> u32 {
+    100
+}
+fn default_batch_max_wait() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+fn default_concurrency() -> u32 {
+    1
+}
+
+impl PipelineConfig {
+    /// The durable consumer name for one of this pipeline's streams.
+    pub fn consumer_name(&self, stream: &str) -> String {
+        format!("jetplug-{}-{}", self.name, stream)
+    }
+}

@@ -1,0 +1,82 @@
+//! `[[stream]]`: the JetStream streams the host creates and reconciles.
+
+use serde::Deserialize;
+
+use super::units::{Dur, Size};
+
+/// How long messages are kept and who may remove them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Kept until a limit (age, size, count) removes them.
+    #[default]
+    Limits,
+    /// Kept while some consumer has not acknowledged them.
+    Interest,
+    /// Removed once acknowledged (one consumer per subject).
+    Workqueue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+/// What happens when a limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    /// Remove the oldest messages.
+    #[default]
+    Old,
+    /// Refuse new messages.
+    New,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    S2,
+}
+
+/// One stream. Zero limits mean unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub name: String,
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub discard: Discard,
+    #[serde(default)]
+    pub max_age: Dur,
+    #[serde(default)]
+    pub max_bytes: Size,
+    #[serde(default)]
+    pub max_messages: u64,
+    #[serde(default)]
+    pub max_messages_per_subject: u64,
+    /// Window for `Nats-Msg-Id` de-duplication (default 2m).
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window: Dur,
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+fn default_duplicate_window() -> Dur {
+    Dur(std::time::Duration::from_secs(120))
+}
+
+fn default_replicas() -> u8 {
+    1
+}

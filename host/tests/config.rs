@@ -1,0 +1,131 @@
+//! `jetplug.toml` loading: defaults, and every bad value rejected with the
+//! file, the key and the reason, before anything connects.
+
+use std::path::Path;
+use std::time::Duration;
+
+use jetplug::config::{Config, ConfigError, DeliverPolicy, Retention, Storage};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const GOOD: &str = r#"
+[nats]
+url = "nats://127.0.0.1:4222"
+connect_attempts = 3
+
+[[stream]]
+name = "LEARNING"
+subjects = ["learning.>"]
+max_age = "30d"
+max_bytes = "10GB"
+
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+storage = "memory"
+retention = "interest"
+
+[plugin.indexer]
+path = "noop.wasm"
+grants = { sql = ["main"], publish = ["dlq.>"] }
+limits = { memory = "32MiB", deadline = "2s" }
+config = { table = "events", batch_rows = 500, strict = true }
+
+[[pipeline]]
+name = "indexer"
+streams = ["LEARNING"]
+plugin = "indexer"
+max_deliver = 5
+deliver = "by_start_sequence"
+start_sequence = 10
+"#;
+
+fn load(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    let path = dir.join("jetplug.toml");
+    std::fs::write(dir.join("noop.wasm"), b"\0asm\x0d\0\x01\0")
+        .and_then(|()| std::fs::write(&path, text))
+        .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+    Config::load(&path)
+}
+
+
+
+#[test]
+fn good_config_with_defaults() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let c = load(dir.path(), GOOD)?;
+    assert_eq!(c.nats.connect_attempts, 3);
+    assert!(c.nats.reconnect);
+    assert_eq!(c.nats.max_reconnect_attempts, 0);
+    let s = c.stream("LEARNING").ok_or("stream")?;
+    assert_eq!(s.max_age.0, Duration::from_secs(30 * 86400));
+    assert_eq!(s.max_bytes.0, 10_000_000_000);
+    assert_eq!(s.retention, Retention::Limits);
+    assert_eq!(s.storage, Storage::File);
+    assert_eq!(s.duplicate_window.0, Duration::from_secs(120));
+    assert_eq!(c.stream("DLQ").ok_or("dlq")?.storage, Storage::Memory);
+    let p = c.pipeline("indexer").ok_or("pipeline")?;
+    assert_eq!(p.ack_wait.0, Duration::from_secs(30));
+    assert_eq!(p.batch, 100);
+    assert_eq!(p.deliver, DeliverPolicy::ByStartSequence);
+    assert_eq!(p.consumer_name("LEARNING"), "jetplug-indexer-LEARNING");
+    let spec = c.plugins["indexer"].spec("indexer");
+    assert_eq!(spec.path, dir.path().join("noop.wasm"), "relative to the config file");
+    assert_eq!(spec.limits.memory_bytes, 32 << 20);
+    assert!(spec.config.contains(&("batch_rows".into(), "500".into())));
+    assert!(spec.config.contains(&("strict".into(), "true".into())));
+    assert!(spec.grants.allows_database("main"));
+    Ok(())
+}
+
+#[test]
+fn bad_values_name_file_key_and_reason() -> TestResult {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (replace this, with this, expected key, expected words in reason)
+        ("max_age = \"30d\"", "max_age = \"a month\"", "stream[0].max_age", "invalid duration `a month`"),
+        ("storage = \"memory\"", "storage = \"disk\"", "stream[1].storage", "unknown variant `disk`"),
+        ("retention = \"interest\"", "retention = \"forever\"", "stream[1].retention", "unknown variant `forever`"),
+        ("max_bytes = \"10GB\"", "max_bytes = \"huge\"", "stream[0].max_bytes", "invalid size `huge`"),
+        ("max_bytes = \"10GB\"", "max_bytez = \"10GB\"", "stream[0].max_bytez", "unknown field `max_bytez`"),
+        ("connect_attempts = 3", "connect_attempts = -1", "nats.connect_attempts", "invalid value"),
+        ("streams = [\"LEARNING\"]", "streams = [\"NOPE\"]", "pipeline[0].streams[0]", "`NOPE` is not declared"),
+        ("plugin = \"indexer\"\nmax", "plugin = \"ghost\"\nmax", "pipeline[0].plugin", "`ghost` is not declared"),
+        ("path = \"noop.wasm\"", "path = \"missing.wasm\"", "plugin.indexer.path", "does not exist"),
+        ("name = \"LEARNING\"", "name = \"LEARN.ING\"", "stream[0].name", "contains `.`"),
+        ("start_sequence = 10", "", "pipeline[0].start_sequence", "required"),
+        ("max_deliver = 5", "max_deliver = 0", "pipeline[0].max_deliver", "at least 1"),
+        ("max_deliver = 5", "batch = 2000", "pipeline[0].max_ack_pending", "less than batch"),
+        ("memory = \"32MiB\"", "memory = \"2GiB\"", "plugin.indexer.limits.memory", "exceeds engine.max_memory"),
+        ("publish = [\"dlq.>\"]", "publish = [\"dlq.>.x\"]", "plugin.indexer.grants.publish[0]", "last token"),
+    ];
+    for (from, to, key, reason) in cases {
+        assert!(GOOD.contains(from), "test case does not apply: {from}");
+        let dir = tempfile::tempdir()?;
+        let text = GOOD.replacen(from, to, 1);
+        let err = load(dir.path(), &text).err().ok_or_else(|| format!("accepted: {to}"))?;
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some(*key), "{msg}");
+        assert!(msg.contains(reason), "{to}: {msg}");
+        assert!(msg.contains("jetplug.toml"), "{msg}");
+    }
+    Ok(())
+}
+
+#[test]
+fn parse_errors_carry_the_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let text = GOOD.replacen("max_age = \"30d\"", "max_age = \"a month\"", 1);
+    let msg = load(dir.path(), &text).err().ok_or("accepted")?.to_string();
+    let line = text.lines().position(|l| l.contains("a month")).ok_or("line")? + 1;
+    assert!(msg.contains(&format!("jetplug.toml:{line}:")), "{msg}");
+
+    let msg = load(dir.path(), "[nats\nurl = 1").err().ok_or("accepted")?.to_string();
+    assert!(msg.contains("jetplug.toml:1:"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = Config::load(Path::new("/nonexistent/jetplug.toml")).err();
+    assert!(matches!(err, Some(ConfigError::Read { .. })));
+}
