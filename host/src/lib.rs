@@ -5,6 +5,7 @@
 //! plugin → decisions → settle. This crate is the library behind the
 //! `jetplug` binary; `cli` is the thin command-line layer on top.
 
+pub mod backoff;
 pub mod bindings;
 pub mod capability;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod input;
 pub mod plugin;
+pub mod settle;
 pub mod subject;
 pub mod units;
 

@@ -44,11 +44,12 @@ fn load(dir: &Path, text: &str) -> Result<Config, ConfigError> {
     let path = dir.join("jetplug.toml");
     std::fs::write(dir.join("noop.wasm"), b"\0asm\x0d\0\x01\0")
         .and_then(|()| std::fs::write(&path, text))
-        .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        .map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
     Config::load(&path)
 }
-
-
 
 #[test]
 fn good_config_with_defaults() -> TestResult {
@@ -70,7 +71,11 @@ fn good_config_with_defaults() -> TestResult {
     assert_eq!(p.deliver, DeliverPolicy::ByStartSequence);
     assert_eq!(p.consumer_name("LEARNING"), "jetplug-indexer-LEARNING");
     let spec = c.plugins["indexer"].spec("indexer");
-    assert_eq!(spec.path, dir.path().join("noop.wasm"), "relative to the config file");
+    assert_eq!(
+        spec.path,
+        dir.path().join("noop.wasm"),
+        "relative to the config file"
+    );
     assert_eq!(spec.limits.memory_bytes, 32 << 20);
     assert!(spec.config.contains(&("batch_rows".into(), "500".into())));
     assert!(spec.config.contains(&("strict".into(), "true".into())));
@@ -82,27 +87,104 @@ fn good_config_with_defaults() -> TestResult {
 fn bad_values_name_file_key_and_reason() -> TestResult {
     let cases: &[(&str, &str, &str, &str)] = &[
         // (replace this, with this, expected key, expected words in reason)
-        ("max_age = \"30d\"", "max_age = \"a month\"", "stream[0].max_age", "invalid duration `a month`"),
-        ("storage = \"memory\"", "storage = \"disk\"", "stream[1].storage", "unknown variant `disk`"),
-        ("retention = \"interest\"", "retention = \"forever\"", "stream[1].retention", "unknown variant `forever`"),
-        ("max_bytes = \"10GB\"", "max_bytes = \"huge\"", "stream[0].max_bytes", "invalid size `huge`"),
-        ("max_bytes = \"10GB\"", "max_bytez = \"10GB\"", "stream[0].max_bytez", "unknown field `max_bytez`"),
-        ("connect_attempts = 3", "connect_attempts = -1", "nats.connect_attempts", "invalid value"),
-        ("streams = [\"LEARNING\"]", "streams = [\"NOPE\"]", "pipeline[0].streams[0]", "`NOPE` is not declared"),
-        ("plugin = \"indexer\"\nmax", "plugin = \"ghost\"\nmax", "pipeline[0].plugin", "`ghost` is not declared"),
-        ("path = \"noop.wasm\"", "path = \"missing.wasm\"", "plugin.indexer.path", "does not exist"),
-        ("name = \"LEARNING\"", "name = \"LEARN.ING\"", "stream[0].name", "contains `.`"),
-        ("start_sequence = 10", "", "pipeline[0].start_sequence", "required"),
-        ("max_deliver = 5", "max_deliver = 0", "pipeline[0].max_deliver", "at least 1"),
-        ("max_deliver = 5", "batch = 2000", "pipeline[0].max_ack_pending", "less than batch"),
-        ("memory = \"32MiB\"", "memory = \"2GiB\"", "plugin.indexer.limits.memory", "exceeds engine.max_memory"),
-        ("publish = [\"dlq.>\"]", "publish = [\"dlq.>.x\"]", "plugin.indexer.grants.publish[0]", "last token"),
+        (
+            "max_age = \"30d\"",
+            "max_age = \"a month\"",
+            "stream[0].max_age",
+            "invalid duration `a month`",
+        ),
+        (
+            "storage = \"memory\"",
+            "storage = \"disk\"",
+            "stream[1].storage",
+            "unknown variant `disk`",
+        ),
+        (
+            "retention = \"interest\"",
+            "retention = \"forever\"",
+            "stream[1].retention",
+            "unknown variant `forever`",
+        ),
+        (
+            "max_bytes = \"10GB\"",
+            "max_bytes = \"huge\"",
+            "stream[0].max_bytes",
+            "invalid size `huge`",
+        ),
+        (
+            "max_bytes = \"10GB\"",
+            "max_bytez = \"10GB\"",
+            "stream[0].max_bytez",
+            "unknown field `max_bytez`",
+        ),
+        (
+            "connect_attempts = 3",
+            "connect_attempts = -1",
+            "nats.connect_attempts",
+            "invalid value",
+        ),
+        (
+            "streams = [\"LEARNING\"]",
+            "streams = [\"NOPE\"]",
+            "pipeline[0].streams[0]",
+            "`NOPE` is not declared",
+        ),
+        (
+            "plugin = \"indexer\"\nmax",
+            "plugin = \"ghost\"\nmax",
+            "pipeline[0].plugin",
+            "`ghost` is not declared",
+        ),
+        (
+            "path = \"noop.wasm\"",
+            "path = \"missing.wasm\"",
+            "plugin.indexer.path",
+            "does not exist",
+        ),
+        (
+            "name = \"LEARNING\"",
+            "name = \"LEARN.ING\"",
+            "stream[0].name",
+            "contains `.`",
+        ),
+        (
+            "start_sequence = 10",
+            "",
+            "pipeline[0].start_sequence",
+            "required",
+        ),
+        (
+            "max_deliver = 5",
+            "max_deliver = 0",
+            "pipeline[0].max_deliver",
+            "at least 1",
+        ),
+        (
+            "max_deliver = 5",
+            "batch = 2000",
+            "pipeline[0].max_ack_pending",
+            "less than batch",
+        ),
+        (
+            "memory = \"32MiB\"",
+            "memory = \"2GiB\"",
+            "plugin.indexer.limits.memory",
+            "exceeds engine.max_memory",
+        ),
+        (
+            "publish = [\"dlq.>\"]",
+            "publish = [\"dlq.>.x\"]",
+            "plugin.indexer.grants.publish[0]",
+            "last token",
+        ),
     ];
     for (from, to, key, reason) in cases {
         assert!(GOOD.contains(from), "test case does not apply: {from}");
         let dir = tempfile::tempdir()?;
         let text = GOOD.replacen(from, to, 1);
-        let err = load(dir.path(), &text).err().ok_or_else(|| format!("accepted: {to}"))?;
+        let err = load(dir.path(), &text)
+            .err()
+            .ok_or_else(|| format!("accepted: {to}"))?;
         let msg = err.to_string();
         assert_eq!(err.key(), Some(*key), "{msg}");
         assert!(msg.contains(reason), "{to}: {msg}");
@@ -116,10 +198,17 @@ fn parse_errors_carry_the_line() -> TestResult {
     let dir = tempfile::tempdir()?;
     let text = GOOD.replacen("max_age = \"30d\"", "max_age = \"a month\"", 1);
     let msg = load(dir.path(), &text).err().ok_or("accepted")?.to_string();
-    let line = text.lines().position(|l| l.contains("a month")).ok_or("line")? + 1;
+    let line = text
+        .lines()
+        .position(|l| l.contains("a month"))
+        .ok_or("line")?
+        + 1;
     assert!(msg.contains(&format!("jetplug.toml:{line}:")), "{msg}");
 
-    let msg = load(dir.path(), "[nats\nurl = 1").err().ok_or("accepted")?.to_string();
+    let msg = load(dir.path(), "[nats\nurl = 1")
+        .err()
+        .ok_or("accepted")?
+        .to_string();
     assert!(msg.contains("jetplug.toml:1:"), "{msg}");
     Ok(())
 }

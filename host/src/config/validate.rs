@@ -15,42 +15,63 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
     };
     nats(config).map_err(|(k, r)| invalid(k, r))?;
     if config.engine.max_instances == 0 {
-        return Err(invalid("engine.max_instances".into(), "must be at least 1".into()));
+        return Err(invalid(
+            "engine.max_instances".into(),
+            "must be at least 1".into(),
+        ));
     }
     if config.engine.epoch_tick.0.is_zero() {
-        return Err(invalid("engine.epoch_tick".into(), "must be greater than zero".into()));
+        return Err(invalid(
+            "engine.epoch_tick".into(),
+            "must be greater than zero".into(),
+        ));
     }
     let mut names = BTreeSet::new();
     for (i, s) in config.streams.iter().enumerate() {
-        stream(s)
-            .map_err(|(k, r)| invalid(format!("stream[{i}].{k}"), r))?;
+        stream(s).map_err(|(k, r)| invalid(format!("stream[{i}].{k}"), r))?;
         if !names.insert(s.name.as_str()) {
-            return Err(invalid(format!("stream[{i}].name"), format!("stream `{}` is declared twice", s.name)));
+            return Err(invalid(
+                format!("stream[{i}].name"),
+                format!("stream `{}` is declared twice", s.name),
+            ));
         }
     }
     for (name, p) in &config.plugins {
         let key = |k: &str| format!("plugin.{name}.{k}");
         if !p.path.is_file() {
-            return Err(invalid(key("path"), format!("plugin file {} does not exist", p.path.display())));
+            return Err(invalid(
+                key("path"),
+                format!("plugin file {} does not exist", p.path.display()),
+            ));
         }
         if p.limits.memory.0 > config.engine.max_memory.0 {
             return Err(invalid(
                 key("limits.memory"),
-                format!("{} bytes exceeds engine.max_memory ({} bytes)", p.limits.memory.0, config.engine.max_memory.0),
+                format!(
+                    "{} bytes exceeds engine.max_memory ({} bytes)",
+                    p.limits.memory.0, config.engine.max_memory.0
+                ),
             ));
         }
         if p.limits.deadline.0.is_zero() {
-            return Err(invalid(key("limits.deadline"), "must be greater than zero".into()));
+            return Err(invalid(
+                key("limits.deadline"),
+                "must be greater than zero".into(),
+            ));
         }
         for (j, pattern) in p.grants.publish.iter().enumerate() {
-            subject_pattern(pattern).map_err(|r| invalid(key(&format!("grants.publish[{j}]")), r))?;
+            subject_pattern(pattern)
+                .map_err(|r| invalid(key(&format!("grants.publish[{j}]")), r))?;
         }
     }
     let mut names = BTreeSet::new();
     for (i, p) in config.pipelines.iter().enumerate() {
         pipeline(config, p).map_err(|(k, r)| invalid(format!("pipeline[{i}].{k}"), r))?;
         if !names.insert(p.name.as_str()) {
-            return Err(invalid(format!("pipeline[{i}].name"), format!("pipeline `{}` is declared twice", p.name)));
+            return Err(invalid(
+                format!("pipeline[{i}].name"),
+                format!("pipeline `{}` is declared twice", p.name),
+            ));
         }
     }
     Ok(())
@@ -71,7 +92,10 @@ fn nats(config: &Config) -> Result<(), Problem> {
         if let Some(file) = file
             && !file.is_file()
         {
-            return Err((format!("nats.{key}"), format!("file {} does not exist", file.display())));
+            return Err((
+                format!("nats.{key}"),
+                format!("file {} does not exist", file.display()),
+            ));
         }
     }
     if n.connect_timeout.0.is_zero() {
@@ -92,7 +116,9 @@ pub(super) fn name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
     {
-        return Err(format!("`{name}` contains `{c}`; use letters, digits, `-` and `_`"));
+        return Err(format!(
+            "`{name}` contains `{c}`; use letters, digits, `-` and `_`"
+        ));
     }
     if name.len() > 200 {
         return Err(format!("`{name}` is longer than 200 characters"));
@@ -125,18 +151,27 @@ fn subject_pattern(s: &str) -> Result<(), String> {
 fn stream(s: &StreamConfig) -> Result<(), Problem> {
     name(&s.name).map_err(|r| ("name".into(), r))?;
     if s.subjects.is_empty() {
-        return Err(("subjects".into(), "a stream needs at least one subject".into()));
+        return Err((
+            "subjects".into(),
+            "a stream needs at least one subject".into(),
+        ));
     }
     for (j, subject) in s.subjects.iter().enumerate() {
         subject_pattern(subject).map_err(|r| (format!("subjects[{j}]"), r))?;
     }
     if !(1..=5).contains(&s.replicas) {
-        return Err(("replicas".into(), format!("must be between 1 and 5 (got {})", s.replicas)));
+        return Err((
+            "replicas".into(),
+            format!("must be between 1 and 5 (got {})", s.replicas),
+        ));
     }
     if !s.max_age.0.is_zero() && s.duplicate_window.0 > s.max_age.0 {
         return Err((
             "duplicate_window".into(),
-            format!("{:?} is longer than max_age ({:?})", s.duplicate_window.0, s.max_age.0),
+            format!(
+                "{:?} is longer than max_age ({:?})",
+                s.duplicate_window.0, s.max_age.0
+            ),
         ));
     }
     Ok(())
@@ -150,41 +185,69 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
     }
     for (j, s) in p.streams.iter().enumerate() {
         if config.stream(s).is_none() {
-            return e(&format!("streams[{j}]"), format!("stream `{s}` is not declared in [[stream]]"));
+            return e(
+                &format!("streams[{j}]"),
+                format!("stream `{s}` is not declared in [[stream]]"),
+            );
         }
     }
     for (j, s) in p.filter_subjects.iter().enumerate() {
         subject_pattern(s).map_err(|r| (format!("filter_subjects[{j}]"), r))?;
     }
     if !config.plugins.contains_key(&p.plugin) {
-        return e("plugin", format!("plugin `{}` is not declared as [plugin.{}]", p.plugin, p.plugin));
+        return e(
+            "plugin",
+            format!(
+                "plugin `{}` is not declared as [plugin.{}]",
+                p.plugin, p.plugin
+            ),
+        );
     }
     if let Some(dl) = &p.dead_letter
         && !config.plugins.contains_key(dl)
     {
-        return e("dead_letter", format!("plugin `{dl}` is not declared as [plugin.{dl}]"));
+        return e(
+            "dead_letter",
+            format!("plugin `{dl}` is not declared as [plugin.{dl}]"),
+        );
     }
     match (p.deliver, p.start_sequence, &p.start_time) {
         (DeliverPolicy::ByStartSequence, None, _) => {
-            return e("start_sequence", "required with deliver = \"by_start_sequence\"".into());
+            return e(
+                "start_sequence",
+                "required with deliver = \"by_start_sequence\"".into(),
+            );
         }
         (DeliverPolicy::ByStartSequence, Some(0), _) => {
             return e("start_sequence", "sequences start at 1".into());
         }
         (DeliverPolicy::ByStartTime, _, None) => {
-            return e("start_time", "required with deliver = \"by_start_time\"".into());
+            return e(
+                "start_time",
+                "required with deliver = \"by_start_time\"".into(),
+            );
         }
         (d, Some(_), _) if d != DeliverPolicy::ByStartSequence => {
-            return e("start_sequence", "only allowed with deliver = \"by_start_sequence\"".into());
+            return e(
+                "start_sequence",
+                "only allowed with deliver = \"by_start_sequence\"".into(),
+            );
         }
         (d, _, Some(_)) if d != DeliverPolicy::ByStartTime => {
-            return e("start_time", "only allowed with deliver = \"by_start_time\"".into());
+            return e(
+                "start_time",
+                "only allowed with deliver = \"by_start_time\"".into(),
+            );
         }
         _ => {}
     }
     if let Some(t) = &p.start_time {
-        humantime::parse_rfc3339_weak(t)
-            .map_err(|err| ("start_time".to_owned(), format!("`{t}` is not an RFC 3339 time ({err})")))?;
+        humantime::parse_rfc3339_weak(t).map_err(|err| {
+            (
+                "start_time".to_owned(),
+                format!("`{t}` is not an RFC 3339 time ({err})"),
+            )
+        })?;
     }
     if p.ack_wait.0 < std::time::Duration::from_secs(1) {
         return e("ack_wait", "must be at least 1s".into());
@@ -193,10 +256,16 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
         return e("max_deliver", "must be at least 1".into());
     }
     if !(1..=10_000).contains(&p.batch) {
-        return e("batch", format!("must be between 1 and 10000 (got {})", p.batch));
+        return e(
+            "batch",
+            format!("must be between 1 and 10000 (got {})", p.batch),
+        );
     }
     if !(1..=256).contains(&p.concurrency) {
-        return e("concurrency", format!("must be between 1 and 256 (got {})", p.concurrency));
+        return e(
+            "concurrency",
+            format!("must be between 1 and 256 (got {})", p.concurrency),
+        );
     }
     if p.max_ack_pending < p.batch.saturating_mul(p.concurrency) {
         return e(
