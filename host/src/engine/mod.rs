@@ -112,11 +112,13 @@ impl Runtime {
         self.cache.as_ref()
     }
 
-    /// The number of epoch ticks that covers `deadline` (at least one).
+    /// The number of epoch ticks after which a call started now has run for
+    /// at least `deadline`: the next tick may come at any moment, so one tick
+    /// is added. A runaway call is thus stopped within `deadline + tick`.
     pub fn deadline_ticks(&self, deadline: Duration) -> u64 {
         let tick = self.settings.epoch_tick.as_nanos().max(1);
         let ticks = deadline.as_nanos().div_ceil(tick);
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
     }
 }
 
@@ -131,8 +133,8 @@ mod tests {
             max_instances: 4,
             ..EngineSettings::default()
         })?;
-        assert_eq!(rt.deadline_ticks(Duration::from_millis(100)), 10);
-        assert_eq!(rt.deadline_ticks(Duration::from_millis(101)), 11);
+        assert_eq!(rt.deadline_ticks(Duration::from_millis(100)), 11);
+        assert_eq!(rt.deadline_ticks(Duration::from_millis(101)), 12);
         assert_eq!(rt.deadline_ticks(Duration::ZERO), 1);
         Ok(())
     }
