@@ -16,6 +16,20 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// Whether two patterns can match a common subject.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let mut x = a.split('.');
+    let mut y = b.split('.');
+    loop {
+        match (x.next(), y.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(p), Some(q)) if p == "*" || q == "*" || p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Checks that `subject` is a valid concrete subject to publish to:
 /// non-empty tokens, no wildcards, no whitespace.
 pub fn validate_publish_subject(subject: &str) -> Result<(), String> {
@@ -53,6 +67,15 @@ mod tests {
         assert!(matches("a.b", "a.b"));
         assert!(!matches("a.b", "a.b.c"));
         assert!(!matches("a.*", "a."));
+    }
+
+    #[test]
+    fn overlapping_patterns() {
+        assert!(overlaps("learning.>", "learning.quiz.*"));
+        assert!(overlaps("learning.*.answered", "learning.quiz.>"));
+        assert!(!overlaps("focus.>", "learning.>"));
+        assert!(!overlaps("a.b", "a.b.c"));
+        assert!(overlaps("a.*", "*.b"));
     }
 
     #[test]

@@ -194,6 +194,20 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
     for (j, s) in p.filter_subjects.iter().enumerate() {
         subject_pattern(s).map_err(|r| (format!("filter_subjects[{j}]"), r))?;
     }
+    if !p.filter_subjects.is_empty() {
+        for s in p.streams.iter().filter_map(|s| config.stream(s)) {
+            if !p
+                .filter_subjects
+                .iter()
+                .any(|f| s.subjects.iter().any(|ss| crate::subject::overlaps(f, ss)))
+            {
+                return e(
+                    "filter_subjects",
+                    format!("no filter subject matches anything in stream `{}` ({:?})", s.name, s.subjects),
+                );
+            }
+        }
+    }
     if !config.plugins.contains_key(&p.plugin) {
         return e(
             "plugin",

@@ -1,0 +1,146 @@
+//! Connecting to NATS. At startup the host retries as configured (forever by
+//! default), logging each attempt and reporting not-ready meanwhile; once
+//! connected, async-nats reconnects on its own and [`Health`] follows the
+//! connection's events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+
+use crate::config::NatsConfig;
+
+/// Liveness facts shared with the admin API and logs.
+#[derive(Debug, Default)]
+pub struct Health {
+    connected: AtomicBool,
+    consumers_bound: AtomicUsize,
+    consumers_wanted: AtomicUsize,
+}
+
+impl Health {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Health::default())
+    }
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+    pub fn set_connected(&self, yes: bool) {
+        self.connected.store(yes, Ordering::Relaxed);
+    }
+    pub fn want_consumers(&self, n: usize) {
+        self.consumers_wanted.store(n, Ordering::Relaxed);
+    }
+    pub fn consumer_bound(&self) {
+        self.consumers_bound.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn consumer_lost(&self) {
+        let _ = self
+            .consumers_bound
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+    /// Connected and every consumer bound.
+    pub fn ready(&self) -> bool {
+        self.connected()
+            && self.consumers_bound.load(Ordering::Relaxed)
+                >= self.consumers_wanted.load(Ordering::Relaxed)
+    }
+}
+
+/// The host could not connect and was configured to give up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read NATS credentials file {path}: {source}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {url} after {attempts} attempts: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+}
+
+/// Connects, retrying per `cfg` (`connect_attempts = 0`: forever).
+pub async fn connect(cfg: &NatsConfig, health: &Arc<Health>) -> Result<Client, ConnectError> {
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let options = options(cfg, health).await?;
+        match options.connect(cfg.url.as_str()).await {
+            Ok(client) => {
+                health.set_connected(true);
+                tracing::info!(url = %cfg.url, attempt, "connected to NATS");
+                return Ok(client);
+            }
+            Err(e) => {
+                health.set_connected(false);
+                let last = e.to_string();
+                if cfg.connect_attempts != 0 && attempt >= cfg.connect_attempts {
+                    return Err(ConnectError::GaveUp {
+                        url: cfg.url.clone(),
+                        attempts: attempt,
+                        last,
+                    });
+                }
+                tracing::warn!(url = %cfg.url, attempt, error = %last,
+                    retry_in = ?cfg.connect_delay.0, "NATS unreachable; not ready, retrying");
+                tokio::time::sleep(cfg.connect_delay.0).await;
+            }
+        }
+    }
+}
+
+async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOptions, ConnectError> {
+    let mut o = match &cfg.credentials {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                path: path.display().to_string(),
+                source,
+            })?,
+        None => ConnectOptions::new(),
+    };
+    if let Some(token) = &cfg.token {
+        o = o.token(token.clone());
+    }
+    if let Some(ca) = &cfg.tls_ca {
+        o = o.add_root_certificates(ca.clone());
+    }
+    let delay = cfg.reconnect_delay.0;
+    let max_reconnects = match (cfg.reconnect, cfg.max_reconnect_attempts) {
+        (false, _) => Some(0),
+        (true, 0) => None,
+        (true, n) => Some(n as usize),
+    };
+    let h = health.clone();
+    Ok(o.name("jetplug")
+        .connection_timeout(cfg.connect_timeout.0)
+        .request_timeout(Some(cfg.request_timeout.0))
+        .max_reconnects(max_reconnects)
+        .reconnect_delay_callback(move |attempts| if attempts == 0 { Duration::ZERO } else { delay })
+        .event_callback(move |event| {
+            let h = h.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        h.set_connected(true);
+                        tracing::info!("NATS connection restored");
+                    }
+                    Event::Disconnected => {
+                        h.set_connected(false);
+                        tracing::warn!("NATS connection lost; reconnecting");
+                    }
+                    Event::Closed => {
+                        h.set_connected(false);
+                        tracing::error!("NATS connection closed (reconnect attempts exhausted)");
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        }))
+}

@@ -1,0 +1,66 @@
+//! Durable pull consumers: one per (pipeline, stream), explicit ack.
+//!
+//! `create_consumer` is create-or-update, so calling [`ensure`] again after a
+//! server restart or after someone deleted the consumer brings it back with
+//! the configured settings (a deleted consumer restarts from its deliver
+//! policy).
+
+use async_nats::jetstream::{self, consumer};
+
+use crate::config::{DeliverPolicy, PipelineConfig, StreamConfig};
+use crate::subject;
+
+/// The consumer configuration for `pipeline` on `stream`.
+pub fn config(pipeline: &PipelineConfig, stream: &StreamConfig) -> consumer::pull::Config {
+    let deliver_policy = match pipeline.deliver {
+        DeliverPolicy::All => consumer::DeliverPolicy::All,
+        DeliverPolicy::New => consumer::DeliverPolicy::New,
+        DeliverPolicy::ByStartSequence => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: pipeline.start_sequence.unwrap_or(1),
+        },
+        DeliverPolicy::ByStartTime => match pipeline
+            .start_time
+            .as_deref()
+            .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        {
+            Some(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
+            None => consumer::DeliverPolicy::All,
+        },
+    };
+    consumer::pull::Config {
+        durable_name: Some(pipeline.consumer_name(&stream.name)),
+        description: Some(format!("jetplug pipeline {}", pipeline.name)),
+        deliver_policy,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: pipeline.ack_wait.0,
+        max_deliver: i64::from(pipeline.max_deliver),
+        max_ack_pending: i64::from(pipeline.max_ack_pending),
+        filter_subjects: filters_for(pipeline, stream),
+        ..Default::default()
+    }
+}
+
+/// The pipeline's filter subjects that can match something in `stream`.
+pub fn filters_for(pipeline: &PipelineConfig, stream: &StreamConfig) -> Vec<String> {
+    pipeline
+        .filter_subjects
+        .iter()
+        .filter(|f| stream.subjects.iter().any(|s| subject::overlaps(f, s)))
+        .cloned()
+        .collect()
+}
+
+/// Creates or updates the durable consumer and returns it.
+pub async fn ensure(
+    js: &jetstream::Context,
+    pipeline: &PipelineConfig,
+    stream: &StreamConfig,
+) -> Result<consumer::PullConsumer, String> {
+    let s = js
+        .get_stream_no_info(&stream.name)
+        .await
+        .map_err(|e| format!("stream `{}`: {e}", stream.name))?;
+    s.create_consumer(config(pipeline, stream))
+        .await
+        .map_err(|e| format!("consumer `{}`: {e}", pipeline.consumer_name(&stream.name)))
+}

@@ -1,0 +1,65 @@
+//! JetStream message → the plugin's `message` record.
+
+use async_nats::jetstream;
+
+use crate::bindings::Message;
+
+/// Converts a delivered message. `None` when its reply subject carries no
+/// JetStream metadata (not a JetStream delivery).
+pub fn to_plugin_message(msg: &jetstream::Message, tenant: &str) -> Option<Message> {
+    let info = msg.info().ok()?;
+    let headers = msg
+        .headers
+        .as_ref()
+        .map(|h| {
+            h.iter()
+                .flat_map(|(name, values)| {
+                    values
+                        .iter()
+                        .map(move |v| (name.to_string(), v.as_str().to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let published_at_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    Some(Message {
+        stream: info.stream.to_owned(),
+        consumer: info.consumer.to_owned(),
+        subject: msg.subject.to_string(),
+        headers,
+        payload: msg.payload.to_vec(),
+        stream_seq: info.stream_sequence,
+        delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
+        published_at_ms,
+        tenant: tenant.to_owned(),
+    })
+}
+
+/// Converts a message read directly from a stream (replay, advisories).
+pub fn from_stream_message(
+    msg: &async_nats::jetstream::message::StreamMessage,
+    tenant: &str,
+    consumer: &str,
+    delivered: u32,
+) -> Message {
+    let headers = msg
+        .headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (name.to_string(), v.as_str().to_owned()))
+        })
+        .collect();
+    Message {
+        stream: String::new(),
+        consumer: consumer.to_owned(),
+        subject: msg.subject.to_string(),
+        headers,
+        payload: msg.payload.to_vec(),
+        stream_seq: msg.sequence,
+        delivered,
+        published_at_ms: i64::try_from(msg.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+        tenant: tenant.to_owned(),
+    }
+}

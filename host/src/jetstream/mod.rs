@@ -1,0 +1,10 @@
+//! Everything that talks to JetStream: connecting (with startup retry and
+//! runtime reconnect), stream provisioning and reconciliation, durable
+//! consumers, and turning delivered messages into the plugin's `message`.
+
+pub mod connect;
+pub mod consumer;
+pub mod convert;
+pub mod streams;
+
+pub use connect::{ConnectError, Health, connect};
