@@ -1,7 +1,10 @@
 //! The command-line interface. Each subcommand lives in its own module; this
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
+mod check;
+mod run;
 mod run_plugin;
+mod streams;
 
 use std::process::ExitCode;
 
@@ -31,6 +34,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Consume every configured pipeline until SIGINT/SIGTERM.
+    Run(run::Args),
+    /// Validate a configuration and load its plugins, without connecting.
+    Check(check::Args),
+    /// Show or apply the stream plan (create missing, reconcile drifted).
+    Streams(streams::Args),
     /// Run a plugin offline over messages from a JSONL file and print its decisions.
     RunPlugin(run_plugin::Args),
 }
@@ -51,6 +60,9 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Check(args) => check::run(args).await,
+            Command::Streams(args) => streams::run(args).await,
             Command::RunPlugin(args) => run_plugin::run(args).await,
         }
     });

@@ -203,7 +203,10 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
             {
                 return e(
                     "filter_subjects",
-                    format!("no filter subject matches anything in stream `{}` ({:?})", s.name, s.subjects),
+                    format!(
+                        "no filter subject matches anything in stream `{}` ({:?})",
+                        s.name, s.subjects
+                    ),
                 );
             }
         }

@@ -76,14 +76,20 @@ impl DeadLetter {
             (headers::PIPELINE.into(), self.pipeline.clone()),
             (headers::DELIVERIES.into(), self.deliveries.to_string()),
             (headers::REASON.into(), reason),
-            (headers::PUBLISHED_AT.into(), self.published_at_ms.to_string()),
+            (
+                headers::PUBLISHED_AT.into(),
+                self.published_at_ms.to_string(),
+            ),
         ]);
         h
     }
 
     /// The de-duplication id: one dead letter per original message and pipeline.
     pub fn message_id(&self) -> String {
-        format!("jetplug-dlq:{}:{}:{}", self.stream, self.sequence, self.pipeline)
+        format!(
+            "jetplug-dlq:{}:{}:{}",
+            self.stream, self.sequence, self.pipeline
+        )
     }
 
     /// The built-in route's subject: `dlq.<stream>.<pipeline>` (lowercase stream).
@@ -122,14 +128,21 @@ mod tests {
             consumer: "c".into(),
             deliveries: 5,
             reason: "bad\njson".into(),
-            headers: vec![("traceparent".into(), "00-1".into()), ("Nats-Msg-Id".into(), "x".into())],
+            headers: vec![
+                ("traceparent".into(), "00-1".into()),
+                ("Nats-Msg-Id".into(), "x".into()),
+            ],
             payload: b"{".to_vec(),
             published_at_ms: 7,
         };
         let h = dl.all_headers();
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("traceparent"), Some("00-1"));
-        assert_eq!(get("Nats-Msg-Id"), None, "the original id would dedupe the dead letter");
+        assert_eq!(
+            get("Nats-Msg-Id"),
+            None,
+            "the original id would dedupe the dead letter"
+        );
         assert_eq!(get(headers::SEQUENCE), Some("42"));
         assert_eq!(get(headers::REASON), Some("bad json"));
         assert_eq!(dl.default_subject(), "dlq.learning.indexer");

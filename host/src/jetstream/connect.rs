@@ -122,7 +122,9 @@ async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOption
         .connection_timeout(cfg.connect_timeout.0)
         .request_timeout(Some(cfg.request_timeout.0))
         .max_reconnects(max_reconnects)
-        .reconnect_delay_callback(move |attempts| if attempts == 0 { Duration::ZERO } else { delay })
+        .reconnect_delay_callback(
+            move |attempts| if attempts == 0 { Duration::ZERO } else { delay },
+        )
         .event_callback(move |event| {
             let h = h.clone();
             async move {

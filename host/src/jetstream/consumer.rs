@@ -18,11 +18,9 @@ pub fn config(pipeline: &PipelineConfig, stream: &StreamConfig) -> consumer::pul
         DeliverPolicy::ByStartSequence => consumer::DeliverPolicy::ByStartSequence {
             start_sequence: pipeline.start_sequence.unwrap_or(1),
         },
-        DeliverPolicy::ByStartTime => match pipeline
-            .start_time
-            .as_deref()
-            .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
-        {
+        DeliverPolicy::ByStartTime => match pipeline.start_time.as_deref().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        }) {
             Some(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
             None => consumer::DeliverPolicy::All,
         },

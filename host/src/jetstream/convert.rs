@@ -21,7 +21,8 @@ pub fn to_plugin_message(msg: &jetstream::Message, tenant: &str) -> Option<Messa
                 .collect()
         })
         .unwrap_or_default();
-    let published_at_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let published_at_ms =
+        i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     Some(Message {
         stream: info.stream.to_owned(),
         consumer: info.consumer.to_owned(),

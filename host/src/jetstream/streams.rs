@@ -47,9 +47,13 @@ pub struct StreamPlan {
 pub enum Applied {
     Created,
     Unchanged,
-    Updated { refused: Vec<Change> },
+    Updated {
+        refused: Vec<Change>,
+    },
     /// JetStream refused the update; the existing stream is used.
-    UpdateRefused { reason: String },
+    UpdateRefused {
+        reason: String,
+    },
 }
 
 /// Talking to JetStream failed (not a refused change).
@@ -62,7 +66,13 @@ pub struct StreamError {
 
 /// The stream configuration JetStream should have for `cfg`.
 pub fn desired(cfg: &StreamConfig) -> stream::Config {
-    let limit = |n: u64| if n == 0 { -1 } else { i64::try_from(n).unwrap_or(i64::MAX) };
+    let limit = |n: u64| {
+        if n == 0 {
+            -1
+        } else {
+            i64::try_from(n).unwrap_or(i64::MAX)
+        }
+    };
     stream::Config {
         name: cfg.name.clone(),
         subjects: cfg.subjects.clone(),
@@ -119,26 +129,71 @@ fn diff(current: &stream::Config, desired: &stream::Config) -> Vec<Change> {
     let mut want_subjects = desired.subjects.clone();
     cur_subjects.sort();
     want_subjects.sort();
-    check("subjects", format!("{cur_subjects:?}"), format!("{want_subjects:?}"), true);
-    check("retention", format!("{:?}", current.retention), format!("{:?}", desired.retention), false);
-    check("storage", format!("{:?}", current.storage), format!("{:?}", desired.storage), false);
-    check("discard", format!("{:?}", current.discard), format!("{:?}", desired.discard), true);
+    check(
+        "subjects",
+        format!("{cur_subjects:?}"),
+        format!("{want_subjects:?}"),
+        true,
+    );
+    check(
+        "retention",
+        format!("{:?}", current.retention),
+        format!("{:?}", desired.retention),
+        false,
+    );
+    check(
+        "storage",
+        format!("{:?}", current.storage),
+        format!("{:?}", desired.storage),
+        false,
+    );
+    check(
+        "discard",
+        format!("{:?}", current.discard),
+        format!("{:?}", desired.discard),
+        true,
+    );
     check("max_age", dur(current.max_age), dur(desired.max_age), true);
-    check("max_bytes", lim(current.max_bytes), lim(desired.max_bytes), true);
-    check("max_messages", lim(current.max_messages), lim(desired.max_messages), true);
+    check(
+        "max_bytes",
+        lim(current.max_bytes),
+        lim(desired.max_bytes),
+        true,
+    );
+    check(
+        "max_messages",
+        lim(current.max_messages),
+        lim(desired.max_messages),
+        true,
+    );
     check(
         "max_messages_per_subject",
         lim(current.max_messages_per_subject),
         lim(desired.max_messages_per_subject),
         true,
     );
-    check("duplicate_window", dur(current.duplicate_window), dur(desired.duplicate_window), true);
-    check("replicas", current.num_replicas.to_string(), desired.num_replicas.to_string(), true);
+    check(
+        "duplicate_window",
+        dur(current.duplicate_window),
+        dur(desired.duplicate_window),
+        true,
+    );
+    check(
+        "replicas",
+        current.num_replicas.to_string(),
+        desired.num_replicas.to_string(),
+        true,
+    );
     let comp = |c: &Option<stream::Compression>| match c {
         Some(stream::Compression::S2) => "s2".to_owned(),
         _ => "none".to_owned(),
     };
-    check("compression", comp(&current.compression), comp(&desired.compression), true);
+    check(
+        "compression",
+        comp(&current.compression),
+        comp(&desired.compression),
+        true,
+    );
     changes
 }
 
@@ -151,11 +206,18 @@ fn dur(d: Duration) -> String {
 }
 
 fn lim(n: i64) -> String {
-    if n < 0 { "unlimited".into() } else { n.to_string() }
+    if n < 0 {
+        "unlimited".into()
+    } else {
+        n.to_string()
+    }
 }
 
 /// Compares every configured stream with the server.
-pub async fn plan(js: &jetstream::Context, streams: &[StreamConfig]) -> Result<Vec<StreamPlan>, StreamError> {
+pub async fn plan(
+    js: &jetstream::Context,
+    streams: &[StreamConfig],
+) -> Result<Vec<StreamPlan>, StreamError> {
     let mut plans = Vec::with_capacity(streams.len());
     for cfg in streams {
         let desired = desired(cfg);
@@ -247,7 +309,10 @@ pub async fn apply(js: &jetstream::Context, plan: &StreamPlan) -> Result<Applied
 }
 
 /// Plans and applies every stream.
-pub async fn reconcile(js: &jetstream::Context, streams: &[StreamConfig]) -> Result<Vec<(String, Applied)>, StreamError> {
+pub async fn reconcile(
+    js: &jetstream::Context,
+    streams: &[StreamConfig],
+) -> Result<Vec<(String, Applied)>, StreamError> {
     let mut out = Vec::new();
     for plan in plan(js, streams).await? {
         let applied = apply(js, &plan).await?;
@@ -266,7 +331,10 @@ impl fmt::Display for StreamPlan {
                 for c in changes {
                     write!(f, "\n    {}: {} -> {}", c.field, c.current, c.wanted)?;
                     if !c.editable {
-                        write!(f, "  (refused: cannot change on an existing stream; existing value kept)")?;
+                        write!(
+                            f,
+                            "  (refused: cannot change on an existing stream; existing value kept)"
+                        )?;
                     }
                 }
                 Ok(())

@@ -1,6 +1,7 @@
 //! The no-op plugin: acks everything unless the payload asks otherwise.
 //! `retry` → retry with host backoff, `retry:MS` → retry after MS ms,
-//! `term:REASON` → terminate. Config `fail_init = <message>` makes `init` fail.
+//! `term:REASON` → terminate, `sleep:MS` → sleep MS milliseconds then ack.
+//! Config `fail_init = <message>` makes `init` fail.
 
 wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
 
@@ -29,6 +30,9 @@ fn decide(payload: &[u8]) -> Decision {
         Decision::Retry(None)
     } else if let Some(ms) = text.strip_prefix("retry:") {
         Decision::Retry(ms.parse().ok())
+    } else if let Some(ms) = text.strip_prefix("sleep:") {
+        std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+        Decision::Ack
     } else if let Some(reason) = text.strip_prefix("term:") {
         Decision::Term(reason.to_owned())
     } else {

@@ -1,0 +1,31 @@
+//! `jetplug check --config FILE`: validate the configuration and load every
+//! plugin it names (compile, grants, `init`) without connecting anywhere.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::engine::Runtime;
+use crate::host;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration file.
+    #[arg(long, short = 'c', default_value = "jetplug.toml")]
+    config: PathBuf,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let runtime = Arc::new(Runtime::new(config.engine.settings())?);
+    let plugins = host::load_plugins(&config, &runtime).await?;
+    println!(
+        "{}: ok ({} streams, {} plugins loaded, {} pipelines)",
+        args.config.display(),
+        config.streams.len(),
+        plugins.len(),
+        config.pipelines.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

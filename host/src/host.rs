@@ -1,0 +1,160 @@
+//! The host: load every plugin, connect, reconcile streams, run every
+//! pipeline, and on shutdown stop pulling, settle what is in flight and exit.
+//!
+//! Plugins are loaded and initialised before anything connects, so a broken
+//! plugin fails the start with a clear error instead of failing messages.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::deadletter::Route;
+use crate::engine::{EngineError, Runtime};
+use crate::jetstream::{self, ConnectError, Health};
+use crate::pipeline::{Pipeline, Stats};
+use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance};
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("plugin `{plugin}` failed to start: {source}")]
+    Start {
+        plugin: String,
+        #[source]
+        source: BatchError,
+    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// A running host's shared parts, for callers that want to observe it.
+#[derive(Debug, Clone)]
+pub struct HostHandle {
+    pub health: Arc<Health>,
+    pub stats: BTreeMap<String, Arc<Stats>>,
+}
+
+/// Loads and starts every plugin the pipelines use (compile, link, `init`).
+pub async fn load_plugins(
+    config: &Config,
+    runtime: &Arc<Runtime>,
+) -> Result<BTreeMap<String, Arc<Plugin>>, HostError> {
+    let mut used: Vec<&String> = config.pipelines.iter().map(|p| &p.plugin).collect();
+    used.extend(
+        config
+            .pipelines
+            .iter()
+            .filter_map(|p| p.dead_letter.as_ref()),
+    );
+    let mut loaded = BTreeMap::new();
+    for name in used {
+        if loaded.contains_key(name) {
+            continue;
+        }
+        let spec = config.plugins[name].spec(name);
+        let plugin = Arc::new(plugin::load(runtime, spec)?);
+        PluginInstance::new(plugin.clone())
+            .ready()
+            .await
+            .map_err(|source| HostError::Start {
+                plugin: name.clone(),
+                source,
+            })?;
+        tracing::info!(plugin = %name, hash = plugin.hash(), cache = ?plugin.cache_outcome(), "plugin loaded");
+        loaded.insert(name.clone(), plugin);
+    }
+    Ok(loaded)
+}
+
+/// Runs until `shutdown` is cancelled. `on_start` receives the handle once
+/// the pipelines are running.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_start: impl FnOnce(HostHandle),
+) -> Result<(), HostError> {
+    let runtime = Arc::new(Runtime::new(config.engine.settings())?);
+    let plugins = load_plugins(&config, &runtime).await?;
+    let health = Health::new();
+    health.want_consumers(config.pipelines.iter().map(|p| p.streams.len()).sum());
+
+    let client = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        c = jetstream::connect(&config.nats, &health) => c?,
+    };
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(config.nats.request_timeout.0);
+
+    // Streams first; keep trying while JetStream is not answering.
+    loop {
+        match jetstream::streams::reconcile(&js, &config.streams).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reconcile streams yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+
+    let mut tasks = JoinSet::new();
+    let mut stats = BTreeMap::new();
+    for pc in &config.pipelines {
+        let route = match &pc.dead_letter {
+            None => Route::Builtin { js: js.clone() },
+            Some(name) => Route::Plugin {
+                instance: tokio::sync::Mutex::new(PluginInstance::new(plugins[name].clone())),
+                tenant: config.plugins[name].tenant.clone(),
+            },
+        };
+        let pipeline = Arc::new(Pipeline {
+            cfg: pc.clone(),
+            tenant: config.plugins[&pc.plugin].tenant.clone(),
+            plugin: plugins[&pc.plugin].clone(),
+            route: Arc::new(route),
+            backoff: Backoff::from(pc.backoff),
+            js: js.clone(),
+            client: client.clone(),
+            health: health.clone(),
+            stats: Arc::new(Stats::default()),
+        });
+        stats.insert(pc.name.clone(), pipeline.stats.clone());
+        let streams = pc
+            .streams
+            .iter()
+            .filter_map(|s| config.stream(s).cloned())
+            .collect();
+        tasks.spawn(pipeline.run(streams, shutdown.clone()));
+    }
+    on_start(HostHandle {
+        health: health.clone(),
+        stats,
+    });
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: finishing in-flight batches");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(config.host.shutdown_timeout.0, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.host.shutdown_timeout.0,
+            "in-flight batches did not finish in time; their messages will be redelivered");
+    }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "could not flush the last acknowledgements");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! A pipeline: streams → durable consumers → batches → plugin → settle.
+//!
+//! Per stream, one puller task collects batches (up to `batch` messages or
+//! `batch_max_wait`) and hands them over bounded channels to `concurrency`
+//! workers, each owning one plugin instance. Bounded channels and a pull
+//! window of one batch keep memory bounded when plugins are slower than the
+//! stream. With `ordering = "subject"` each subject is pinned to one worker
+//! (lane), so its messages are handled in order.
+
+mod batch;
+mod worker;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::{Ordering, PipelineConfig, StreamConfig};
+use crate::deadletter::{self, DeadLetter, Route};
+use crate::jetstream::{Health, consumer};
+use crate::plugin::{Plugin, PluginInstance};
+
+pub use worker::Batch;
+
+/// Counters per pipeline (for tests, logs and metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub acked: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub dead_letter_failures: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(AtomicOrdering::Relaxed)
+    }
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, AtomicOrdering::Relaxed);
+    }
+}
+
+/// Everything a pipeline's tasks share.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub cfg: PipelineConfig,
+    pub tenant: String,
+    pub plugin: Arc<Plugin>,
+    pub route: Arc<Route>,
+    pub backoff: Backoff,
+    pub js: jetstream::Context,
+    pub client: async_nats::Client,
+    pub health: Arc<Health>,
+    pub stats: Arc<Stats>,
+}
+
+/// Pause before recreating a consumer or its message stream after an error.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// Idle heartbeat asked of the server on pull requests.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+impl Pipeline {
+    /// Runs the pipeline on every one of its streams until `shutdown`, then
+    /// finishes and settles the batches in flight.
+    pub async fn run(self: Arc<Self>, streams: Vec<StreamConfig>, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        for stream in streams {
+            tasks.spawn(self.clone().consume(stream.clone(), shutdown.clone()));
+            tasks.spawn(self.clone().listen_max_deliveries(stream, shutdown.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn consume(self: Arc<Self>, stream: StreamConfig, shutdown: CancellationToken) {
+        let lanes = self.cfg.concurrency as usize;
+        let shared = self.cfg.ordering == Ordering::None;
+        type Rx = Arc<Mutex<mpsc::Receiver<Batch>>>;
+        let (senders, receivers): (Vec<mpsc::Sender<Batch>>, Vec<Rx>) = if shared {
+            // Any free worker takes the next batch.
+            let (tx, rx) = mpsc::channel(lanes);
+            let rx = Arc::new(Mutex::new(rx));
+            (vec![tx], (0..lanes).map(|_| rx.clone()).collect())
+        } else {
+            // One lane per worker; a subject always maps to the same lane.
+            (0..lanes)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(1);
+                    (tx, Arc::new(Mutex::new(rx)))
+                })
+                .unzip()
+        };
+        let mut workers = JoinSet::new();
+        for rx in receivers {
+            let instance = PluginInstance::new(self.plugin.clone());
+            workers.spawn(worker::run(self.clone(), instance, rx));
+        }
+
+        let consumer_name = self.cfg.consumer_name(&stream.name);
+        'outer: while !shutdown.is_cancelled() {
+            let consumer = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                c = consumer::ensure(&self.js, &self.cfg, &stream) => c,
+            };
+            let consumer = match consumer {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                        "cannot bind consumer; retrying");
+                    sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                    continue;
+                }
+            };
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(self.cfg.batch as usize)
+                .heartbeat(HEARTBEAT)
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                        "cannot start pulling; retrying");
+                    sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                    continue;
+                }
+            };
+            self.health.consumer_bound();
+            tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name, "consuming");
+            loop {
+                let collected = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        self.health.consumer_lost();
+                        break 'outer;
+                    }
+                    c = batch::collect(&mut messages, self.cfg.batch as usize, self.cfg.batch_max_wait.0) => c,
+                };
+                let (msgs, error) = collected;
+                if !msgs.is_empty() && !self.dispatch(msgs, &senders, shared).await {
+                    self.health.consumer_lost();
+                    break 'outer;
+                }
+                if let Some(e) = error {
+                    self.health.consumer_lost();
+                    tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                        "message stream interrupted; re-binding the consumer");
+                    sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                    continue 'outer;
+                }
+            }
+        }
+        // Stop pulling; let workers finish and settle what they hold.
+        drop(senders);
+        while workers.join_next().await.is_some() {}
+        tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name, "stopped");
+    }
+
+    /// Hands messages to the workers; false if they are gone.
+    async fn dispatch(
+        &self,
+        msgs: Vec<jetstream::Message>,
+        senders: &[mpsc::Sender<Batch>],
+        shared: bool,
+    ) -> bool {
+        if shared || senders.len() == 1 {
+            return senders[0].send(Batch(msgs)).await.is_ok();
+        }
+        let mut lanes: Vec<Vec<jetstream::Message>> =
+            (0..senders.len()).map(|_| Vec::new()).collect();
+        for m in msgs {
+            let mut h = DefaultHasher::new();
+            m.subject.as_str().hash(&mut h);
+            lanes[(h.finish() % senders.len() as u64) as usize].push(m);
+        }
+        for (lane, msgs) in lanes.into_iter().enumerate() {
+            if !msgs.is_empty() && senders[lane].send(Batch(msgs)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Dead-letters messages whose last delivery timed out with no decision.
+    async fn listen_max_deliveries(
+        self: Arc<Self>,
+        stream: StreamConfig,
+        shutdown: CancellationToken,
+    ) {
+        let consumer_name = self.cfg.consumer_name(&stream.name);
+        let subject = deadletter::advisory::subject(&stream.name, &consumer_name);
+        let mut sub = loop {
+            match self.client.subscribe(subject.clone()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(%subject, error = %e, "cannot subscribe to advisories; retrying");
+                    if sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = sub.next() => match m { Some(m) => m, None => return },
+            };
+            let advisory = match deadletter::advisory::MaxDeliveries::parse(&msg.payload) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(%subject, error = %e, "unreadable MAX_DELIVERIES advisory");
+                    continue;
+                }
+            };
+            self.dead_letter_from_advisory(&advisory).await;
+        }
+    }
+
+    async fn dead_letter_from_advisory(&self, a: &deadletter::advisory::MaxDeliveries) {
+        let stored = match self.js.get_stream_no_info(&a.stream).await {
+            Ok(s) => s
+                .get_raw_message(a.stream_seq)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let stored = match stored {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(stream = %a.stream, seq = a.stream_seq, error = %e,
+                    "message reached max deliveries but cannot be read back; it is not dead-lettered");
+                Stats::add(&self.stats.dead_letter_failures, 1);
+                return;
+            }
+        };
+        let mut msg = crate::jetstream::convert::from_stream_message(
+            &stored,
+            &self.tenant,
+            &a.consumer,
+            a.deliveries,
+        );
+        msg.stream = a.stream.clone();
+        let dl = DeadLetter::from_message(&self.cfg.name, &msg, a.reason());
+        match self.route.send(&dl).await {
+            Ok(()) => {
+                Stats::add(&self.stats.dead_lettered, 1);
+                tracing::warn!(pipeline = %self.cfg.name, stream = %a.stream, seq = a.stream_seq,
+                    reason = %dl.reason, "dead-lettered");
+            }
+            Err(e) => {
+                Stats::add(&self.stats.dead_letter_failures, 1);
+                tracing::error!(pipeline = %self.cfg.name, stream = %a.stream, seq = a.stream_seq, error = %e,
+                    "dead letter could not be delivered");
+            }
+        }
+    }
+}
+
+/// Sleeps unless cancelled first; true when cancelled.
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

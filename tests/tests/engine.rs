@@ -1,0 +1,474 @@
+//! The JetStream engine against a real nats-server: every decision reaches
+//! JetStream as intended, retries wait, failures end in the dead-letter
+//! stream exactly once, and the host survives NATS being down or restarted.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use futures::StreamExt;
+use jetplug::config::Config;
+use jetplug::host::{self, HostHandle};
+use jetplug::pipeline::Stats;
+use jetplug_tests::{NatsServer, eventually, plugins};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A config with streams EVENTS (events.>) and DLQ (dlq.>), one pipeline
+/// `main` on EVENTS with `plugin`, and `extra` appended to the pipeline.
+fn config(dir: &Path, url: &str, plugin: &str, extra: &str) -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[nats]
+url = "{url}"
+connect_delay = "200ms"
+reconnect_delay = "200ms"
+
+[host]
+shutdown_timeout = "20s"
+
+[engine]
+cache_dir = "{cache}"
+
+[[stream]]
+name = "EVENTS"
+subjects = ["events.>"]
+
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+
+[plugin.p]
+path = "{plugin}"
+
+[[pipeline]]
+name = "main"
+streams = ["EVENTS"]
+plugin = "p"
+batch = 20
+batch_max_wait = "20ms"
+backoff = {{ initial = "100ms", max = "1s" }}
+{extra}
+"#,
+        cache = dir.join("cache").display(),
+    );
+    let path = dir.join("jetplug.toml");
+    std::fs::write(&path, &text)?;
+    Ok(Config::load(&path)?)
+}
+
+struct RunningHost {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), host::HostError>>,
+    handle: tokio::sync::oneshot::Receiver<HostHandle>,
+}
+
+fn start(config: Config) -> RunningHost {
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(host::run(config, shutdown.clone(), move |h| {
+        let _ = tx.send(h);
+    }));
+    RunningHost {
+        shutdown,
+        task,
+        handle: rx,
+    }
+}
+
+impl RunningHost {
+    async fn stats(&mut self) -> anyhow::Result<Arc<Stats>> {
+        let h = tokio::time::timeout(WAIT, &mut self.handle)
+            .await
+            .context("host did not start")??;
+        Ok(h.stats["main"].clone())
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .context("host did not stop in time")???;
+        Ok(())
+    }
+}
+
+async fn js(nats: &NatsServer) -> anyhow::Result<jetstream::Context> {
+    Ok(jetstream::new(async_nats::connect(nats.url()).await?))
+}
+
+async fn publish(js: &jetstream::Context, subject: &str, payloads: &[&str]) -> anyhow::Result<()> {
+    for p in payloads {
+        js.publish(subject.to_owned(), p.as_bytes().to_vec().into())
+            .await?
+            .await?;
+    }
+    Ok(())
+}
+
+async fn consumer(js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
+    js.get_stream("EVENTS")
+        .await?
+        .get_consumer("jetplug-main-EVENTS")
+        .await
+        .map_err(|e| anyhow::anyhow!("get consumer: {e}"))
+}
+
+/// All messages of the stream are settled: nothing pending, nothing unacked.
+async fn all_settled(js: &jetstream::Context, total: u64) -> anyhow::Result<bool> {
+    let mut c = consumer(js).await?;
+    let info = c.info().await?;
+    Ok(info.num_pending == 0
+        && info.num_ack_pending == 0
+        && info.delivered.stream_sequence >= total)
+}
+
+async fn dlq_messages(
+    js: &jetstream::Context,
+) -> anyhow::Result<Vec<async_nats::jetstream::message::StreamMessage>> {
+    let mut s = js.get_stream("DLQ").await?;
+    let n = s.info().await?.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=n {
+        out.push(s.get_raw_message(seq).await?);
+    }
+    Ok(out)
+}
+
+fn header<'a>(m: &'a async_nats::jetstream::message::StreamMessage, name: &str) -> &'a str {
+    m.headers.get(name).map(|v| v.as_str()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_reaches_jetstream() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "max_deliver = 3",
+    )?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(
+        &js,
+        "events.a",
+        &["ok-1", "ok-2", "term:not an event", "retry:100"],
+    )
+    .await?;
+
+    eventually(WAIT, "all settled and two dead letters", || async {
+        Ok(all_settled(&js, 4).await? && dlq_messages(&js).await?.len() == 2)
+    })
+    .await?;
+    assert_eq!(Stats::get(&stats.acked), 2);
+    assert_eq!(
+        Stats::get(&stats.retried),
+        2,
+        "retry:100 was retried on deliveries 1 and 2"
+    );
+    assert_eq!(Stats::get(&stats.dead_lettered), 2);
+
+    let dlq = dlq_messages(&js).await?;
+    let term = dlq
+        .iter()
+        .find(|m| &m.payload[..] == b"term:not an event")
+        .context("term dead letter")?;
+    assert_eq!(term.subject.as_str(), "dlq.events.main");
+    assert_eq!(header(term, "Jetplug-Reason"), "not an event");
+    assert_eq!(header(term, "Jetplug-Original-Subject"), "events.a");
+    assert_eq!(header(term, "Jetplug-Original-Stream"), "EVENTS");
+    assert_eq!(header(term, "Jetplug-Original-Sequence"), "3");
+    assert_eq!(header(term, "Jetplug-Deliveries"), "1");
+    assert_eq!(
+        header(term, "Jetplug-Original-Consumer"),
+        "jetplug-main-EVENTS"
+    );
+    let retried = dlq
+        .iter()
+        .find(|m| &m.payload[..] == b"retry:100")
+        .context("retry dead letter")?;
+    assert!(header(retried, "Jetplug-Reason").contains("retries exhausted"));
+    assert_eq!(header(retried, "Jetplug-Deliveries"), "3");
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_delay_is_respected() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "max_deliver = 2",
+    )?);
+    host.stats().await?;
+    let js = js(&nats).await?;
+    let published = Instant::now();
+    publish(&js, "events.a", &["retry:1500"]).await?;
+    eventually(WAIT, "the dead letter", || async {
+        Ok(dlq_messages(&js).await?.len() == 1)
+    })
+    .await?;
+    // Delivery 1 asked for 1.5 s; delivery 2 (the last) dead-letters.
+    assert!(
+        published.elapsed() >= Duration::from_millis(1500),
+        "redelivered early: {:?}",
+        published.elapsed()
+    );
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_plugin_dead_letters_once_on_the_last_delivery() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_PANIC,
+        "max_deliver = 3",
+    )?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["boom", "ok"]).await?;
+    eventually(WAIT, "settled with one dead letter", || async {
+        Ok(all_settled(&js, 2).await? && dlq_messages(&js).await?.len() == 1)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dlq = dlq_messages(&js).await?;
+    assert_eq!(dlq.len(), 1, "exactly one dead letter");
+    let reason = header(&dlq[0], "Jetplug-Reason");
+    assert!(
+        reason.starts_with("trap:") && reason.contains("delivery 3 of 3"),
+        "{reason}"
+    );
+    assert_eq!(header(&dlq[0], "Jetplug-Deliveries"), "3");
+    // `boom` failed on each of its 3 deliveries; `ok` succeeded once it was
+    // redelivered without `boom` (or failed with it and was retried).
+    assert!(Stats::get(&stats.failed_batches) >= 3);
+    assert_eq!(Stats::get(&stats.acked), 1);
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_batches_are_kept_alive_with_progress() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "ack_wait = \"1s\"\nmax_deliver = 5",
+    )?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["sleep:2500"]).await?;
+    eventually(WAIT, "ack", || async { all_settled(&js, 1).await }).await?;
+    assert_eq!(
+        Stats::get(&stats.batches),
+        1,
+        "no redelivery while the batch ran"
+    );
+    assert_eq!(Stats::get(&stats.acked), 1);
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_and_settles_in_flight_batches() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["sleep:1500"]).await?;
+    eventually(WAIT, "batch started", || async {
+        Ok(Stats::get(&stats.batches) == 1)
+    })
+    .await?;
+    host.stop().await?;
+    assert_eq!(
+        Stats::get(&stats.acked),
+        1,
+        "the in-flight batch was finished"
+    );
+    let mut c = consumer(&js).await?;
+    let info = c.info().await?;
+    assert_eq!(info.num_ack_pending, 0, "and settled before exit");
+    assert_eq!(info.ack_floor.stream_sequence, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_when_nats_comes_up_later() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    nats.kill().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !host.task.is_finished(),
+        "the host must keep retrying, not exit"
+    );
+    nats.restart().await?;
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["a", "b", "c"]).await?;
+    eventually(WAIT, "consumed", || async {
+        Ok(Stats::get(&stats.acked) == 3)
+    })
+    .await?;
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_stream_loses_nothing() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?);
+    let stats = host.stats().await?;
+    const N: u64 = 3000;
+    {
+        let js = js(&nats).await?;
+        let mut acks = Vec::new();
+        for i in 0..N {
+            acks.push(
+                js.publish("events.load", format!("m{i}").into_bytes().into())
+                    .await?,
+            );
+        }
+        for a in acks {
+            a.await?;
+        }
+    }
+    eventually(WAIT, "some progress", || async {
+        Ok(Stats::get(&stats.acked) > 0)
+    })
+    .await?;
+    nats.kill().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.restart().await?;
+    let js = js(&nats).await?;
+    eventually(
+        Duration::from_secs(60),
+        "every message settled after the restart",
+        || async { all_settled(&js, N).await },
+    )
+    .await?;
+    let mut c = consumer(&js).await?;
+    assert_eq!(c.info().await?.ack_floor.stream_sequence, N, "none lost");
+    assert!(Stats::get(&stats.acked) >= N);
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_consumer_is_recreated() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["1"]).await?;
+    eventually(WAIT, "first ack", || async {
+        Ok(Stats::get(&stats.acked) == 1)
+    })
+    .await?;
+    js.get_stream("EVENTS")
+        .await?
+        .delete_consumer("jetplug-main-EVENTS")
+        .await?;
+    publish(&js, "events.a", &["2"]).await?;
+    // Recreated with deliver = all: it sees both messages again.
+    eventually(WAIT, "consumer recreated", || async {
+        Ok(Stats::get(&stats.acked) >= 2)
+    })
+    .await?;
+    eventually(WAIT, "all settled", || async { all_settled(&js, 2).await }).await?;
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_last_delivery_is_dead_lettered_from_the_advisory() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let cfg = config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "ack_wait = \"1s\"\nmax_deliver = 1",
+    )?;
+    let js = js(&nats).await?;
+    // Simulate a host that took the message's only delivery and died.
+    jetplug::jetstream::streams::reconcile(&js, &cfg.streams).await?;
+    let stream = js.get_stream("EVENTS").await?;
+    let pc = cfg.pipeline("main").context("pipeline")?;
+    let sc = cfg.stream("EVENTS").context("stream")?;
+    let c = stream
+        .create_consumer(jetplug::jetstream::consumer::config(pc, sc))
+        .await?;
+    publish(&js, "events.a", &["lost"]).await?;
+    let mut batch = c.fetch().max_messages(1).messages().await?;
+    let taken = batch
+        .next()
+        .await
+        .context("no delivery")?
+        .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+    assert_eq!(&taken.payload[..], b"lost");
+    drop(batch);
+
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    eventually(WAIT, "dead letter from the advisory", || async {
+        Ok(dlq_messages(&js).await?.len() == 1)
+    })
+    .await?;
+    let dlq = dlq_messages(&js).await?;
+    assert!(header(&dlq[0], "Jetplug-Reason").contains("max deliveries (1)"));
+    assert_eq!(&dlq[0].payload[..], b"lost");
+    assert_eq!(Stats::get(&stats.dead_lettered), 1);
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_updates_max_age_and_keeps_refused_fields() -> anyhow::Result<()> {
+    use jetplug::jetstream::streams::{self, Applied, Plan};
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let js = js(&nats).await?;
+    let mut cfg = config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?;
+    cfg.streams[0].max_age = jetplug::config::Dur(Duration::from_secs(3600));
+    let first = streams::reconcile(&js, &cfg.streams).await?;
+    assert_eq!(first[0].1, Applied::Created);
+
+    cfg.streams[0].max_age = jetplug::config::Dur(Duration::from_secs(7200));
+    cfg.streams[0].storage = jetplug::config::Storage::Memory;
+    let plans = streams::plan(&js, &cfg.streams).await?;
+    let Plan::Update(changes) = &plans[0].plan else {
+        anyhow::bail!("expected an update, got {:?}", plans[0].plan);
+    };
+    assert!(changes.iter().any(|c| c.field == "max_age" && c.editable));
+    assert!(changes.iter().any(|c| c.field == "storage" && !c.editable));
+    let applied = streams::apply(&js, &plans[0]).await?;
+    assert!(matches!(&applied, Applied::Updated { refused } if refused.len() == 1));
+    let mut s = js.get_stream("EVENTS").await?;
+    let info = s.info().await?;
+    assert_eq!(info.config.max_age, Duration::from_secs(7200));
+    assert_eq!(
+        info.config.storage,
+        stream::StorageType::File,
+        "existing storage kept"
+    );
+    let again = streams::plan(&js, &cfg.streams).await?;
+    assert!(
+        matches!(&again[0].plan, Plan::Update(c) if c.len() == 1),
+        "only the refused drift remains"
+    );
+    Ok(())
+}
