@@ -17,6 +17,7 @@ pub mod input;
 pub mod jetstream;
 pub mod pipeline;
 pub mod plugin;
+pub mod replay;
 pub mod settle;
 pub mod subject;
 pub mod units;

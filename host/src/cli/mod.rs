@@ -2,6 +2,7 @@
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
 mod check;
+mod replay;
 mod run;
 mod run_plugin;
 mod streams;
@@ -40,6 +41,8 @@ enum Command {
     Check(check::Args),
     /// Show or apply the stream plan (create missing, reconcile drifted).
     Streams(streams::Args),
+    /// Run a plugin over a pipeline's stream history (ephemeral consumer).
+    Replay(replay::Args),
     /// Run a plugin offline over messages from a JSONL file and print its decisions.
     RunPlugin(run_plugin::Args),
 }
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Streams(args) => streams::run(args).await,
+            Command::Replay(args) => replay::run(args).await,
             Command::RunPlugin(args) => run_plugin::run(args).await,
         }
     });

@@ -1,0 +1,142 @@
+//! `jetplug replay`: run a plugin over a pipeline's stream history, with a
+//! progress bar, without touching the pipeline's durable consumers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use crate::config::Config;
+use crate::engine::Runtime;
+use crate::jetstream::{self, Health};
+use crate::plugin::{self, PluginInstance};
+use crate::replay::{self, From};
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("start").required(true).args(["from_seq", "from_time"])))]
+pub struct Args {
+    /// The configuration file.
+    #[arg(long, short = 'c', default_value = "jetplug.toml")]
+    config: PathBuf,
+    /// The pipeline whose stream and plugin to use.
+    #[arg(long)]
+    pipeline: String,
+    /// Which of the pipeline's streams (required when it has several).
+    #[arg(long)]
+    stream: Option<String>,
+    /// First stream sequence to replay (inclusive).
+    #[arg(long)]
+    from_seq: Option<u64>,
+    /// Replay messages stored at or after this RFC 3339 time.
+    #[arg(long)]
+    from_time: Option<String>,
+    /// Last stream sequence to replay (inclusive; default: the stream's last).
+    #[arg(long)]
+    to_seq: Option<u64>,
+    /// Use this component instead of the pipeline's plugin (same grants, limits and config).
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Messages per batch (default: the pipeline's).
+    #[arg(long)]
+    batch: Option<u32>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(&args.config)?;
+    let pipeline = config
+        .pipeline(&args.pipeline)
+        .with_context(|| {
+            format!(
+                "no pipeline `{}` in {}",
+                args.pipeline,
+                args.config.display()
+            )
+        })?
+        .clone();
+    let stream = match (&args.stream, pipeline.streams.as_slice()) {
+        (Some(s), streams) if streams.contains(s) => s.clone(),
+        (Some(s), streams) => bail!(
+            "pipeline `{}` does not consume stream `{s}` (it consumes {streams:?})",
+            pipeline.name
+        ),
+        (None, [only]) => only.clone(),
+        (None, streams) => bail!(
+            "pipeline `{}` consumes {streams:?}: choose one with --stream",
+            pipeline.name
+        ),
+    };
+    let from = match (args.from_seq, &args.from_time) {
+        (Some(0), _) => bail!("--from-seq: stream sequences start at 1"),
+        (Some(seq), _) => From::Sequence(seq),
+        (None, Some(t)) => From::Time(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .with_context(|| {
+                    format!("--from-time `{t}` is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z)")
+                })?,
+        ),
+        (None, None) => bail!("give --from-seq or --from-time"),
+    };
+    if let (Some(from), Some(to)) = (args.from_seq, args.to_seq)
+        && to < from
+    {
+        bail!("--to-seq {to} is before --from-seq {from}");
+    }
+
+    let runtime = Arc::new(Runtime::new(config.engine.settings())?);
+    let mut spec = config.plugins[&pipeline.plugin].spec(&pipeline.plugin);
+    if let Some(path) = &args.plugin {
+        spec.path = path.clone();
+    }
+    let tenant = spec.tenant.clone();
+    let plugin = plugin::load(&runtime, spec)?;
+    let mut instance = PluginInstance::new(Arc::new(plugin));
+    instance
+        .ready()
+        .await
+        .context("the plugin failed to start")?;
+
+    if config.nats.connect_attempts == 0 {
+        config.nats.connect_attempts = 3;
+    }
+    let client = jetstream::connect(&config.nats, &Health::new()).await?;
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(config.nats.request_timeout.0);
+
+    let req = replay::Request {
+        stream: stream.clone(),
+        from,
+        to: args.to_seq,
+        batch: args.batch.unwrap_or(pipeline.batch).max(1) as usize,
+    };
+    let Some(span) = replay::span(&js, &req).await? else {
+        eprintln!("nothing to replay in stream `{stream}`");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let bar = indicatif::ProgressBar::new(span.last.saturating_sub(span.first) + 1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} replay [{bar:40}] {pos}/{len} msgs {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = replay::run(&js, &req, span, &mut instance, &tenant, |r| {
+        bar.set_position(r.last_sequence.saturating_sub(span.first) + 1);
+    })
+    .await?;
+    bar.finish_and_clear();
+    println!(
+        "replayed {} messages of `{stream}` (up to sequence {}): {} ack, {} retry, {} term, {} failed",
+        report.messages,
+        report.last_sequence,
+        report.acked,
+        report.retried,
+        report.terminated,
+        report.failed
+    );
+    Ok(if report.failed > 0 {
+        ExitCode::from(super::EXIT_BATCH_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

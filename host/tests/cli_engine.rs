@@ -1,0 +1,244 @@
+//! The engine's commands as a user runs them: `check`, `streams diff|apply`,
+//! `replay` and `run` (stopped with SIGTERM), against a real nats-server.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use jetplug_tests::{NatsServer, eventually, plugins};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn write_config(dir: &Path, url: &str, extra_stream: &str) -> anyhow::Result<String> {
+    let text = format!(
+        r#"
+[nats]
+url = "{url}"
+
+[engine]
+cache_dir = "{cache}"
+
+[[stream]]
+name = "EVENTS"
+subjects = ["events.>"]
+{extra_stream}
+
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+
+[plugin.noop]
+path = "{plugin}"
+
+[[pipeline]]
+name = "main"
+streams = ["EVENTS"]
+plugin = "noop"
+batch_max_wait = "20ms"
+"#,
+        cache = dir.join("cache").display(),
+        plugin = plugins::TEST_NOOP,
+    );
+    let path = dir.join("jetplug.toml");
+    std::fs::write(&path, text)?;
+    Ok(path.display().to_string())
+}
+
+fn jetplug(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_jetplug"))
+        .args(args)
+        .output()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn publish(url: &str, n: usize) -> anyhow::Result<jetstream::Context> {
+    let js = jetstream::new(async_nats::connect(url).await?);
+    for i in 0..n {
+        js.publish("events.x", format!("m{i}").into_bytes().into())
+            .await?
+            .await?;
+    }
+    Ok(js)
+}
+
+#[tokio::test]
+async fn check_validates_without_connecting() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Nothing listens on port 1: check must not try.
+    let config = write_config(dir.path(), "nats://127.0.0.1:1", "")?;
+    let out = jetplug(&["check", "--config", &config])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ok (2 streams, 1 plugins loaded, 1 pipelines)"),
+        "{}",
+        text(&out)
+    );
+
+    let bad = write_config(
+        dir.path(),
+        "nats://127.0.0.1:1",
+        "retention = \"sometimes\"",
+    )?;
+    let out = jetplug(&["check", "--config", &bad])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("stream[0].retention"), "{}", text(&out));
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_diff_and_apply() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &nats.url(), "max_age = \"1h\"")?;
+    let out = jetplug(&["streams", "diff", "--config", &config])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("+ EVENTS: create"), "{}", text(&out));
+    assert!(
+        jetstream::new(async_nats::connect(nats.url()).await?)
+            .get_stream("EVENTS")
+            .await
+            .is_err(),
+        "diff must not create anything"
+    );
+
+    let out = jetplug(&["streams", "apply", "--config", &config])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let config = write_config(dir.path(), &nats.url(), "max_age = \"2h\"")?;
+    let out = jetplug(&["streams", "diff", "--config", &config])?;
+    assert!(
+        text(&out).contains("~ EVENTS: update") && text(&out).contains("max_age: 1h -> 2h"),
+        "{}",
+        text(&out)
+    );
+    jetplug(&["streams", "apply", "--config", &config])?;
+    let out = jetplug(&["streams", "diff", "--config", &config])?;
+    assert!(
+        text(&out).contains("= EVENTS: up to date"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn replay_runs_history_and_names_a_start_below_retention() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &nats.url(), "max_messages = 8")?;
+    assert!(
+        jetplug(&["streams", "apply", "--config", &config])?
+            .status
+            .success()
+    );
+    publish(&nats.url(), 10).await?;
+
+    let out = jetplug(&[
+        "replay",
+        "--config",
+        &config,
+        "--pipeline",
+        "main",
+        "--from-seq",
+        "4",
+        "--to-seq",
+        "6",
+    ])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("replayed 3 messages of `EVENTS` (up to sequence 6): 3 ack"),
+        "{}",
+        text(&out)
+    );
+
+    let out = jetplug(&[
+        "replay",
+        "--config",
+        &config,
+        "--pipeline",
+        "main",
+        "--from-seq",
+        "3",
+    ])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("replayed 8 messages"), "{}", text(&out));
+
+    let out = jetplug(&[
+        "replay",
+        "--config",
+        &config,
+        "--pipeline",
+        "main",
+        "--from-seq",
+        "2",
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("sequence 2 is below the first retained sequence 3"),
+        "{}",
+        text(&out)
+    );
+    let out = jetplug(&[
+        "replay",
+        "--config",
+        &config,
+        "--pipeline",
+        "nope",
+        "--from-seq",
+        "2",
+    ])?;
+    assert!(text(&out).contains("no pipeline `nope`"), "{}", text(&out));
+
+    // The durable consumer was never touched by replay.
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    assert!(
+        js.get_stream("EVENTS")
+            .await?
+            .get_consumer::<jetstream::consumer::pull::Config>("jetplug-main-EVENTS")
+            .await
+            .is_err()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn run_consumes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &nats.url(), "")?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jetplug"))
+        .args(["run", "--config", &config])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    eventually(WAIT, "the stream to be created", || async {
+        Ok(js.get_stream("EVENTS").await.is_ok())
+    })
+    .await?;
+    publish(&nats.url(), 50).await?;
+    eventually(WAIT, "all 50 acked", || async {
+        let mut c = js
+            .get_stream("EVENTS")
+            .await?
+            .get_consumer::<jetstream::consumer::pull::Config>("jetplug-main-EVENTS")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(c.info().await?.ack_floor.stream_sequence == 50)
+    })
+    .await?;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await??;
+    assert_eq!(exit.code(), Some(0));
+    Ok(())
+}
