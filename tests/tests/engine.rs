@@ -472,3 +472,85 @@ async fn reconcile_updates_max_age_and_keeps_refused_fields() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_subject_ordering_keeps_each_subject_in_order() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let extra = "ordering = \"subject\"\nconcurrency = 4\nmax_ack_pending = 100";
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, extra)?);
+    host.stats().await?;
+    let js = js(&nats).await?;
+    let subjects = ["events.a", "events.b", "events.c", "events.d", "events.e"];
+    for i in 0..20 {
+        for s in subjects {
+            js.publish(s, format!("term:{s}-{i:02}").into_bytes().into())
+                .await?
+                .await?;
+        }
+    }
+    eventually(WAIT, "100 dead letters", || async {
+        Ok(dlq_messages(&js).await?.len() == 100)
+    })
+    .await?;
+    let dlq = dlq_messages(&js).await?;
+    for s in subjects {
+        let seen: Vec<String> = dlq
+            .iter()
+            .filter(|m| header(m, "Jetplug-Original-Subject") == s)
+            .map(|m| header(m, "Jetplug-Reason").to_owned())
+            .collect();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "{s} handled out of order");
+        assert_eq!(seen.len(), 20);
+    }
+    host.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_plugin_receives_dead_letters_and_failures_keep_the_original()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    // test-capabilities logs and acks any payload it does not recognise.
+    let extra = format!(
+        "dead_letter = \"dl\"\nmax_deliver = 3\n\n[plugin.dl]\npath = \"{}\"\n\
+         grants = {{ publish = [\"x\"], sql = [\"x\"], kv = [\"x\"] }}\n",
+        plugins::TEST_CAPABILITIES
+    );
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, &extra)?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["term:rejected"]).await?;
+    eventually(WAIT, "settled", || async { all_settled(&js, 1).await }).await?;
+    assert_eq!(Stats::get(&stats.dead_lettered), 1);
+    assert!(
+        dlq_messages(&js).await?.is_empty(),
+        "the plugin route replaces the built-in one"
+    );
+    host.stop().await?;
+
+    // A dead-letter route that fails: the original is not terminated.
+    let dir = tempfile::tempdir()?;
+    let extra = format!(
+        "dead_letter = \"dl\"\nmax_deliver = 3\n\n[plugin.dl]\npath = \"{}\"\n",
+        plugins::TEST_PANIC
+    );
+    let nats = NatsServer::start().await?;
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, &extra)?);
+    let stats = host.stats().await?;
+    let js = self::js(&nats).await?;
+    publish(&js, "events.a", &["term:rejected"]).await?;
+    eventually(WAIT, "a failed dead letter", || async {
+        Ok(Stats::get(&stats.dead_letter_failures) >= 1)
+    })
+    .await?;
+    let mut c = consumer(&js).await?;
+    let info = c.info().await?;
+    assert_eq!(
+        info.ack_floor.stream_sequence, 0,
+        "the original was neither acked nor terminated"
+    );
+    host.stop().await
+}
