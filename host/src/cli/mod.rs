@@ -23,9 +23,10 @@ pub const EXIT_BATCH_FAILED: u8 = 2;
     about = "Run sandboxed WebAssembly plugins on NATS JetStream streams"
 )]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `jetplug=debug,plugin=trace`.
-    #[arg(long, global = true, env = "JETPLUG_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `jetplug=debug,plugin=trace`
+    /// [default: `info` for `run`, `warn` otherwise].
+    #[arg(long, global = true, env = "JETPLUG_LOG")]
+    log: Option<String>,
     /// Write logs as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
@@ -50,7 +51,11 @@ enum Command {
 /// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log, cli.log_json);
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(cli.log.as_deref().unwrap_or(default_level), cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
