@@ -12,6 +12,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::capability::Backends;
+use crate::capability::backends::BackendError;
 use crate::config::Config;
 use crate::deadletter::Route;
 use crate::engine::{EngineError, Runtime};
@@ -34,6 +36,8 @@ pub enum HostError {
     },
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 /// A running host's shared parts, for callers that want to observe it.
@@ -47,6 +51,7 @@ pub struct HostHandle {
 pub async fn load_plugins(
     config: &Config,
     runtime: &Arc<Runtime>,
+    backends: &Arc<Backends>,
 ) -> Result<BTreeMap<String, Arc<Plugin>>, HostError> {
     let mut used: Vec<&String> = config.pipelines.iter().map(|p| &p.plugin).collect();
     used.extend(
@@ -61,7 +66,7 @@ pub async fn load_plugins(
             continue;
         }
         let spec = config.plugins[name].spec(name);
-        let plugin = Arc::new(plugin::load(runtime, spec)?);
+        let plugin = Arc::new(plugin::load_with(runtime, spec, backends.clone())?);
         PluginInstance::new(plugin.clone())
             .ready()
             .await
@@ -83,7 +88,8 @@ pub async fn run(
     on_start: impl FnOnce(HostHandle),
 ) -> Result<(), HostError> {
     let runtime = Arc::new(Runtime::new(config.engine.settings())?);
-    let plugins = load_plugins(&config, &runtime).await?;
+    let backends = Backends::with_databases(&config.databases)?;
+    let plugins = load_plugins(&config, &runtime, &backends).await?;
     let health = Health::new();
     health.want_consumers(config.pipelines.iter().map(|p| p.streams.len()).sum());
 
@@ -94,9 +100,13 @@ pub async fn run(
     let mut js = async_nats::jetstream::new(client.clone());
     js.set_timeout(config.nats.request_timeout.0);
 
-    // Streams first; keep trying while JetStream is not answering.
+    // Streams and buckets first; keep trying while JetStream is not answering.
     loop {
-        match jetstream::streams::reconcile(&js, &config.streams).await {
+        let provisioned = async {
+            jetstream::streams::reconcile(&js, &config.streams).await?;
+            jetstream::buckets::ensure(&js, &config.buckets).await
+        };
+        match provisioned.await {
             Ok(_) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reconcile streams yet; retrying");
@@ -108,6 +118,16 @@ pub async fn run(
         }
     }
 
+    backends.set_nats(js.clone());
+    let tenant_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>> = config
+        .tenants
+        .iter()
+        .filter_map(|(name, t)| {
+            t.limits
+                .max_concurrent_batches
+                .map(|n| (name.clone(), Arc::new(tokio::sync::Semaphore::new(n.max(1) as usize))))
+        })
+        .collect();
     let mut tasks = JoinSet::new();
     let mut stats = BTreeMap::new();
     for pc in &config.pipelines {
@@ -118,9 +138,11 @@ pub async fn run(
                 tenant: config.plugins[name].tenant.clone(),
             },
         };
+        let tenant = config.plugins[&pc.plugin].tenant.clone();
         let pipeline = Arc::new(Pipeline {
             cfg: pc.clone(),
-            tenant: config.plugins[&pc.plugin].tenant.clone(),
+            tenant_slots: tenant_slots.get(&tenant).cloned(),
+            tenant,
             plugin: plugins[&pc.plugin].clone(),
             route: Arc::new(route),
             backoff: Backoff::from(pc.backoff),

@@ -30,6 +30,21 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     }
 }
 
+/// Whether every subject matched by `inner` is also matched by `outer`.
+pub fn contains(outer: &str, inner: &str) -> bool {
+    let mut o = outer.split('.');
+    let mut i = inner.split('.');
+    loop {
+        match (o.next(), i.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(p), Some(t)) if p == t && p != "*" && p != ">" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Checks that `subject` is a valid concrete subject to publish to:
 /// non-empty tokens, no wildcards, no whitespace.
 pub fn validate_publish_subject(subject: &str) -> Result<(), String> {
@@ -76,6 +91,19 @@ mod tests {
         assert!(!overlaps("focus.>", "learning.>"));
         assert!(!overlaps("a.b", "a.b.c"));
         assert!(overlaps("a.*", "*.b"));
+    }
+
+    #[test]
+    fn containment() {
+        assert!(contains("learning.>", "learning.quiz.*"));
+        assert!(contains("learning.>", "learning.>"));
+        assert!(contains(">", "a.b"));
+        assert!(contains("a.*.c", "a.b.c"));
+        assert!(contains("a.*.c", "a.*.c"));
+        assert!(!contains("a.*.c", "a.>"));
+        assert!(!contains("learning.quiz.*", "learning.>"));
+        assert!(!contains("a.b", "a.*"));
+        assert!(!contains("tenant-a.>", "tenant-b.x"));
     }
 
     #[test]

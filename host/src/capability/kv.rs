@@ -1,14 +1,16 @@
 //! `jetplug:plugin/kv`: NATS KV buckets, checked against the plugin's `kv`
 //! grant on every call.
 //!
-//! This host does not yet hold a NATS connection for plugins, so a granted
-//! call reports `unavailable`.
+//! A missing bucket is `not-found`; NATS trouble is `unavailable`; a
+//! compare-and-set whose revision does not match is `invalid`.
 
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::{Grants, denied};
+use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+
+use super::{Backends, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::kv::{self, Entry};
 use crate::plugin::PluginState;
@@ -17,11 +19,16 @@ use crate::plugin::PluginState;
 #[derive(Debug)]
 pub struct KvState {
     grants: Arc<Grants>,
+    backends: Arc<Backends>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CapabilityError {
+    CapabilityError::Unavailable(format!("kv: {e}"))
 }
 
 impl KvState {
-    pub fn new(grants: Arc<Grants>) -> Self {
-        KvState { grants }
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>) -> Self {
+        KvState { grants, backends }
     }
 
     /// Checks that `bucket` is granted; the error is what the plugin sees.
@@ -33,15 +40,6 @@ impl KvState {
                 "bucket `{bucket}` is outside the grant {:?}",
                 self.grants.kv
             )))
-        }
-    }
-
-    fn gate(&self, bucket: &str) -> CapabilityError {
-        match self.check(bucket) {
-            Err(e) => e,
-            Ok(()) => CapabilityError::Unavailable(format!(
-                "kv: bucket `{bucket}` is not reachable: no NATS connection is available to plugins in this host"
-            )),
         }
     }
 }
@@ -58,35 +56,51 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 }
 
 impl kv::Host for KvState {
-    async fn get(
-        &mut self,
-        bucket: String,
-        _key: String,
-    ) -> Result<Option<Entry>, CapabilityError> {
-        Err(self.gate(&bucket))
+    async fn get(&mut self, bucket: String, key: String) -> Result<Option<Entry>, CapabilityError> {
+        self.check(&bucket)?;
+        let store = self.backends.bucket(&bucket).await?;
+        match store.entry(key).await.map_err(unavailable)? {
+            Some(e) if e.operation == Operation::Put => Ok(Some(Entry {
+                value: e.value.to_vec(),
+                revision: e.revision,
+            })),
+            _ => Ok(None),
+        }
     }
 
-    async fn put(
-        &mut self,
-        bucket: String,
-        _key: String,
-        _value: Vec<u8>,
-    ) -> Result<u64, CapabilityError> {
-        Err(self.gate(&bucket))
+    async fn put(&mut self, bucket: String, key: String, value: Vec<u8>) -> Result<u64, CapabilityError> {
+        self.check(&bucket)?;
+        let store = self.backends.bucket(&bucket).await?;
+        store.put(key, value.into()).await.map_err(unavailable)
     }
 
-    async fn delete(&mut self, bucket: String, _key: String) -> Result<(), CapabilityError> {
-        Err(self.gate(&bucket))
+    async fn delete(&mut self, bucket: String, key: String) -> Result<(), CapabilityError> {
+        self.check(&bucket)?;
+        let store = self.backends.bucket(&bucket).await?;
+        store.delete(key).await.map_err(unavailable)
     }
 
     async fn compare_and_set(
         &mut self,
         bucket: String,
-        _key: String,
-        _value: Vec<u8>,
-        _expected: Option<u64>,
+        key: String,
+        value: Vec<u8>,
+        expected: Option<u64>,
     ) -> Result<u64, CapabilityError> {
-        Err(self.gate(&bucket))
+        self.check(&bucket)?;
+        let store = self.backends.bucket(&bucket).await?;
+        let mismatch = || CapabilityError::Invalid(format!("revision of `{key}` did not match {expected:?}"));
+        match expected {
+            // Revision 0 means "must not exist".
+            None => store.create(&key, value.into()).await.map_err(|e| match e.kind() {
+                async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => mismatch(),
+                _ => unavailable(e),
+            }),
+            Some(rev) => store.update(&key, value.into(), rev).await.map_err(|e| match e.kind() {
+                UpdateErrorKind::WrongLastRevision => mismatch(),
+                _ => unavailable(e),
+            }),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! the capabilities a plugin is granted, so a component that imports anything
 //! else is refused before it ever runs (see [`crate::plugin::load`]).
 
+pub mod backends;
 pub mod grants;
 pub mod kv;
 pub mod log;
@@ -13,6 +14,7 @@ pub mod sql;
 
 use std::fmt;
 
+pub use backends::Backends;
 pub use grants::Grants;
 
 /// One host interface a plugin may import.

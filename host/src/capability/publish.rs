@@ -1,14 +1,19 @@
 //! `jetplug:plugin/publish`: JetStream publish, checked against the plugin's
 //! publish grant on every call.
 //!
-//! This host does not yet hold a NATS connection for plugins, so a granted
-//! publish reports `unavailable` (the plugin's usual answer is `retry`).
+//! The acknowledgement is awaited (the message is stored); transient
+//! failures are retried with a short bounded backoff, then reported as
+//! `unavailable` so the plugin can `retry` and the breaker can see it.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::{Grants, denied};
+use super::{Backends, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::publish::{self, Outgoing, Receipt};
 use crate::plugin::PluginState;
@@ -18,11 +23,15 @@ use crate::subject;
 #[derive(Debug)]
 pub struct PublishState {
     grants: Arc<Grants>,
+    backends: Arc<Backends>,
 }
 
+/// Publish attempts before `unavailable`.
+const ATTEMPTS: u32 = 3;
+
 impl PublishState {
-    pub fn new(grants: Arc<Grants>) -> Self {
-        PublishState { grants }
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>) -> Self {
+        PublishState { grants, backends }
     }
 
     /// Checks a message against the grant; the error is what the plugin sees.
@@ -52,9 +61,52 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 impl publish::Host for PublishState {
     async fn publish(&mut self, msg: Outgoing) -> Result<Receipt, CapabilityError> {
         self.check(&msg)?;
-        Err(CapabilityError::Unavailable(
-            "publish: no NATS connection is available to plugins in this host".into(),
-        ))
+        let js = self.backends.js()?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &msg.headers {
+            if k.is_empty() || k.contains([':', ' ', '\r', '\n']) || v.contains(['\r', '\n']) {
+                return Err(CapabilityError::Invalid(format!("header `{k}` is not a valid NATS header")));
+            }
+            headers.append(k.as_str(), v.as_str());
+        }
+        if let Some(id) = &msg.message_id {
+            headers.insert("Nats-Msg-Id", id.as_str());
+        }
+        let payload: bytes::Bytes = msg.payload.into();
+        let mut delay = Duration::from_millis(50);
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            let result = async {
+                js.publish_with_headers(msg.subject.clone(), headers.clone(), payload.clone())
+                    .await?
+                    .await
+            }
+            .await;
+            match result {
+                Ok(ack) => {
+                    return Ok(Receipt {
+                        stream: ack.stream,
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                    return Err(CapabilityError::Invalid(format!(
+                        "no stream captures subject `{}`",
+                        msg.subject
+                    )));
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+        Err(CapabilityError::Unavailable(format!(
+            "publish to `{}` failed after {ATTEMPTS} attempts: {last}",
+            msg.subject
+        )))
     }
 }
 
@@ -73,10 +125,13 @@ mod tests {
 
     #[test]
     fn outside_grant_is_denied() {
-        let state = PublishState::new(Arc::new(Grants {
-            publish: vec!["dlq.>".into()],
-            ..Grants::default()
-        }));
+        let state = PublishState::new(
+            Arc::new(Grants {
+                publish: vec!["dlq.>".into()],
+                ..Grants::default()
+            }),
+            Backends::offline(),
+        );
         assert!(state.check(&msg("dlq.learning.indexer")).is_ok());
         assert!(matches!(
             state.check(&msg("learning.quiz.answered")),

@@ -19,7 +19,8 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let runtime = Arc::new(Runtime::new(config.engine.settings())?);
-    let plugins = host::load_plugins(&config, &runtime).await?;
+    let backends = crate::capability::Backends::with_databases(&config.databases)?;
+    let plugins = host::load_plugins(&config, &runtime, &backends).await?;
     println!(
         "{}: ok ({} streams, {} plugins loaded, {} pipelines)",
         args.config.display(),

@@ -89,7 +89,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         spec.path = path.clone();
     }
     let tenant = spec.tenant.clone();
-    let plugin = plugin::load(&runtime, spec)?;
+    let backends = crate::capability::Backends::with_databases(&config.databases)?;
+    let plugin = plugin::load_with(&runtime, spec, backends.clone())?;
     let mut instance = PluginInstance::new(Arc::new(plugin));
     instance
         .ready()
@@ -102,6 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = jetstream::connect(&config.nats, &Health::new()).await?;
     let mut js = async_nats::jetstream::new(client);
     js.set_timeout(config.nats.request_timeout.0);
+    backends.set_nats(js.clone());
 
     let req = replay::Request {
         stream: stream.clone(),

@@ -7,6 +7,8 @@
 mod nats;
 mod pipeline;
 mod plugin;
+mod resources;
+mod tenants;
 mod stream;
 mod units;
 mod validate;
@@ -20,6 +22,7 @@ use serde::Deserialize;
 pub use nats::NatsConfig;
 pub use pipeline::{BackoffConfig, DeliverPolicy, Ordering, PipelineConfig};
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
+pub use resources::{BucketConfig, DatabaseConfig, TenantConfig, TenantLimits};
 pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};
 pub use units::{Dur, Size};
 
@@ -41,6 +44,12 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     #[serde(default, rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
+    #[serde(default, rename = "database")]
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    #[serde(default, rename = "kv")]
+    pub buckets: BTreeMap<String, BucketConfig>,
+    #[serde(default, rename = "tenant")]
+    pub tenants: BTreeMap<String, TenantConfig>,
 }
 
 /// `[host]`: process-wide behaviour.
@@ -159,6 +168,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
         let mut config = parse_toml(text, path)?;
         config.resolve_paths(base);
+        config.expand_tenant_templates();
         validate::validate(&config, path)?;
         Ok(config)
     }
@@ -171,6 +181,43 @@ impl Config {
     /// The pipeline called `name`.
     pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
         self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    /// The tenant a plugin belongs to, if tenants are declared.
+    pub fn tenant_of(&self, plugin: &str) -> Option<&TenantConfig> {
+        self.plugins
+            .get(plugin)
+            .and_then(|p| self.tenants.get(&p.tenant))
+    }
+
+    /// Replaces `{tenant}` in subject patterns with the owning tenant's name.
+    fn expand_tenant_templates(&mut self) {
+        let expand = |v: &mut Vec<String>, tenant: &str| {
+            for s in v.iter_mut() {
+                *s = s.replace("{tenant}", tenant);
+            }
+        };
+        for (name, t) in self.tenants.iter_mut() {
+            expand(&mut t.consume, name);
+            expand(&mut t.publish, name);
+        }
+        for p in self.plugins.values_mut() {
+            let tenant = p.tenant.clone();
+            expand(&mut p.grants.publish, &tenant);
+        }
+        let tenants: Vec<String> = self
+            .pipelines
+            .iter()
+            .map(|p| {
+                self.plugins
+                    .get(&p.plugin)
+                    .map(|pl| pl.tenant.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        for (p, tenant) in self.pipelines.iter_mut().zip(tenants) {
+            expand(&mut p.filter_subjects, &tenant);
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {

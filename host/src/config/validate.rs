@@ -64,6 +64,35 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
                 .map_err(|r| invalid(key(&format!("grants.publish[{j}]")), r))?;
         }
     }
+    for (name, db) in &config.databases {
+        name_check(name).map_err(|r| invalid(format!("database.{name}"), r))?;
+        if db.url.trim().is_empty() {
+            return Err(invalid(format!("database.{name}.url"), "must not be empty".into()));
+        }
+        if db.url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(invalid(format!("database.{name}.url"), "is not a PostgreSQL connection string (postgres://user@host:port/db)".into()));
+        }
+        if db.pool_size == 0 {
+            return Err(invalid(format!("database.{name}.pool_size"), "must be at least 1".into()));
+        }
+    }
+    for (name, b) in &config.buckets {
+        name_check(name).map_err(|r| invalid(format!("kv.{name}"), r))?;
+        if !(1..=64).contains(&b.history) {
+            return Err(invalid(format!("kv.{name}.history"), format!("must be between 1 and 64 (got {})", b.history)));
+        }
+    }
+    for (name, p) in &config.plugins {
+        for (j, db) in p.grants.sql.iter().enumerate() {
+            if db != "*" && !config.databases.contains_key(db) {
+                return Err(invalid(
+                    format!("plugin.{name}.grants.sql[{j}]"),
+                    format!("database `{db}` is not declared as [database.{db}]"),
+                ));
+            }
+        }
+    }
+    super::tenants::validate(config, path)?;
     let mut names = BTreeSet::new();
     for (i, p) in config.pipelines.iter().enumerate() {
         pipeline(config, p).map_err(|(k, r)| invalid(format!("pipeline[{i}].{k}"), r))?;
@@ -105,6 +134,10 @@ fn nats(config: &Config) -> Result<(), Problem> {
         return Err(p("request_timeout", "must be greater than zero"));
     }
     Ok(())
+}
+
+fn name_check(n: &str) -> Result<(), String> {
+    name(n)
 }
 
 /// Stream and consumer names end up in subjects: no dots, wildcards or spaces.

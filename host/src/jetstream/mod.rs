@@ -3,6 +3,7 @@
 //! consumers, and turning delivered messages into the plugin's `message`.
 
 pub mod connect;
+pub mod buckets;
 pub mod consumer;
 pub mod convert;
 pub mod streams;

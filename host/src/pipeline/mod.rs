@@ -55,6 +55,8 @@ impl Stats {
 pub struct Pipeline {
     pub cfg: PipelineConfig,
     pub tenant: String,
+    /// The tenant's ceiling on batches running at once, if it has one.
+    pub tenant_slots: Option<Arc<tokio::sync::Semaphore>>,
     pub plugin: Arc<Plugin>,
     pub route: Arc<Route>,
     pub backoff: Backoff,

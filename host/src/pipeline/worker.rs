@@ -47,6 +47,11 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         return;
     }
     Stats::add(&p.stats.batches, 1);
+    // Held for the whole batch, settling included.
+    let _slot = match &p.tenant_slots {
+        Some(slots) => slots.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     let outcome = run_with_progress(p, instance, &msgs, &delivered).await;
     let max = p.cfg.max_deliver;
     let actions: Vec<Action> = match outcome {

@@ -14,7 +14,7 @@ use wasmtime::component::{Component, Linker};
 
 use super::{PluginSpec, PluginState};
 use crate::bindings::EventPluginPre;
-use crate::capability::{self, Capability};
+use crate::capability::{self, Backends, Capability};
 use crate::engine::Runtime;
 use crate::engine::cache::{self, CacheOutcome};
 
@@ -78,6 +78,7 @@ pub struct Plugin {
     pub(crate) spec: PluginSpec,
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) pre: EventPluginPre<PluginState>,
+    pub(crate) backends: Arc<Backends>,
     hash: String,
     loaded_at: SystemTime,
     cache: CacheOutcome,
@@ -123,13 +124,19 @@ impl Plugin {
     }
 }
 
-/// Loads the plugin file named by `spec.path`.
+/// Loads the plugin file named by `spec.path`, with no backends (its
+/// `publish`, `sql` and `kv` calls answer `unavailable`).
 pub fn load(runtime: &Arc<Runtime>, spec: PluginSpec) -> Result<Plugin, LoadError> {
+    load_with(runtime, spec, Backends::offline())
+}
+
+/// Loads the plugin file named by `spec.path`, its capabilities reaching `backends`.
+pub fn load_with(runtime: &Arc<Runtime>, spec: PluginSpec, backends: Arc<Backends>) -> Result<Plugin, LoadError> {
     let bytes = std::fs::read(&spec.path).map_err(|source| LoadError::Read {
         path: spec.path.clone(),
         source,
     })?;
-    load_bytes(runtime, spec, &bytes)
+    load_bytes(runtime, spec, &bytes, backends)
 }
 
 /// Loads a plugin from component bytes (`spec.path` is used in messages only).
@@ -137,6 +144,7 @@ pub fn load_bytes(
     runtime: &Arc<Runtime>,
     spec: PluginSpec,
     bytes: &[u8],
+    backends: Arc<Backends>,
 ) -> Result<Plugin, LoadError> {
     let path = spec.path.clone();
     check_header(&path, bytes)?;
@@ -177,6 +185,7 @@ pub fn load_bytes(
         spec,
         runtime: runtime.clone(),
         pre,
+        backends,
         hash,
         loaded_at: SystemTime::now(),
         cache,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 pub use instance::{BatchError, PluginInstance};
 pub use limits::Limits;
-pub use load::{LoadError, Plugin, load, load_bytes};
+pub use load::{LoadError, Plugin, load, load_bytes, load_with};
 pub use state::PluginState;
 
 use crate::capability::Grants;

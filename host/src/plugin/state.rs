@@ -12,6 +12,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginSpec;
+use crate::capability::Backends;
 use super::limits::MemoryBudget;
 use crate::capability::kv::KvState;
 use crate::capability::log::LogState;
@@ -42,7 +43,7 @@ impl std::fmt::Debug for PluginState {
 }
 
 impl PluginState {
-    pub fn new(spec: &PluginSpec) -> Self {
+    pub fn new(spec: &PluginSpec, backends: &Arc<Backends>) -> Self {
         let stderr = OutputTail::default();
         // No args, env, preopened dirs or network: WASI only as far as the
         // guest language runtime needs (clocks, random, stdio).
@@ -59,9 +60,9 @@ impl PluginState {
             limiter: MemoryBudget::new(spec.limits.memory_bytes),
             stderr,
             log: LogState::new(&spec.name, &spec.tenant, spec.limits.log_per_second),
-            publish: PublishState::new(grants.clone()),
-            sql: SqlState::new(grants.clone()),
-            kv: KvState::new(grants),
+            publish: PublishState::new(grants.clone(), backends.clone()),
+            sql: SqlState::new(grants.clone(), backends.clone()),
+            kv: KvState::new(grants, backends.clone()),
         }
     }
 }

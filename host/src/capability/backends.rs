@@ -1,0 +1,118 @@
+//! The systems capabilities reach: the NATS connection (publish, KV) and
+//! PostgreSQL pools (sql). Shared by every instance of every plugin.
+//!
+//! Plugins are loaded and validated before the host connects, so the NATS
+//! side is filled in once connected; until then (and in offline runs) calls
+//! that need it answer `unavailable`. Pools connect lazily.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use async_nats::jetstream::{self, kv};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::Mutex;
+
+use crate::bindings::CapabilityError;
+use crate::config::DatabaseConfig;
+
+/// Shared connections for capabilities.
+#[derive(Default)]
+pub struct Backends {
+    js: OnceLock<jetstream::Context>,
+    databases: BTreeMap<String, Pool>,
+    buckets: Mutex<HashMap<String, kv::Store>>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends")
+            .field("nats", &self.js.get().is_some())
+            .field("databases", &self.databases.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A database pool could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("database `{name}`: {reason}")]
+pub struct BackendError {
+    pub name: String,
+    pub reason: String,
+}
+
+impl Backends {
+    /// No NATS, no databases: everything answers `unavailable`.
+    pub fn offline() -> Arc<Self> {
+        Arc::new(Backends::default())
+    }
+
+    /// Pools for the configured databases (connections open on first use).
+    pub fn with_databases(databases: &BTreeMap<String, DatabaseConfig>) -> Result<Arc<Self>, BackendError> {
+        let mut pools = BTreeMap::new();
+        for (name, db) in databases {
+            let err = |reason: String| BackendError {
+                name: name.clone(),
+                reason,
+            };
+            let pg: tokio_postgres::Config = db.url.parse().map_err(|e| err(format!("bad url: {e}")))?;
+            let manager = Manager::from_config(
+                pg,
+                tokio_postgres::NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            let t = Some(db.timeout.0);
+            let pool = Pool::builder(manager)
+                .max_size(db.pool_size)
+                .wait_timeout(t)
+                .create_timeout(t)
+                .recycle_timeout(t)
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+            pools.insert(name.clone(), pool);
+        }
+        Ok(Arc::new(Backends {
+            databases: pools,
+            ..Backends::default()
+        }))
+    }
+
+    /// Makes NATS available to plugins (once the host is connected).
+    pub fn set_nats(&self, js: jetstream::Context) {
+        let _ = self.js.set(js);
+    }
+
+    pub(crate) fn js(&self) -> Result<&jetstream::Context, CapabilityError> {
+        self.js
+            .get()
+            .ok_or_else(|| CapabilityError::Unavailable("NATS is not connected".into()))
+    }
+
+    pub(crate) fn database(&self, name: &str) -> Result<&Pool, CapabilityError> {
+        self.databases.get(name).ok_or_else(|| {
+            CapabilityError::Unavailable(format!("database `{name}` is not configured in this host"))
+        })
+    }
+
+    /// The KV store handle for `bucket`, looked up once and cached.
+    pub(crate) async fn bucket(&self, bucket: &str) -> Result<kv::Store, CapabilityError> {
+        if let Some(store) = self.buckets.lock().await.get(bucket) {
+            return Ok(store.clone());
+        }
+        let js = self.js()?;
+        let store = js.get_key_value(bucket).await.map_err(|e| {
+            if e.to_string().contains("not found") {
+                CapabilityError::NotFound
+            } else {
+                CapabilityError::Unavailable(format!("kv bucket `{bucket}`: {e}"))
+            }
+        })?;
+        self.buckets
+            .lock()
+            .await
+            .insert(bucket.to_owned(), store.clone());
+        Ok(store)
+    }
+}

@@ -1,0 +1,267 @@
+//! `jetplug:plugin/sql`: parameterized statements on granted PostgreSQL
+//! databases, checked against the plugin's `sql` grant on every call.
+//!
+//! Statement errors (syntax, constraint, type) come back as `invalid`;
+//! a database that cannot be reached, or a retryable server condition
+//! (connection lost, too many connections, shutdown, serialization failure,
+//! deadlock), comes back as `unavailable` so the plugin retries and the
+//! breaker sees it. Never a trap.
+
+mod values;
+
+use std::sync::Arc;
+
+use deadpool_postgres::Object;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use super::{Backends, Grants, denied};
+use crate::bindings::CapabilityError;
+use crate::bindings::jetplug::plugin::sql::{self, Rows, Value};
+use crate::plugin::PluginState;
+use values::Param;
+
+/// An open transaction handed to a plugin as a `transaction` resource. If it
+/// is dropped without commit or rollback (say, the instance trapped), its
+/// connection is closed rather than returned to the pool, so the server
+/// rolls it back.
+#[derive(Debug)]
+pub struct Transaction {
+    database: String,
+    client: Option<Object>,
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
+/// Per-instance state of the sql capability.
+#[derive(Debug)]
+pub struct SqlState {
+    grants: Arc<Grants>,
+    backends: Arc<Backends>,
+    table: ResourceTable,
+}
+
+impl SqlState {
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>) -> Self {
+        SqlState {
+            grants,
+            backends,
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// Checks that `database` is granted; the error is what the plugin sees.
+    pub fn check(&self, database: &str) -> Result<(), CapabilityError> {
+        if self.grants.allows_database(database) {
+            Ok(())
+        } else {
+            Err(denied(format_args!(
+                "database `{database}` is outside the grant {:?}",
+                self.grants.sql
+            )))
+        }
+    }
+
+    /// A pooled connection (the state is not borrowed across the wait).
+    fn client(&self, database: &str) -> impl Future<Output = Result<Object, CapabilityError>> + Send + use<> {
+        let pool = self
+            .check(database)
+            .and_then(|()| self.backends.database(database).cloned());
+        let database = database.to_owned();
+        async move {
+            pool?
+                .get()
+                .await
+                .map_err(|e| CapabilityError::Unavailable(format!("database `{database}`: {e}")))
+        }
+    }
+
+    fn transaction(&mut self, tx: &Resource<Transaction>) -> Result<&mut Transaction, CapabilityError> {
+        self.table
+            .get_mut(tx)
+            .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))
+    }
+}
+
+/// Maps a PostgreSQL error to what the plugin sees.
+fn pg_error(e: tokio_postgres::Error) -> CapabilityError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let text = match db.detail() {
+            Some(d) => format!("{} ({code}): {d}", db.message()),
+            None => format!("{} ({code})", db.message()),
+        };
+        let retryable = code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+            || code == "40001" || code == "40P01";
+        return if retryable {
+            CapabilityError::Unavailable(text)
+        } else {
+            CapabilityError::Invalid(text)
+        };
+    }
+    let text = e.to_string();
+    if text.starts_with("error serializing parameter") || text.contains("parameters but") {
+        CapabilityError::Invalid(text)
+    } else {
+        CapabilityError::Unavailable(text)
+    }
+}
+
+async fn execute_on(client: &Object, statement: &str, params: &[Value]) -> Result<u64, CapabilityError> {
+    let stmt = client.prepare_cached(statement).await.map_err(pg_error)?;
+    let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    client.execute(&stmt, &refs).await.map_err(pg_error)
+}
+
+async fn query_on(client: &Object, statement: &str, params: &[Value]) -> Result<Rows, CapabilityError> {
+    let stmt = client.prepare_cached(statement).await.map_err(pg_error)?;
+    let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let rows = client.query(&stmt, &refs).await.map_err(pg_error)?;
+    let columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+    let rows = rows
+        .iter()
+        .map(|row| (0..row.len()).map(|i| values::column(row, i)).collect::<Result<Vec<_>, _>>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CapabilityError::Invalid)?;
+    Ok(Rows { columns, rows })
+}
+
+struct SqlCap;
+
+impl HasData for SqlCap {
+    type Data<'a> = &'a mut SqlState;
+}
+
+/// Adds the `sql` interface to `linker`.
+pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    sql::add_to_linker::<PluginState, SqlCap>(linker, |s| &mut s.sql)
+}
+
+impl sql::Host for SqlState {
+    async fn execute(&mut self, database: String, statement: String, params: Vec<Value>) -> Result<u64, CapabilityError> {
+        let client = self.client(&database).await?;
+        execute_on(&client, &statement, &params).await
+    }
+
+    async fn query(&mut self, database: String, statement: String, params: Vec<Value>) -> Result<Rows, CapabilityError> {
+        let client = self.client(&database).await?;
+        query_on(&client, &statement, &params).await
+    }
+
+    async fn execute_batch(
+        &mut self,
+        database: String,
+        statement: String,
+        param_rows: Vec<Vec<Value>>,
+    ) -> Result<u64, CapabilityError> {
+        let client = self.client(&database).await?;
+        let mut tx = Transaction {
+            database,
+            client: Some(client),
+        };
+        let Some(client) = tx.client.as_ref() else {
+            return Err(CapabilityError::Other("no connection".into()));
+        };
+        client.batch_execute("BEGIN").await.map_err(pg_error)?;
+        let mut total = 0;
+        for row in &param_rows {
+            // On error `tx` is dropped: its connection is closed, rolling back.
+            total += execute_on(client, &statement, row).await?;
+        }
+        client.batch_execute("COMMIT").await.map_err(pg_error)?;
+        tx.client.take();
+        Ok(total)
+    }
+
+    async fn begin(&mut self, database: String) -> Result<Resource<Transaction>, CapabilityError> {
+        let client = self.client(&database).await?;
+        client.batch_execute("BEGIN").await.map_err(pg_error)?;
+        self.table
+            .push(Transaction {
+                database,
+                client: Some(client),
+            })
+            .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
+    }
+}
+
+impl sql::HostTransaction for SqlState {
+    async fn execute(
+        &mut self,
+        tx: Resource<Transaction>,
+        statement: String,
+        params: Vec<Value>,
+    ) -> Result<u64, CapabilityError> {
+        let tx = self.transaction(&tx)?;
+        let client = open(tx)?;
+        execute_on(client, &statement, &params).await
+    }
+
+    async fn query(
+        &mut self,
+        tx: Resource<Transaction>,
+        statement: String,
+        params: Vec<Value>,
+    ) -> Result<Rows, CapabilityError> {
+        let tx = self.transaction(&tx)?;
+        let client = open(tx)?;
+        query_on(client, &statement, &params).await
+    }
+
+    async fn commit(&mut self, tx: Resource<Transaction>) -> Result<(), CapabilityError> {
+        let mut tx = self
+            .table
+            .delete(tx)
+            .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))?;
+        let client = open(&tx)?;
+        client.batch_execute("COMMIT").await.map_err(pg_error)?;
+        tx.client.take();
+        Ok(())
+    }
+
+    async fn drop(&mut self, tx: Resource<Transaction>) -> wasmtime::Result<()> {
+        let mut tx = self.table.delete(tx)?;
+        if let Some(client) = tx.client.as_ref()
+            && client.batch_execute("ROLLBACK").await.is_ok()
+        {
+            tx.client.take();
+        }
+        Ok(())
+    }
+}
+
+fn open(tx: &Transaction) -> Result<&Object, CapabilityError> {
+    tx.client.as_ref().ok_or_else(|| {
+        CapabilityError::Invalid(format!("transaction on `{}` is already finished", tx.database))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_outside_grant_is_denied() {
+        let state = SqlState::new(
+            Arc::new(Grants {
+                sql: vec!["events".into()],
+                ..Grants::default()
+            }),
+            Backends::offline(),
+        );
+        assert!(state.check("events").is_ok());
+        assert!(matches!(
+            state.check("billing"),
+            Err(CapabilityError::AccessDenied(m)) if m.contains("billing")
+        ));
+    }
+}
