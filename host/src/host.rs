@@ -123,9 +123,12 @@ pub async fn run(
         .tenants
         .iter()
         .filter_map(|(name, t)| {
-            t.limits
-                .max_concurrent_batches
-                .map(|n| (name.clone(), Arc::new(tokio::sync::Semaphore::new(n.max(1) as usize))))
+            t.limits.max_concurrent_batches.map(|n| {
+                (
+                    name.clone(),
+                    Arc::new(tokio::sync::Semaphore::new(n.max(1) as usize)),
+                )
+            })
         })
         .collect();
     let mut tasks = JoinSet::new();

@@ -25,6 +25,9 @@ subjects = ["dlq.>"]
 storage = "memory"
 retention = "interest"
 
+[database.main]
+url = "postgres://postgres@127.0.0.1:5432/events"
+
 [plugin.indexer]
 path = "noop.wasm"
 grants = { sql = ["main"], publish = ["dlq.>"] }
@@ -217,4 +220,88 @@ fn parse_errors_carry_the_line() -> TestResult {
 fn missing_file_is_named() {
     let err = Config::load(Path::new("/nonexistent/jetplug.toml")).err();
     assert!(matches!(err, Some(ConfigError::Read { .. })));
+}
+
+const TENANTS: &str = r#"
+[tenant.acme]
+consume = ["learning.{tenant}.>"]
+publish = ["dlq.{tenant}.>"]
+databases = ["main"]
+limits = { memory = "32MiB", max_concurrent_batches = 2 }
+"#;
+
+fn with_tenant(text: &str) -> String {
+    format!("{text}{TENANTS}")
+        .replace("subjects = [\"learning.>\"]", "subjects = [\"learning.>\"]")
+        .replace(
+            "path = \"noop.wasm\"",
+            "path = \"noop.wasm\"\ntenant = \"acme\"",
+        )
+        .replace("publish = [\"dlq.>\"]", "publish = [\"dlq.{tenant}.x\"]")
+        .replace(
+            "plugin = \"indexer\"\n",
+            "plugin = \"indexer\"\nfilter_subjects = [\"learning.{tenant}.>\"]\n",
+        )
+}
+
+#[test]
+fn tenants_bound_pipelines_and_grants() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let c = load(dir.path(), &with_tenant(GOOD))?;
+    assert_eq!(
+        c.plugins["indexer"].grants.publish,
+        vec!["dlq.acme.x".to_owned()],
+        "{{tenant}} expanded"
+    );
+    assert_eq!(
+        c.pipelines[0].filter_subjects,
+        vec!["learning.acme.>".to_owned()]
+    );
+    assert_eq!(
+        c.tenants["acme"].consume,
+        vec!["learning.acme.>".to_owned()]
+    );
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "filter_subjects = [\"learning.{tenant}.>\"]\n",
+            "",
+            "pipeline[0].streams[0]",
+            "outside tenant `acme`",
+        ),
+        (
+            "publish = [\"dlq.{tenant}.x\"]",
+            "publish = [\"dlq.other.x\"]",
+            "plugin.indexer.grants.publish[0]",
+            "outside tenant `acme`",
+        ),
+        (
+            "memory = \"32MiB\", deadline",
+            "memory = \"48MiB\", deadline",
+            "plugin.indexer.limits.memory",
+            "exceeds tenant `acme`",
+        ),
+        (
+            "tenant = \"acme\"",
+            "tenant = \"nobody\"",
+            "plugin.indexer.tenant",
+            "`nobody` is not declared",
+        ),
+        (
+            "databases = [\"main\"]",
+            "databases = []",
+            "plugin.indexer.grants.sql[0]",
+            "outside tenant `acme`",
+        ),
+    ];
+    for (from, to, key, reason) in cases {
+        let base = with_tenant(GOOD);
+        assert!(base.contains(from), "test case does not apply: {from}");
+        let err = load(dir.path(), &base.replacen(from, to, 1))
+            .err()
+            .ok_or_else(|| format!("accepted: {to}"))?;
+        assert_eq!(err.key(), Some(*key), "{err}");
+        assert!(err.to_string().contains(reason), "{err}");
+    }
+    Ok(())
 }

@@ -47,14 +47,17 @@ impl Backends {
     }
 
     /// Pools for the configured databases (connections open on first use).
-    pub fn with_databases(databases: &BTreeMap<String, DatabaseConfig>) -> Result<Arc<Self>, BackendError> {
+    pub fn with_databases(
+        databases: &BTreeMap<String, DatabaseConfig>,
+    ) -> Result<Arc<Self>, BackendError> {
         let mut pools = BTreeMap::new();
         for (name, db) in databases {
             let err = |reason: String| BackendError {
                 name: name.clone(),
                 reason,
             };
-            let pg: tokio_postgres::Config = db.url.parse().map_err(|e| err(format!("bad url: {e}")))?;
+            let pg: tokio_postgres::Config =
+                db.url.parse().map_err(|e| err(format!("bad url: {e}")))?;
             let manager = Manager::from_config(
                 pg,
                 tokio_postgres::NoTls,
@@ -92,7 +95,9 @@ impl Backends {
 
     pub(crate) fn database(&self, name: &str) -> Result<&Pool, CapabilityError> {
         self.databases.get(name).ok_or_else(|| {
-            CapabilityError::Unavailable(format!("database `{name}` is not configured in this host"))
+            CapabilityError::Unavailable(format!(
+                "database `{name}` is not configured in this host"
+            ))
         })
     }
 

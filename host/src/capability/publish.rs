@@ -65,7 +65,9 @@ impl publish::Host for PublishState {
         let mut headers = HeaderMap::new();
         for (k, v) in &msg.headers {
             if k.is_empty() || k.contains([':', ' ', '\r', '\n']) || v.contains(['\r', '\n']) {
-                return Err(CapabilityError::Invalid(format!("header `{k}` is not a valid NATS header")));
+                return Err(CapabilityError::Invalid(format!(
+                    "header `{k}` is not a valid NATS header"
+                )));
             }
             headers.append(k.as_str(), v.as_str());
         }

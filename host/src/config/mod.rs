@@ -8,8 +8,8 @@ mod nats;
 mod pipeline;
 mod plugin;
 mod resources;
-mod tenants;
 mod stream;
+mod tenants;
 mod units;
 mod validate;
 

@@ -33,7 +33,10 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         let Some(t) = config.tenants.get(&p.tenant) else {
             return Err(invalid(
                 key("tenant"),
-                format!("tenant `{}` is not declared as [tenant.{}]", p.tenant, p.tenant),
+                format!(
+                    "tenant `{}` is not declared as [tenant.{}]",
+                    p.tenant, p.tenant
+                ),
             ));
         };
         let tn = &p.tenant;
@@ -41,7 +44,10 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             if !t.publish.iter().any(|o| subject::contains(o, pattern)) {
                 return Err(invalid(
                     key(&format!("grants.publish[{j}]")),
-                    format!("`{pattern}` is outside tenant `{tn}` (publish = {:?})", t.publish),
+                    format!(
+                        "`{pattern}` is outside tenant `{tn}` (publish = {:?})",
+                        t.publish
+                    ),
                 ));
             }
         }
@@ -49,7 +55,10 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             if db == "*" || !t.databases.contains(db) {
                 return Err(invalid(
                     key(&format!("grants.sql[{j}]")),
-                    format!("database `{db}` is outside tenant `{tn}` (databases = {:?})", t.databases),
+                    format!(
+                        "database `{db}` is outside tenant `{tn}` (databases = {:?})",
+                        t.databases
+                    ),
                 ));
             }
         }
@@ -57,7 +66,10 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             if b == "*" || !t.buckets.contains(b) {
                 return Err(invalid(
                     key(&format!("grants.kv[{j}]")),
-                    format!("bucket `{b}` is outside tenant `{tn}` (buckets = {:?})", t.buckets),
+                    format!(
+                        "bucket `{b}` is outside tenant `{tn}` (buckets = {:?})",
+                        t.buckets
+                    ),
                 ));
             }
         }
@@ -66,7 +78,10 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         {
             return Err(invalid(
                 key("limits.memory"),
-                format!("{} bytes exceeds tenant `{tn}`'s limit of {} bytes", p.limits.memory.0, max.0),
+                format!(
+                    "{} bytes exceeds tenant `{tn}`'s limit of {} bytes",
+                    p.limits.memory.0, max.0
+                ),
             ));
         }
         if let Some(max) = t.limits.deadline
@@ -74,7 +89,10 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         {
             return Err(invalid(
                 key("limits.deadline"),
-                format!("{:?} exceeds tenant `{tn}`'s limit of {:?}", p.limits.deadline.0, max.0),
+                format!(
+                    "{:?} exceeds tenant `{tn}`'s limit of {:?}",
+                    p.limits.deadline.0, max.0
+                ),
             ));
         }
     }
@@ -86,9 +104,15 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             continue;
         };
         for (j, s) in p.streams.iter().enumerate() {
-            let Some(stream) = config.stream(s) else { continue };
+            let Some(stream) = config.stream(s) else {
+                continue;
+            };
             let filters = filters_for(p, stream);
-            let consumed = if filters.is_empty() { &stream.subjects } else { &filters };
+            let consumed = if filters.is_empty() {
+                &stream.subjects
+            } else {
+                &filters
+            };
             if let Some(outside) = consumed
                 .iter()
                 .find(|c| !t.consume.iter().any(|o| subject::contains(o, c)))

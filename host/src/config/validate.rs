@@ -67,19 +67,31 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
     for (name, db) in &config.databases {
         name_check(name).map_err(|r| invalid(format!("database.{name}"), r))?;
         if db.url.trim().is_empty() {
-            return Err(invalid(format!("database.{name}.url"), "must not be empty".into()));
+            return Err(invalid(
+                format!("database.{name}.url"),
+                "must not be empty".into(),
+            ));
         }
         if db.url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(invalid(format!("database.{name}.url"), "is not a PostgreSQL connection string (postgres://user@host:port/db)".into()));
+            return Err(invalid(
+                format!("database.{name}.url"),
+                "is not a PostgreSQL connection string (postgres://user@host:port/db)".into(),
+            ));
         }
         if db.pool_size == 0 {
-            return Err(invalid(format!("database.{name}.pool_size"), "must be at least 1".into()));
+            return Err(invalid(
+                format!("database.{name}.pool_size"),
+                "must be at least 1".into(),
+            ));
         }
     }
     for (name, b) in &config.buckets {
         name_check(name).map_err(|r| invalid(format!("kv.{name}"), r))?;
         if !(1..=64).contains(&b.history) {
-            return Err(invalid(format!("kv.{name}.history"), format!("must be between 1 and 64 (got {})", b.history)));
+            return Err(invalid(
+                format!("kv.{name}.history"),
+                format!("must be between 1 and 64 (got {})", b.history),
+            ));
         }
     }
     for (name, p) in &config.plugins {

@@ -9,7 +9,10 @@ use super::streams::StreamError;
 use crate::config::{BucketConfig, Storage};
 
 /// Creates every declared bucket that does not exist yet.
-pub async fn ensure(js: &jetstream::Context, buckets: &BTreeMap<String, BucketConfig>) -> Result<(), StreamError> {
+pub async fn ensure(
+    js: &jetstream::Context,
+    buckets: &BTreeMap<String, BucketConfig>,
+) -> Result<(), StreamError> {
     for (name, b) in buckets {
         if js.get_key_value(name).await.is_ok() {
             continue;
@@ -18,7 +21,11 @@ pub async fn ensure(js: &jetstream::Context, buckets: &BTreeMap<String, BucketCo
             bucket: name.clone(),
             history: b.history,
             max_age: b.max_age.0,
-            max_bytes: if b.max_bytes.0 == 0 { -1 } else { i64::try_from(b.max_bytes.0).unwrap_or(i64::MAX) },
+            max_bytes: if b.max_bytes.0 == 0 {
+                -1
+            } else {
+                i64::try_from(b.max_bytes.0).unwrap_or(i64::MAX)
+            },
             storage: match b.storage {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,

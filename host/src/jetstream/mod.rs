@@ -2,8 +2,8 @@
 //! runtime reconnect), stream provisioning and reconciliation, durable
 //! consumers, and turning delivered messages into the plugin's `message`.
 
-pub mod connect;
 pub mod buckets;
+pub mod connect;
 pub mod consumer;
 pub mod convert;
 pub mod streams;

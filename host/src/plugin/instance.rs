@@ -150,7 +150,10 @@ impl PluginInstance {
     async fn instantiate(&mut self) -> Result<Live, BatchError> {
         let plugin = self.plugin.clone();
         let name = plugin.name().to_owned();
-        let mut store = Store::new(plugin.runtime.engine(), PluginState::new(&plugin.spec, &plugin.backends));
+        let mut store = Store::new(
+            plugin.runtime.engine(),
+            PluginState::new(&plugin.spec, &plugin.backends),
+        );
         store.limiter(|s| &mut s.limiter);
         let deadline = plugin.spec.limits.deadline;
         store.set_epoch_deadline(plugin.runtime.deadline_ticks(deadline));

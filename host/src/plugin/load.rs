@@ -131,7 +131,11 @@ pub fn load(runtime: &Arc<Runtime>, spec: PluginSpec) -> Result<Plugin, LoadErro
 }
 
 /// Loads the plugin file named by `spec.path`, its capabilities reaching `backends`.
-pub fn load_with(runtime: &Arc<Runtime>, spec: PluginSpec, backends: Arc<Backends>) -> Result<Plugin, LoadError> {
+pub fn load_with(
+    runtime: &Arc<Runtime>,
+    spec: PluginSpec,
+    backends: Arc<Backends>,
+) -> Result<Plugin, LoadError> {
     let bytes = std::fs::read(&spec.path).map_err(|source| LoadError::Read {
         path: spec.path.clone(),
         source,

@@ -12,8 +12,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginSpec;
-use crate::capability::Backends;
 use super::limits::MemoryBudget;
+use crate::capability::Backends;
 use crate::capability::kv::KvState;
 use crate::capability::log::LogState;
 use crate::capability::publish::PublishState;

@@ -1,11 +1,25 @@
 //! Calls the capability named by each message's payload and reports the
-//! outcome: `ack` on success, `term("<error>")` on a capability error.
-//! Payloads: `sql:DB`, `publish:SUBJECT`, `kv:BUCKET`, `ambient` (tries files,
-//! environment and sockets; answers `term("fs=.. env=.. net=..")`), else logs.
+//! outcome as `term("<result>")` (a free-text channel tests can read), or
+//! `ack` for the plain probes. Payloads (fields separated by `|`):
+//!
+//! - `sql:DB` (`select 1`), `publish:SUBJECT`, `kv:BUCKET` (get `key`): `ack`
+//!   on success, `term("<error>")` otherwise;
+//! - `sql-exec|DB|STATEMENT` → `ok:<rows>`;
+//! - `sql-roundtrip|DB` → every value type through a table and back → `ok`;
+//! - `sql-tx|DB|commit` / `sql-tx|DB|drop` → insert into `tx_probe` in a
+//!   transaction, then commit or drop it → `ok`;
+//! - `sql-batch|DB|N` → insert N rows into `batch_probe` in one call → `ok:<rows>`;
+//! - `publish|SUBJECT|ID` → `ok:<stream>:<seq>:<duplicate>`;
+//! - `kv-put|BUCKET|KEY|VALUE` → `ok:<revision>`; `kv-get|BUCKET|KEY` →
+//!   `ok:<value>:<revision>` or `none`; `kv-cas|BUCKET|KEY|VALUE|REV` (REV
+//!   `none` = must not exist) → `ok:<revision>`; `kv-del|BUCKET|KEY` → `ok`;
+//! - `ambient`: tries files, environment and sockets → `fs=.. env=.. net=..`;
+//! - anything else is logged and acked.
 
 wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
 
 use exports::jetplug::plugin::handler::{Decision, Guest, Message};
+use jetplug::plugin::sql::Value;
 use jetplug::plugin::types::Error;
 use jetplug::plugin::{kv, log, publish, sql};
 
@@ -22,20 +36,21 @@ impl Guest for Caps {
 }
 
 fn run(payload: &[u8]) -> Decision {
-    let text = String::from_utf8_lossy(payload);
+    let text = String::from_utf8_lossy(payload).into_owned();
     if text == "ambient" {
         return Decision::Term(ambient());
+    }
+    if text.contains('|') {
+        let f: Vec<&str> = text.split('|').collect();
+        return Decision::Term(match command(&f) {
+            Ok(s) => s,
+            Err(e) => describe(&e),
+        });
     }
     let result = if let Some(db) = text.strip_prefix("sql:") {
         sql::execute(db, "select 1", &[]).map(|_| ())
     } else if let Some(subject) = text.strip_prefix("publish:") {
-        publish::publish(&publish::Outgoing {
-            subject: subject.to_owned(),
-            headers: vec![],
-            payload: b"hello".to_vec(),
-            message_id: None,
-        })
-        .map(|_| ())
+        publish::publish(&outgoing(subject, None)).map(|_| ())
     } else if let Some(bucket) = text.strip_prefix("kv:") {
         kv::get(bucket, "key").map(|_| ())
     } else {
@@ -45,6 +60,103 @@ fn run(payload: &[u8]) -> Decision {
     match result {
         Ok(()) => Decision::Ack,
         Err(e) => Decision::Term(describe(&e)),
+    }
+}
+
+fn outgoing(subject: &str, id: Option<&str>) -> publish::Outgoing {
+    publish::Outgoing {
+        subject: subject.to_owned(),
+        headers: vec![("x-probe".into(), "1".into())],
+        payload: b"hello".to_vec(),
+        message_id: id.map(str::to_owned),
+    }
+}
+
+fn command(f: &[&str]) -> Result<String, Error> {
+    let arg = |i: usize| f.get(i).copied().unwrap_or("");
+    match arg(0) {
+        "sql-exec" => sql::execute(arg(1), arg(2), &[]).map(|n| format!("ok:{n}")),
+        "sql-roundtrip" => roundtrip(arg(1)),
+        "sql-tx" => {
+            let db = arg(1);
+            sql::execute(db, "create table if not exists tx_probe (v int8)", &[])?;
+            let tx = sql::begin(db)?;
+            tx.execute("insert into tx_probe values ($1)", &[Value::Int(1)])?;
+            if arg(2) == "commit" {
+                sql::Transaction::commit(tx)?;
+            } else {
+                drop(tx);
+            }
+            Ok("ok".into())
+        }
+        "sql-batch" => {
+            let db = arg(1);
+            sql::execute(
+                db,
+                "create table if not exists batch_probe (v int8 primary key)",
+                &[],
+            )?;
+            let n: i64 = arg(2).parse().unwrap_or(0);
+            let rows: Vec<Vec<Value>> = (0..n).map(|i| vec![Value::Int(i)]).collect();
+            sql::execute_batch(db, "insert into batch_probe values ($1)", &rows)
+                .map(|n| format!("ok:{n}"))
+        }
+        "publish" => {
+            let id = Some(arg(2)).filter(|s| !s.is_empty());
+            publish::publish(&outgoing(arg(1), id))
+                .map(|r| format!("ok:{}:{}:{}", r.stream, r.sequence, r.duplicate))
+        }
+        "kv-put" => kv::put(arg(1), arg(2), arg(3).as_bytes()).map(|r| format!("ok:{r}")),
+        "kv-get" => kv::get(arg(1), arg(2)).map(|e| match e {
+            Some(e) => format!("ok:{}:{}", String::from_utf8_lossy(&e.value), e.revision),
+            None => "none".into(),
+        }),
+        "kv-cas" => {
+            let expected = arg(4).parse().ok();
+            kv::compare_and_set(arg(1), arg(2), arg(3).as_bytes(), expected)
+                .map(|r| format!("ok:{r}"))
+        }
+        "kv-del" => kv::delete(arg(1), arg(2)).map(|()| "ok".into()),
+        other => Ok(format!("unknown command {other}")),
+    }
+}
+
+/// Writes one value of every type and reads it back.
+fn roundtrip(db: &str) -> Result<String, Error> {
+    sql::execute(
+        db,
+        "create table if not exists roundtrip (b bool, i int8, n int4, f float8, t text, by bytea, j jsonb, ts timestamptz, z text)",
+        &[],
+    )?;
+    let values = vec![
+        Value::Boolean(true),
+        Value::Int(-42),
+        Value::Int(7),
+        Value::Float(2.5),
+        Value::Text("héllo".into()),
+        Value::Bytes(vec![0, 1, 255]),
+        Value::Json(r#"{"a":[1,2]}"#.into()),
+        Value::Timestamp(1_700_000_000_123_456),
+        Value::Null,
+    ];
+    sql::execute(
+        db,
+        "insert into roundtrip values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &values,
+    )?;
+    let rows = sql::query(
+        db,
+        "select b, i, n, f, t, by, j, ts, z from roundtrip limit 1",
+        &[],
+    )?;
+    if rows.columns != ["b", "i", "n", "f", "t", "by", "j", "ts", "z"] {
+        return Ok(format!("columns differ: {:?}", rows.columns));
+    }
+    let got = rows.rows.first().cloned().unwrap_or_default();
+    if format!("{got:?}") == format!("{values:?}") {
+        Ok("ok".into())
+    } else {
+        Ok(format!("mismatch: sent {values:?}, got {got:?}"))
     }
 }
 

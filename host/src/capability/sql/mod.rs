@@ -68,7 +68,10 @@ impl SqlState {
     }
 
     /// A pooled connection (the state is not borrowed across the wait).
-    fn client(&self, database: &str) -> impl Future<Output = Result<Object, CapabilityError>> + Send + use<> {
+    fn client(
+        &self,
+        database: &str,
+    ) -> impl Future<Output = Result<Object, CapabilityError>> + Send + use<> {
         let pool = self
             .check(database)
             .and_then(|()| self.backends.database(database).cloned());
@@ -81,7 +84,10 @@ impl SqlState {
         }
     }
 
-    fn transaction(&mut self, tx: &Resource<Transaction>) -> Result<&mut Transaction, CapabilityError> {
+    fn transaction(
+        &mut self,
+        tx: &Resource<Transaction>,
+    ) -> Result<&mut Transaction, CapabilityError> {
         self.table
             .get_mut(tx)
             .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))
@@ -96,8 +102,11 @@ fn pg_error(e: tokio_postgres::Error) -> CapabilityError {
             Some(d) => format!("{} ({code}): {d}", db.message()),
             None => format!("{} ({code})", db.message()),
         };
-        let retryable = code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
-            || code == "40001" || code == "40P01";
+        let retryable = code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || code == "40001"
+            || code == "40P01";
         return if retryable {
             CapabilityError::Unavailable(text)
         } else {
@@ -112,24 +121,40 @@ fn pg_error(e: tokio_postgres::Error) -> CapabilityError {
     }
 }
 
-async fn execute_on(client: &Object, statement: &str, params: &[Value]) -> Result<u64, CapabilityError> {
+async fn execute_on(
+    client: &Object,
+    statement: &str,
+    params: &[Value],
+) -> Result<u64, CapabilityError> {
     let stmt = client.prepare_cached(statement).await.map_err(pg_error)?;
     let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
     client.execute(&stmt, &refs).await.map_err(pg_error)
 }
 
-async fn query_on(client: &Object, statement: &str, params: &[Value]) -> Result<Rows, CapabilityError> {
+async fn query_on(
+    client: &Object,
+    statement: &str,
+    params: &[Value],
+) -> Result<Rows, CapabilityError> {
     let stmt = client.prepare_cached(statement).await.map_err(pg_error)?;
     let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
     let rows = client.query(&stmt, &refs).await.map_err(pg_error)?;
     let columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
     let rows = rows
         .iter()
-        .map(|row| (0..row.len()).map(|i| values::column(row, i)).collect::<Result<Vec<_>, _>>())
+        .map(|row| {
+            (0..row.len())
+                .map(|i| values::column(row, i))
+                .collect::<Result<Vec<_>, _>>()
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(CapabilityError::Invalid)?;
     Ok(Rows { columns, rows })
@@ -147,12 +172,22 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 }
 
 impl sql::Host for SqlState {
-    async fn execute(&mut self, database: String, statement: String, params: Vec<Value>) -> Result<u64, CapabilityError> {
+    async fn execute(
+        &mut self,
+        database: String,
+        statement: String,
+        params: Vec<Value>,
+    ) -> Result<u64, CapabilityError> {
         let client = self.client(&database).await?;
         execute_on(&client, &statement, &params).await
     }
 
-    async fn query(&mut self, database: String, statement: String, params: Vec<Value>) -> Result<Rows, CapabilityError> {
+    async fn query(
+        &mut self,
+        database: String,
+        statement: String,
+        params: Vec<Value>,
+    ) -> Result<Rows, CapabilityError> {
         let client = self.client(&database).await?;
         query_on(&client, &statement, &params).await
     }
@@ -241,7 +276,10 @@ impl sql::HostTransaction for SqlState {
 
 fn open(tx: &Transaction) -> Result<&Object, CapabilityError> {
     tx.client.as_ref().ok_or_else(|| {
-        CapabilityError::Invalid(format!("transaction on `{}` is already finished", tx.database))
+        CapabilityError::Invalid(format!(
+            "transaction on `{}` is already finished",
+            tx.database
+        ))
     })
 }
 

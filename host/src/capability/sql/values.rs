@@ -64,12 +64,15 @@ impl ToSql for Param<'_> {
             (Value::Float(f), &Type::FLOAT4) => (*f as f32).to_sql(ty, out),
             (Value::Text(s), t) if is_text(t) => s.as_str().to_sql(ty, out),
             (Value::Text(s) | Value::Json(s), &Type::JSON | &Type::JSONB) => {
-                let json: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("invalid JSON: {e}"))?;
+                let json: serde_json::Value =
+                    serde_json::from_str(s).map_err(|e| format!("invalid JSON: {e}"))?;
                 json.to_sql(ty, out)
             }
             (Value::Json(s), t) if is_text(t) => s.as_str().to_sql(ty, out),
             (Value::Bytes(b), &Type::BYTEA) => b.as_slice().to_sql(ty, out),
-            (Value::Timestamp(us), &Type::TIMESTAMPTZ | &Type::TIMESTAMP) => micros_to_time(*us).to_sql(ty, out),
+            (Value::Timestamp(us), &Type::TIMESTAMPTZ | &Type::TIMESTAMP) => {
+                micros_to_time(*us).to_sql(ty, out)
+            }
             _ => Err(mismatch(v, ty)),
         }
     }
@@ -82,7 +85,10 @@ impl ToSql for Param<'_> {
 }
 
 fn is_text(t: &Type) -> bool {
-    matches!(*t, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN)
+    matches!(
+        *t,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    )
 }
 
 /// Converts column `i` of `row` to a value.
@@ -90,14 +96,38 @@ pub fn column(row: &Row, i: usize) -> Result<Value, String> {
     let ty = row.columns()[i].type_().clone();
     let err = |e: tokio_postgres::Error| format!("column {i} ({ty}): {e}");
     let v = match ty {
-        Type::BOOL => row.try_get::<_, Option<bool>>(i).map_err(err)?.map(Value::Boolean),
-        Type::INT2 => row.try_get::<_, Option<i16>>(i).map_err(err)?.map(|v| Value::Int(v.into())),
-        Type::INT4 => row.try_get::<_, Option<i32>>(i).map_err(err)?.map(|v| Value::Int(v.into())),
-        Type::INT8 => row.try_get::<_, Option<i64>>(i).map_err(err)?.map(Value::Int),
-        Type::OID => row.try_get::<_, Option<u32>>(i).map_err(err)?.map(|v| Value::Int(v.into())),
-        Type::FLOAT4 => row.try_get::<_, Option<f32>>(i).map_err(err)?.map(|v| Value::Float(v.into())),
-        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map_err(err)?.map(Value::Float),
-        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i).map_err(err)?.map(Value::Bytes),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)
+            .map_err(err)?
+            .map(Value::Boolean),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)
+            .map_err(err)?
+            .map(|v| Value::Int(v.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)
+            .map_err(err)?
+            .map(|v| Value::Int(v.into())),
+        Type::INT8 => row
+            .try_get::<_, Option<i64>>(i)
+            .map_err(err)?
+            .map(Value::Int),
+        Type::OID => row
+            .try_get::<_, Option<u32>>(i)
+            .map_err(err)?
+            .map(|v| Value::Int(v.into())),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(i)
+            .map_err(err)?
+            .map(|v| Value::Float(v.into())),
+        Type::FLOAT8 => row
+            .try_get::<_, Option<f64>>(i)
+            .map_err(err)?
+            .map(Value::Float),
+        Type::BYTEA => row
+            .try_get::<_, Option<Vec<u8>>>(i)
+            .map_err(err)?
+            .map(Value::Bytes),
         Type::JSON | Type::JSONB => row
             .try_get::<_, Option<serde_json::Value>>(i)
             .map_err(err)?
@@ -106,7 +136,10 @@ pub fn column(row: &Row, i: usize) -> Result<Value, String> {
             .try_get::<_, Option<SystemTime>>(i)
             .map_err(err)?
             .map(|t| Value::Timestamp(time_to_micros(t))),
-        ref t if is_text(t) => row.try_get::<_, Option<String>>(i).map_err(err)?.map(Value::Text),
+        ref t if is_text(t) => row
+            .try_get::<_, Option<String>>(i)
+            .map_err(err)?
+            .map(Value::Text),
         other => {
             return Err(format!(
                 "column {i} has type `{other}`, which jetplug does not convert; cast it in SQL (e.g. `::text`, `::float8`)"
@@ -131,10 +164,23 @@ mod tests {
     fn params_adapt_to_the_placeholder_type() {
         let mut out = BytesMut::new();
         assert!(Param(&Value::Int(5)).to_sql(&Type::INT4, &mut out).is_ok());
-        assert!(Param(&Value::Int(1 << 40)).to_sql(&Type::INT4, &mut out).is_err());
-        assert!(matches!(Param(&Value::Null).to_sql(&Type::INT8, &mut out), Ok(IsNull::Yes)));
-        let err = Param(&Value::Text("x".into())).to_sql(&Type::INT8, &mut out).err();
+        assert!(
+            Param(&Value::Int(1 << 40))
+                .to_sql(&Type::INT4, &mut out)
+                .is_err()
+        );
+        assert!(matches!(
+            Param(&Value::Null).to_sql(&Type::INT8, &mut out),
+            Ok(IsNull::Yes)
+        ));
+        let err = Param(&Value::Text("x".into()))
+            .to_sql(&Type::INT8, &mut out)
+            .err();
         assert!(err.is_some_and(|e| e.to_string().contains("cannot use text for a `int8`")));
-        assert!(Param(&Value::Json("{bad".into())).to_sql(&Type::JSONB, &mut out).is_err());
+        assert!(
+            Param(&Value::Json("{bad".into()))
+                .to_sql(&Type::JSONB, &mut out)
+                .is_err()
+        );
     }
 }
