@@ -17,5 +17,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::jetplug::plugin::handler::{Decision, Message};
-pub use jetplug::plugin::types::Error as CapabilityError;
+pub use self::exports::jetplug::plugin::handler::{Decision, Message};
+pub use self::jetplug::plugin::types::Error as CapabilityError;
