@@ -68,12 +68,22 @@ impl NatsServer {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.store.path().join("server.log"))?;
+        // Generous JetStream limits: streams reserve their max_bytes against
+        // them, and the AIVO topology declares 42 GB.
+        let conf = self.store.path().join("server.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\n\
+                 jetstream {{\n  store_dir: {:?}\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}}\n",
+                self.port,
+                self.monitor_port,
+                self.store.path().join("jetstream").display().to_string()
+            ),
+        )?;
         let child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1"])
-            .args(["-p", &self.port.to_string()])
-            .args(["-m", &self.monitor_port.to_string()])
-            .arg("-sd")
-            .arg(self.store.path().join("jetstream"))
+            .arg("-c")
+            .arg(&conf)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
