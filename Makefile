@@ -6,10 +6,14 @@ export CARGO_TERM_COLOR ?= never
 PLUGIN_DIR := target/plugins/wasm32-wasip2/release
 PLUGINS := $(notdir $(wildcard plugins/*))
 
-.PHONY: demo test setup plugins build lint fmt clean
+.PHONY: demo demo-offline test setup plugins build lint fmt clean
 
-## demo: run the no-op plugin offline over the sample events.
+## demo: the AIVO topology end to end (local nats-server + PostgreSQL, sample traffic, summary).
 demo: setup plugins build
+	scripts/demo.sh
+
+## demo-offline: a plugin over sample events, no servers.
+demo-offline: plugins build
 	./target/debug/jetplug run-plugin $(PLUGIN_DIR)/test_noop.wasm --input examples/offline/events.jsonl
 
 ## test: install what is missing, build every plugin, run the whole test suite.

@@ -242,3 +242,84 @@ async fn run_consumes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
     assert_eq!(exit.code(), Some(0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_and_redrive_return_messages_to_their_subjects() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &nats.url(), "")?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let host = tokio::spawn(jetplug::host::run(
+        jetplug::config::Config::load(Path::new(&config))?,
+        shutdown.clone(),
+        |_| {},
+    ));
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    eventually(WAIT, "streams", || async {
+        Ok(js.get_stream("DLQ").await.is_ok())
+    })
+    .await?;
+    for i in 0..3 {
+        js.publish(
+            "events.orders",
+            format!("term:bad order: id {i}").into_bytes().into(),
+        )
+        .await?
+        .await?;
+    }
+    eventually(WAIT, "3 dead letters", || async {
+        Ok(js.get_stream("DLQ").await?.info().await?.state.messages == 3)
+    })
+    .await?;
+    shutdown.cancel();
+    host.await??;
+
+    let out = jetplug(&["dlq", "list", "--config", &config])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("3 dead letters in `DLQ`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("     3  dlq.events.main  bad order\n"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("via main, 1 deliveries): bad order: id 1"),
+        "{}",
+        text(&out)
+    );
+
+    let out = jetplug(&["dlq", "redrive", "--config", &config, "--limit", "2"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("redriven 2 dead letters"),
+        "{}",
+        text(&out)
+    );
+    let mut dlq = js.get_stream("DLQ").await?;
+    assert_eq!(
+        dlq.info().await?.state.messages,
+        1,
+        "redriven dead letters are removed"
+    );
+    let events = js.get_stream("EVENTS").await?;
+    for seq in [4, 5] {
+        let m = events.get_raw_message(seq).await?;
+        assert_eq!(m.subject.as_str(), "events.orders");
+        assert!(String::from_utf8_lossy(&m.payload).starts_with("term:bad order"));
+        assert!(
+            m.headers.get("Jetplug-Reason").is_none(),
+            "dead-letter facts are not sent back"
+        );
+        assert_eq!(
+            m.headers
+                .get("Jetplug-Redriven-From")
+                .map(|v| v.as_str().starts_with("DLQ:")),
+            Some(true)
+        );
+    }
+    Ok(())
+}

@@ -2,6 +2,8 @@
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
 mod check;
+mod dlq;
+mod publish;
 mod replay;
 mod run;
 mod run_plugin;
@@ -42,6 +44,10 @@ enum Command {
     Check(check::Args),
     /// Show or apply the stream plan (create missing, reconcile drifted).
     Streams(streams::Args),
+    /// Look at dead letters, or send them back to their original subjects.
+    Dlq(dlq::Args),
+    /// Publish sample events (AIVO subjects by default, some malformed).
+    Publish(publish::Args),
     /// Run a plugin over a pipeline's stream history (ephemeral consumer).
     Replay(replay::Args),
     /// Run a plugin offline over messages from a JSONL file and print its decisions.
@@ -71,6 +77,8 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Streams(args) => streams::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
+            Command::Publish(args) => publish::run(args).await,
             Command::Replay(args) => replay::run(args).await,
             Command::RunPlugin(args) => run_plugin::run(args).await,
         }
