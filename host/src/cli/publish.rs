@@ -63,11 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(s) => s.clone(),
             // Shifted once per malformed period so malformed events hit every subject.
             None => {
-                let shift = if args.malformed_every > 0 {
-                    i / args.malformed_every
-                } else {
-                    0
-                };
+                let shift = i.checked_div(args.malformed_every).unwrap_or(0);
                 AIVO_SUBJECTS[((i + shift) as usize) % AIVO_SUBJECTS.len()].to_owned()
             }
         };
