@@ -59,15 +59,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
+        let is_malformed = args.malformed_every > 0 && (i + 1) % args.malformed_every == 0;
         let subject = match &args.subject {
             Some(s) => s.clone(),
-            // Shifted once per malformed period so malformed events hit every subject.
-            None => {
-                let shift = i.checked_div(args.malformed_every).unwrap_or(0);
-                AIVO_SUBJECTS[((i + shift) as usize) % AIVO_SUBJECTS.len()].to_owned()
+            // Malformed events take the subjects in turn, so every stream gets some.
+            None if is_malformed => {
+                AIVO_SUBJECTS[(malformed as usize) % AIVO_SUBJECTS.len()].to_owned()
             }
+            None => AIVO_SUBJECTS[(i as usize) % AIVO_SUBJECTS.len()].to_owned(),
         };
-        let body = if args.malformed_every > 0 && (i + 1) % args.malformed_every == 0 {
+        let body = if is_malformed {
             malformed += 1;
             format!("{{\"student\": \"s-{i}\", broken")
         } else {

@@ -139,7 +139,7 @@ async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOption
                     }
                     Event::Closed => {
                         h.set_connected(false);
-                        tracing::error!("NATS connection closed (reconnect attempts exhausted)");
+                        tracing::info!("NATS connection closed");
                     }
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
