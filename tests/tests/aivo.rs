@@ -200,3 +200,49 @@ async fn aivo_end_to_end_exact_under_redelivery() -> anyhow::Result<()> {
     check_results(&js, &db).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_router_rules_pick_the_subject() -> anyhow::Result<()> {
+    use jetplug::config::ConfigValue;
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let cache = tempfile::tempdir()?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    let mut config = aivo_config(&nats, &pg, cache.path())?;
+    let router = config.plugins.get_mut("dlq-router").context("dlq-router")?;
+    router.config.insert(
+        "rule.1".into(),
+        ConfigValue::Text("subject=homework.> => dlq.homework.{pipeline}.late".into()),
+    );
+    router.config.insert(
+        "rule.2".into(),
+        ConfigValue::Text("reason~not JSON => dlq.{domain}.malformed".into()),
+    );
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    js.publish("learning.quiz.answered", b"nope".to_vec().into())
+        .await?
+        .await?;
+    js.publish("homework.assignment.submitted", b"nope".to_vec().into())
+        .await?
+        .await?;
+
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(host::run(config, shutdown.clone(), |_| {}));
+    eventually(WAIT, "3 dead letters", || async {
+        Ok(dlq(&js).await?.len() == 3)
+    })
+    .await?;
+    shutdown.cancel();
+    task.await??;
+    let mut subjects: Vec<String> = dlq(&js).await?.into_iter().map(|(s, _)| s).collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            "dlq.homework.indexer.late",
+            "dlq.learning.malformed",
+            "dlq.learning.malformed"
+        ]
+    );
+    Ok(())
+}

@@ -554,3 +554,36 @@ async fn dead_letter_plugin_receives_dead_letters_and_failures_keep_the_original
     );
     host.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_ceiling_limits_concurrent_batches() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    // Four workers, but the tenant allows one batch at a time.
+    let extra = "concurrency = 4\nmax_ack_pending = 100\n\n\
+                 [tenant.default]\nconsume = [\"events.>\"]\nlimits = { max_concurrent_batches = 1 }\n";
+    let cfg = config(dir.path(), &nats.url(), plugins::TEST_NOOP, extra)?;
+    let mut cfg = cfg;
+    cfg.pipelines[0].batch = 1;
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    let started = Instant::now();
+    publish(
+        &js,
+        "events.a",
+        &["sleep:400", "sleep:400", "sleep:400", "sleep:400"],
+    )
+    .await?;
+    eventually(WAIT, "4 acks", || async {
+        Ok(Stats::get(&stats.acked) == 4)
+    })
+    .await?;
+    // In parallel this would take ~0.4 s; one at a time it takes at least 1.6 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1600),
+        "batches overlapped: {:?}",
+        started.elapsed()
+    );
+    host.stop().await
+}
