@@ -8,12 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self as js, consumer};
+use async_nats::jetstream::consumer;
 use futures::StreamExt;
 
 use crate::config::Config;
 use crate::deadletter::headers;
-use crate::jetstream::{self, Health};
 use crate::subject;
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Action::List(c) => (c, false),
         Action::Redrive(c) => (c, true),
     };
-    let mut config = Config::load(&c.config)?;
+    let config = Config::load(&c.config)?;
     let stream = match &c.stream {
         Some(s) => s.clone(),
         None => config
@@ -61,11 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|s| s.name.clone())
             .context("no declared stream captures `dlq.>`: name the DLQ stream with --stream")?,
     };
-    if config.nats.connect_attempts == 0 {
-        config.nats.connect_attempts = 3;
-    }
-    let client = jetstream::connect(&config.nats, &Health::new()).await?;
-    let ctx = js::new(client);
+    let ctx = super::connect_once(&config.nats).await?;
     let mut s = ctx
         .get_stream(&stream)
         .await

@@ -92,6 +92,21 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Connects for a one-shot command: a few attempts (not forever, unless the
+/// config sets a number), and a JetStream context with the request timeout.
+pub(crate) async fn connect_once(
+    nats: &crate::config::NatsConfig,
+) -> anyhow::Result<async_nats::jetstream::Context> {
+    let mut nats = nats.clone();
+    if nats.connect_attempts == 0 {
+        nats.connect_attempts = 3;
+    }
+    let client = crate::jetstream::connect(&nats, &crate::jetstream::Health::new()).await?;
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(nats.request_timeout.0);
+    Ok(js)
+}
+
 fn init_tracing(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("warning: invalid --log filter `{filter}` ({e}); using `warn`");

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::jetstream::{self, Health};
 
 /// Subjects cycled through when `--subject` is not given.
 const AIVO_SUBJECTS: &[&str] = &[
@@ -40,16 +39,12 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(&args.config)?;
+    let config = Config::load(&args.config)?;
     if let Some(s) = &args.subject {
         crate::subject::validate_publish_subject(s)
             .map_err(|e| anyhow::anyhow!("--subject: {e}"))?;
     }
-    if config.nats.connect_attempts == 0 {
-        config.nats.connect_attempts = 3;
-    }
-    let client = jetstream::connect(&config.nats, &Health::new()).await?;
-    let js = async_nats::jetstream::new(client);
+    let js = super::connect_once(&config.nats).await?;
     let bar = indicatif::ProgressBar::new(args.count);
     let started = Instant::now();
     let mut malformed = 0;

@@ -9,7 +9,6 @@ use anyhow::{Context, bail};
 
 use crate::config::Config;
 use crate::engine::Runtime;
-use crate::jetstream::{self, Health};
 use crate::plugin::{self, PluginInstance};
 use crate::replay::{self, From};
 
@@ -43,7 +42,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(&args.config)?;
+    let config = Config::load(&args.config)?;
     let pipeline = config
         .pipeline(&args.pipeline)
         .with_context(|| {
@@ -97,12 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("the plugin failed to start")?;
 
-    if config.nats.connect_attempts == 0 {
-        config.nats.connect_attempts = 3;
-    }
-    let client = jetstream::connect(&config.nats, &Health::new()).await?;
-    let mut js = async_nats::jetstream::new(client);
-    js.set_timeout(config.nats.request_timeout.0);
+    let js = super::connect_once(&config.nats).await?;
     backends.set_nats(js.clone());
 
     let req = replay::Request {

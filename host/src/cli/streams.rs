@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::jetstream::{self, Health, streams};
+use crate::jetstream::streams;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,14 +35,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Action::Diff(t) => (t, false),
         Action::Apply(t) => (t, true),
     };
-    let mut config = Config::load(&target.config)?;
-    // A one-shot command gives up instead of waiting forever.
-    if config.nats.connect_attempts == 0 {
-        config.nats.connect_attempts = 3;
-    }
-    let client = jetstream::connect(&config.nats, &Health::new()).await?;
-    let mut js = async_nats::jetstream::new(client);
-    js.set_timeout(config.nats.request_timeout.0);
+    let config = Config::load(&target.config)?;
+    let js = super::connect_once(&config.nats).await?;
     let plans = streams::plan(&js, &config.streams).await?;
     for plan in &plans {
         println!("{plan}");
