@@ -516,7 +516,7 @@ async fn dead_letter_plugin_receives_dead_letters_and_failures_keep_the_original
     // test-capabilities logs and acks any payload it does not recognise.
     let extra = format!(
         "dead_letter = \"dl\"\nmax_deliver = 3\n\n[plugin.dl]\npath = \"{}\"\n\
-         grants = {{ publish = [\"x\"], sql = [\"x\"], kv = [\"x\"] }}\n",
+         grants = {{ publish = [\"x\"], sql = [\"*\"], kv = [\"x\"] }}\n",
         plugins::TEST_CAPABILITIES
     );
     let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, &extra)?);
