@@ -153,6 +153,9 @@ pub async fn run(
             client: client.clone(),
             health: health.clone(),
             stats: Arc::new(Stats::default()),
+            breaker: std::sync::Mutex::new(crate::breaker::Breaker::new(pc.breaker)),
+            shutdown: shutdown.clone(),
+            keepalive: Default::default(),
         });
         stats.insert(pc.name.clone(), pipeline.stats.clone());
         let streams = pc

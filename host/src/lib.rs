@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod bindings;
+pub mod breaker;
 pub mod capability;
 pub mod cli;
 pub mod config;

@@ -10,7 +10,7 @@ use wasmtime::component::{HasData, Linker};
 
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 
-use super::{Backends, Grants, denied};
+use super::{Backends, Downstream, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::kv::{self, Entry};
 use crate::plugin::PluginState;
@@ -20,6 +20,7 @@ use crate::plugin::PluginState;
 pub struct KvState {
     grants: Arc<Grants>,
     backends: Arc<Backends>,
+    downstream: Downstream,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> CapabilityError {
@@ -27,8 +28,12 @@ fn unavailable(e: impl std::fmt::Display) -> CapabilityError {
 }
 
 impl KvState {
-    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>) -> Self {
-        KvState { grants, backends }
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, downstream: Downstream) -> Self {
+        KvState {
+            grants,
+            backends,
+            downstream,
+        }
     }
 
     /// Checks that `bucket` is granted; the error is what the plugin sees.
@@ -57,6 +62,8 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 
 impl kv::Host for KvState {
     async fn get(&mut self, bucket: String, key: String) -> Result<Option<Entry>, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<Option<Entry>, CapabilityError> = async move {
         self.check(&bucket)?;
         let store = self.backends.bucket(&bucket).await?;
         match store.entry(key).await.map_err(unavailable)? {
@@ -67,6 +74,9 @@ impl kv::Host for KvState {
             _ => Ok(None),
         }
     }
+        .await;
+        downstream.track(r)
+    }
 
     async fn put(
         &mut self,
@@ -74,15 +84,25 @@ impl kv::Host for KvState {
         key: String,
         value: Vec<u8>,
     ) -> Result<u64, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<u64, CapabilityError> = async move {
         self.check(&bucket)?;
         let store = self.backends.bucket(&bucket).await?;
         store.put(key, value.into()).await.map_err(unavailable)
     }
+        .await;
+        downstream.track(r)
+    }
 
     async fn delete(&mut self, bucket: String, key: String) -> Result<(), CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<(), CapabilityError> = async move {
         self.check(&bucket)?;
         let store = self.backends.bucket(&bucket).await?;
         store.delete(key).await.map_err(unavailable)
+    }
+        .await;
+        downstream.track(r)
     }
 
     async fn compare_and_set(
@@ -92,6 +112,8 @@ impl kv::Host for KvState {
         value: Vec<u8>,
         expected: Option<u64>,
     ) -> Result<u64, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<u64, CapabilityError> = async move {
         self.check(&bucket)?;
         let store = self.backends.bucket(&bucket).await?;
         let mismatch =
@@ -114,6 +136,9 @@ impl kv::Host for KvState {
                 }),
         }
     }
+        .await;
+        downstream.track(r)
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +153,7 @@ mod tests {
                 ..Grants::default()
             }),
             Backends::offline(),
+            Downstream::default(),
         );
         assert!(state.check("sessions").is_ok());
         assert!(matches!(

@@ -75,6 +75,30 @@ pub(crate) fn add_types_to_linker(
     crate::bindings::jetplug::plugin::types::add_to_linker::<_, TypesOnly>(linker, |_| ())
 }
 
+/// Counts `unavailable` answers given to one instance, so the host can tell a
+/// batch that failed because a downstream is out (which the circuit breaker
+/// counts) from one the plugin simply chose to retry.
+#[derive(Debug, Clone, Default)]
+pub struct Downstream(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Downstream {
+    /// Passes `r` through, counting it if it is `unavailable`.
+    pub fn track<T>(
+        &self,
+        r: Result<T, crate::bindings::CapabilityError>,
+    ) -> Result<T, crate::bindings::CapabilityError> {
+        if let Err(crate::bindings::CapabilityError::Unavailable(_)) = &r {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// The count since the last call, resetting it.
+    pub fn take(&self) -> u32 {
+        self.0.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The error a capability returns when a call is outside the grant.
 pub(crate) fn denied(what: impl fmt::Display) -> crate::bindings::CapabilityError {
     crate::bindings::CapabilityError::AccessDenied(what.to_string())

@@ -13,7 +13,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::{Backends, Grants, denied};
+use super::{Backends, Downstream, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::publish::{self, Outgoing, Receipt};
 use crate::plugin::PluginState;
@@ -24,14 +24,19 @@ use crate::subject;
 pub struct PublishState {
     grants: Arc<Grants>,
     backends: Arc<Backends>,
+    downstream: Downstream,
 }
 
 /// Publish attempts before `unavailable`.
 const ATTEMPTS: u32 = 3;
 
 impl PublishState {
-    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>) -> Self {
-        PublishState { grants, backends }
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, downstream: Downstream) -> Self {
+        PublishState {
+            grants,
+            backends,
+            downstream,
+        }
     }
 
     /// Checks a message against the grant; the error is what the plugin sees.
@@ -60,6 +65,8 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 
 impl publish::Host for PublishState {
     async fn publish(&mut self, msg: Outgoing) -> Result<Receipt, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<Receipt, CapabilityError> = async move {
         self.check(&msg)?;
         let js = self.backends.js()?;
         let mut headers = HeaderMap::new();
@@ -110,6 +117,9 @@ impl publish::Host for PublishState {
             msg.subject
         )))
     }
+        .await;
+        downstream.track(r)
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +143,7 @@ mod tests {
                 ..Grants::default()
             }),
             Backends::offline(),
+            Downstream::default(),
         );
         assert!(state.check(&msg("dlq.learning.indexer")).is_ok());
         assert!(matches!(

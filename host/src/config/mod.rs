@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use nats::NatsConfig;
-pub use pipeline::{BackoffConfig, DeliverPolicy, Ordering, PipelineConfig};
+pub use pipeline::{BackoffConfig, BreakerConfig, DeliverPolicy, Ordering, PipelineConfig};
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
 pub use resources::{BucketConfig, DatabaseConfig, TenantConfig, TenantLimits};
 pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};

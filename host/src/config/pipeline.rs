@@ -50,7 +50,38 @@ impl Default for BackoffConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[pipeline.breaker]`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failed batches in a row that open the breaker (default 5).
+    pub consecutive_failures: u32,
+    /// Failure rate over `window` that opens the breaker (default 0.5).
+    pub failure_rate: f64,
+    /// Window of the failure rate (default 30s).
+    pub window: Dur,
+    /// Batches the window must hold before the rate counts (default 20).
+    pub min_calls: u32,
+    /// First open interval (default 100ms); doubles on every failed probe.
+    pub open_initial: Dur,
+    /// Cap of the open interval (default 180s).
+    pub open_max: Dur,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            window: Dur(Duration::from_secs(30)),
+            min_calls: 20,
+            open_initial: Dur(Duration::from_millis(100)),
+            open_max: Dur(Duration::from_secs(180)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     pub name: String,
@@ -89,6 +120,8 @@ pub struct PipelineConfig {
     pub ordering: Ordering,
     #[serde(default)]
     pub backoff: BackoffConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 fn default_ack_wait() -> Dur {

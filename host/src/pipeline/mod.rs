@@ -8,6 +8,7 @@
 //! (lane), so its messages are handled in order.
 
 mod batch;
+mod keepalive;
 mod worker;
 
 use std::collections::hash_map::DefaultHasher;
@@ -28,6 +29,7 @@ use crate::deadletter::{self, DeadLetter, Route};
 use crate::jetstream::{Health, consumer};
 use crate::plugin::{Plugin, PluginInstance};
 
+pub use keepalive::KeepAlive;
 pub use worker::Batch;
 
 /// Counters per pipeline (for tests, logs and metrics).
@@ -39,6 +41,11 @@ pub struct Stats {
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub dead_letter_failures: AtomicU64,
+    /// Batches held (not settled) because the breaker opened on a downstream outage.
+    pub held_batches: AtomicU64,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: std::sync::atomic::AtomicU8,
+    pub breaker_opened: AtomicU64,
 }
 
 impl Stats {
@@ -64,6 +71,9 @@ pub struct Pipeline {
     pub client: async_nats::Client,
     pub health: Arc<Health>,
     pub stats: Arc<Stats>,
+    pub breaker: std::sync::Mutex<crate::breaker::Breaker>,
+    pub shutdown: CancellationToken,
+    pub keepalive: Arc<keepalive::KeepAlive>,
 }
 
 /// Pause before recreating a consumer or its message stream after an error.
@@ -76,11 +86,17 @@ impl Pipeline {
     /// finishes and settles the batches in flight.
     pub async fn run(self: Arc<Self>, streams: Vec<StreamConfig>, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
+        let period = (self.cfg.ack_wait.0 / 2).max(Duration::from_millis(100));
+        // Stops with the pipeline (after the last batch is settled).
+        let keepalive_stop = CancellationToken::new();
+        let keepalive = tokio::spawn(self.keepalive.clone().run(self.client.clone(), period, keepalive_stop.clone()));
         for stream in streams {
             tasks.spawn(self.clone().consume(stream.clone(), shutdown.clone()));
             tasks.spawn(self.clone().listen_max_deliveries(stream, shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
+        keepalive_stop.cancel();
+        let _ = keepalive.await;
     }
 
     async fn consume(self: Arc<Self>, stream: StreamConfig, shutdown: CancellationToken) {
@@ -175,7 +191,8 @@ impl Pipeline {
         shared: bool,
     ) -> bool {
         if shared || senders.len() == 1 {
-            return senders[0].send(Batch(msgs)).await.is_ok();
+            let guard = self.keepalive.track(&msgs);
+            return senders[0].send(Batch(msgs, guard)).await.is_ok();
         }
         let mut lanes: Vec<Vec<jetstream::Message>> =
             (0..senders.len()).map(|_| Vec::new()).collect();
@@ -185,7 +202,11 @@ impl Pipeline {
             lanes[(h.finish() % senders.len() as u64) as usize].push(m);
         }
         for (lane, msgs) in lanes.into_iter().enumerate() {
-            if !msgs.is_empty() && senders[lane].send(Batch(msgs)).await.is_err() {
+            if msgs.is_empty() {
+                continue;
+            }
+            let guard = self.keepalive.track(&msgs);
+            if senders[lane].send(Batch(msgs, guard)).await.is_err() {
                 return false;
             }
         }

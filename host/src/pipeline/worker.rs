@@ -12,11 +12,14 @@ use crate::bindings::Message;
 use crate::deadletter::DeadLetter;
 use crate::jetstream::convert;
 use crate::plugin::PluginInstance;
+use crate::breaker::{Permit, State};
 use crate::settle::{self, Action};
+use std::sync::atomic::Ordering;
 
-/// Messages pulled together, handed to one worker.
+/// Messages pulled together, handed to one worker; kept alive (+WPI) until
+/// the guard is dropped after settling.
 #[derive(Debug)]
-pub struct Batch(pub Vec<jetstream::Message>);
+pub struct Batch(pub Vec<jetstream::Message>, pub super::keepalive::Guard);
 
 pub(super) async fn run(
     p: Arc<Pipeline>,
@@ -25,7 +28,7 @@ pub(super) async fn run(
 ) {
     loop {
         let next = rx.lock().await.recv().await;
-        let Some(Batch(batch)) = next else { return };
+        let Some(Batch(batch, _alive)) = next else { return };
         process(&p, &mut instance, batch).await;
     }
 }
@@ -46,13 +49,33 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     if msgs.is_empty() {
         return;
     }
-    Stats::add(&p.stats.batches, 1);
-    // Held for the whole batch, settling included.
-    let _slot = match &p.tenant_slots {
-        Some(slots) => slots.clone().acquire_owned().await.ok(),
-        None => None,
+    let mut _slot = None;
+    let outcome = loop {
+        _slot = None;
+        if !wait_for_breaker(p).await {
+            // Shutting down while held: hand the messages back soon.
+            for m in &delivered {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            return;
+        }
+        // The tenant's slot is held for the batch, settling included.
+        _slot = match &p.tenant_slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        Stats::add(&p.stats.batches, 1);
+        let outcome = instance.handle(&msgs).await;
+        let downstream = instance.downstream_failures();
+        let open = record_outcome(p, outcome.is_err() || downstream > 0);
+        if downstream > 0 && open {
+            // A downstream is out: keep the messages (no delivery is spent)
+            // and run them again once the breaker lets a probe through.
+            Stats::add(&p.stats.held_batches, 1);
+            continue;
+        }
+        break outcome;
     };
-    let outcome = run_with_progress(p, instance, &msgs, &delivered).await;
     let max = p.cfg.max_deliver;
     let actions: Vec<Action> = match outcome {
         Ok(decisions) => decisions
@@ -69,7 +92,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
                 let action = if m.delivered >= max && msgs.len() > 1 {
                     // Last chance: before dead-lettering a message for its
                     // batch's failure, see whether it fails on its own.
-                    isolate(p, instance, m, &delivered).await
+                    isolate(p, instance, m).await
                 } else {
                     settle::for_failure(&e, m.delivered, max, &p.backoff)
                 };
@@ -83,44 +106,57 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     }
 }
 
-/// Runs one message alone (on its last delivery, after its batch failed) so
-/// that only a message that itself fails is dead-lettered.
-async fn isolate(
-    p: &Pipeline,
-    instance: &mut PluginInstance,
-    m: &Message,
-    delivered: &[jetstream::Message],
-) -> Action {
-    let max = p.cfg.max_deliver;
-    match run_with_progress(p, instance, std::slice::from_ref(m), delivered).await {
-        Ok(d) => settle::for_decision(&d[0], m.delivered, max, &p.backoff),
-        Err(e) => settle::for_failure(&e, m.delivered, max, &p.backoff),
+/// Waits until the breaker lets a batch run (the keep-alive ticker keeps
+/// the held messages from being redelivered). False when shutting down.
+async fn wait_for_breaker(p: &Pipeline) -> bool {
+    loop {
+        let permit = lock(p).permit(std::time::Instant::now());
+        let wait = match permit {
+            Permit::Run { probe } => {
+                if probe {
+                    p.stats.breaker_state.store(2, Ordering::Relaxed);
+                    tracing::info!(pipeline = %p.cfg.name, "circuit breaker half-open: running a probe batch");
+                }
+                return true;
+            }
+            Permit::Wait(d) => d,
+        };
+        tokio::select! {
+            _ = p.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 
-/// Runs the plugin, sending +WPI for the whole batch every half `ack_wait`
-/// while it is still running, so a long batch is not redelivered meanwhile.
-async fn run_with_progress(
-    p: &Pipeline,
-    instance: &mut PluginInstance,
-    msgs: &[Message],
-    delivered: &[jetstream::Message],
-) -> Result<Vec<crate::bindings::Decision>, crate::plugin::BatchError> {
-    let half = (p.cfg.ack_wait.0 / 2).max(Duration::from_millis(100));
-    let call = instance.handle(msgs);
-    tokio::pin!(call);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
-    loop {
-        tokio::select! {
-            r = &mut call => return r,
-            _ = ticker.tick() => {
-                for m in delivered {
-                    if let Err(e) = m.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %e, "+WPI failed");
-                    }
-                }
+/// Feeds a batch outcome to the breaker; true if it is open afterwards.
+fn record_outcome(p: &Pipeline, failed: bool) -> bool {
+    let mut b = lock(p);
+    if let Some(state) = b.record(std::time::Instant::now(), failed) {
+        p.stats.breaker_state.store(state.code(), Ordering::Relaxed);
+        match state {
+            State::Open { interval, .. } => {
+                Stats::add(&p.stats.breaker_opened, 1);
+                tracing::warn!(pipeline = %p.cfg.name, open_for = ?interval,
+                    "circuit breaker open: pausing the pipeline");
             }
+            State::Closed => tracing::info!(pipeline = %p.cfg.name, "circuit breaker closed: pipeline resumed"),
+            State::HalfOpen { .. } => {}
         }
+    }
+    matches!(b.state(), State::Open { .. })
+}
+
+fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, crate::breaker::Breaker> {
+    p.breaker.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs one message alone (on its last delivery, after its batch failed) so
+/// that only a message that itself fails is dead-lettered.
+async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> Action {
+    let max = p.cfg.max_deliver;
+    match instance.handle(std::slice::from_ref(m)).await {
+        Ok(d) => settle::for_decision(&d[0], m.delivered, max, &p.backoff),
+        Err(e) => settle::for_failure(&e, m.delivered, max, &p.backoff),
     }
 }
 

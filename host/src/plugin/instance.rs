@@ -61,6 +61,7 @@ pub struct PluginInstance {
     live: Option<Live>,
     reuse: bool,
     instantiated: u64,
+    last_downstream: u32,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -80,6 +81,7 @@ impl PluginInstance {
             live: None,
             reuse: true,
             instantiated: 0,
+            last_downstream: 0,
         }
     }
 
@@ -98,6 +100,12 @@ impl PluginInstance {
         self.instantiated
     }
 
+    /// How many capability calls of the last batch answered `unavailable`
+    /// (a downstream outage, which the circuit breaker counts).
+    pub fn downstream_failures(&self) -> u32 {
+        self.last_downstream
+    }
+
     /// Instantiates and runs `init` unless an instance is already live.
     /// Used to validate a plugin before it receives traffic.
     pub async fn ready(&mut self) -> Result<(), BatchError> {
@@ -110,6 +118,11 @@ impl PluginInstance {
     /// Runs one batch and returns one decision per message, in order.
     pub async fn handle(&mut self, batch: &[Message]) -> Result<Vec<Decision>, BatchError> {
         let result = self.try_handle(batch).await;
+        self.last_downstream = self
+            .live
+            .as_ref()
+            .map(|l| l.store.data().downstream.take())
+            .unwrap_or(0);
         if result.is_err() || !self.reuse {
             self.live = None;
         }

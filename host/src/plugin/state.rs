@@ -13,7 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginSpec;
 use super::limits::MemoryBudget;
-use crate::capability::Backends;
+use crate::capability::{Backends, Downstream};
 use crate::capability::kv::KvState;
 use crate::capability::log::LogState;
 use crate::capability::publish::PublishState;
@@ -32,6 +32,7 @@ pub struct PluginState {
     pub publish: PublishState,
     pub sql: SqlState,
     pub kv: KvState,
+    pub(crate) downstream: Downstream,
 }
 
 impl std::fmt::Debug for PluginState {
@@ -54,15 +55,17 @@ impl PluginState {
             .allow_ip_name_lookup(false)
             .build();
         let grants = Arc::new(spec.grants.clone());
+        let downstream = Downstream::default();
         PluginState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryBudget::new(spec.limits.memory_bytes),
             stderr,
             log: LogState::new(&spec.name, &spec.tenant, spec.limits.log_per_second),
-            publish: PublishState::new(grants.clone(), backends.clone()),
-            sql: SqlState::new(grants.clone(), backends.clone()),
-            kv: KvState::new(grants, backends.clone()),
+            publish: PublishState::new(grants.clone(), backends.clone(), downstream.clone()),
+            sql: SqlState::new(grants.clone(), backends.clone(), downstream.clone()),
+            kv: KvState::new(grants, backends.clone(), downstream.clone()),
+            downstream,
         }
     }
 }

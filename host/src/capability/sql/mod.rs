@@ -14,7 +14,7 @@ use std::sync::Arc;
 use deadpool_postgres::Object;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::{Backends, Grants, denied};
+use super::{Backends, Downstream, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::sql::{self, Rows, Value};
 use crate::plugin::PluginState;
@@ -43,14 +43,16 @@ impl Drop for Transaction {
 pub struct SqlState {
     grants: Arc<Grants>,
     backends: Arc<Backends>,
+    downstream: Downstream,
     table: ResourceTable,
 }
 
 impl SqlState {
-    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>) -> Self {
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, downstream: Downstream) -> Self {
         SqlState {
             grants,
             backends,
+            downstream,
             table: ResourceTable::new(),
         }
     }
@@ -178,8 +180,13 @@ impl sql::Host for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<u64, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<u64, CapabilityError> = async move {
         let client = self.client(&database).await?;
         execute_on(&client, &statement, &params).await
+    }
+        .await;
+        downstream.track(r)
     }
 
     async fn query(
@@ -188,8 +195,13 @@ impl sql::Host for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<Rows, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<Rows, CapabilityError> = async move {
         let client = self.client(&database).await?;
         query_on(&client, &statement, &params).await
+    }
+        .await;
+        downstream.track(r)
     }
 
     async fn execute_batch(
@@ -198,6 +210,8 @@ impl sql::Host for SqlState {
         statement: String,
         param_rows: Vec<Vec<Value>>,
     ) -> Result<u64, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<u64, CapabilityError> = async move {
         let client = self.client(&database).await?;
         let mut tx = Transaction {
             database,
@@ -216,8 +230,13 @@ impl sql::Host for SqlState {
         tx.client.take();
         Ok(total)
     }
+        .await;
+        downstream.track(r)
+    }
 
     async fn begin(&mut self, database: String) -> Result<Resource<Transaction>, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<Resource<Transaction>, CapabilityError> = async move {
         let client = self.client(&database).await?;
         client.batch_execute("BEGIN").await.map_err(pg_error)?;
         self.table
@@ -226,6 +245,9 @@ impl sql::Host for SqlState {
                 client: Some(client),
             })
             .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
+    }
+        .await;
+        downstream.track(r)
     }
 }
 
@@ -236,9 +258,14 @@ impl sql::HostTransaction for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<u64, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<u64, CapabilityError> = async move {
         let tx = self.transaction(&tx)?;
         let client = open(tx)?;
         execute_on(client, &statement, &params).await
+    }
+        .await;
+        downstream.track(r)
     }
 
     async fn query(
@@ -247,12 +274,19 @@ impl sql::HostTransaction for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<Rows, CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<Rows, CapabilityError> = async move {
         let tx = self.transaction(&tx)?;
         let client = open(tx)?;
         query_on(client, &statement, &params).await
     }
+        .await;
+        downstream.track(r)
+    }
 
     async fn commit(&mut self, tx: Resource<Transaction>) -> Result<(), CapabilityError> {
+        let downstream = self.downstream.clone();
+        let r: Result<(), CapabilityError> = async move {
         let mut tx = self
             .table
             .delete(tx)
@@ -261,6 +295,9 @@ impl sql::HostTransaction for SqlState {
         client.batch_execute("COMMIT").await.map_err(pg_error)?;
         tx.client.take();
         Ok(())
+    }
+        .await;
+        downstream.track(r)
     }
 
     async fn drop(&mut self, tx: Resource<Transaction>) -> wasmtime::Result<()> {
@@ -295,6 +332,7 @@ mod tests {
                 ..Grants::default()
             }),
             Backends::offline(),
+            Downstream::default(),
         );
         assert!(state.check("events").is_ok());
         assert!(matches!(
