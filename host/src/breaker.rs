@@ -15,9 +15,14 @@ pub use crate::config::BreakerConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed,
-    Open { until: Instant, interval: Duration },
+    Open {
+        until: Instant,
+        interval: Duration,
+    },
     /// A probe batch is running.
-    HalfOpen { interval: Duration },
+    HalfOpen {
+        interval: Duration,
+    },
 }
 
 impl State {
@@ -123,7 +128,9 @@ impl Breaker {
                 let calls = self.window.len();
                 let rate_trips = calls >= self.cfg.min_calls.max(1) as usize
                     && failures as f64 / calls as f64 >= self.cfg.failure_rate;
-                if failed && (self.consecutive >= self.cfg.consecutive_failures.max(1) || rate_trips) {
+                if failed
+                    && (self.consecutive >= self.cfg.consecutive_failures.max(1) || rate_trips)
+                {
                     let interval = self.cfg.open_initial.0;
                     self.set(State::Open {
                         until: now + interval,
@@ -176,12 +183,20 @@ mod tests {
         assert_eq!(b.permit(t0), Permit::Wait(Duration::from_millis(100)));
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(b.permit(t1), Permit::Run { probe: true });
-        assert!(matches!(b.permit(t1), Permit::Wait(_)), "one probe at a time");
+        assert!(
+            matches!(b.permit(t1), Permit::Wait(_)),
+            "one probe at a time"
+        );
         // Failed probe: open twice as long.
-        assert!(matches!(b.record(t1, true), Some(State::Open { interval, .. }) if interval == Duration::from_millis(200)));
+        assert!(
+            matches!(b.record(t1, true), Some(State::Open { interval, .. }) if interval == Duration::from_millis(200))
+        );
         let t2 = t1 + Duration::from_millis(200);
         assert_eq!(b.permit(t2), Permit::Run { probe: true });
-        assert!(matches!(b.record(t2, true), Some(State::Open { interval, .. }) if interval == Duration::from_millis(300)), "capped");
+        assert!(
+            matches!(b.record(t2, true), Some(State::Open { interval, .. }) if interval == Duration::from_millis(300)),
+            "capped"
+        );
         let t3 = t2 + Duration::from_millis(300);
         assert_eq!(b.permit(t3), Permit::Run { probe: true });
         assert_eq!(b.record(t3, false), Some(State::Closed));

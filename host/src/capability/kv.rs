@@ -64,16 +64,16 @@ impl kv::Host for KvState {
     async fn get(&mut self, bucket: String, key: String) -> Result<Option<Entry>, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<Option<Entry>, CapabilityError> = async move {
-        self.check(&bucket)?;
-        let store = self.backends.bucket(&bucket).await?;
-        match store.entry(key).await.map_err(unavailable)? {
-            Some(e) if e.operation == Operation::Put => Ok(Some(Entry {
-                value: e.value.to_vec(),
-                revision: e.revision,
-            })),
-            _ => Ok(None),
+            self.check(&bucket)?;
+            let store = self.backends.bucket(&bucket).await?;
+            match store.entry(key).await.map_err(unavailable)? {
+                Some(e) if e.operation == Operation::Put => Ok(Some(Entry {
+                    value: e.value.to_vec(),
+                    revision: e.revision,
+                })),
+                _ => Ok(None),
+            }
         }
-    }
         .await;
         downstream.track(r)
     }
@@ -86,10 +86,10 @@ impl kv::Host for KvState {
     ) -> Result<u64, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<u64, CapabilityError> = async move {
-        self.check(&bucket)?;
-        let store = self.backends.bucket(&bucket).await?;
-        store.put(key, value.into()).await.map_err(unavailable)
-    }
+            self.check(&bucket)?;
+            let store = self.backends.bucket(&bucket).await?;
+            store.put(key, value.into()).await.map_err(unavailable)
+        }
         .await;
         downstream.track(r)
     }
@@ -97,10 +97,10 @@ impl kv::Host for KvState {
     async fn delete(&mut self, bucket: String, key: String) -> Result<(), CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<(), CapabilityError> = async move {
-        self.check(&bucket)?;
-        let store = self.backends.bucket(&bucket).await?;
-        store.delete(key).await.map_err(unavailable)
-    }
+            self.check(&bucket)?;
+            let store = self.backends.bucket(&bucket).await?;
+            store.delete(key).await.map_err(unavailable)
+        }
         .await;
         downstream.track(r)
     }
@@ -114,28 +114,31 @@ impl kv::Host for KvState {
     ) -> Result<u64, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<u64, CapabilityError> = async move {
-        self.check(&bucket)?;
-        let store = self.backends.bucket(&bucket).await?;
-        let mismatch =
-            || CapabilityError::Invalid(format!("revision of `{key}` did not match {expected:?}"));
-        match expected {
-            // Revision 0 means "must not exist".
-            None => store
-                .create(&key, value.into())
-                .await
-                .map_err(|e| match e.kind() {
-                    async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => mismatch(),
-                    _ => unavailable(e),
-                }),
-            Some(rev) => store
-                .update(&key, value.into(), rev)
-                .await
-                .map_err(|e| match e.kind() {
-                    UpdateErrorKind::WrongLastRevision => mismatch(),
-                    _ => unavailable(e),
-                }),
+            self.check(&bucket)?;
+            let store = self.backends.bucket(&bucket).await?;
+            let mismatch = || {
+                CapabilityError::Invalid(format!("revision of `{key}` did not match {expected:?}"))
+            };
+            match expected {
+                // Revision 0 means "must not exist".
+                None => store
+                    .create(&key, value.into())
+                    .await
+                    .map_err(|e| match e.kind() {
+                        async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => mismatch(),
+                        _ => unavailable(e),
+                    }),
+                Some(rev) => {
+                    store
+                        .update(&key, value.into(), rev)
+                        .await
+                        .map_err(|e| match e.kind() {
+                            UpdateErrorKind::WrongLastRevision => mismatch(),
+                            _ => unavailable(e),
+                        })
+                }
+            }
         }
-    }
         .await;
         downstream.track(r)
     }

@@ -67,56 +67,56 @@ impl publish::Host for PublishState {
     async fn publish(&mut self, msg: Outgoing) -> Result<Receipt, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<Receipt, CapabilityError> = async move {
-        self.check(&msg)?;
-        let js = self.backends.js()?;
-        let mut headers = HeaderMap::new();
-        for (k, v) in &msg.headers {
-            if k.is_empty() || k.contains([':', ' ', '\r', '\n']) || v.contains(['\r', '\n']) {
-                return Err(CapabilityError::Invalid(format!(
-                    "header `{k}` is not a valid NATS header"
-                )));
-            }
-            headers.append(k.as_str(), v.as_str());
-        }
-        if let Some(id) = &msg.message_id {
-            headers.insert("Nats-Msg-Id", id.as_str());
-        }
-        let payload: bytes::Bytes = msg.payload.into();
-        let mut delay = Duration::from_millis(50);
-        let mut last = String::new();
-        for attempt in 1..=ATTEMPTS {
-            let result = async {
-                js.publish_with_headers(msg.subject.clone(), headers.clone(), payload.clone())
-                    .await?
-                    .await
-            }
-            .await;
-            match result {
-                Ok(ack) => {
-                    return Ok(Receipt {
-                        stream: ack.stream,
-                        sequence: ack.sequence,
-                        duplicate: ack.duplicate,
-                    });
-                }
-                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+            self.check(&msg)?;
+            let js = self.backends.js()?;
+            let mut headers = HeaderMap::new();
+            for (k, v) in &msg.headers {
+                if k.is_empty() || k.contains([':', ' ', '\r', '\n']) || v.contains(['\r', '\n']) {
                     return Err(CapabilityError::Invalid(format!(
-                        "no stream captures subject `{}`",
-                        msg.subject
+                        "header `{k}` is not a valid NATS header"
                     )));
                 }
-                Err(e) => last = e.to_string(),
+                headers.append(k.as_str(), v.as_str());
             }
-            if attempt < ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+            if let Some(id) = &msg.message_id {
+                headers.insert("Nats-Msg-Id", id.as_str());
             }
+            let payload: bytes::Bytes = msg.payload.into();
+            let mut delay = Duration::from_millis(50);
+            let mut last = String::new();
+            for attempt in 1..=ATTEMPTS {
+                let result = async {
+                    js.publish_with_headers(msg.subject.clone(), headers.clone(), payload.clone())
+                        .await?
+                        .await
+                }
+                .await;
+                match result {
+                    Ok(ack) => {
+                        return Ok(Receipt {
+                            stream: ack.stream,
+                            sequence: ack.sequence,
+                            duplicate: ack.duplicate,
+                        });
+                    }
+                    Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                        return Err(CapabilityError::Invalid(format!(
+                            "no stream captures subject `{}`",
+                            msg.subject
+                        )));
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                if attempt < ATTEMPTS {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+            Err(CapabilityError::Unavailable(format!(
+                "publish to `{}` failed after {ATTEMPTS} attempts: {last}",
+                msg.subject
+            )))
         }
-        Err(CapabilityError::Unavailable(format!(
-            "publish to `{}` failed after {ATTEMPTS} attempts: {last}",
-            msg.subject
-        )))
-    }
         .await;
         downstream.track(r)
     }

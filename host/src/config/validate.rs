@@ -347,7 +347,10 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
         return e("breaker.consecutive_failures", "must be at least 1".into());
     }
     if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
-        return e("breaker.failure_rate", format!("must be in (0, 1] (got {})", b.failure_rate));
+        return e(
+            "breaker.failure_rate",
+            format!("must be in (0, 1] (got {})", b.failure_rate),
+        );
     }
     if b.open_initial.0.is_zero() || b.open_max.0 < b.open_initial.0 {
         return e("breaker", "needs 0 < open_initial <= open_max".into());

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::{Client, Subject};
 use async_nats::jetstream;
+use async_nats::{Client, Subject};
 use tokio_util::sync::CancellationToken;
 
 /// The reply subjects of every message the pipeline holds.
@@ -55,7 +55,12 @@ impl KeepAlive {
     }
 
     /// Sends +WPI for everything held every `period` until `shutdown`.
-    pub async fn run(self: Arc<Self>, client: Client, period: Duration, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        client: Client,
+        period: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tokio::select! {

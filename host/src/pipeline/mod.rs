@@ -89,7 +89,11 @@ impl Pipeline {
         let period = (self.cfg.ack_wait.0 / 2).max(Duration::from_millis(100));
         // Stops with the pipeline (after the last batch is settled).
         let keepalive_stop = CancellationToken::new();
-        let keepalive = tokio::spawn(self.keepalive.clone().run(self.client.clone(), period, keepalive_stop.clone()));
+        let keepalive = tokio::spawn(self.keepalive.clone().run(
+            self.client.clone(),
+            period,
+            keepalive_stop.clone(),
+        ));
         for stream in streams {
             tasks.spawn(self.clone().consume(stream.clone(), shutdown.clone()));
             tasks.spawn(self.clone().listen_max_deliveries(stream, shutdown.clone()));

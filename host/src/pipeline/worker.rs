@@ -9,10 +9,10 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::{Pipeline, Stats};
 use crate::bindings::Message;
+use crate::breaker::{Permit, State};
 use crate::deadletter::DeadLetter;
 use crate::jetstream::convert;
 use crate::plugin::PluginInstance;
-use crate::breaker::{Permit, State};
 use crate::settle::{self, Action};
 use std::sync::atomic::Ordering;
 
@@ -28,7 +28,9 @@ pub(super) async fn run(
 ) {
     loop {
         let next = rx.lock().await.recv().await;
-        let Some(Batch(batch, _alive)) = next else { return };
+        let Some(Batch(batch, _alive)) = next else {
+            return;
+        };
         process(&p, &mut instance, batch).await;
     }
 }
@@ -139,7 +141,9 @@ fn record_outcome(p: &Pipeline, failed: bool) -> bool {
                 tracing::warn!(pipeline = %p.cfg.name, open_for = ?interval,
                     "circuit breaker open: pausing the pipeline");
             }
-            State::Closed => tracing::info!(pipeline = %p.cfg.name, "circuit breaker closed: pipeline resumed"),
+            State::Closed => {
+                tracing::info!(pipeline = %p.cfg.name, "circuit breaker closed: pipeline resumed")
+            }
             State::HalfOpen { .. } => {}
         }
     }

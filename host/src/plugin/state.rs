@@ -13,11 +13,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginSpec;
 use super::limits::MemoryBudget;
-use crate::capability::{Backends, Downstream};
 use crate::capability::kv::KvState;
 use crate::capability::log::LogState;
 use crate::capability::publish::PublishState;
 use crate::capability::sql::SqlState;
+use crate::capability::{Backends, Downstream};
 
 /// How much of a plugin's stderr is kept to explain a trap (a panic message).
 const STDERR_TAIL: usize = 2048;

@@ -182,9 +182,9 @@ impl sql::Host for SqlState {
     ) -> Result<u64, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<u64, CapabilityError> = async move {
-        let client = self.client(&database).await?;
-        execute_on(&client, &statement, &params).await
-    }
+            let client = self.client(&database).await?;
+            execute_on(&client, &statement, &params).await
+        }
         .await;
         downstream.track(r)
     }
@@ -197,9 +197,9 @@ impl sql::Host for SqlState {
     ) -> Result<Rows, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<Rows, CapabilityError> = async move {
-        let client = self.client(&database).await?;
-        query_on(&client, &statement, &params).await
-    }
+            let client = self.client(&database).await?;
+            query_on(&client, &statement, &params).await
+        }
         .await;
         downstream.track(r)
     }
@@ -212,24 +212,24 @@ impl sql::Host for SqlState {
     ) -> Result<u64, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<u64, CapabilityError> = async move {
-        let client = self.client(&database).await?;
-        let mut tx = Transaction {
-            database,
-            client: Some(client),
-        };
-        let Some(client) = tx.client.as_ref() else {
-            return Err(CapabilityError::Other("no connection".into()));
-        };
-        client.batch_execute("BEGIN").await.map_err(pg_error)?;
-        let mut total = 0;
-        for row in &param_rows {
-            // On error `tx` is dropped: its connection is closed, rolling back.
-            total += execute_on(client, &statement, row).await?;
+            let client = self.client(&database).await?;
+            let mut tx = Transaction {
+                database,
+                client: Some(client),
+            };
+            let Some(client) = tx.client.as_ref() else {
+                return Err(CapabilityError::Other("no connection".into()));
+            };
+            client.batch_execute("BEGIN").await.map_err(pg_error)?;
+            let mut total = 0;
+            for row in &param_rows {
+                // On error `tx` is dropped: its connection is closed, rolling back.
+                total += execute_on(client, &statement, row).await?;
+            }
+            client.batch_execute("COMMIT").await.map_err(pg_error)?;
+            tx.client.take();
+            Ok(total)
         }
-        client.batch_execute("COMMIT").await.map_err(pg_error)?;
-        tx.client.take();
-        Ok(total)
-    }
         .await;
         downstream.track(r)
     }
@@ -237,15 +237,15 @@ impl sql::Host for SqlState {
     async fn begin(&mut self, database: String) -> Result<Resource<Transaction>, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<Resource<Transaction>, CapabilityError> = async move {
-        let client = self.client(&database).await?;
-        client.batch_execute("BEGIN").await.map_err(pg_error)?;
-        self.table
-            .push(Transaction {
-                database,
-                client: Some(client),
-            })
-            .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
-    }
+            let client = self.client(&database).await?;
+            client.batch_execute("BEGIN").await.map_err(pg_error)?;
+            self.table
+                .push(Transaction {
+                    database,
+                    client: Some(client),
+                })
+                .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
+        }
         .await;
         downstream.track(r)
     }
@@ -260,10 +260,10 @@ impl sql::HostTransaction for SqlState {
     ) -> Result<u64, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<u64, CapabilityError> = async move {
-        let tx = self.transaction(&tx)?;
-        let client = open(tx)?;
-        execute_on(client, &statement, &params).await
-    }
+            let tx = self.transaction(&tx)?;
+            let client = open(tx)?;
+            execute_on(client, &statement, &params).await
+        }
         .await;
         downstream.track(r)
     }
@@ -276,10 +276,10 @@ impl sql::HostTransaction for SqlState {
     ) -> Result<Rows, CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<Rows, CapabilityError> = async move {
-        let tx = self.transaction(&tx)?;
-        let client = open(tx)?;
-        query_on(client, &statement, &params).await
-    }
+            let tx = self.transaction(&tx)?;
+            let client = open(tx)?;
+            query_on(client, &statement, &params).await
+        }
         .await;
         downstream.track(r)
     }
@@ -287,15 +287,15 @@ impl sql::HostTransaction for SqlState {
     async fn commit(&mut self, tx: Resource<Transaction>) -> Result<(), CapabilityError> {
         let downstream = self.downstream.clone();
         let r: Result<(), CapabilityError> = async move {
-        let mut tx = self
-            .table
-            .delete(tx)
-            .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))?;
-        let client = open(&tx)?;
-        client.batch_execute("COMMIT").await.map_err(pg_error)?;
-        tx.client.take();
-        Ok(())
-    }
+            let mut tx = self
+                .table
+                .delete(tx)
+                .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))?;
+            let client = open(&tx)?;
+            client.batch_execute("COMMIT").await.map_err(pg_error)?;
+            tx.client.take();
+            Ok(())
+        }
         .await;
         downstream.track(r)
     }
