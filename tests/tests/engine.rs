@@ -587,3 +587,39 @@ async fn tenant_ceiling_limits_concurrent_batches() -> anyhow::Result<()> {
     );
     host.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_plugin_bounds_what_the_host_holds_and_nothing_is_redelivered() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let extra = "ack_wait = \"1s\"\nconcurrency = 2\nmax_ack_pending = 1000";
+    let mut cfg = config(dir.path(), &nats.url(), plugins::TEST_NOOP, extra)?;
+    cfg.pipelines[0].batch = 10;
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    // 300 messages of 20 ms each: ~3 s of work for 2 workers, published at once.
+    let payloads = vec!["sleep:20"; 300];
+    publish(&js, "events.slow", &payloads).await?;
+    let mut most_held = 0;
+    let start = Instant::now();
+    while Stats::get(&stats.acked) < 300 && start.elapsed() < WAIT {
+        let mut c = consumer(&js).await?;
+        most_held = most_held.max(c.info().await?.num_ack_pending);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(Stats::get(&stats.acked), 300);
+    // 2 running + 2 queued + 1 being collected + the client's pull-ahead.
+    assert!(
+        most_held <= 80,
+        "the host held {most_held} messages at once"
+    );
+    let mut c = consumer(&js).await?;
+    assert_eq!(
+        c.info().await?.num_redelivered,
+        0,
+        "acks stayed within ack_wait"
+    );
+    eprintln!("most messages held at once: {most_held}");
+    host.stop().await
+}
