@@ -225,3 +225,131 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
     task.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_fail_alone_and_their_messages_are_dead_lettered_with_the_reason()
+-> anyhow::Result<()> {
+    use jetplug_tests::plugins;
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut text = format!(
+        r#"
+[nats]
+url = "{url}"
+[engine]
+cache_dir = "{cache}"
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+[[stream]]
+name = "GOOD"
+subjects = ["good.>"]
+[plugin.good]
+path = "{noop}"
+[[pipeline]]
+name = "good"
+streams = ["GOOD"]
+plugin = "good"
+batch_max_wait = "20ms"
+"#,
+        url = nats.url(),
+        cache = dir.path().join("cache").display(),
+        noop = plugins::TEST_NOOP,
+    );
+    for (name, path) in [
+        ("loop", plugins::TEST_LOOP),
+        ("membomb", plugins::TEST_MEMBOMB),
+        ("panic", plugins::TEST_PANIC),
+        ("wrongcount", plugins::TEST_WRONG_COUNT),
+    ] {
+        text.push_str(&format!(
+            r#"
+[[stream]]
+name = "{up}"
+subjects = ["{name}.>"]
+[plugin.{name}]
+path = "{path}"
+limits = {{ deadline = "200ms", memory = "16MiB" }}
+[[pipeline]]
+name = "{name}"
+streams = ["{up}"]
+plugin = "{name}"
+max_deliver = 2
+batch_max_wait = "20ms"
+backoff = {{ initial = "100ms", max = "200ms" }}
+breaker = {{ consecutive_failures = 1000 }}
+"#,
+            up = name.to_uppercase()
+        ));
+    }
+    let path = dir.path().join("jetplug.toml");
+    std::fs::write(&path, text)?;
+    let config = Config::load(&path)?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(host::run(config, shutdown.clone(), move |h| {
+        let _ = tx.send(h);
+    }));
+    let handle = tokio::time::timeout(Duration::from_secs(30), rx).await??;
+    for name in ["loop", "membomb", "panic", "wrongcount"] {
+        for _ in 0..2 {
+            js.publish(format!("{name}.x"), "boom".into())
+                .await?
+                .await?;
+        }
+    }
+    for i in 0..200 {
+        js.publish("good.x", format!("m{i}").into_bytes().into())
+            .await?
+            .await?;
+    }
+    let good = handle.stats["good"].clone();
+    eventually(
+        Duration::from_secs(60),
+        "good traffic acked and 8 dead letters",
+        || async {
+            Ok(Stats::get(&good.acked) == 200
+                && js.get_stream("DLQ").await?.info().await?.state.messages == 8)
+        },
+    )
+    .await?;
+    let mut s = js.get_stream("DLQ").await?;
+    let last = s.info().await?.state.last_sequence;
+    let mut reasons = std::collections::BTreeMap::new();
+    for seq in 1..=last {
+        let m = s.get_raw_message(seq).await?;
+        let reason = m
+            .headers
+            .get("Jetplug-Reason")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        reasons.insert(m.subject.to_string(), reason);
+    }
+    assert!(
+        reasons["dlq.loop.loop"].starts_with("deadline:"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["dlq.membomb.membomb"].starts_with("memory-limit:"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["dlq.panic.panic"].starts_with("trap:")
+            && reasons["dlq.panic.panic"].contains("refusing a batch"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["dlq.wrongcount.wrongcount"].starts_with("wrong-decision-count:"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        Stats::get(&good.failed_batches),
+        0,
+        "the good pipeline never failed"
+    );
+    shutdown.cancel();
+    task.await??;
+    Ok(())
+}
