@@ -261,6 +261,7 @@ batch_max_wait = "20ms"
         ("membomb", plugins::TEST_MEMBOMB),
         ("panic", plugins::TEST_PANIC),
         ("wrongcount", plugins::TEST_WRONG_COUNT),
+        ("flood", plugins::TEST_LOG_FLOOD),
     ] {
         text.push_str(&format!(
             r#"
