@@ -623,3 +623,39 @@ async fn slow_plugin_bounds_what_the_host_holds_and_nothing_is_redelivered() -> 
     eprintln!("most messages held at once: {most_held}");
     host.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_message_is_dead_lettered_alone_with_the_memory_limit_as_reason()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "max_deliver = 2",
+    )?;
+    cfg.plugins.get_mut("p").context("plugin")?.limits.memory = jetplug::config::Size(1_536_000);
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    let big = "x".repeat(900_000);
+    publish(&js, "events.a", &[big.as_str(), "small"]).await?;
+    eventually(WAIT, "settled", || async {
+        Ok(all_settled(&js, 2).await? && dlq_messages(&js).await?.len() == 1)
+    })
+    .await?;
+    let dlq = dlq_messages(&js).await?;
+    assert_eq!(dlq[0].payload.len(), 900_000, "the payload is kept whole");
+    assert!(
+        header(&dlq[0], "Jetplug-Reason").starts_with("memory-limit:"),
+        "{}",
+        header(&dlq[0], "Jetplug-Reason")
+    );
+    assert_eq!(
+        Stats::get(&stats.acked),
+        1,
+        "the small message was processed"
+    );
+    host.stop().await
+}
