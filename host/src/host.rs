@@ -5,12 +5,13 @@
 //! plugin fails the start with a clear error instead of failing messages.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState};
 use crate::backoff::Backoff;
 use crate::capability::Backends;
 use crate::capability::backends::BackendError;
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::deadletter::Route;
 use crate::engine::{EngineError, Runtime};
 use crate::jetstream::{self, ConnectError, Health};
+use crate::metrics::{Metrics, labels};
 use crate::pipeline::{Pipeline, Stats};
 use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance};
 
@@ -38,6 +40,12 @@ pub enum HostError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error("cannot listen for the admin server on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running host's shared parts, for callers that want to observe it.
@@ -93,6 +101,30 @@ pub async fn run(
     let health = Health::new();
     health.want_consumers(config.pipelines.iter().map(|p| p.streams.len()).sum());
 
+    let (metrics, registry) = Metrics::new();
+    let metrics = Arc::new(metrics);
+    for (name, p) in &plugins {
+        let l = labels(&[
+            ("plugin", name),
+            ("tenant", &p.spec().tenant),
+            ("hash", p.hash()),
+        ]);
+        metrics.plugin_info.get_or_create(&l).set(1);
+    }
+    let admin = Arc::new(AdminState {
+        health: health.clone(),
+        registry,
+        plugins: plugins.clone(),
+        pipelines: OnceLock::new(),
+    });
+    if let Some(addr) = config.admin.address {
+        let listener = admin::bind(addr)
+            .await
+            .map_err(|source| HostError::Admin { addr, source })?;
+        tracing::info!(%addr, "admin server listening");
+        tokio::spawn(admin::serve(listener, admin.clone(), shutdown.clone()));
+    }
+
     let client = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         c = jetstream::connect(&config.nats, &health) => c?,
@@ -133,6 +165,7 @@ pub async fn run(
         .collect();
     let mut tasks = JoinSet::new();
     let mut stats = BTreeMap::new();
+    let mut running = Vec::new();
     for pc in &config.pipelines {
         let route = match &pc.dead_letter {
             None => Route::Builtin { js: js.clone() },
@@ -152,12 +185,13 @@ pub async fn run(
             js: js.clone(),
             client: client.clone(),
             health: health.clone(),
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Stats::new(&metrics, &pc.name)),
             breaker: std::sync::Mutex::new(crate::breaker::Breaker::new(pc.breaker)),
             shutdown: shutdown.clone(),
             keepalive: Default::default(),
         });
         stats.insert(pc.name.clone(), pipeline.stats.clone());
+        running.push(pipeline.clone());
         let streams = pc
             .streams
             .iter()
@@ -165,6 +199,7 @@ pub async fn run(
             .collect();
         tasks.spawn(pipeline.run(streams, shutdown.clone()));
     }
+    let _ = admin.pipelines.set(running);
     on_start(HostHandle {
         health: health.clone(),
         stats,

@@ -5,6 +5,7 @@
 //! plugin → decisions → settle. This crate is the library behind the
 //! `jetplug` binary; `cli` is the thin command-line layer on top.
 
+pub mod admin;
 pub mod backoff;
 pub mod bindings;
 pub mod breaker;
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod host;
 pub mod input;
 pub mod jetstream;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod replay;

@@ -323,3 +323,91 @@ async fn dlq_list_and_redrive_return_messages_to_their_subjects() -> anyhow::Res
     }
     Ok(())
 }
+
+async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).await?;
+    let (head, body) = r
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("bad response"))?;
+    let code = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    Ok((code, body.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &nats.url(), "")?;
+    let addr = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
+    let mut cfg = jetplug::config::Config::load(Path::new(&config))?;
+    cfg.admin.address = Some(addr.parse()?);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let host = tokio::spawn(jetplug::host::run(cfg, shutdown.clone(), |_| {}));
+
+    eventually(WAIT, "ready", || async {
+        Ok(http_get(&addr, "/readyz")
+            .await
+            .map(|r| r.0 == 200)
+            .unwrap_or(false))
+    })
+    .await?;
+    assert_eq!(http_get(&addr, "/healthz").await?, (200, "ok\n".to_owned()));
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    for p in ["a", "b", "c", "term:rejected"] {
+        js.publish("events.x", p.as_bytes().to_vec().into())
+            .await?
+            .await?;
+    }
+    eventually(WAIT, "metrics", || async {
+        Ok(http_get(&addr, "/metrics")
+            .await?
+            .1
+            .contains(r#"jetplug_messages_total{pipeline="main",outcome="ack"} 3"#))
+    })
+    .await?;
+    let (_, m) = http_get(&addr, "/metrics").await?;
+    let hash = jetplug::engine::cache::content_hash(&std::fs::read(plugins::TEST_NOOP)?);
+    for want in [
+        r#"jetplug_dead_letters_total{pipeline="main",reason="term"} 1"#.to_owned(),
+        r#"jetplug_messages_total{pipeline="main",outcome="dead_letter"} 1"#.to_owned(),
+        r#"jetplug_breaker_state{pipeline="main"} 0"#.to_owned(),
+        format!(r#"jetplug_plugin_info{{plugin="noop",tenant="default",hash="{hash}"}} 1"#),
+        r#"jetplug_batch_duration_seconds_count{pipeline="main"}"#.to_owned(),
+    ] {
+        assert!(m.contains(&want), "missing {want} in\n{m}");
+    }
+    let (_, p) = http_get(&addr, "/v1/pipelines").await?;
+    let p: serde_json::Value = serde_json::from_str(&p)?;
+    assert_eq!(p["pipelines"][0]["name"], "main");
+    assert_eq!(p["pipelines"][0]["acked"], 3);
+    assert_eq!(p["pipelines"][0]["breaker"], "closed");
+    let (_, v) = http_get(&addr, "/v1/plugins").await?;
+    let v: serde_json::Value = serde_json::from_str(&v)?;
+    assert_eq!(v["plugins"][0]["hash"], hash.as_str());
+    assert_eq!(v["plugins"][0]["imports"], serde_json::json!(["log"]));
+
+    let out = jetplug(&["plugin", "list", "--admin", &addr])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "noop                 default      {}",
+            &hash[..12]
+        )),
+        "{}",
+        text(&out)
+    );
+    shutdown.cancel();
+    host.await??;
+    let out = jetplug(&["plugin", "list", "--admin", &addr])?;
+    assert!(
+        text(&out).contains("cannot reach the admin API"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}

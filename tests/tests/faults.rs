@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -73,7 +72,7 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     drop(client);
     pg.stop().await?;
     eventually(Duration::from_secs(30), "the breaker to open", || async {
-        Ok(indexer.breaker_opened.load(Ordering::Relaxed) >= 1)
+        Ok(Stats::get(&indexer.breaker_opened) >= 1)
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -101,7 +100,7 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     )
     .await?;
     eventually(Duration::from_secs(30), "the breaker to close", || async {
-        Ok(indexer.breaker_state.load(Ordering::Relaxed) == 0)
+        Ok(indexer.breaker_state.get() == 0)
     })
     .await?;
     let distinct: i64 = client

@@ -3,6 +3,7 @@
 
 mod check;
 mod dlq;
+mod plugin;
 mod publish;
 mod replay;
 mod run;
@@ -46,6 +47,8 @@ enum Command {
     Streams(streams::Args),
     /// Look at dead letters, or send them back to their original subjects.
     Dlq(dlq::Args),
+    /// Ask a running host about its plugins.
+    Plugin(plugin::Args),
     /// Publish sample events (AIVO subjects by default, some malformed).
     Publish(publish::Args),
     /// Run a plugin over a pipeline's stream history (ephemeral consumer).
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
             Command::Check(args) => check::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
+            Command::Plugin(args) => plugin::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Replay(args) => replay::run(args).await,
             Command::RunPlugin(args) => run_plugin::run(args).await,

@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub host: HostConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub engine: EngineConfig,
     #[serde(default, rename = "stream")]
     pub streams: Vec<StreamConfig>,
@@ -67,6 +69,14 @@ impl Default for HostConfig {
             shutdown_timeout: Dur(Duration::from_secs(30)),
         }
     }
+}
+
+/// `[admin]`: the admin HTTP server (health, readiness, metrics, API).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address, e.g. `127.0.0.1:9090` (default: no admin server).
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// `[engine]`: the wasm engine shared by all plugins.

@@ -40,6 +40,12 @@ impl Health {
             .consumers_bound
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
+    pub fn consumers_bound(&self) -> usize {
+        self.consumers_bound.load(Ordering::Relaxed)
+    }
+    pub fn consumers_wanted(&self) -> usize {
+        self.consumers_wanted.load(Ordering::Relaxed)
+    }
     /// Connected and every consumer bound.
     pub fn ready(&self) -> bool {
         self.connected()

@@ -14,7 +14,6 @@ mod worker;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -23,37 +22,106 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::backoff::Backoff;
 use crate::config::{Ordering, PipelineConfig, StreamConfig};
 use crate::deadletter::{self, DeadLetter, Route};
 use crate::jetstream::{Health, consumer};
+use crate::metrics::{Metrics, labels, reason_kind};
 use crate::plugin::{Plugin, PluginInstance};
 
 pub use keepalive::KeepAlive;
 pub use worker::Batch;
 
-/// Counters per pipeline (for tests, logs and metrics).
-#[derive(Debug, Default)]
+/// Counters per pipeline: handles into the host's Prometheus metrics, also
+/// read directly by tests and the admin API.
+#[derive(Debug)]
 pub struct Stats {
-    pub batches: AtomicU64,
-    pub failed_batches: AtomicU64,
-    pub acked: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub dead_letter_failures: AtomicU64,
+    pub batches: Counter,
+    pub failed_batches: Counter,
+    pub acked: Counter,
+    pub retried: Counter,
+    pub dead_lettered: Counter,
+    pub dead_letter_failures: Counter,
     /// Batches held (not settled) because the breaker opened on a downstream outage.
-    pub held_batches: AtomicU64,
+    pub held_batches: Counter,
     /// 0 closed, 1 open, 2 half-open.
-    pub breaker_state: std::sync::atomic::AtomicU8,
-    pub breaker_opened: AtomicU64,
+    pub breaker_state: Gauge,
+    pub breaker_opened: Counter,
+    pipeline: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Stats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(AtomicOrdering::Relaxed)
+    pub fn new(metrics: &Arc<Metrics>, pipeline: &str) -> Self {
+        let p = labels(&[("pipeline", pipeline)]);
+        let outcome = |o: &str| {
+            metrics
+                .messages
+                .get_or_create_owned(&labels(&[("pipeline", pipeline), ("outcome", o)]))
+        };
+        let failed_batches = Counter::default();
+        Stats {
+            batches: metrics.batches.get_or_create_owned(&p),
+            failed_batches,
+            acked: outcome("ack"),
+            retried: outcome("retry"),
+            dead_lettered: outcome("dead_letter"),
+            dead_letter_failures: metrics.dead_letter_failures.get_or_create_owned(&p),
+            held_batches: metrics.held_batches.get_or_create_owned(&p),
+            breaker_state: metrics.breaker_state.get_or_create_owned(&p),
+            breaker_opened: metrics.breaker_opened.get_or_create_owned(&p),
+            pipeline: pipeline.to_owned(),
+            metrics: metrics.clone(),
+        }
     }
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, AtomicOrdering::Relaxed);
+
+    pub fn get(counter: &Counter) -> u64 {
+        counter.get()
+    }
+
+    pub(crate) fn add(counter: &Counter, n: u64) {
+        counter.inc_by(n);
+    }
+
+    pub(crate) fn batch_failed(&self, kind: &str) {
+        self.failed_batches.inc();
+        self.metrics
+            .batch_failures
+            .get_or_create(&labels(&[("pipeline", &self.pipeline), ("kind", kind)]))
+            .inc();
+    }
+
+    pub(crate) fn batch_took(&self, d: Duration) {
+        self.metrics
+            .batch_seconds
+            .get_or_create(&labels(&[("pipeline", &self.pipeline)]))
+            .observe(d.as_secs_f64());
+    }
+
+    pub(crate) fn dead_letter(&self, reason: &str) {
+        self.dead_lettered.inc();
+        self.metrics
+            .dead_letters
+            .get_or_create(&labels(&[
+                ("pipeline", &self.pipeline),
+                ("reason", reason_kind(reason)),
+            ]))
+            .inc();
+    }
+
+    pub(crate) fn consumer(&self, stream: &str, pending: u64, ack_pending: usize) {
+        let l = labels(&[("pipeline", &self.pipeline), ("stream", stream)]);
+        self.metrics
+            .consumer_pending
+            .get_or_create(&l)
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.metrics
+            .consumer_ack_pending
+            .get_or_create(&l)
+            .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
     }
 }
 
@@ -95,6 +163,10 @@ impl Pipeline {
             keepalive_stop.clone(),
         ));
         for stream in streams {
+            tasks.spawn(
+                self.clone()
+                    .watch_consumer(stream.name.clone(), shutdown.clone()),
+            );
             tasks.spawn(self.clone().consume(stream.clone(), shutdown.clone()));
             tasks.spawn(self.clone().listen_max_deliveries(stream, shutdown.clone()));
         }
@@ -185,6 +257,22 @@ impl Pipeline {
         drop(senders);
         while workers.join_next().await.is_some() {}
         tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name, "stopped");
+    }
+
+    /// Updates the consumer's pending / ack-pending gauges every few seconds.
+    async fn watch_consumer(self: Arc<Self>, stream: String, shutdown: CancellationToken) {
+        let name = self.cfg.consumer_name(&stream);
+        loop {
+            if let Ok(s) = self.js.get_stream_no_info(&stream).await
+                && let Ok(info) = s.consumer_info(&name).await
+            {
+                self.stats
+                    .consumer(&stream, info.num_pending, info.num_ack_pending);
+            }
+            if sleep_or_cancel(Duration::from_secs(5), &shutdown).await {
+                return;
+            }
+        }
     }
 
     /// Hands messages to the workers; false if they are gone.
@@ -279,7 +367,7 @@ impl Pipeline {
         let dl = DeadLetter::from_message(&self.cfg.name, &msg, a.reason());
         match self.route.send(&dl).await {
             Ok(()) => {
-                Stats::add(&self.stats.dead_lettered, 1);
+                self.stats.dead_letter(&dl.reason);
                 tracing::warn!(pipeline = %self.cfg.name, stream = %a.stream, seq = a.stream_seq,
                     reason = %dl.reason, "dead-lettered");
             }

@@ -14,7 +14,6 @@ use crate::deadletter::DeadLetter;
 use crate::jetstream::convert;
 use crate::plugin::PluginInstance;
 use crate::settle::{self, Action};
-use std::sync::atomic::Ordering;
 
 /// Messages pulled together, handed to one worker; kept alive (+WPI) until
 /// the guard is dropped after settling.
@@ -67,7 +66,9 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
             None => None,
         };
         Stats::add(&p.stats.batches, 1);
+        let started = std::time::Instant::now();
         let outcome = instance.handle(&msgs).await;
+        p.stats.batch_took(started.elapsed());
         let downstream = instance.downstream_failures();
         let open = record_outcome(p, outcome.is_err() || downstream > 0);
         if downstream > 0 && open {
@@ -86,7 +87,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
             .map(|(d, m)| settle::for_decision(d, m.delivered, max, &p.backoff))
             .collect(),
         Err(e) => {
-            Stats::add(&p.stats.failed_batches, 1);
+            p.stats.batch_failed(e.kind());
             tracing::warn!(pipeline = %p.cfg.name, plugin = %p.plugin.name(), error = %e, kind = e.kind(),
                 messages = msgs.len(), "batch failed; retrying with backoff");
             let mut actions = Vec::with_capacity(msgs.len());
@@ -116,7 +117,7 @@ async fn wait_for_breaker(p: &Pipeline) -> bool {
         let wait = match permit {
             Permit::Run { probe } => {
                 if probe {
-                    p.stats.breaker_state.store(2, Ordering::Relaxed);
+                    p.stats.breaker_state.set(2);
                     tracing::info!(pipeline = %p.cfg.name, "circuit breaker half-open: running a probe batch");
                 }
                 return true;
@@ -134,7 +135,7 @@ async fn wait_for_breaker(p: &Pipeline) -> bool {
 fn record_outcome(p: &Pipeline, failed: bool) -> bool {
     let mut b = lock(p);
     if let Some(state) = b.record(std::time::Instant::now(), failed) {
-        p.stats.breaker_state.store(state.code(), Ordering::Relaxed);
+        p.stats.breaker_state.set(i64::from(state.code()));
         match state {
             State::Open { interval, .. } => {
                 Stats::add(&p.stats.breaker_opened, 1);
@@ -178,7 +179,7 @@ async fn settle_one(p: &Pipeline, js_msg: &jetstream::Message, msg: &Message, ac
             let dl = DeadLetter::from_message(&p.cfg.name, msg, reason);
             match p.route.send(&dl).await {
                 Ok(()) => {
-                    Stats::add(&p.stats.dead_lettered, 1);
+                    p.stats.dead_letter(&dl.reason);
                     tracing::warn!(pipeline = %p.cfg.name, stream = %msg.stream, seq = msg.stream_seq,
                         reason = %dl.reason, "dead-lettered");
                     js_msg.ack_with(AckKind::Term).await

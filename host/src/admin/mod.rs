@@ -1,0 +1,139 @@
+//! The admin HTTP server: `/healthz`, `/readyz`, `/metrics` (Prometheus
+//! text), `/v1/pipelines` and `/v1/plugins` (JSON). Read-only; it reads the
+//! same handles the pipelines update, so it never slows them down.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::jetstream::Health;
+use crate::pipeline::{Pipeline, Stats};
+use crate::plugin::Plugin;
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    pub health: Arc<Health>,
+    pub registry: Registry,
+    pub plugins: BTreeMap<String, Arc<Plugin>>,
+    /// Filled in once the pipelines run.
+    pub pipelines: OnceLock<Vec<Arc<Pipeline>>>,
+}
+
+/// Binds `addr` (so a taken port fails the start) and serves until `shutdown`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/pipelines", get(pipelines))
+        .route("/v1/plugins", get(plugins))
+        .with_state(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    let body = json!({
+        "ready": s.health.ready(),
+        "connected": s.health.connected(),
+        "consumers_bound": s.health.consumers_bound(),
+        "consumers_wanted": s.health.consumers_wanted(),
+    });
+    let code = if s.health.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn pipelines(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::Value> {
+    let list: Vec<_> = s
+        .pipelines
+        .get()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let st = &p.stats;
+                    let breaker = match st.breaker_state.get() {
+                        1 => "open",
+                        2 => "half-open",
+                        _ => "closed",
+                    };
+                    json!({
+                        "name": p.cfg.name,
+                        "streams": p.cfg.streams,
+                        "plugin": p.plugin.name(),
+                        "plugin_hash": p.plugin.hash(),
+                        "tenant": p.tenant,
+                        "breaker": breaker,
+                        "batches": Stats::get(&st.batches),
+                        "failed_batches": Stats::get(&st.failed_batches),
+                        "acked": Stats::get(&st.acked),
+                        "retried": Stats::get(&st.retried),
+                        "dead_lettered": Stats::get(&st.dead_lettered),
+                        "held_batches": Stats::get(&st.held_batches),
+                        "messages_held": p.keepalive.held(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    axum::Json(json!({ "pipelines": list }))
+}
+
+async fn plugins(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::Value> {
+    let list: Vec<_> = s
+        .plugins
+        .iter()
+        .map(|(name, p)| {
+            json!({
+                "name": name,
+                "tenant": p.spec().tenant,
+                "path": p.spec().path,
+                "hash": p.hash(),
+                "loaded_at": humantime::format_rfc3339_seconds(p.loaded_at()).to_string(),
+                "imports": p.imports().iter().map(|c| c.name()).collect::<Vec<_>>(),
+                "compiled": format!("{:?}", p.cache_outcome()).to_lowercase(),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "plugins": list }))
+}
