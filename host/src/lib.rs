@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod bench;
 pub mod bindings;
 pub mod breaker;
 pub mod capability;

@@ -4,7 +4,7 @@
 //! log cannot slow the host or drown other tenants' lines; dropped lines are
 //! counted and reported once the flood stops.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Linker};
 
@@ -21,6 +21,7 @@ pub struct LogState {
     tenant: String,
     bucket: TokenBucket,
     dropped: u64,
+    reported: Option<Instant>,
 }
 
 impl LogState {
@@ -31,6 +32,7 @@ impl LogState {
             tenant: tenant.to_owned(),
             bucket: TokenBucket::new(per_second),
             dropped: 0,
+            reported: None,
         }
     }
 
@@ -53,14 +55,32 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 
 impl log::Host for LogState {
     fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
-        if !self.bucket.take(Instant::now()) {
+        // Lines the host would not print cost nothing and use no budget.
+        let enabled = match level {
+            Level::Trace => tracing::enabled!(target: "plugin", tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(target: "plugin", tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(target: "plugin", tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(target: "plugin", tracing::Level::WARN),
+            Level::Error => tracing::enabled!(target: "plugin", tracing::Level::ERROR),
+        };
+        if !enabled {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if !self.bucket.take(now) {
             self.dropped += 1;
             return Ok(());
         }
-        if self.dropped > 0 {
+        // Report drops at most once a second, so a flood cannot flood the host's log.
+        if self.dropped > 0
+            && self
+                .reported
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
             tracing::warn!(plugin = %self.plugin, tenant = %self.tenant, dropped = self.dropped,
                 "plugin log rate limit: lines dropped");
             self.dropped = 0;
+            self.reported = Some(now);
         }
         if message.len() > MAX_LINE {
             let mut cut = MAX_LINE;
@@ -117,7 +137,6 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use crate::bindings::jetplug::plugin::log::Host;
-    use std::time::Duration;
 
     #[test]
     fn bucket_limits_bursts_and_refills() {
@@ -130,6 +149,13 @@ mod tests {
 
     #[test]
     fn flood_is_counted_not_logged() -> wasmtime::Result<()> {
+        // Make the `plugin` target enabled so lines count against the budget.
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(std::io::sink)
+                .finish(),
+        );
         let mut state = LogState::new("p", "t", 5);
         for i in 0..50 {
             state.log(Level::Info, format!("line {i}"))?;

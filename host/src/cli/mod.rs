@@ -1,6 +1,7 @@
 //! The command-line interface. Each subcommand lives in its own module; this
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
+mod bench;
 mod check;
 mod dlq;
 mod plugin;
@@ -41,6 +42,8 @@ struct Cli {
 enum Command {
     /// Consume every configured pipeline until SIGINT/SIGTERM.
     Run(run::Args),
+    /// Measure the host: dispatch overhead and cold start.
+    Bench(bench::Args),
     /// Validate a configuration and load its plugins, without connecting.
     Check(check::Args),
     /// Show or apply the stream plan (create missing, reconcile drifted).
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,

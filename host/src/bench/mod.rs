@@ -1,0 +1,3 @@
+//! Benchmarks behind `jetplug bench`. Timing goals live here, not in tests.
+
+pub mod dispatch;
