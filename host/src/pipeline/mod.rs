@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::backoff::Backoff;
 use crate::config::{Ordering, PipelineConfig, StreamConfig};
@@ -50,6 +51,7 @@ pub struct Stats {
     /// 0 closed, 1 open, 2 half-open.
     pub breaker_state: Gauge,
     pub breaker_opened: Counter,
+    batch_seconds: Histogram,
     pipeline: String,
     metrics: Arc<Metrics>,
 }
@@ -73,6 +75,7 @@ impl Stats {
             held_batches: metrics.held_batches.get_or_create_owned(&p),
             breaker_state: metrics.breaker_state.get_or_create_owned(&p),
             breaker_opened: metrics.breaker_opened.get_or_create_owned(&p),
+            batch_seconds: metrics.batch_seconds.get_or_create_owned(&p),
             pipeline: pipeline.to_owned(),
             metrics: metrics.clone(),
         }
@@ -95,10 +98,7 @@ impl Stats {
     }
 
     pub(crate) fn batch_took(&self, d: Duration) {
-        self.metrics
-            .batch_seconds
-            .get_or_create(&labels(&[("pipeline", &self.pipeline)]))
-            .observe(d.as_secs_f64());
+        self.batch_seconds.observe(d.as_secs_f64());
     }
 
     pub(crate) fn dead_letter(&self, reason: &str) {
