@@ -18,10 +18,11 @@ use crate::capability::backends::BackendError;
 use crate::config::Config;
 use crate::deadletter::Route;
 use crate::engine::{EngineError, Runtime};
+use crate::hotswap::{Swapper, fleet::Fleet, watch};
 use crate::jetstream::{self, ConnectError, Health};
 use crate::metrics::{Metrics, labels};
 use crate::pipeline::{Pipeline, Stats};
-use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance};
+use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance, PluginSlot};
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,29 @@ pub async fn load_plugins(
     Ok(loaded)
 }
 
+/// Brings the plugins to the fleet's announced versions (before any
+/// pipeline runs), then follows new deploys in the background.
+async fn follow_deploys(
+    config: &Config,
+    js: &async_nats::jetstream::Context,
+    swapper: &Arc<Swapper>,
+    loaded: &BTreeMap<String, Arc<Plugin>>,
+    shutdown: &CancellationToken,
+) {
+    let bucket = &config.host.deploy_bucket;
+    match Fleet::open(js, bucket).await {
+        Ok(fleet) => {
+            let files = loaded
+                .iter()
+                .map(|(n, p)| (n.clone(), p.spec().path.clone()))
+                .collect();
+            fleet.follow(swapper.clone(), files, shutdown.clone()).await;
+            tracing::info!(%bucket, "following plugin deploys");
+        }
+        Err(e) => tracing::warn!(error = %e, "plugin deploys are not followed"),
+    }
+}
+
 /// Runs until `shutdown` is cancelled. `on_start` receives the handle once
 /// the pipelines are running.
 pub async fn run(
@@ -97,13 +121,17 @@ pub async fn run(
 ) -> Result<(), HostError> {
     let runtime = Arc::new(Runtime::new(config.engine.settings())?);
     let backends = Backends::with_databases(&config.databases)?;
-    let plugins = load_plugins(&config, &runtime, &backends).await?;
+    let loaded = load_plugins(&config, &runtime, &backends).await?;
+    let plugins: BTreeMap<String, Arc<PluginSlot>> = loaded
+        .iter()
+        .map(|(name, p)| (name.clone(), PluginSlot::new(p.clone())))
+        .collect();
     let health = Health::new();
     health.want_consumers(config.pipelines.iter().map(|p| p.streams.len()).sum());
 
     let (metrics, registry) = Metrics::new();
     let metrics = Arc::new(metrics);
-    for (name, p) in &plugins {
+    for (name, p) in &loaded {
         let l = labels(&[
             ("plugin", name),
             ("tenant", &p.spec().tenant),
@@ -123,6 +151,21 @@ pub async fn run(
             .map_err(|source| HostError::Admin { addr, source })?;
         tracing::info!(%addr, "admin server listening");
         tokio::spawn(admin::serve(listener, admin.clone(), shutdown.clone()));
+    }
+
+    let swapper = Arc::new(Swapper::new(
+        runtime.clone(),
+        backends.clone(),
+        plugins.clone(),
+        metrics.clone(),
+    ));
+    if config.host.watch_plugins {
+        match watch::spawn(swapper.clone(), shutdown.clone()) {
+            Ok(()) => tracing::info!("watching plugin files for new versions"),
+            Err(e) => {
+                tracing::warn!(error = %e, "plugin files are not watched; swaps by file are off")
+            }
+        }
     }
 
     let client = tokio::select! {
@@ -151,6 +194,9 @@ pub async fn run(
     }
 
     backends.set_nats(js.clone());
+    if !config.host.deploy_bucket.is_empty() {
+        follow_deploys(&config, &js, &swapper, &loaded, &shutdown).await;
+    }
     let tenant_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>> = config
         .tenants
         .iter()
@@ -170,7 +216,8 @@ pub async fn run(
         let route = match &pc.dead_letter {
             None => Route::Builtin { js: js.clone() },
             Some(name) => Route::Plugin {
-                instance: tokio::sync::Mutex::new(PluginInstance::new(plugins[name].clone())),
+                instance: tokio::sync::Mutex::new(PluginInstance::new(plugins[name].current())),
+                slot: plugins[name].clone(),
                 tenant: config.plugins[name].tenant.clone(),
             },
         };

@@ -16,6 +16,7 @@ pub mod config;
 pub mod deadletter;
 pub mod engine;
 pub mod host;
+pub mod hotswap;
 pub mod input;
 pub mod jetstream;
 pub mod metrics;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub consumer_pending: Family<Labels, Gauge>,
     pub consumer_ack_pending: Family<Labels, Gauge>,
     pub plugin_info: Family<Labels, Gauge>,
+    pub plugin_swaps: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -48,6 +49,7 @@ impl Metrics {
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
             plugin_info: Family::default(),
+            plugin_swaps: Family::default(),
         };
         let mut r = Registry::with_prefix("jetplug");
         r.register(
@@ -103,8 +105,13 @@ impl Metrics {
         );
         r.register(
             "plugin_info",
-            "Loaded plugin versions (value 1)",
+            "Plugin versions: 1 for the running version, 0 for one swapped out",
             m.plugin_info.clone(),
+        );
+        r.register(
+            "plugin_swaps",
+            "Hot-swap attempts, by plugin and outcome (swapped, unchanged, load, init, ...)",
+            m.plugin_swaps.clone(),
         );
         (m, r)
     }

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug_tests::{NatsServer, eventually, plugins};
+use jetplug_tests::{NatsServer, eventually, http_get, plugins};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -322,20 +322,6 @@ async fn dlq_list_and_redrive_return_messages_to_their_subjects() -> anyhow::Res
         );
     }
     Ok(())
-}
-
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).await?;
-    let (head, body) = r
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("bad response"))?;
-    let code = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
-    Ok((code, body.to_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,10 +6,12 @@
 //!   on a free port, stoppable and restartable;
 //! - [`plugins`]: paths of the components built from `plugins/`.
 
+mod http;
 mod nats;
 mod ports;
 mod postgres;
 
+pub use http::http_get;
 pub use nats::NatsServer;
 pub use ports::free_port;
 pub use postgres::Postgres;

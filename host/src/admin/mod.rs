@@ -17,14 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jetstream::Health;
 use crate::pipeline::{Pipeline, Stats};
-use crate::plugin::Plugin;
+use crate::plugin::PluginSlot;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
 pub struct AdminState {
     pub health: Arc<Health>,
     pub registry: Registry,
-    pub plugins: BTreeMap<String, Arc<Plugin>>,
+    pub plugins: BTreeMap<String, Arc<PluginSlot>>,
     /// Filled in once the pipelines run.
     pub pipelines: OnceLock<Vec<Arc<Pipeline>>>,
 }
@@ -101,7 +101,7 @@ async fn pipelines(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::V
                         "name": p.cfg.name,
                         "streams": p.cfg.streams,
                         "plugin": p.plugin.name(),
-                        "plugin_hash": p.plugin.hash(),
+                        "plugin_hash": p.plugin.current().hash(),
                         "tenant": p.tenant,
                         "breaker": breaker,
                         "batches": Stats::get(&st.batches),
@@ -123,7 +123,8 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::Val
     let list: Vec<_> = s
         .plugins
         .iter()
-        .map(|(name, p)| {
+        .map(|(name, slot)| {
+            let p = slot.current();
             json!({
                 "name": name,
                 "tenant": p.spec().tenant,
@@ -132,6 +133,7 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::Val
                 "loaded_at": humantime::format_rfc3339_seconds(p.loaded_at()).to_string(),
                 "imports": p.imports().iter().map(|c| c.name()).collect::<Vec<_>>(),
                 "compiled": format!("{:?}", p.cache_outcome()).to_lowercase(),
+                "previous": slot.history(),
             })
         })
         .collect();

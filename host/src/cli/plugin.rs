@@ -1,5 +1,9 @@
-//! `jetplug plugin list`: the plugin versions a running host has loaded,
-//! read from its admin API (`[admin] address` of the config, or `--admin`).
+//! `jetplug plugin list|deploy|rollback|history`.
+//!
+//! `list` reads a running host's admin API. `deploy` validates a component
+//! against the plugin's configuration (compile, grants) and then hands it to
+//! every host through the fleet buckets; `rollback` re-announces the previous
+//! version; `history` shows what was announced.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +13,9 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
+use crate::engine::Runtime;
+use crate::hotswap::fleet::{Announcement, Fleet};
+use crate::hotswap::short;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,6 +27,37 @@ pub struct Args {
 enum Action {
     /// Show the loaded plugins: name, tenant, version hash, loaded-at, imports.
     List(Target),
+    /// Validate FILE as a new version of plugin NAME and roll it out to every
+    /// host using this configuration (no restart; in-flight batches finish
+    /// on the old version).
+    Deploy {
+        /// The plugin's name (`[plugin.NAME]` in the configuration).
+        name: String,
+        /// The new component (.wasm).
+        file: PathBuf,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Return plugin NAME to the version it ran before the last deploy
+    /// (past the first deploy: the file the configuration names).
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// The versions announced for plugin NAME, oldest first.
+    History {
+        name: String,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
+    /// The configuration file (NATS connection, plugin grants, deploy bucket).
+    #[arg(long, short = 'c', default_value = "jetplug.toml")]
+    config: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,7 +74,99 @@ struct Target {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Action::List(t) = args.action;
+    match args.action {
+        Action::List(t) => list(t).await,
+        Action::Deploy { name, file, fleet } => deploy(&name, &file, &fleet).await,
+        Action::Rollback { name, fleet } => {
+            let (_, f) = open(&name, &fleet).await?;
+            let ann = f.rollback(&name).await?;
+            println!("rolled back plugin `{name}` to {}", describe(&ann));
+            println!("running hosts swap to it within seconds; check with `jetplug plugin list`");
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::History { name, fleet } => {
+            let (_, f) = open(&name, &fleet).await?;
+            let history = f.history(&name).await?;
+            if history.is_empty() {
+                println!("plugin `{name}` was never deployed: hosts run the configured file");
+            }
+            for (i, ann) in history.iter().enumerate() {
+                let at = match ann {
+                    Announcement::Store { deployed_at, .. }
+                    | Announcement::File { deployed_at } => deployed_at,
+                };
+                let mark = if i + 1 == history.len() { "*" } else { " " };
+                println!("{mark} {at}  {}", describe(ann));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn deploy(name: &str, file: &std::path::Path, args: &FleetArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let pc = plugin_config(&config, name, &args.config)?;
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("cannot read plugin file {}", file.display()))?;
+    // Refuse here what every host would refuse: not a component, wrong
+    // world, imports beyond the grants. (`init` runs on each host.)
+    let runtime = std::sync::Arc::new(Runtime::new(config.engine.settings())?);
+    let mut spec = pc.spec(name);
+    spec.path = file.to_path_buf();
+    crate::plugin::load_bytes(
+        &runtime,
+        spec,
+        &bytes,
+        crate::capability::Backends::offline(),
+    )
+    .with_context(|| format!("{} is not a valid new version of `{name}`", file.display()))?;
+    let (_, fleet) = open(name, args).await?;
+    let ann = fleet.deploy(name, &bytes).await?;
+    println!("deployed plugin `{name}`: {}", describe(&ann));
+    println!("running hosts swap to it within seconds; check with `jetplug plugin list`");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plugin_config<'a>(
+    config: &'a Config,
+    name: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<&'a crate::config::PluginConfig> {
+    config.plugins.get(name).with_context(|| {
+        let known: Vec<&str> = config.plugins.keys().map(String::as_str).collect();
+        format!(
+            "{} declares no plugin `{name}` (declared: {})",
+            path.display(),
+            known.join(", ")
+        )
+    })
+}
+
+async fn open(name: &str, args: &FleetArgs) -> anyhow::Result<(Config, Fleet)> {
+    let config = Config::load(&args.config)?;
+    plugin_config(&config, name, &args.config)?;
+    let bucket = config.host.deploy_bucket.clone();
+    if bucket.is_empty() {
+        bail!(
+            "{} turns fleet deploys off (host.deploy_bucket = \"\")",
+            args.config.display()
+        );
+    }
+    let js = super::connect_once(&config.nats).await?;
+    let fleet = Fleet::open(&js, &bucket).await?;
+    Ok((config, fleet))
+}
+
+fn describe(ann: &Announcement) -> String {
+    match ann {
+        Announcement::Store { hash, size, .. } => {
+            format!("version {} ({size} bytes)", short(hash))
+        }
+        Announcement::File { .. } => "the file named in the configuration".into(),
+    }
+}
+
+async fn list(t: Target) -> anyhow::Result<ExitCode> {
     let addr = match t.admin {
         Some(a) => a,
         None => Config::load(&t.config)?.admin.address.with_context(|| {

@@ -61,12 +61,20 @@ pub struct HostConfig {
     /// On SIGINT/SIGTERM, how long in-flight batches may take to finish and
     /// settle before the host exits anyway (default 30s).
     pub shutdown_timeout: Dur,
+    /// Swap a plugin when its file is replaced (default true).
+    pub watch_plugins: bool,
+    /// Object Store + KV bucket through which `jetplug plugin deploy`
+    /// distributes versions to every host (default `jetplug-plugins`;
+    /// `""` turns fleet deploys off).
+    pub deploy_bucket: String,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             shutdown_timeout: Dur(Duration::from_secs(30)),
+            watch_plugins: true,
+            deploy_bucket: crate::hotswap::fleet::DEFAULT_BUCKET.to_owned(),
         }
     }
 }

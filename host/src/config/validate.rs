@@ -26,6 +26,16 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             "must be greater than zero".into(),
         ));
     }
+    let bucket = &config.host.deploy_bucket;
+    if let Some(c) = bucket
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+    {
+        return Err(invalid(
+            "host.deploy_bucket".into(),
+            format!("`{bucket}` contains `{c}`; use ASCII letters, digits, `-` and `_`"),
+        ));
+    }
     let mut names = BTreeSet::new();
     for (i, s) in config.streams.iter().enumerate() {
         stream(s).map_err(|(k, r)| invalid(format!("stream[{i}].{k}"), r))?;
@@ -38,6 +48,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
     }
     for (name, p) in &config.plugins {
         let key = |k: &str| format!("plugin.{name}.{k}");
+        name_check(name).map_err(|r| invalid(format!("plugin.{name}"), r))?;
         if !p.path.is_file() {
             return Err(invalid(
                 key("path"),

@@ -9,7 +9,9 @@ use tokio::sync::Mutex;
 
 use super::DeadLetter;
 use crate::bindings::Decision;
-use crate::plugin::PluginInstance;
+use std::sync::Arc;
+
+use crate::plugin::{PluginInstance, PluginSlot};
 
 /// The route could not take the dead letter; the original must be retried.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,7 @@ pub enum Route {
     /// Hand to a plugin (the dlq-router), which must `ack` it.
     Plugin {
         instance: Mutex<PluginInstance>,
+        slot: Arc<PluginSlot>,
         tenant: String,
     },
 }
@@ -43,8 +46,13 @@ impl Route {
     pub async fn send(&self, dl: &DeadLetter) -> Result<(), DeadLetterError> {
         match self {
             Route::Builtin { js } => publish(js, dl).await,
-            Route::Plugin { instance, tenant } => {
+            Route::Plugin {
+                instance,
+                slot,
+                tenant,
+            } => {
                 let mut inst = instance.lock().await;
+                inst.follow(slot);
                 let plugin = inst.plugin().name().to_owned();
                 match inst.handle(&[dl.to_message(tenant)]).await {
                     Ok(d) if matches!(d[..], [Decision::Ack]) => Ok(()),

@@ -31,7 +31,7 @@ use crate::config::{Ordering, PipelineConfig, StreamConfig};
 use crate::deadletter::{self, DeadLetter, Route};
 use crate::jetstream::{Health, consumer};
 use crate::metrics::{Metrics, labels, reason_kind};
-use crate::plugin::{Plugin, PluginInstance};
+use crate::plugin::{PluginInstance, PluginSlot};
 
 pub use keepalive::KeepAlive;
 pub use worker::Batch;
@@ -132,7 +132,8 @@ pub struct Pipeline {
     pub tenant: String,
     /// The tenant's ceiling on batches running at once, if it has one.
     pub tenant_slots: Option<Arc<tokio::sync::Semaphore>>,
-    pub plugin: Arc<Plugin>,
+    /// The plugin's current version; workers re-read it before each batch.
+    pub plugin: Arc<PluginSlot>,
     pub route: Arc<Route>,
     pub backoff: Backoff,
     pub js: jetstream::Context,
@@ -195,7 +196,7 @@ impl Pipeline {
         };
         let mut workers = JoinSet::new();
         for rx in receivers {
-            let instance = PluginInstance::new(self.plugin.clone());
+            let instance = PluginInstance::new(self.plugin.current());
             workers.spawn(worker::run(self.clone(), instance, rx));
         }
 

@@ -67,6 +67,8 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         };
         Stats::add(&p.stats.batches, 1);
         let started = std::time::Instant::now();
+        // A hot swap takes effect here, between batches.
+        instance.follow(&p.plugin);
         let outcome = instance.handle(&msgs).await;
         p.stats.batch_took(started.elapsed());
         let downstream = instance.downstream_failures();
@@ -88,7 +90,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
             .collect(),
         Err(e) => {
             p.stats.batch_failed(e.kind());
-            tracing::warn!(pipeline = %p.cfg.name, plugin = %p.plugin.name(), error = %e, kind = e.kind(),
+            tracing::warn!(pipeline = %p.cfg.name, plugin = %instance.plugin().name(), error = %e, kind = e.kind(),
                 messages = msgs.len(), "batch failed; retrying with backoff");
             let mut actions = Vec::with_capacity(msgs.len());
             for m in &msgs {

@@ -91,6 +91,16 @@ impl PluginInstance {
         self.reuse = reuse;
     }
 
+    /// Moves to `slot`'s current version if it changed since the last batch
+    /// (the old version's instance is dropped; the next batch instantiates
+    /// the new one). Call between batches, never during one.
+    pub fn follow(&mut self, slot: &super::PluginSlot) {
+        if !slot.is_current(&self.plugin) {
+            self.plugin = slot.current();
+            self.live = None;
+        }
+    }
+
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
     }

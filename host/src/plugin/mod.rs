@@ -4,6 +4,7 @@
 pub mod instance;
 pub mod limits;
 pub mod load;
+pub mod slot;
 pub mod state;
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 pub use instance::{BatchError, PluginInstance};
 pub use limits::Limits;
 pub use load::{LoadError, Plugin, load, load_bytes, load_with};
+pub use slot::PluginSlot;
 pub use state::PluginState;
 
 use crate::capability::Grants;

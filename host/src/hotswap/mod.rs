@@ -1,0 +1,169 @@
+//! Hot swap: replace a running plugin with a new version without losing or
+//! double-settling a message.
+//!
+//! A new version (from a watched file or a fleet deploy) is compiled,
+//! linked, instantiated and `init`-ed in the background first; only a
+//! version that passes all of that is swapped into the plugin's
+//! [`PluginSlot`]. Workers pick the new version up at their next batch, so
+//! batches in flight finish on the old one. A version that fails is refused
+//! with a log line and a metric, and the old one keeps running.
+
+pub mod fleet;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::capability::Backends;
+use crate::engine::Runtime;
+use crate::engine::cache;
+use crate::metrics::{Metrics, labels};
+use crate::plugin::{self, BatchError, LoadError, PluginInstance, PluginSlot};
+
+/// Why a new version was refused (the old one keeps running).
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("no plugin named `{0}` runs on this host")]
+    UnknownPlugin(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Start(#[from] BatchError),
+    #[error("compiling plugin `{plugin}` was interrupted: {reason}")]
+    Interrupted { plugin: String, reason: String },
+}
+
+impl SwapError {
+    /// A short stable name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SwapError::UnknownPlugin(_) => "unknown-plugin",
+            SwapError::Load(_) => "load",
+            SwapError::Start(_) => "init",
+            SwapError::Interrupted { .. } => "interrupted",
+        }
+    }
+}
+
+/// What a swap attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swapped {
+    /// The new version runs; `from` is the hash it replaced.
+    Yes { from: String, to: String },
+    /// The offered version is the one already running.
+    Unchanged,
+}
+
+/// Validates new versions and swaps them into the slots.
+#[derive(Debug)]
+pub struct Swapper {
+    runtime: Arc<Runtime>,
+    backends: Arc<Backends>,
+    slots: BTreeMap<String, Arc<PluginSlot>>,
+    metrics: Arc<Metrics>,
+    /// One swap at a time, so two sources cannot interleave on one slot.
+    serial: tokio::sync::Mutex<()>,
+}
+
+impl Swapper {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        backends: Arc<Backends>,
+        slots: BTreeMap<String, Arc<PluginSlot>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Swapper {
+            runtime,
+            backends,
+            slots,
+            metrics,
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn slots(&self) -> &BTreeMap<String, Arc<PluginSlot>> {
+        &self.slots
+    }
+
+    /// Offers `bytes` as the new version of `name`; `origin` (a file path or
+    /// an object-store address) names it in errors and the admin API.
+    pub async fn offer(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        origin: PathBuf,
+    ) -> Result<Swapped, SwapError> {
+        let result = self.try_offer(name, bytes, origin.clone()).await;
+        let outcome = match &result {
+            Ok(Swapped::Yes { from, to }) => {
+                tracing::info!(plugin = %name, from = %short(from), to = %short(to),
+                    origin = %origin.display(), "plugin swapped; new batches run the new version");
+                "swapped"
+            }
+            Ok(Swapped::Unchanged) => "unchanged",
+            Err(e) => {
+                tracing::error!(plugin = %name, origin = %origin.display(), error = %e,
+                    "new plugin version refused; the running version stays");
+                e.kind()
+            }
+        };
+        self.metrics
+            .plugin_swaps
+            .get_or_create(&labels(&[("plugin", name), ("outcome", outcome)]))
+            .inc();
+        result
+    }
+
+    async fn try_offer(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        origin: PathBuf,
+    ) -> Result<Swapped, SwapError> {
+        let slot = self
+            .slots
+            .get(name)
+            .ok_or_else(|| SwapError::UnknownPlugin(name.to_owned()))?;
+        let _one_at_a_time = self.serial.lock().await;
+        let running = slot.current();
+        if cache::content_hash(&bytes) == running.hash() {
+            return Ok(Swapped::Unchanged);
+        }
+        let mut spec = running.spec().clone();
+        spec.path = origin;
+        // Compiling is CPU work: keep it off the threads that move messages.
+        let (runtime, backends) = (self.runtime.clone(), self.backends.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            plugin::load_bytes(&runtime, spec, &bytes, backends)
+        })
+        .await
+        .map_err(|e| SwapError::Interrupted {
+            plugin: name.to_owned(),
+            reason: e.to_string(),
+        })??;
+        let new = Arc::new(loaded);
+        PluginInstance::new(new.clone()).ready().await?;
+        let old = slot.swap(new.clone());
+        self.set_info(&old, 0);
+        self.set_info(&new, 1);
+        Ok(Swapped::Yes {
+            from: old.hash().to_owned(),
+            to: new.hash().to_owned(),
+        })
+    }
+
+    fn set_info(&self, p: &plugin::Plugin, value: i64) {
+        let l = labels(&[
+            ("plugin", p.name()),
+            ("tenant", &p.spec().tenant),
+            ("hash", p.hash()),
+        ]);
+        self.metrics.plugin_info.get_or_create(&l).set(value);
+    }
+}
+
+/// The first 12 hex digits of a hash, for logs.
+pub fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}

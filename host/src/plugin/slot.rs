@@ -1,0 +1,64 @@
+//! The running version of one plugin, swappable while batches run.
+//!
+//! Workers read the slot before each batch and keep the version they read
+//! until that batch is settled, so a swap never changes the plugin under a
+//! batch in flight: new batches use the new version, old batches finish on
+//! the old one, which is dropped when its last batch is done.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::Plugin;
+
+/// How many replaced versions' hashes a slot remembers.
+const HISTORY: usize = 8;
+
+/// One plugin name's current version (and the ones it replaced).
+#[derive(Debug)]
+pub struct PluginSlot {
+    name: String,
+    current: ArcSwap<Plugin>,
+    replaced: Mutex<Vec<String>>,
+}
+
+impl PluginSlot {
+    pub fn new(plugin: Arc<Plugin>) -> Arc<Self> {
+        Arc::new(PluginSlot {
+            name: plugin.name().to_owned(),
+            current: ArcSwap::new(plugin),
+            replaced: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version new batches run on.
+    pub fn current(&self) -> Arc<Plugin> {
+        self.current.load_full()
+    }
+
+    /// True when `plugin` is still the current version (cheap; no clone).
+    pub fn is_current(&self, plugin: &Arc<Plugin>) -> bool {
+        Arc::ptr_eq(&self.current.load(), plugin)
+    }
+
+    /// Makes `plugin` current; returns the version it replaced.
+    pub fn swap(&self, plugin: Arc<Plugin>) -> Arc<Plugin> {
+        let old = self.current.swap(plugin);
+        let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        replaced.push(old.hash().to_owned());
+        if replaced.len() > HISTORY {
+            replaced.remove(0);
+        }
+        old
+    }
+
+    /// The hashes of the versions this slot ran before the current one, oldest first.
+    pub fn history(&self) -> Vec<String> {
+        let replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        replaced.clone()
+    }
+}

@@ -1,0 +1,17 @@
+//! A minimal HTTP/1.0 GET for scraping the admin server in tests.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// GETs `path` from `addr` (`host:port`); returns the status code and body.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).await?;
+    let (head, body) = r
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("bad response from {addr}{path}"))?;
+    let code = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    Ok((code, body.to_owned()))
+}
