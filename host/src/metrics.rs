@@ -140,6 +140,8 @@ pub fn reason_kind(reason: &str) -> &'static str {
     }
     if reason.starts_with("retries exhausted") {
         "retries-exhausted"
+    } else if reason.starts_with("undeliverable") {
+        "undeliverable"
     } else if reason.starts_with("max deliveries") {
         "max-deliveries"
     } else {

@@ -659,3 +659,90 @@ async fn oversize_message_is_dead_lettered_alone_with_the_memory_limit_as_reason
     );
     host.stop().await
 }
+
+/// Publishes over a raw connection (async-nats only sends valid UTF-8):
+/// `(subject, header line or empty, payload)`.
+async fn publish_raw(port: u16, msgs: &[(&[u8], &[u8], &[u8])]) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut info = [0u8; 4096];
+    let _ = s.read(&mut info).await?;
+    let mut out: Vec<u8> = b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".to_vec();
+    for (subject, header, payload) in msgs {
+        let mut h = b"NATS/1.0\r\n".to_vec();
+        h.extend_from_slice(header);
+        h.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b"HPUB ");
+        out.extend_from_slice(subject);
+        out.extend_from_slice(format!(" {} {}\r\n", h.len(), h.len() + payload.len()).as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"PING\r\n");
+    s.write_all(&out).await?;
+    let mut pong = Vec::new();
+    while !String::from_utf8_lossy(&pong).contains("PONG") {
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "server closed the raw connection");
+        pong.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_subjects_and_headers_are_dead_lettered_and_spare_their_neighbours()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let cfg = config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "ack_wait = \"2s\"\nmax_deliver = 3",
+    )?;
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    let ok: (&[u8], &[u8], &[u8]) = (b"events.ok", b"X-Fine: yes", b"fine");
+    let mut msgs = vec![ok; 5];
+    msgs.push((b"events.\xff\xfe", b"", b"bad subject"));
+    msgs.push((b"events.hdr", b"X-Bad: \xff\xfe", b"bad header"));
+    msgs.extend(vec![ok; 5]);
+    publish_raw(nats.port(), &msgs).await?;
+
+    eventually(
+        WAIT,
+        "both undeliverable messages dead-lettered",
+        || async { Ok(dlq_messages(&js).await?.len() == 2) },
+    )
+    .await?;
+    eventually(WAIT, "all settled", || async { all_settled(&js, 12).await }).await?;
+    assert_eq!(
+        Stats::get(&stats.acked),
+        10,
+        "every healthy neighbour acked"
+    );
+    assert_eq!(Stats::get(&stats.dead_lettered), 2);
+    let dlq = dlq_messages(&js).await?;
+    for (payload, seq) in [(&b"bad subject"[..], "6"), (&b"bad header"[..], "7")] {
+        let m = dlq
+            .iter()
+            .find(|m| &m.payload[..] == payload)
+            .with_context(|| format!("dead letter for {payload:?}"))?;
+        assert!(
+            header(m, "Jetplug-Reason")
+                .starts_with("undeliverable: its subject or headers are not valid UTF-8"),
+            "{}",
+            header(m, "Jetplug-Reason")
+        );
+        assert_eq!(header(m, "Jetplug-Original-Sequence"), seq);
+    }
+    let bad_subject = dlq
+        .iter()
+        .find(|m| &m.payload[..] == b"bad subject")
+        .context("bad subject")?;
+    assert!(header(bad_subject, "Jetplug-Original-Subject").contains('\u{FFFD}'));
+    host.stop().await
+}

@@ -30,6 +30,15 @@ impl MaxDeliveries {
             self.deliveries
         )
     }
+
+    /// The reason for a message the client could not even receive.
+    pub fn undeliverable_reason(&self) -> String {
+        format!(
+            "undeliverable: its subject or headers are not valid UTF-8, which the NATS client \
+             cannot read (invalid bytes shown as U+FFFD; payload intact; {} deliveries)",
+            self.deliveries
+        )
+    }
 }
 
 #[cfg(test)]

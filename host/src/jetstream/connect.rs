@@ -4,7 +4,7 @@
 //! connection's events.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event};
@@ -17,6 +17,8 @@ pub struct Health {
     connected: AtomicBool,
     consumers_bound: AtomicUsize,
     consumers_wanted: AtomicUsize,
+    disconnects: AtomicU64,
+    disconnected: tokio::sync::Notify,
 }
 
 impl Health {
@@ -45,6 +47,25 @@ impl Health {
     }
     pub fn consumers_wanted(&self) -> usize {
         self.consumers_wanted.load(Ordering::Relaxed)
+    }
+    /// Connection losses since start.
+    pub fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+    fn lost_connection(&self) {
+        self.set_connected(false);
+        self.disconnects.fetch_add(1, Ordering::Relaxed);
+        self.disconnected.notify_waiters();
+    }
+    /// Resolves once the connection has been lost more than `seen` times.
+    pub async fn disconnected_after(&self, seen: u64) {
+        loop {
+            let wake = self.disconnected.notified();
+            if self.disconnects() > seen {
+                return;
+            }
+            wake.await;
+        }
     }
     /// Connected and every consumer bound.
     pub fn ready(&self) -> bool {
@@ -140,7 +161,7 @@ async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOption
                         tracing::info!("NATS connection restored");
                     }
                     Event::Disconnected => {
-                        h.set_connected(false);
+                        h.lost_connection();
                         tracing::warn!("NATS connection lost; reconnecting");
                     }
                     Event::Closed => {

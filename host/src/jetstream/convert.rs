@@ -37,30 +37,23 @@ pub fn to_plugin_message(msg: &jetstream::Message, tenant: &str) -> Option<Messa
 }
 
 /// Converts a message read directly from a stream (replay, advisories).
-pub fn from_stream_message(
-    msg: &async_nats::jetstream::message::StreamMessage,
+/// A message read back leniently (see [`super::raw_get`]).
+pub fn from_raw(
+    raw: &super::raw_get::RawMessage,
+    stream: &str,
     tenant: &str,
     consumer: &str,
     delivered: u32,
 ) -> Message {
-    let headers = msg
-        .headers
-        .iter()
-        .flat_map(|(name, values)| {
-            values
-                .iter()
-                .map(move |v| (name.to_string(), v.as_str().to_owned()))
-        })
-        .collect();
     Message {
-        stream: String::new(),
+        stream: stream.to_owned(),
         consumer: consumer.to_owned(),
-        subject: msg.subject.to_string(),
-        headers,
-        payload: msg.payload.to_vec(),
-        stream_seq: msg.sequence,
+        subject: raw.subject.clone(),
+        headers: raw.headers.clone(),
+        payload: raw.payload.clone(),
+        stream_seq: raw.seq,
         delivered,
-        published_at_ms: i64::try_from(msg.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+        published_at_ms: raw.published_at_ms,
         tenant: tenant.to_owned(),
     }
 }

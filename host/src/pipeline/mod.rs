@@ -147,6 +147,9 @@ pub struct Pipeline {
 
 /// Pause before recreating a consumer or its message stream after an error.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// After a connection loss, this many batches' worth of messages are
+/// pulled one at a time.
+const CAREFUL_BATCHES: usize = 2;
 /// Idle heartbeat asked of the server on pull requests.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -201,6 +204,8 @@ impl Pipeline {
         }
 
         let consumer_name = self.cfg.consumer_name(&stream.name);
+        // Messages still to pull one at a time after a connection loss.
+        let mut careful = 0usize;
         'outer: while !shutdown.is_cancelled() {
             let consumer = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -215,9 +220,15 @@ impl Pipeline {
                     continue;
                 }
             };
+            let pull = if careful > 0 {
+                1
+            } else {
+                self.cfg.batch as usize
+            };
+            let disconnects = self.health.disconnects();
             let messages = consumer
                 .stream()
-                .max_messages_per_batch(self.cfg.batch as usize)
+                .max_messages_per_batch(pull)
                 .heartbeat(HEARTBEAT)
                 .messages()
                 .await;
@@ -238,12 +249,37 @@ impl Pipeline {
                         self.health.consumer_lost();
                         break 'outer;
                     }
-                    c = batch::collect(&mut messages, self.cfg.batch as usize, self.cfg.batch_max_wait.0) => c,
+                    _ = self.health.disconnected_after(disconnects) => {
+                        // A message the client cannot parse (non-UTF-8
+                        // subject or header) drops the connection and, with
+                        // it, the rest of its batch. Pull one message at a
+                        // time for a while, so that its neighbours are
+                        // delivered apart from it and it alone reaches
+                        // max deliveries (then the advisory dead-letters it).
+                        if careful == 0 {
+                            tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name,
+                                "connection lost; pulling one message at a time for a while");
+                        }
+                        careful = CAREFUL_BATCHES * self.cfg.batch as usize;
+                        self.health.consumer_lost();
+                        continue 'outer;
+                    }
+                    c = batch::collect(&mut messages, pull, self.cfg.batch_max_wait.0) => c,
                 };
                 let (msgs, error) = collected;
+                let got = msgs.len();
                 if !msgs.is_empty() && !self.dispatch(msgs, &senders, shared).await {
                     self.health.consumer_lost();
                     break 'outer;
+                }
+                if careful > 0 {
+                    careful = careful.saturating_sub(got);
+                    if careful == 0 {
+                        tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name,
+                            "back to full batches");
+                        self.health.consumer_lost();
+                        continue 'outer;
+                    }
                 }
                 if let Some(e) = error {
                     self.health.consumer_lost();
@@ -342,14 +378,9 @@ impl Pipeline {
     }
 
     async fn dead_letter_from_advisory(&self, a: &deadletter::advisory::MaxDeliveries) {
-        let stored = match self.js.get_stream_no_info(&a.stream).await {
-            Ok(s) => s
-                .get_raw_message(a.stream_seq)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let stored = match stored {
+        let stored = match crate::jetstream::raw_get::get(&self.client, &a.stream, a.stream_seq)
+            .await
+        {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(stream = %a.stream, seq = a.stream_seq, error = %e,
@@ -358,14 +389,19 @@ impl Pipeline {
                 return;
             }
         };
-        let mut msg = crate::jetstream::convert::from_stream_message(
+        let msg = crate::jetstream::convert::from_raw(
             &stored,
+            &a.stream,
             &self.tenant,
             &a.consumer,
             a.deliveries,
         );
-        msg.stream = a.stream.clone();
-        let dl = DeadLetter::from_message(&self.cfg.name, &msg, a.reason());
+        let reason = if stored.not_utf8 {
+            a.undeliverable_reason()
+        } else {
+            a.reason()
+        };
+        let dl = DeadLetter::from_message(&self.cfg.name, &msg, reason);
         match self.route.send(&dl).await {
             Ok(()) => {
                 self.stats.dead_letter(&dl.reason);
