@@ -167,6 +167,19 @@ pub async fn run(
             }
         }
     }
+    if let Some(path) = &config.source {
+        let watched = crate::hotswap::config::spawn(
+            path.clone(),
+            config.clone(),
+            swapper.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        match watched {
+            Ok(()) => tracing::info!(file = %path.display(), "watching the configuration file"),
+            Err(e) => tracing::warn!(error = %e, "the configuration file is not watched"),
+        }
+    }
 
     let client = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),

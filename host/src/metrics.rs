@@ -31,6 +31,7 @@ pub struct Metrics {
     pub consumer_ack_pending: Family<Labels, Gauge>,
     pub plugin_info: Family<Labels, Gauge>,
     pub plugin_swaps: Family<Labels, Counter>,
+    pub config_reloads: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -50,6 +51,7 @@ impl Metrics {
             consumer_ack_pending: Family::default(),
             plugin_info: Family::default(),
             plugin_swaps: Family::default(),
+            config_reloads: Family::default(),
         };
         let mut r = Registry::with_prefix("jetplug");
         r.register(
@@ -112,6 +114,11 @@ impl Metrics {
             "plugin_swaps",
             "Hot-swap attempts, by plugin and outcome (swapped, unchanged, load, init, ...)",
             m.plugin_swaps.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Edits of the configuration file, by outcome (applied, restart-needed, refused, invalid)",
+            m.config_reloads.clone(),
         );
         (m, r)
     }

@@ -52,6 +52,9 @@ pub struct Config {
     pub buckets: BTreeMap<String, BucketConfig>,
     #[serde(default, rename = "tenant")]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// The file this was loaded from (watched by `host::run`).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[host]`: process-wide behaviour.
@@ -178,7 +181,9 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, path, base)
+        let mut config = Config::parse(&text, path, base)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates TOML `text`; `path` names it in errors, `base`

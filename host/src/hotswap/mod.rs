@@ -8,6 +8,7 @@
 //! batches in flight finish on the old one. A version that fails is refused
 //! with a log line and a metric, and the old one keeps running.
 
+pub mod config;
 pub mod fleet;
 pub mod watch;
 
@@ -19,7 +20,7 @@ use crate::capability::Backends;
 use crate::engine::Runtime;
 use crate::engine::cache;
 use crate::metrics::{Metrics, labels};
-use crate::plugin::{self, BatchError, LoadError, PluginInstance, PluginSlot};
+use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance, PluginSlot, PluginSpec};
 
 /// Why a new version was refused (the old one keeps running).
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +95,28 @@ impl Swapper {
         bytes: Vec<u8>,
         origin: PathBuf,
     ) -> Result<Swapped, SwapError> {
-        let result = self.try_offer(name, bytes, origin.clone()).await;
+        let spec = |running: &Plugin| {
+            let mut spec = running.spec().clone();
+            spec.path = origin.clone();
+            spec
+        };
+        self.record(name, &origin, self.try_swap(name, Some(bytes), spec).await)
+    }
+
+    /// Reloads `name` with new settings (file, grants, limits, config),
+    /// validated like a new version; swapped even if the component is the same.
+    pub async fn reconfigure(&self, name: &str, spec: PluginSpec) -> Result<Swapped, SwapError> {
+        let origin = spec.path.clone();
+        let result = self.try_swap(name, None, |_| spec.clone()).await;
+        self.record(name, &origin, result)
+    }
+
+    fn record(
+        &self,
+        name: &str,
+        origin: &std::path::Path,
+        result: Result<Swapped, SwapError>,
+    ) -> Result<Swapped, SwapError> {
         let outcome = match &result {
             Ok(Swapped::Yes { from, to }) => {
                 tracing::info!(plugin = %name, from = %short(from), to = %short(to),
@@ -115,11 +137,13 @@ impl Swapper {
         result
     }
 
-    async fn try_offer(
+    /// With `bytes`, a new component under the running settings (skipped
+    /// when it is the running one); without, the file `spec` names.
+    async fn try_swap(
         &self,
         name: &str,
-        bytes: Vec<u8>,
-        origin: PathBuf,
+        bytes: Option<Vec<u8>>,
+        spec: impl FnOnce(&Plugin) -> PluginSpec,
     ) -> Result<Swapped, SwapError> {
         let slot = self
             .slots
@@ -127,15 +151,17 @@ impl Swapper {
             .ok_or_else(|| SwapError::UnknownPlugin(name.to_owned()))?;
         let _one_at_a_time = self.serial.lock().await;
         let running = slot.current();
-        if cache::content_hash(&bytes) == running.hash() {
+        if let Some(b) = &bytes
+            && cache::content_hash(b) == running.hash()
+        {
             return Ok(Swapped::Unchanged);
         }
-        let mut spec = running.spec().clone();
-        spec.path = origin;
+        let spec = spec(&running);
         // Compiling is CPU work: keep it off the threads that move messages.
         let (runtime, backends) = (self.runtime.clone(), self.backends.clone());
-        let loaded = tokio::task::spawn_blocking(move || {
-            plugin::load_bytes(&runtime, spec, &bytes, backends)
+        let loaded = tokio::task::spawn_blocking(move || match bytes {
+            Some(b) => plugin::load_bytes(&runtime, spec, &b, backends),
+            None => plugin::load_with(&runtime, spec, backends),
         })
         .await
         .map_err(|e| SwapError::Interrupted {

@@ -1,5 +1,5 @@
-//! Watching plugin files: when one is replaced or rewritten, its new
-//! contents are offered to the [`Swapper`].
+//! Watching files for replacement: plugin components (offered to the
+//! [`Swapper`]) and the configuration file (see [`super::config`]).
 //!
 //! The watch is on each file's directory, not the file, because deploy tools
 //! and editors usually write a temporary file and rename it over the old one
@@ -22,16 +22,78 @@ use super::Swapper;
 /// Quiet time after the last event before a file is read.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Why plugin files cannot be watched.
+/// Why files cannot be watched.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot watch {} for plugin changes: {source}", dir.display())]
+#[error("cannot watch {} for changes: {source}", dir.display())]
 pub struct WatchError {
     dir: PathBuf,
     #[source]
     source: notify::Error,
 }
 
-/// Watches every plugin's file until `shutdown`.
+/// Debounced changes to a set of files.
+#[derive(Debug)]
+pub struct FileWatch {
+    _watcher: RecommendedWatcher,
+    rx: mpsc::UnboundedReceiver<PathBuf>,
+    files: BTreeSet<PathBuf>,
+}
+
+impl FileWatch {
+    /// Watches `files` (made absolute; their directories must exist).
+    pub fn new(files: impl IntoIterator<Item = PathBuf>) -> Result<FileWatch, WatchError> {
+        let files: BTreeSet<PathBuf> = files.into_iter().map(|f| absolute(&f)).collect();
+        let (tx, rx) = mpsc::unbounded_channel::<PathBuf>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                Ok(e) if matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_)) => {
+                    for p in e.paths {
+                        let _ = tx.send(p);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "file watch error"),
+            })
+            .map_err(|source| WatchError {
+                dir: PathBuf::from("."),
+                source,
+            })?;
+        let dirs: BTreeSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+        for dir in dirs {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        Ok(FileWatch {
+            _watcher: watcher,
+            rx,
+            files,
+        })
+    }
+
+    /// The next set of watched files that changed, once writes to them have
+    /// stopped for a moment; `None` when the watch ended.
+    pub async fn changed(&mut self) -> Option<BTreeSet<PathBuf>> {
+        loop {
+            let mut changed = BTreeSet::from([self.rx.recv().await?]);
+            loop {
+                tokio::select! {
+                    p = self.rx.recv() => { changed.insert(p?); }
+                    _ = tokio::time::sleep(SETTLE) => break,
+                }
+            }
+            changed.retain(|p| self.files.contains(p));
+            if !changed.is_empty() {
+                return Some(changed);
+            }
+        }
+    }
+}
+
+/// Watches every plugin's file until `shutdown`, offering new contents.
 pub fn spawn(swapper: Arc<Swapper>, shutdown: CancellationToken) -> Result<(), WatchError> {
     // File (absolute) → the plugins loaded from it.
     let mut files: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
@@ -39,79 +101,34 @@ pub fn spawn(swapper: Arc<Swapper>, shutdown: CancellationToken) -> Result<(), W
         let path = absolute(&slot.current().spec().path);
         files.entry(path).or_default().push(name.clone());
     }
-    let (tx, rx) = mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(e) if matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_)) => {
-                for p in e.paths {
-                    let _ = tx.send(p);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "plugin file watch error"),
-        })
-        .map_err(|source| WatchError {
-            dir: PathBuf::from("."),
-            source,
-        })?;
-    let dirs: BTreeSet<PathBuf> = files
-        .keys()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .collect();
-    for dir in dirs {
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError {
-                dir: dir.clone(),
-                source,
-            })?;
-    }
-    tokio::spawn(run(watcher, rx, files, swapper, shutdown));
-    Ok(())
-}
-
-async fn run(
-    _watcher: RecommendedWatcher,
-    mut rx: mpsc::UnboundedReceiver<PathBuf>,
-    files: BTreeMap<PathBuf, Vec<String>>,
-    swapper: Arc<Swapper>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = rx.recv() => match p { Some(p) => p, None => return },
-        };
-        let mut changed = BTreeSet::from([first]);
-        // Wait until the writes stop.
+    let mut watch = FileWatch::new(files.keys().cloned())?;
+    tokio::spawn(async move {
         loop {
-            tokio::select! {
+            let changed = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                p = rx.recv() => match p { Some(p) => { changed.insert(p); } None => return },
-                _ = tokio::time::sleep(SETTLE) => break,
-            }
-        }
-        for path in changed {
-            let Some(names) = files.get(&path) else {
-                continue;
+                c = watch.changed() => match c { Some(c) => c, None => return },
             };
-            let bytes = match tokio::fs::read(&path).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e,
-                        "plugin file changed but cannot be read; the running version stays");
-                    continue;
+            for path in changed {
+                let names = files.get(&path).map(Vec::as_slice).unwrap_or_default();
+                let bytes = match tokio::fs::read(&path).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e,
+                            "plugin file changed but cannot be read; the running version stays");
+                        continue;
+                    }
+                };
+                for name in names {
+                    let _ = swapper.offer(name, bytes.clone(), path.clone()).await;
                 }
-            };
-            for name in names {
-                let _ = swapper.offer(name, bytes.clone(), path.clone()).await;
             }
         }
-    }
+    });
+    Ok(())
 }
 
 /// `path` made absolute against the working directory, without resolving
 /// symlinks (the events name the path as watched).
-fn absolute(path: &Path) -> PathBuf {
+pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
