@@ -1,81 +1,286 @@
-//! `jetplug bench dispatch`: host-side dispatch overhead and cold start,
-//! no servers needed. (The end-to-end comparison with a native consumer and
-//! the indexer figures are still to come.)
+//! `jetplug bench`: the numbers behind the README's Performance table.
+//!
+//! `jetplug bench` (= `bench all`) runs everything against one local
+//! nats-server (and PostgreSQL, if `--postgres` is given) and prints one
+//! table with the goals; `dispatch`, `throughput` and `indexer` run a part.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::bench::dispatch;
+use crate::bench::{dispatch, env::Env, indexer, throughput};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
-    what: What,
+    what: Option<What>,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
-    /// Per-message dispatch overhead (reuse vs fresh instance) and cold start.
-    Dispatch(DispatchArgs),
+    /// Everything below, one table (the default).
+    All,
+    /// Per-message dispatch overhead (reuse vs fresh instance); no servers needed.
+    Dispatch,
+    /// Native async-nats consumer vs jetplug + no-op plugin; cold start; host RSS.
+    Throughput,
+    /// Postgres indexer rows/s vs COPY, alone and beside hostile plugins.
+    Indexer,
 }
 
 #[derive(Debug, clap::Args)]
-struct DispatchArgs {
-    /// A no-op plugin component (default: the test-noop build).
+struct Common {
+    /// nats-server to run against (JetStream enabled; streams BENCH* are re-created).
+    #[arg(long, global = true, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// PostgreSQL for the indexer figures, e.g. postgres://postgres@127.0.0.1:54321/postgres
+    /// (table jetplug_bench_events is dropped and re-created). Without it they are skipped.
+    #[arg(long, global = true, env = "JETPLUG_BENCH_POSTGRES")]
+    postgres: Option<String>,
+    /// Messages per run.
+    #[arg(long, global = true, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    count: u64,
+    /// Payload size in bytes (throughput and dispatch).
+    #[arg(long, global = true, default_value_t = 256)]
+    size: usize,
+    /// Messages per batch (throughput and dispatch).
+    #[arg(long, global = true, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
+    /// Messages per batch for the indexer.
+    #[arg(long, global = true, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    index_batch: u32,
+    /// Batches timed by the dispatch benchmark.
+    #[arg(long, global = true, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    batches: u64,
+    /// Directory of the plugin components.
     #[arg(
         long,
-        default_value = "target/plugins/wasm32-wasip2/release/test_noop.wasm"
+        global = true,
+        default_value = "target/plugins/wasm32-wasip2/release"
     )]
-    plugin: PathBuf,
-    /// Batches to time.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    batches: u64,
-    /// Messages per batch.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    batch: u64,
-    /// Payload size in bytes.
-    #[arg(long, default_value_t = 256)]
-    size: usize,
+    plugins: PathBuf,
+}
+
+/// One line of the result table.
+struct Row {
+    what: String,
+    result: String,
+    goal: String,
+}
+
+fn row(what: &str, result: String, goal: &str, met: Option<bool>) -> Row {
+    let mark = match met {
+        Some(true) => " (met)",
+        Some(false) => " (not met)",
+        None => "",
+    };
+    Row {
+        what: what.to_owned(),
+        result,
+        goal: format!("{goal}{mark}"),
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let What::Dispatch(a) = args.what;
-    let bar = indicatif::ProgressBar::new_spinner();
-    let r = dispatch::run(
-        &a.plugin,
-        a.batches as usize,
-        a.batch as usize,
-        a.size,
-        |step| {
-            bar.set_message(step.to_owned());
-            bar.tick();
+    let what = args.what.unwrap_or(What::All);
+    let c = args.common;
+    let all = matches!(what, What::All);
+    let mut rows = Vec::new();
+
+    if all || matches!(what, What::Dispatch) {
+        let bar = indicatif::ProgressBar::new_spinner();
+        let r = dispatch::run(
+            &c.plugins.join("test_noop.wasm"),
+            c.batches as usize,
+            c.batch as usize,
+            c.size,
+            |step| {
+                bar.set_message(format!("dispatch: {step}"));
+                bar.tick();
+            },
+        )
+        .await?;
+        bar.finish_and_clear();
+        rows.push(row(
+            "dispatch overhead per message, instance reuse (median / p99)",
+            format!("{:.2} / {:.2} µs", r.reuse.median_us, r.reuse.p99_us),
+            "≤ 2 µs",
+            Some(r.reuse.median_us <= 2.0),
+        ));
+        rows.push(row(
+            "dispatch overhead per message, fresh instance per batch",
+            format!("{:.2} / {:.2} µs", r.fresh.median_us, r.fresh.p99_us),
+            "",
+            None,
+        ));
+        if !all {
+            rows.push(row(
+                "cold start to first batch (offline), compile / cached",
+                format!(
+                    "{:.0} / {:.0} ms",
+                    r.cold_start_compile.as_secs_f64() * 1e3,
+                    r.cold_start_cached.as_secs_f64() * 1e3
+                ),
+                "",
+                None,
+            ));
+        }
+    }
+
+    let needs_nats = all || matches!(what, What::Throughput | What::Indexer);
+    let env = if needs_nats {
+        Some(Env::new(&c.nats, &c.plugins).await?)
+    } else {
+        None
+    };
+    if let Some(env) = &env
+        && (all || matches!(what, What::Throughput))
+    {
+        let r = throughput::run(
+            env,
+            throughput::Settings {
+                count: c.count,
+                size: c.size,
+                batch: c.batch,
+            },
+        )
+        .await?;
+        let ratio = r.jetplug_per_sec / r.native_per_sec;
+        rows.push(row(
+            "native async-nats consumer (baseline)",
+            format!("{:.0} msg/s", r.native_per_sec),
+            "",
+            None,
+        ));
+        rows.push(row(
+            "jetplug + no-op wasm plugin",
+            format!("{:.0} msg/s", r.jetplug_per_sec),
+            "",
+            None,
+        ));
+        rows.push(row(
+            "ratio jetplug / native",
+            format!("{ratio:.2}"),
+            "≥ 0.90",
+            Some(ratio >= 0.9),
+        ));
+        rows.push(row(
+            "cold start to first message, compiling",
+            format!("{:.0} ms", r.cold_start_compile.as_secs_f64() * 1e3),
+            "",
+            None,
+        ));
+        rows.push(row(
+            "cold start to first message, compiled-component cache",
+            format!("{:.0} ms", r.cold_start_cached.as_secs_f64() * 1e3),
+            "",
+            None,
+        ));
+        rows.push(row(
+            "host peak RSS (throughput run)",
+            r.host_peak_rss
+                .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+                .unwrap_or_else(|| "n/a".into()),
+            "",
+            None,
+        ));
+    }
+    if let Some(env) = &env
+        && (all || matches!(what, What::Indexer))
+    {
+        match &c.postgres {
+            None => rows.push(row(
+                "indexer rows/s",
+                "skipped (give --postgres URL)".into(),
+                "≥ 50000 rows/s",
+                None,
+            )),
+            Some(url) => {
+                let r = indexer::run(
+                    env,
+                    &indexer::Settings {
+                        count: c.count,
+                        batch: c.index_batch,
+                        postgres_url: url.clone(),
+                    },
+                )
+                .await?;
+                rows.push(row(
+                    "postgres-indexer, sustained",
+                    format!("{:.0} rows/s", r.indexer_rows_per_sec),
+                    "≥ 50000 rows/s",
+                    Some(r.indexer_rows_per_sec >= 50_000.0),
+                ));
+                rows.push(row(
+                    "plain COPY of the same rows (reference)",
+                    format!("{:.0} rows/s", r.copy_rows_per_sec),
+                    "",
+                    None,
+                ));
+                let ratio = r.beside_hostile_rows_per_sec / r.indexer_rows_per_sec;
+                rows.push(row(
+                    "postgres-indexer beside hostile plugins",
+                    format!(
+                        "{:.0} rows/s ({ratio:.2} of alone; {} hostile dead letters)",
+                        r.beside_hostile_rows_per_sec, r.hostile_dead_letters
+                    ),
+                    "≥ 0.90 of alone",
+                    Some(ratio >= 0.9),
+                ));
+            }
+        }
+    }
+
+    println!(
+        "jetplug bench: {} messages of {} B, batch {} (indexer batch {}); {} build; {}",
+        c.count,
+        c.size,
+        c.batch,
+        c.index_batch,
+        if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
         },
-    )
-    .await?;
-    bar.finish_and_clear();
-    println!(
-        "dispatch overhead, {} batches of {} messages ({} B payload), per message:",
-        r.batches, r.batch_size, r.payload_bytes
+        machine()
     );
-    println!("  {:<28} {:>10} {:>10}", "", "median µs", "p99 µs");
-    println!(
-        "  {:<28} {:>10.2} {:>10.2}",
-        "instance reuse", r.reuse.median_us, r.reuse.p99_us
-    );
-    println!(
-        "  {:<28} {:>10.2} {:>10.2}",
-        "fresh instance per batch", r.fresh.median_us, r.fresh.p99_us
-    );
-    println!("cold start to first batch:");
-    println!(
-        "  {:<28} {:>10.1} ms",
-        "compile",
-        r.cold_start_compile.as_secs_f64() * 1000.0
-    );
-    println!(
-        "  {:<28} {:>10.1} ms",
-        "compiled-component cache",
-        r.cold_start_cached.as_secs_f64() * 1000.0
-    );
+    let w = rows
+        .iter()
+        .map(|r| r.what.chars().count())
+        .max()
+        .unwrap_or(0);
+    let rw = rows
+        .iter()
+        .map(|r| r.result.chars().count())
+        .max()
+        .unwrap_or(0);
+    for r in &rows {
+        println!(
+            "  {:<w$}  {:<rw$}  {}",
+            r.what,
+            r.result,
+            r.goal,
+            w = w,
+            rw = rw
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Cores and CPU model, for the record.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores, {model}")
 }

@@ -149,8 +149,10 @@ async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOption
         .connection_timeout(cfg.connect_timeout.0)
         .request_timeout(Some(cfg.request_timeout.0))
         .max_reconnects(max_reconnects)
+        // async-nats counts from 1: the first attempt (at start, and right
+        // after a connection loss) goes at once, later ones wait.
         .reconnect_delay_callback(
-            move |attempts| if attempts == 0 { Duration::ZERO } else { delay },
+            move |attempts| if attempts <= 1 { Duration::ZERO } else { delay },
         )
         .event_callback(move |event| {
             let h = h.clone();

@@ -1,0 +1,253 @@
+//! What the end-to-end benchmarks share: a NATS connection, fresh streams,
+//! fast publishing with progress, a host run as a child process (as in
+//! production, so its RSS is its own), and timing by the consumer's own
+//! counters, read the same way for jetplug and the native baseline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream;
+
+use crate::config::Config;
+
+/// Where the benchmarks run.
+#[derive(Debug)]
+pub struct Env {
+    pub nats_url: String,
+    pub js: jetstream::Context,
+    /// Configs, caches and logs for this run.
+    pub dir: tempfile::TempDir,
+    /// Where the plugin components are (`*.wasm`).
+    pub plugins: PathBuf,
+}
+
+impl Env {
+    pub async fn new(nats_url: &str, plugins: &Path) -> anyhow::Result<Env> {
+        let client = async_nats::connect(nats_url)
+            .await
+            .with_context(|| format!("cannot connect to nats-server at {nats_url}"))?;
+        let js = jetstream::new(client);
+        js.query_account().await.with_context(|| {
+            format!("{nats_url} does not answer JetStream requests (run nats-server with -js)")
+        })?;
+        let plugins = std::path::absolute(plugins)?;
+        for p in ["test_noop.wasm", "postgres_indexer.wasm"] {
+            anyhow::ensure!(
+                plugins.join(p).is_file(),
+                "{} not found: build the plugins first (`make plugins`) or pass --plugins DIR",
+                plugins.join(p).display()
+            );
+        }
+        Ok(Env {
+            nats_url: nats_url.to_owned(),
+            js,
+            dir: tempfile::tempdir()?,
+            plugins,
+        })
+    }
+
+    pub fn plugin(&self, file: &str) -> PathBuf {
+        self.plugins.join(file)
+    }
+
+    /// Writes a jetplug.toml with `body` appended to the common head and loads it.
+    pub fn config(&self, name: &str, cache: &str, body: &str) -> anyhow::Result<(PathBuf, Config)> {
+        let text = format!(
+            r#"
+[nats]
+url = "{url}"
+
+[host]
+watch_plugins = false
+deploy_bucket = ""
+
+[engine]
+cache_dir = "{cache}"
+{body}
+"#,
+            url = self.nats_url,
+            cache = self.dir.path().join(cache).display(),
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        let config = Config::load(&path)?;
+        Ok((path, config))
+    }
+
+    /// Deletes and re-creates the config's streams (empty).
+    pub async fn fresh_streams(&self, config: &Config) -> anyhow::Result<()> {
+        for s in &config.streams {
+            let _ = self.js.delete_stream(&s.name).await;
+        }
+        crate::jetstream::streams::reconcile(&self.js, &config.streams)
+            .await
+            .context(
+                "cannot create the benchmark streams; run the benchmark against a dedicated \
+                 nats-server (`make bench` starts one)",
+            )?;
+        Ok(())
+    }
+
+    /// Publishes `n` messages made by `payload(i)` to `subject`, acks awaited in windows.
+    pub async fn publish(
+        &self,
+        subject: &str,
+        n: u64,
+        mut payload: impl FnMut(u64) -> Vec<u8>,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<()> {
+        const WINDOW: u64 = 2000;
+        let mut i = 0;
+        while i < n {
+            let mut acks = Vec::with_capacity(WINDOW as usize);
+            for _ in 0..WINDOW.min(n - i) {
+                acks.push(
+                    self.js
+                        .publish(subject.to_owned(), payload(i).into())
+                        .await?,
+                );
+                i += 1;
+            }
+            for a in acks {
+                a.await.context("publish not acknowledged")?;
+            }
+            bar.set_position(i);
+        }
+        Ok(())
+    }
+
+    /// Starts `jetplug run --config PATH` as a child process.
+    pub fn spawn_host(&self, config: &Path, log: &str) -> anyhow::Result<HostProcess> {
+        let exe = std::env::current_exe().context("cannot find the jetplug executable")?;
+        let log = std::fs::File::create(self.dir.path().join(log))?;
+        let child = Command::new(exe)
+            .args(["--log", "warn", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the host")?;
+        Ok(HostProcess {
+            child,
+            started: Instant::now(),
+        })
+    }
+}
+
+/// A host child process; killed if dropped.
+#[derive(Debug)]
+pub struct HostProcess {
+    child: Child,
+    pub started: Instant,
+}
+
+impl HostProcess {
+    /// Peak resident memory so far (VmHWM), in bytes (Linux).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 20 s).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        Ok(())
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// When a consumer settled its first and its `n`-th message.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub first_ack: Instant,
+    pub done: Instant,
+}
+
+impl Run {
+    /// Messages per second between the first and the last acknowledgement.
+    pub fn rate(&self, n: u64) -> f64 {
+        n as f64
+            / self
+                .done
+                .duration_since(self.first_ack)
+                .as_secs_f64()
+                .max(1e-9)
+    }
+}
+
+/// Polls the consumer until its ack floor reaches `n` (or `timeout`).
+pub async fn wait_acked(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    n: u64,
+    timeout: Duration,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Run> {
+    let start = Instant::now();
+    let mut first_ack = None;
+    loop {
+        let info = match js.get_stream(stream).await {
+            Ok(s) => s
+                .get_consumer::<jetstream::consumer::pull::Config>(consumer)
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        if let Some(mut c) = info
+            && let Ok(info) = c.info().await
+        {
+            let floor = info.ack_floor.stream_sequence;
+            if floor > 0 && first_ack.is_none() {
+                first_ack = Some(Instant::now());
+            }
+            bar.set_position(floor.min(n));
+            if floor >= n && info.num_ack_pending == 0 {
+                let done = Instant::now();
+                return Ok(Run {
+                    first_ack: first_ack.unwrap_or(done),
+                    done,
+                });
+            }
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "consumer `{consumer}` on `{stream}` did not settle {n} messages within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A progress bar for `n` steps labelled `what`.
+pub fn bar(n: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:<40} [{bar:30}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}

@@ -1,0 +1,214 @@
+//! The Postgres indexer's sustained rows/s, beside a plain `COPY` of the
+//! same rows (the reference: the fastest way into the table), and the same
+//! indexer run again beside hostile plugins (loop, memory bomb, panic, log
+//! flood) in their own pipelines, to show how much they take from it.
+
+use std::time::{Duration, Instant};
+
+use futures::SinkExt;
+
+use super::env::{self, Env};
+
+/// Settings for [`run`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub count: u64,
+    pub batch: u32,
+    pub postgres_url: String,
+}
+
+/// What [`run`] measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub indexer_rows_per_sec: f64,
+    pub copy_rows_per_sec: f64,
+    pub beside_hostile_rows_per_sec: f64,
+    /// Hostile messages dead-lettered during the run (they did fail).
+    pub hostile_dead_letters: u64,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+const TABLE: &str = "jetplug_bench_events";
+const SUBJECT: &str = "learning.lesson.completed";
+
+fn event(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"user":"u{}","lesson":{i},"score":0.75,"device":"tablet"}}"#,
+        i % 997
+    )
+    .into_bytes()
+}
+
+fn body(env: &Env, s: &Settings, hostile: bool) -> String {
+    let mut b = format!(
+        r#"
+[database.bench]
+url = "{url}"
+
+[[stream]]
+name = "BENCH_IDX"
+subjects = ["learning.>"]
+
+[[stream]]
+name = "BENCH_DLQ"
+subjects = ["dlq.>"]
+
+[plugin.indexer]
+path = "{indexer}"
+grants = {{ sql = ["bench"] }}
+config = {{ database = "bench", table = "{TABLE}" }}
+
+[[pipeline]]
+name = "indexer"
+streams = ["BENCH_IDX"]
+plugin = "indexer"
+batch = {batch}
+batch_max_wait = "5ms"
+max_ack_pending = {pending}
+concurrency = 2
+"#,
+        url = s.postgres_url,
+        indexer = env.plugin("postgres_indexer.wasm").display(),
+        batch = s.batch,
+        pending = s.batch * 4,
+    );
+    if hostile {
+        b.push_str("\n[[stream]]\nname = \"BENCH_HOSTILE\"\nsubjects = [\"hostile.>\"]\n");
+        for (name, file, limits) in [
+            ("loop", "test_loop.wasm", r#"{ deadline = "1s" }"#),
+            ("membomb", "test_membomb.wasm", r#"{ memory = "64MiB" }"#),
+            ("panic", "test_panic.wasm", "{}"),
+            ("flood", "test_log_flood.wasm", "{}"),
+        ] {
+            b.push_str(&format!(
+                "\n[plugin.{name}]\npath = \"{}\"\nlimits = {limits}\n\n[[pipeline]]\nname = \"{name}\"\nstreams = [\"BENCH_HOSTILE\"]\nplugin = \"{name}\"\nmax_deliver = 2\n",
+                env.plugin(file).display()
+            ));
+        }
+    }
+    b
+}
+
+async fn db(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {url}: {e}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// One indexer run over `count` fresh events; rows per second.
+async fn index(
+    env: &Env,
+    s: &Settings,
+    pg: &tokio_postgres::Client,
+    hostile: bool,
+) -> anyhow::Result<(f64, u64)> {
+    pg.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
+        .await?;
+    let name = if hostile {
+        "indexer-hostile"
+    } else {
+        "indexer"
+    };
+    let (path, config) = env.config(name, "cache", &body(env, s, hostile))?;
+    env.fresh_streams(&config).await?;
+    let bar = env::bar(s.count, "publishing events");
+    env.publish(SUBJECT, s.count, event, &bar).await?;
+    bar.finish_and_clear();
+    if hostile {
+        let hidden = indicatif::ProgressBar::hidden();
+        env.publish(
+            "hostile.x",
+            (s.count / 10).max(500),
+            |_| b"x".to_vec(),
+            &hidden,
+        )
+        .await?;
+    }
+    let what = if hostile {
+        "indexer beside hostile plugins"
+    } else {
+        "indexer alone"
+    };
+    let bar = env::bar(s.count, what);
+    let host = env.spawn_host(&path, &format!("{name}.log"))?;
+    let run = env::wait_acked(
+        &env.js,
+        "BENCH_IDX",
+        "jetplug-indexer-BENCH_IDX",
+        s.count,
+        TIMEOUT,
+        &bar,
+    )
+    .await?;
+    let dead = env
+        .js
+        .get_stream("BENCH_DLQ")
+        .await?
+        .get_info()
+        .await?
+        .state
+        .messages;
+    host.stop()?;
+    bar.finish_and_clear();
+    let rows: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM {TABLE}"), &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        rows as u64 == s.count,
+        "the indexer wrote {rows} rows for {} events",
+        s.count
+    );
+    Ok((run.rate(s.count), dead))
+}
+
+/// `COPY` of the same rows into a table like the indexer's.
+async fn copy(s: &Settings, pg: &tokio_postgres::Client) -> anyhow::Result<f64> {
+    let copy_table = format!("{TABLE}_copy");
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {copy_table}; CREATE TABLE {copy_table} (LIKE {TABLE} INCLUDING ALL)"
+    ))
+    .await?;
+    let started = Instant::now();
+    let sink = pg
+        .copy_in(&format!(
+            "COPY {copy_table} (stream, stream_seq, subject, domain, entity, action, payload, headers, published_at) FROM STDIN"
+        ))
+        .await?;
+    futures::pin_mut!(sink);
+    let mut buf = bytes::BytesMut::new();
+    for i in 0..s.count {
+        let payload = String::from_utf8_lossy(&event(i)).into_owned();
+        buf.extend_from_slice(
+            format!("BENCH_IDX\t{}\t{SUBJECT}\tlearning\tlesson\tcompleted\t{payload}\t{{}}\t2026-11-22 00:00:00+00\n", i + 1)
+                .as_bytes(),
+        );
+        if buf.len() > 1 << 20 {
+            sink.send(buf.split().freeze()).await?;
+        }
+    }
+    sink.send(buf.split().freeze()).await?;
+    let rows = sink.finish().await?;
+    let took = started.elapsed();
+    anyhow::ensure!(rows == s.count, "COPY wrote {rows} rows");
+    pg.batch_execute(&format!("DROP TABLE {copy_table}"))
+        .await?;
+    Ok(s.count as f64 / took.as_secs_f64().max(1e-9))
+}
+
+pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
+    let pg = db(&s.postgres_url).await?;
+    let (indexer_rows_per_sec, _) = index(env, s, &pg, false).await?;
+    let copy_rows_per_sec = copy(s, &pg).await?;
+    let (beside_hostile_rows_per_sec, hostile_dead_letters) = index(env, s, &pg, true).await?;
+    pg.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
+        .await?;
+    Ok(Report {
+        indexer_rows_per_sec,
+        copy_rows_per_sec,
+        beside_hostile_rows_per_sec,
+        hostile_dead_letters,
+    })
+}

@@ -1,0 +1,154 @@
+//! End to end: a native async-nats consumer (the baseline: pull, ack each
+//! message, nothing else) against jetplug running the no-op plugin, over
+//! the same stream, message count, batch size and consumer settings. Also
+//! cold start to the first message and the host's memory.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::env::{self, Env};
+use crate::jetstream::consumer;
+
+/// Settings for [`run`].
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub count: u64,
+    pub size: usize,
+    pub batch: u32,
+}
+
+/// What [`run`] measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub native_per_sec: f64,
+    pub jetplug_per_sec: f64,
+    pub cold_start_compile: Duration,
+    pub cold_start_cached: Duration,
+    pub host_peak_rss: Option<u64>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A jetplug.toml body: `stream` and a `noop` pipeline on it.
+fn body(env: &Env, stream: &str, batch: u32) -> String {
+    format!(
+        r#"
+[[stream]]
+name = "{stream}"
+subjects = ["{subj}.>"]
+
+[plugin.noop]
+path = "{noop}"
+
+[[pipeline]]
+name = "noop"
+streams = ["{stream}"]
+plugin = "noop"
+batch = {batch}
+batch_max_wait = "5ms"
+"#,
+        subj = stream.to_lowercase(),
+        noop = env.plugin("test_noop.wasm").display(),
+    )
+}
+
+pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
+    // Cold start to the first message: a fresh cache, then the warm one.
+    let (start_path, start_cfg) =
+        env.config("cold-start", "cache", &body(env, "BENCH_START", s.batch))?;
+    env.fresh_streams(&start_cfg).await?;
+    let hidden = indicatif::ProgressBar::hidden();
+    env.publish("bench_start.x", 1, |_| b"x".to_vec(), &hidden)
+        .await?;
+    let mut cold = Vec::new();
+    for _ in 0..2 {
+        let host = env.spawn_host(&start_path, "cold-start.log")?;
+        let run = env::wait_acked(
+            &env.js,
+            "BENCH_START",
+            "jetplug-noop-BENCH_START",
+            1,
+            TIMEOUT,
+            &hidden,
+        )
+        .await?;
+        cold.push(run.first_ack.duration_since(host.started));
+        host.stop()?;
+        env.js
+            .get_stream("BENCH_START")
+            .await?
+            .delete_consumer("jetplug-noop-BENCH_START")
+            .await?;
+    }
+
+    let (path, config) = env.config("throughput", "cache", &body(env, "BENCH", s.batch))?;
+    env.fresh_streams(&config).await?;
+    let payload = vec![b'x'; s.size];
+    let bar = env::bar(s.count, "publishing");
+    env.publish("bench.x", s.count, |_| payload.clone(), &bar)
+        .await?;
+    bar.finish_and_clear();
+
+    // Native baseline, with the very consumer settings of the pipeline.
+    let bar = env::bar(s.count, "native async-nats consumer");
+    let mut pc = config
+        .pipeline("noop")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no noop pipeline"))?;
+    pc.name = "native".into();
+    let sc = config
+        .stream("BENCH")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no BENCH stream"))?;
+    let c = env
+        .js
+        .get_stream("BENCH")
+        .await?
+        .create_consumer(consumer::config(&pc, &sc))
+        .await?;
+    let (count, batch) = (s.count, s.batch as usize);
+    let native = tokio::spawn(async move {
+        let mut messages = c.stream().max_messages_per_batch(batch).messages().await?;
+        let mut n = 0;
+        while n < count {
+            let Some(m) = messages.next().await else {
+                break;
+            };
+            m.map_err(|e| anyhow::anyhow!("{e}"))?
+                .ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            n += 1;
+        }
+        anyhow::Ok(())
+    });
+    let native_run = env::wait_acked(
+        &env.js,
+        "BENCH",
+        &pc.consumer_name("BENCH"),
+        count,
+        TIMEOUT,
+        &bar,
+    )
+    .await?;
+    native.await??;
+    bar.finish_and_clear();
+
+    // jetplug: the same messages through the no-op plugin, host in its own process.
+    let bar = env::bar(s.count, "jetplug + no-op plugin");
+    let host = env.spawn_host(&path, "throughput.log")?;
+    let jetplug_run =
+        env::wait_acked(&env.js, "BENCH", "jetplug-noop-BENCH", count, TIMEOUT, &bar).await?;
+    let host_peak_rss = host.peak_rss();
+    host.stop()?;
+    bar.finish_and_clear();
+
+    Ok(Report {
+        native_per_sec: native_run.rate(count),
+        jetplug_per_sec: jetplug_run.rate(count),
+        cold_start_compile: cold[0],
+        cold_start_cached: cold[1],
+        host_peak_rss,
+    })
+}
