@@ -6,7 +6,7 @@ export CARGO_TERM_COLOR ?= never
 PLUGIN_DIR := target/plugins/wasm32-wasip2/release
 PLUGINS := $(notdir $(wildcard plugins/*))
 
-.PHONY: demo demo-offline test setup plugins build lint fmt clean
+.PHONY: demo demo-offline test bench setup plugins build lint fmt clean
 
 ## demo: the AIVO topology end to end (local nats-server + PostgreSQL, sample traffic, summary).
 demo: setup plugins build
@@ -19,6 +19,11 @@ demo-offline: plugins build
 ## test: install what is missing, build every plugin, run the whole test suite.
 test: setup plugins
 	cargo test
+
+## bench: `jetplug bench` (release build) against its own nats-server and PostgreSQL.
+bench: setup plugins
+	cargo build --release -p jetplug
+	scripts/bench.sh $(BENCH_ARGS)
 
 ## setup: wasm32-wasip2 target, nats-server, PostgreSQL (idempotent).
 setup:

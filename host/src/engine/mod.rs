@@ -111,33 +111,11 @@ impl Runtime {
     pub fn cache(&self) -> Option<&ComponentCache> {
         self.cache.as_ref()
     }
-
-    /// The number of epoch ticks after which a call started now has run for
-    /// at least `deadline`: the next tick may come at any moment, so one tick
-    /// is added. A runaway call is thus stopped within `deadline + tick`.
-    pub fn deadline_ticks(&self, deadline: Duration) -> u64 {
-        let tick = self.settings.epoch_tick.as_nanos().max(1);
-        let ticks = deadline.as_nanos().div_ceil(tick);
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deadline_rounds_up_to_ticks() -> Result<(), EngineError> {
-        let rt = Runtime::new(EngineSettings {
-            cache_dir: None,
-            max_instances: 4,
-            ..EngineSettings::default()
-        })?;
-        assert_eq!(rt.deadline_ticks(Duration::from_millis(100)), 11);
-        assert_eq!(rt.deadline_ticks(Duration::from_millis(101)), 12);
-        assert_eq!(rt.deadline_ticks(Duration::ZERO), 1);
-        Ok(())
-    }
 
     #[test]
     fn zero_tick_is_refused() {

@@ -93,11 +93,17 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
             tracing::warn!(pipeline = %p.cfg.name, plugin = %instance.plugin().name(), error = %e, kind = e.kind(),
                 messages = msgs.len(), "batch failed; retrying with backoff");
             let mut actions = Vec::with_capacity(msgs.len());
+            let mut failed_alone = 0;
             for m in &msgs {
-                let action = if m.delivered >= max && msgs.len() > 1 {
+                let action = if m.delivered >= max
+                    && msgs.len() > 1
+                    && failed_alone < ISOLATION_GIVE_UP
+                {
                     // Last chance: before dead-lettering a message for its
                     // batch's failure, see whether it fails on its own.
-                    isolate(p, instance, m).await
+                    let (action, failed) = isolate(p, instance, m).await;
+                    failed_alone = if failed { failed_alone + 1 } else { 0 };
+                    action
                 } else {
                     settle::for_failure(&e, m.delivered, max, &p.backoff)
                 };
@@ -159,13 +165,19 @@ fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, crate::breaker::Breaker> {
 
 /// Runs one message alone (on its last delivery, after its batch failed) so
 /// that only a message that itself fails is dead-lettered.
-async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> Action {
+/// True with the action when the plugin failed on the message alone.
+async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> (Action, bool) {
     let max = p.cfg.max_deliver;
     match instance.handle(std::slice::from_ref(m)).await {
-        Ok(d) => settle::for_decision(&d[0], m.delivered, max, &p.backoff),
-        Err(e) => settle::for_failure(&e, m.delivered, max, &p.backoff),
+        Ok(d) => (settle::for_decision(&d[0], m.delivered, max, &p.backoff), false),
+        Err(e) => (settle::for_failure(&e, m.delivered, max, &p.backoff), true),
     }
 }
+
+/// Messages in a row that fail alone after which the plugin is taken to
+/// fail on everything: the rest of the batch is dead-lettered without being
+/// run alone (a looping plugin would otherwise burn its deadline per message).
+const ISOLATION_GIVE_UP: u32 = 3;
 
 async fn settle_one(p: &Pipeline, js_msg: &jetstream::Message, msg: &Message, action: Action) {
     let result = match action {

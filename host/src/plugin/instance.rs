@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::limits::MemoryLimitExceeded;
 use super::{Plugin, PluginState};
@@ -149,8 +149,7 @@ impl PluginInstance {
             });
         };
         let deadline = plugin.spec.limits.deadline;
-        live.store
-            .set_epoch_deadline(plugin.runtime.deadline_ticks(deadline));
+        start_clock(&mut live.store, deadline);
         let call = live
             .bindings
             .jetplug_plugin_handler()
@@ -178,8 +177,19 @@ impl PluginInstance {
             PluginState::new(&plugin.spec, &plugin.backends),
         );
         store.limiter(|s| &mut s.limiter);
+        // Every epoch tick, a running plugin yields to the other tasks; past
+        // its deadline it is interrupted (a trap).
+        store.epoch_deadline_callback(|s| {
+            match s.data().deadline_at {
+                Some(at) if std::time::Instant::now() >= at => Ok(UpdateDeadline::Interrupt),
+                _ => Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                )),
+            }
+        });
         let deadline = plugin.spec.limits.deadline;
-        store.set_epoch_deadline(plugin.runtime.deadline_ticks(deadline));
+        start_clock(&mut store, deadline);
         self.instantiated += 1;
 
         let bindings = match plugin.pre.instantiate_async(&mut store).await {
@@ -207,6 +217,14 @@ impl PluginInstance {
             Err(_) => Err(deadline_error(&plugin)),
         }
     }
+}
+
+/// Arms the deadline for the next call. A long call is not run to its end
+/// on one thread: at each epoch tick it yields (so a looping plugin cannot
+/// starve the pipelines sharing the runtime's threads) until its time is up.
+fn start_clock(store: &mut Store<PluginState>, deadline: Duration) {
+    store.data_mut().deadline_at = Some(std::time::Instant::now() + deadline);
+    store.set_epoch_deadline(1);
 }
 
 /// The epoch interrupts wasm code; this outer timeout also bounds time spent
