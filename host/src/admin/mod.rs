@@ -2,6 +2,8 @@
 //! text), `/v1/pipelines` and `/v1/plugins` (JSON). Read-only; it reads the
 //! same handles the pipelines update, so it never slows them down.
 
+pub mod client;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

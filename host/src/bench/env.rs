@@ -63,11 +63,15 @@ url = "{url}"
 watch_plugins = false
 deploy_bucket = ""
 
+[admin]
+address = "127.0.0.1:{admin}"
+
 [engine]
 cache_dir = "{cache}"
 {body}
 "#,
             url = self.nats_url,
+            admin = free_port()?,
             cache = self.dir.path().join(cache).display(),
         );
         let path = self.dir.path().join(format!("{name}.toml"));
@@ -238,6 +242,31 @@ pub async fn wait_acked(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Sum of the samples of `metric` (e.g. `jetplug_batch_failures_total`)
+/// whose labels contain any of `label_values`, scraped from a host's admin API.
+pub async fn scrape_sum(
+    config: &Config,
+    metric: &str,
+    label_values: &[&str],
+) -> anyhow::Result<f64> {
+    let addr = config
+        .admin
+        .address
+        .context("the benchmark config has an admin address")?;
+    let text = crate::admin::client::get(addr, "/metrics").await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(metric) && label_values.iter().any(|v| l.contains(v)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 /// A progress bar for `n` steps labelled `what`.

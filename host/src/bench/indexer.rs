@@ -23,8 +23,8 @@ pub struct Report {
     pub indexer_rows_per_sec: f64,
     pub copy_rows_per_sec: f64,
     pub beside_hostile_rows_per_sec: f64,
-    /// Hostile messages dead-lettered during the run (they did fail).
-    pub hostile_dead_letters: u64,
+    /// Batches the hostile plugins failed during that run (proof they ran).
+    pub hostile_failed_batches: u64,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -142,14 +142,17 @@ async fn index(
         &bar,
     )
     .await?;
-    let dead = env
-        .js
-        .get_stream("BENCH_DLQ")
-        .await?
-        .get_info()
-        .await?
-        .state
-        .messages;
+    let hostile_failures = env::scrape_sum(
+        &config,
+        "jetplug_batch_failures_total",
+        &[
+            r#"pipeline="loop""#,
+            r#"pipeline="membomb""#,
+            r#"pipeline="panic""#,
+            r#"pipeline="flood""#,
+        ],
+    )
+    .await?;
     host.stop()?;
     bar.finish_and_clear();
     let rows: i64 = pg
@@ -161,7 +164,7 @@ async fn index(
         "the indexer wrote {rows} rows for {} events",
         s.count
     );
-    Ok((run.rate(s.count), dead))
+    Ok((run.rate(s.count), hostile_failures as u64))
 }
 
 /// `COPY` of the same rows into a table like the indexer's.
@@ -202,13 +205,13 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
     let pg = db(&s.postgres_url).await?;
     let (indexer_rows_per_sec, _) = index(env, s, &pg, false).await?;
     let copy_rows_per_sec = copy(s, &pg).await?;
-    let (beside_hostile_rows_per_sec, hostile_dead_letters) = index(env, s, &pg, true).await?;
+    let (beside_hostile_rows_per_sec, hostile_failed_batches) = index(env, s, &pg, true).await?;
     pg.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
         .await?;
     Ok(Report {
         indexer_rows_per_sec,
         copy_rows_per_sec,
         beside_hostile_rows_per_sec,
-        hostile_dead_letters,
+        hostile_failed_batches,
     })
 }

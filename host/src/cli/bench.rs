@@ -222,8 +222,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 rows.push(row(
                     "postgres-indexer beside hostile plugins",
                     format!(
-                        "{:.0} rows/s ({ratio:.2} of alone; {} hostile dead letters)",
-                        r.beside_hostile_rows_per_sec, r.hostile_dead_letters
+                        "{:.0} rows/s ({ratio:.2} of alone; hostile batches failed: {})",
+                        r.beside_hostile_rows_per_sec, r.hostile_failed_batches
                     ),
                     "≥ 0.90 of alone",
                     Some(ratio >= 0.9),

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
 use crate::engine::Runtime;
@@ -176,7 +175,7 @@ async fn list(t: Target) -> anyhow::Result<ExitCode> {
             )
         })?,
     };
-    let body = get(addr, "/v1/plugins").await?;
+    let body = crate::admin::client::get(addr, "/v1/plugins").await?;
     if t.json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
@@ -206,23 +205,4 @@ async fn list(t: Target) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A plain HTTP/1.0 GET (the admin API is local and tiny).
-async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("cannot reach the admin API at {addr} (is the host running?)"))?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_owned())
 }

@@ -36,7 +36,6 @@ pub fn to_plugin_message(msg: &jetstream::Message, tenant: &str) -> Option<Messa
     })
 }
 
-/// Converts a message read directly from a stream (replay, advisories).
 /// A message read back leniently (see [`super::raw_get`]).
 pub fn from_raw(
     raw: &super::raw_get::RawMessage,

@@ -95,18 +95,16 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
             let mut actions = Vec::with_capacity(msgs.len());
             let mut failed_alone = 0;
             for m in &msgs {
-                let action = if m.delivered >= max
-                    && msgs.len() > 1
-                    && failed_alone < ISOLATION_GIVE_UP
-                {
-                    // Last chance: before dead-lettering a message for its
-                    // batch's failure, see whether it fails on its own.
-                    let (action, failed) = isolate(p, instance, m).await;
-                    failed_alone = if failed { failed_alone + 1 } else { 0 };
-                    action
-                } else {
-                    settle::for_failure(&e, m.delivered, max, &p.backoff)
-                };
+                let action =
+                    if m.delivered >= max && msgs.len() > 1 && failed_alone < ISOLATION_GIVE_UP {
+                        // Last chance: before dead-lettering a message for its
+                        // batch's failure, see whether it fails on its own.
+                        let (action, failed) = isolate(p, instance, m).await;
+                        failed_alone = if failed { failed_alone + 1 } else { 0 };
+                        action
+                    } else {
+                        settle::for_failure(&e, m.delivered, max, &p.backoff)
+                    };
                 actions.push(action);
             }
             actions
@@ -169,7 +167,10 @@ fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, crate::breaker::Breaker> {
 async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> (Action, bool) {
     let max = p.cfg.max_deliver;
     match instance.handle(std::slice::from_ref(m)).await {
-        Ok(d) => (settle::for_decision(&d[0], m.delivered, max, &p.backoff), false),
+        Ok(d) => (
+            settle::for_decision(&d[0], m.delivered, max, &p.backoff),
+            false,
+        ),
         Err(e) => (settle::for_failure(&e, m.delivered, max, &p.backoff), true),
     }
 }

@@ -179,14 +179,12 @@ impl PluginInstance {
         store.limiter(|s| &mut s.limiter);
         // Every epoch tick, a running plugin yields to the other tasks; past
         // its deadline it is interrupted (a trap).
-        store.epoch_deadline_callback(|s| {
-            match s.data().deadline_at {
-                Some(at) if std::time::Instant::now() >= at => Ok(UpdateDeadline::Interrupt),
-                _ => Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                )),
-            }
+        store.epoch_deadline_callback(|s| match s.data().deadline_at {
+            Some(at) if std::time::Instant::now() >= at => Ok(UpdateDeadline::Interrupt),
+            _ => Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            )),
         });
         let deadline = plugin.spec.limits.deadline;
         start_clock(&mut store, deadline);
