@@ -104,6 +104,9 @@ pub struct EngineConfig {
     pub no_cache: bool,
     /// Epoch tick: the resolution of plugin deadlines (default 10ms).
     pub epoch_tick: Dur,
+    /// A plugin call running longer than this gets a quarter of a thread
+    /// until its deadline (default 100ms; "0s" never throttles).
+    pub throttle_after: Dur,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +118,7 @@ impl Default for EngineConfig {
             cache_dir: None,
             no_cache: false,
             epoch_tick: Dur(s.epoch_tick),
+            throttle_after: Dur(s.throttle_after.unwrap_or_default()),
         }
     }
 }
@@ -132,6 +136,7 @@ impl EngineConfig {
             } else {
                 self.cache_dir.clone().or(defaults.cache_dir)
             },
+            throttle_after: Some(self.throttle_after.0).filter(|d| !d.is_zero()),
         }
     }
 }

@@ -35,6 +35,11 @@ pub struct EngineSettings {
     /// Where compiled components are cached; `None` disables the cache
     /// (default: see [`cache::default_dir`]).
     pub cache_dir: Option<PathBuf>,
+    /// A call still running after this long is throttled to a quarter of a
+    /// thread until its deadline, so a plugin spinning towards its deadline
+    /// takes little from healthy pipelines; `None` never throttles
+    /// (default 100 ms).
+    pub throttle_after: Option<Duration>,
 }
 
 impl Default for EngineSettings {
@@ -45,6 +50,7 @@ impl Default for EngineSettings {
             max_instances: 256,
             max_memory_bytes: 1 << 30,
             cache_dir: cache::default_dir(),
+            throttle_after: Some(Duration::from_millis(100)),
         }
     }
 }

@@ -177,14 +177,20 @@ impl PluginInstance {
             PluginState::new(&plugin.spec, &plugin.backends),
         );
         store.limiter(|s| &mut s.limiter);
-        // Every epoch tick, a running plugin yields to the other tasks; past
-        // its deadline it is interrupted (a trap).
-        store.epoch_deadline_callback(|s| match s.data().deadline_at {
-            Some(at) if std::time::Instant::now() >= at => Ok(UpdateDeadline::Interrupt),
-            _ => Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            )),
+        // Every epoch tick, a running plugin yields to the other tasks; a
+        // long call is throttled; past its deadline it is interrupted.
+        let settings = plugin.runtime.settings();
+        let (tick, throttle_after) = (settings.epoch_tick, settings.throttle_after);
+        store.epoch_deadline_callback(move |s| {
+            let now = std::time::Instant::now();
+            Ok(match s.data().clock {
+                Some((_, until)) if now >= until => UpdateDeadline::Interrupt,
+                Some((started, _)) if throttle_after.is_some_and(|t| now - started >= t) => {
+                    // Run one tick in four.
+                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(tick * 3)))
+                }
+                _ => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
+            })
         });
         let deadline = plugin.spec.limits.deadline;
         start_clock(&mut store, deadline);
@@ -221,7 +227,8 @@ impl PluginInstance {
 /// on one thread: at each epoch tick it yields (so a looping plugin cannot
 /// starve the pipelines sharing the runtime's threads) until its time is up.
 fn start_clock(store: &mut Store<PluginState>, deadline: Duration) {
-    store.data_mut().deadline_at = Some(std::time::Instant::now() + deadline);
+    let now = std::time::Instant::now();
+    store.data_mut().clock = Some((now, now + deadline));
     store.set_epoch_deadline(1);
 }
 

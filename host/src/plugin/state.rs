@@ -33,8 +33,8 @@ pub struct PluginState {
     pub sql: SqlState,
     pub kv: KvState,
     pub(crate) downstream: Downstream,
-    /// When the running call must stop (see `instance::start_clock`).
-    pub(crate) deadline_at: Option<std::time::Instant>,
+    /// When the running call started and when it must stop (see `instance::start_clock`).
+    pub(crate) clock: Option<(std::time::Instant, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for PluginState {
@@ -67,7 +67,7 @@ impl PluginState {
             publish: PublishState::new(grants.clone(), backends.clone(), downstream.clone()),
             sql: SqlState::new(grants.clone(), backends.clone(), downstream.clone()),
             kv: KvState::new(grants, backends.clone(), downstream.clone()),
-            deadline_at: None,
+            clock: None,
             downstream,
         }
     }
