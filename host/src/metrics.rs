@@ -134,7 +134,8 @@ pub fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 /// The kind of a dead-letter reason, for a low-cardinality label.
 pub fn reason_kind(reason: &str) -> &'static str {
-    const KINDS: [&str; 6] = [
+    const KINDS: [&str; 7] = [
+        "log-flood",
         "trap",
         "deadline",
         "memory-limit",

@@ -255,12 +255,17 @@ batch_max_wait = "20ms"
         cache = dir.path().join("cache").display(),
         noop = plugins::TEST_NOOP,
     );
-    for (name, path) in [
-        ("loop", plugins::TEST_LOOP),
-        ("membomb", plugins::TEST_MEMBOMB),
-        ("panic", plugins::TEST_PANIC),
-        ("wrongcount", plugins::TEST_WRONG_COUNT),
-        ("flood", plugins::TEST_LOG_FLOOD),
+    for (name, path, grants) in [
+        ("loop", plugins::TEST_LOOP, ""),
+        ("membomb", plugins::TEST_MEMBOMB, ""),
+        ("panic", plugins::TEST_PANIC, ""),
+        ("wrongcount", plugins::TEST_WRONG_COUNT, ""),
+        ("flood", plugins::TEST_LOG_FLOOD, ""),
+        (
+            "sneaky",
+            plugins::TEST_CAPABILITIES,
+            r#"grants = { publish = ["allowed.>"], sql = ["*"], kv = ["*"] }"#,
+        ),
     ] {
         text.push_str(&format!(
             r#"
@@ -269,6 +274,7 @@ name = "{up}"
 subjects = ["{name}.>"]
 [plugin.{name}]
 path = "{path}"
+{grants}
 limits = {{ deadline = "200ms", memory = "16MiB" }}
 [[pipeline]]
 name = "{name}"
@@ -293,12 +299,17 @@ breaker = {{ consecutive_failures = 1000 }}
         let _ = tx.send(h);
     }));
     let handle = tokio::time::timeout(Duration::from_secs(30), rx).await??;
-    for name in ["loop", "membomb", "panic", "wrongcount"] {
+    for name in ["loop", "membomb", "panic", "wrongcount", "flood"] {
         for _ in 0..2 {
             js.publish(format!("{name}.x"), "boom".into())
                 .await?
                 .await?;
         }
+    }
+    for _ in 0..2 {
+        js.publish("sneaky.x", "publish:forbidden.x".into())
+            .await?
+            .await?;
     }
     for i in 0..200 {
         js.publish("good.x", format!("m{i}").into_bytes().into())
@@ -308,10 +319,10 @@ breaker = {{ consecutive_failures = 1000 }}
     let good = handle.stats["good"].clone();
     eventually(
         Duration::from_secs(60),
-        "good traffic acked and 8 dead letters",
+        "good traffic acked and 12 dead letters",
         || async {
             Ok(Stats::get(&good.acked) == 200
-                && js.get_stream("DLQ").await?.info().await?.state.messages == 8)
+                && js.get_stream("DLQ").await?.info().await?.state.messages == 12)
         },
     )
     .await?;
@@ -342,6 +353,15 @@ breaker = {{ consecutive_failures = 1000 }}
     );
     assert!(
         reasons["dlq.wrongcount.wrongcount"].starts_with("wrong-decision-count:"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["dlq.flood.flood"].starts_with("log-flood:"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["dlq.sneaky.sneaky"].starts_with("access-denied:")
+            && reasons["dlq.sneaky.sneaky"].contains("forbidden.x"),
         "{reasons:?}"
     );
     assert_eq!(

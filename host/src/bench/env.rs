@@ -182,22 +182,20 @@ impl Drop for HostProcess {
     }
 }
 
-/// When a consumer settled its first and its `n`-th message.
+/// When a consumer delivered its first message, when the first was
+/// acknowledged, and when all `n` were.
 #[derive(Debug, Clone, Copy)]
 pub struct Run {
+    pub first_delivery: Instant,
     pub first_ack: Instant,
     pub done: Instant,
 }
 
 impl Run {
-    /// Messages per second between the first and the last acknowledgement.
+    /// Messages per second from the first delivery to the last acknowledgement.
     pub fn rate(&self, n: u64) -> f64 {
-        n as f64
-            / self
-                .done
-                .duration_since(self.first_ack)
-                .as_secs_f64()
-                .max(1e-9)
+        let took = self.done.duration_since(self.first_delivery);
+        n as f64 / took.as_secs_f64().max(1e-9)
     }
 }
 
@@ -212,6 +210,7 @@ pub async fn wait_acked(
 ) -> anyhow::Result<Run> {
     let start = Instant::now();
     let mut first_ack = None;
+    let mut first_delivery = None;
     loop {
         let info = match js.get_stream(stream).await {
             Ok(s) => s
@@ -224,14 +223,23 @@ pub async fn wait_acked(
             && let Ok(info) = c.info().await
         {
             let floor = info.ack_floor.stream_sequence;
-            if floor > 0 && first_ack.is_none() {
+            if info.delivered.consumer_sequence > 0 && first_delivery.is_none() {
+                first_delivery = Some(Instant::now());
+            }
+            // The floor moves once the oldest message is settled; a message
+            // acknowledged out of order counts once the floor passes it.
+            if (floor > 0 || info.num_ack_pending < info.delivered.consumer_sequence as usize)
+                && first_ack.is_none()
+            {
                 first_ack = Some(Instant::now());
             }
             bar.set_position(floor.min(n));
             if floor >= n && info.num_ack_pending == 0 {
                 let done = Instant::now();
+                let first_ack = first_ack.unwrap_or(done);
                 return Ok(Run {
-                    first_ack: first_ack.unwrap_or(done),
+                    first_delivery: first_delivery.unwrap_or(first_ack),
+                    first_ack,
                     done,
                 });
             }

@@ -22,18 +22,36 @@ pub struct LogState {
     bucket: TokenBucket,
     dropped: u64,
     reported: Option<Instant>,
+    /// Log calls in the current `handle` call, and the most allowed.
+    calls: u32,
+    max_calls: u32,
+}
+
+/// The trap raised when one call logs more lines than `log_lines_per_batch`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("log flood: more than {limit} log lines in one batch")]
+pub struct LogFlood {
+    pub limit: u32,
 }
 
 impl LogState {
-    /// `per_second` lines sustained, bursts up to `per_second` lines.
-    pub fn new(plugin: &str, tenant: &str, per_second: u32) -> Self {
+    /// `per_second` lines sustained, bursts up to `per_second` lines;
+    /// more than `per_batch` calls in one `handle` trap with [`LogFlood`].
+    pub fn new(plugin: &str, tenant: &str, per_second: u32, per_batch: u32) -> Self {
         LogState {
             plugin: plugin.to_owned(),
             tenant: tenant.to_owned(),
             bucket: TokenBucket::new(per_second),
             dropped: 0,
             reported: None,
+            calls: 0,
+            max_calls: per_batch,
         }
+    }
+
+    /// A new `handle` (or `init`) call starts: its log-call count restarts.
+    pub fn start_call(&mut self) {
+        self.calls = 0;
     }
 
     /// Lines dropped by the rate limit since the instance started.
@@ -55,6 +73,13 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 
 impl log::Host for LogState {
     fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
+        self.calls = self.calls.saturating_add(1);
+        if self.calls > self.max_calls {
+            return Err(LogFlood {
+                limit: self.max_calls,
+            }
+            .into());
+        }
         // Lines the host would not print cost nothing and use no budget.
         let enabled = match level {
             Level::Trace => tracing::enabled!(target: "plugin", tracing::Level::TRACE),
@@ -156,11 +181,26 @@ mod tests {
                 .with_writer(std::io::sink)
                 .finish(),
         );
-        let mut state = LogState::new("p", "t", 5);
+        let mut state = LogState::new("p", "t", 5, 100);
         for i in 0..50 {
             state.log(Level::Info, format!("line {i}"))?;
         }
         assert!(state.dropped() >= 44, "dropped {}", state.dropped());
+        Ok(())
+    }
+
+    #[test]
+    fn too_many_lines_in_one_call_trap_as_a_flood() -> wasmtime::Result<()> {
+        let mut state = LogState::new("p", "t", 5, 10);
+        for i in 0..10 {
+            state.log(Level::Debug, format!("line {i}"))?;
+        }
+        let err = state
+            .log(Level::Debug, "one more".into())
+            .expect_err("the 11th line in one call is a flood");
+        assert!(err.downcast_ref::<LogFlood>().is_some(), "{err:#}");
+        state.start_call();
+        state.log(Level::Debug, "next batch".into())?;
         Ok(())
     }
 }

@@ -61,6 +61,8 @@ pub struct LimitsConfig {
     pub deadline: Dur,
     /// Log lines per second (default 100).
     pub log_per_second: u32,
+    /// Log calls in one batch past which the batch fails as a log flood (default 10000).
+    pub log_lines_per_batch: u32,
 }
 
 impl Default for LimitsConfig {
@@ -70,6 +72,7 @@ impl Default for LimitsConfig {
             memory: Size(l.memory_bytes),
             deadline: Dur(l.deadline),
             log_per_second: l.log_per_second,
+            log_lines_per_batch: l.log_lines_per_batch,
         }
     }
 }
@@ -86,6 +89,7 @@ impl PluginConfig {
                 memory_bytes: self.limits.memory.0,
                 deadline: Duration::from(self.limits.deadline),
                 log_per_second: self.limits.log_per_second,
+                log_lines_per_batch: self.limits.log_lines_per_batch,
             },
             config: self
                 .config

@@ -28,6 +28,8 @@ pub enum BatchError {
     MemoryLimit { plugin: String, limit: u64 },
     #[error("plugin `{plugin}` trapped: {reason}")]
     Trap { plugin: String, reason: String },
+    #[error("plugin `{plugin}` flooded its log: more than {limit} lines in one batch")]
+    LogFlood { plugin: String, limit: u32 },
     #[error("plugin `{plugin}` returned {got} decisions for a batch of {expected} messages")]
     WrongDecisionCount {
         plugin: String,
@@ -46,6 +48,7 @@ impl BatchError {
             BatchError::MemoryLimit { .. } => "memory-limit",
             BatchError::Trap { .. } => "trap",
             BatchError::WrongDecisionCount { .. } => "wrong-decision-count",
+            BatchError::LogFlood { .. } => "log-flood",
         }
     }
 }
@@ -229,6 +232,7 @@ impl PluginInstance {
 fn start_clock(store: &mut Store<PluginState>, deadline: Duration) {
     let now = std::time::Instant::now();
     store.data_mut().clock = Some((now, now + deadline));
+    store.data_mut().log.start_call();
     store.set_epoch_deadline(1);
 }
 
@@ -256,6 +260,12 @@ fn classify(plugin: &Plugin, store: &Store<PluginState>, e: wasmtime::Error) -> 
         return BatchError::MemoryLimit {
             plugin: name,
             limit: plugin.spec.limits.memory_bytes,
+        };
+    }
+    if let Some(flood) = e.downcast_ref::<crate::capability::log::LogFlood>() {
+        return BatchError::LogFlood {
+            plugin: name,
+            limit: flood.limit,
         };
     }
     let mut reason = match e.downcast_ref::<Trap>() {

@@ -18,6 +18,9 @@ pub struct Limits {
     pub deadline: Duration,
     /// Log lines per second before lines are dropped (default 100).
     pub log_per_second: u32,
+    /// Log calls in one `handle` call past which the batch fails as a log
+    /// flood (default 10000): dropping lines is cheap, not free.
+    pub log_lines_per_batch: u32,
 }
 
 impl Default for Limits {
@@ -26,6 +29,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             deadline: Duration::from_secs(5),
             log_per_second: 100,
+            log_lines_per_batch: 10_000,
         }
     }
 }

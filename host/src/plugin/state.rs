@@ -63,7 +63,12 @@ impl PluginState {
             table: ResourceTable::new(),
             limiter: MemoryBudget::new(spec.limits.memory_bytes),
             stderr,
-            log: LogState::new(&spec.name, &spec.tenant, spec.limits.log_per_second),
+            log: LogState::new(
+                &spec.name,
+                &spec.tenant,
+                spec.limits.log_per_second,
+                spec.limits.log_lines_per_batch,
+            ),
             publish: PublishState::new(grants.clone(), backends.clone(), downstream.clone()),
             sql: SqlState::new(grants.clone(), backends.clone(), downstream.clone()),
             kv: KvState::new(grants, backends.clone(), downstream.clone()),
