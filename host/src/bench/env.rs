@@ -183,19 +183,29 @@ impl Drop for HostProcess {
 }
 
 /// When a consumer delivered its first message, when the first was
-/// acknowledged, and when all `n` were.
+/// acknowledged, when a tenth were (the end of the warm-up), and when all
+/// `n` were.
 #[derive(Debug, Clone, Copy)]
 pub struct Run {
     pub first_delivery: Instant,
     pub first_ack: Instant,
+    /// When the ack floor passed a tenth of the messages, and its value then.
+    pub warm: (Instant, u64),
     pub done: Instant,
 }
 
 impl Run {
-    /// Messages per second from the first delivery to the last acknowledgement.
+    /// Sustained messages per second: from the end of the warm-up (a tenth
+    /// of the messages settled) to the last acknowledgement, so start-up
+    /// costs (connecting, first pulls, plugin init) do not count.
     pub fn rate(&self, n: u64) -> f64 {
-        let took = self.done.duration_since(self.first_delivery);
-        n as f64 / took.as_secs_f64().max(1e-9)
+        let (at, floor) = self.warm;
+        let took = self.done.duration_since(at).as_secs_f64();
+        if took < 1e-3 {
+            let all = self.done.duration_since(self.first_delivery).as_secs_f64();
+            return n as f64 / all.max(1e-9);
+        }
+        n.saturating_sub(floor) as f64 / took
     }
 }
 
@@ -211,6 +221,7 @@ pub async fn wait_acked(
     let start = Instant::now();
     let mut first_ack = None;
     let mut first_delivery = None;
+    let mut warm = None;
     loop {
         let info = match js.get_stream(stream).await {
             Ok(s) => s
@@ -233,6 +244,9 @@ pub async fn wait_acked(
             {
                 first_ack = Some(Instant::now());
             }
+            if floor >= n / 10 && warm.is_none() {
+                warm = Some((Instant::now(), floor));
+            }
             bar.set_position(floor.min(n));
             if floor >= n && info.num_ack_pending == 0 {
                 let done = Instant::now();
@@ -240,6 +254,7 @@ pub async fn wait_acked(
                 return Ok(Run {
                     first_delivery: first_delivery.unwrap_or(first_ack),
                     first_ack,
+                    warm: warm.unwrap_or((first_ack, 0)),
                     done,
                 });
             }

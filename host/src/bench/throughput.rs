@@ -16,6 +16,8 @@ pub struct Settings {
     pub count: u64,
     pub size: usize,
     pub batch: u32,
+    /// Workers of the jetplug pipeline (`concurrency`).
+    pub concurrency: u32,
 }
 
 /// What [`run`] measured.
@@ -31,7 +33,7 @@ pub struct Report {
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A jetplug.toml body: `stream` and a `noop` pipeline on it.
-fn body(env: &Env, stream: &str, batch: u32) -> String {
+fn body(env: &Env, stream: &str, batch: u32, concurrency: u32) -> String {
     format!(
         r#"
 [[stream]]
@@ -47,6 +49,7 @@ streams = ["{stream}"]
 plugin = "noop"
 batch = {batch}
 batch_max_wait = "5ms"
+concurrency = {concurrency}
 "#,
         subj = stream.to_lowercase(),
         noop = env.plugin("test_noop.wasm").display(),
@@ -55,8 +58,11 @@ batch_max_wait = "5ms"
 
 pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
     // Cold start to the first message: a fresh cache, then the warm one.
-    let (start_path, start_cfg) =
-        env.config("cold-start", "cache", &body(env, "BENCH_START", s.batch))?;
+    let (start_path, start_cfg) = env.config(
+        "cold-start",
+        "cache",
+        &body(env, "BENCH_START", s.batch, s.concurrency),
+    )?;
     env.fresh_streams(&start_cfg).await?;
     let hidden = indicatif::ProgressBar::hidden();
     env.publish("bench_start.x", 1, |_| b"x".to_vec(), &hidden)
@@ -82,7 +88,11 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
             .await?;
     }
 
-    let (path, config) = env.config("throughput", "cache", &body(env, "BENCH", s.batch))?;
+    let (path, config) = env.config(
+        "throughput",
+        "cache",
+        &body(env, "BENCH", s.batch, s.concurrency),
+    )?;
     env.fresh_streams(&config).await?;
     let payload = vec![b'x'; s.size];
     let bar = env::bar(s.count, "publishing");

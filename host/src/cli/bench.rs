@@ -47,6 +47,9 @@ struct Common {
     /// Messages per batch (throughput and dispatch).
     #[arg(long, global = true, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch: u32,
+    /// Workers of the jetplug no-op pipeline (its `concurrency`).
+    #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    concurrency: u32,
     /// Messages per batch for the indexer.
     #[arg(long, global = true, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     index_batch: u32,
@@ -143,6 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 count: c.count,
                 size: c.size,
                 batch: c.batch,
+                concurrency: c.concurrency,
             },
         )
         .await?;
@@ -233,10 +237,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     println!(
-        "jetplug bench: {} messages of {} B, batch {} (indexer batch {}); {} build; {}",
+        "jetplug bench: {} messages of {} B, batch {}, concurrency {} (indexer batch {}); {} build; {}",
         c.count,
         c.size,
         c.batch,
+        c.concurrency,
         c.index_batch,
         if cfg!(debug_assertions) {
             "dev"
