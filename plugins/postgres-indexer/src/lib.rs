@@ -131,32 +131,36 @@ fn describe(e: &Error) -> String {
     }
 }
 
-/// One event as a JSON object of the table's columns, or why it cannot be indexed.
-fn row(m: &Message) -> Result<serde_json::Value, String> {
+/// One event as a JSON object of the table's columns (text), or why it
+/// cannot be indexed. The payload is checked to be JSON and embedded as it
+/// is, without being parsed into a tree and written out again.
+fn row(m: &Message) -> Result<String, String> {
     let text =
         std::str::from_utf8(&m.payload).map_err(|e| format!("payload is not UTF-8 text: {e}"))?;
-    let payload: serde_json::Value =
+    let payload: &serde_json::value::RawValue =
         serde_json::from_str(text).map_err(|e| format!("payload is not JSON: {e}"))?;
     let mut parts = m.subject.splitn(3, '.');
     let domain = parts.next().unwrap_or("");
     let entity = parts.next().unwrap_or("");
     let action = parts.next().unwrap_or("");
-    let headers: serde_json::Map<String, serde_json::Value> = m
+    let headers: std::collections::BTreeMap<&str, &str> = m
         .headers
         .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    Ok(serde_json::json!({
-        "stream": m.stream,
-        "stream_seq": m.stream_seq,
-        "subject": m.subject,
-        "domain": domain,
-        "entity": entity,
-        "action": action,
-        "payload": payload,
-        "headers": headers,
-        "published_at_ms": m.published_at_ms,
-    }))
+    let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
+    Ok(format!(
+        r#"{{"stream":{},"stream_seq":{},"subject":{},"domain":{},"entity":{},"action":{},"payload":{},"headers":{},"published_at_ms":{}}}"#,
+        s(&m.stream),
+        m.stream_seq,
+        s(&m.subject),
+        s(domain),
+        s(entity),
+        s(action),
+        payload.get(),
+        serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into()),
+        m.published_at_ms,
+    ))
 }
 
 fn ensure_schema(s: &mut Settings) -> Result<(), Error> {
@@ -164,8 +168,15 @@ fn ensure_schema(s: &mut Settings) -> Result<(), Error> {
         return Ok(());
     }
     let t = &s.table;
-    sql::execute(
-        &s.database,
+    // Instances (workers, hosts) starting together would race on CREATE
+    // TABLE IF NOT EXISTS (PostgreSQL can then fail one of them with a
+    // unique violation): a transaction-scoped advisory lock serialises them.
+    let tx = sql::begin(&s.database)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[Value::Text(format!("jetplug-indexer:{t}"))],
+    )?;
+    tx.execute(
         &format!(
             "CREATE TABLE IF NOT EXISTS {t} (
                 id bigserial PRIMARY KEY,
@@ -184,6 +195,7 @@ fn ensure_schema(s: &mut Settings) -> Result<(), Error> {
         ),
         &[],
     )?;
+    sql::Transaction::commit(tx)?;
     s.schema_ready = true;
     Ok(())
 }
@@ -191,14 +203,14 @@ fn ensure_schema(s: &mut Settings) -> Result<(), Error> {
 /// One statement for the whole batch: the rows travel as one JSON array
 /// (a single parameter) that PostgreSQL expands with `jsonb_to_recordset`,
 /// which is far cheaper to bind and parse than thousands of parameters.
-fn insert(s: &Settings, rows: &[(usize, serde_json::Value)]) -> Result<(), Error> {
+fn insert(s: &Settings, rows: &[(usize, String)]) -> Result<(), Error> {
     let mut json = String::with_capacity(rows.len() * 256);
     json.push('[');
     for (n, (_, r)) in rows.iter().enumerate() {
         if n > 0 {
             json.push(',');
         }
-        json.push_str(&r.to_string());
+        json.push_str(r);
     }
     json.push(']');
     let stmt = format!(
