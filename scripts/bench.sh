@@ -24,7 +24,13 @@ as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgre
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work/pg" && chmod 755 "$root/.local" "$work"
 as_pg "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust -E UTF8 --no-instructions >"$work/initdb.log"
 pg_port=$(free_port)
-as_pg "$pg_bin/postgres" -D "$work/pg/data" -p "$pg_port" -k "$work/pg/run" -c listen_addresses=127.0.0.1 >"$work/pg.log" 2>&1 &
+pg_args=(-D "$work/pg/data" -p "$pg_port" -k "$work/pg/run" -c listen_addresses=127.0.0.1)
+# Started directly (not through a function) so that $! is postgres itself.
+if [ "$(id -u)" -eq 0 ]; then
+  setpriv --reuid=postgres --regid=postgres --init-groups -- "$pg_bin/postgres" "${pg_args[@]}" >"$work/pg.log" 2>&1 &
+else
+  "$pg_bin/postgres" "${pg_args[@]}" >"$work/pg.log" 2>&1 &
+fi
 pids+=($!)
 for _ in $(seq 100); do listening "$nats_port" && listening "$pg_port" && break; sleep 0.1; done
 
