@@ -110,10 +110,16 @@ async fn infinite_loop_is_interrupted_near_the_deadline() -> TestResult {
         },
     )?;
     inst.ready().await?;
+    assert!(!inst.plugin().last_call_overran());
     let started = Instant::now();
     let mut elapsed = Duration::ZERO;
+    let plugin = inst.plugin().clone();
     fails_then_recovers(&mut inst, |e| {
         elapsed = started.elapsed();
+        assert!(
+            plugin.last_call_overran(),
+            "a deadline marks the plugin for throttling"
+        );
         assert!(
             matches!(e, BatchError::Deadline { deadline: d, .. } if *d == deadline),
             "{e}"
@@ -121,6 +127,10 @@ async fn infinite_loop_is_interrupted_near_the_deadline() -> TestResult {
         assert_eq!(e.kind(), "deadline");
     })
     .await?;
+    assert!(
+        !inst.plugin().last_call_overran(),
+        "a call that finished in time clears the mark"
+    );
     assert!(elapsed >= deadline, "interrupted early: {elapsed:?}");
     // deadline + one epoch tick, with slack for a loaded 2-core machine.
     assert!(

@@ -15,6 +15,8 @@ pub struct Settings {
     pub count: u64,
     pub batch: u32,
     pub postgres_url: String,
+    /// Runs alone and beside the hostile plugins (in turn); medians reported.
+    pub repeat: u32,
 }
 
 /// What [`run`] measured.
@@ -203,9 +205,19 @@ async fn copy(s: &Settings, pg: &tokio_postgres::Client) -> anyhow::Result<f64> 
 
 pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
     let pg = db(&s.postgres_url).await?;
-    let (indexer_rows_per_sec, _) = index(env, s, &pg, false).await?;
-    let copy_rows_per_sec = copy(s, &pg).await?;
-    let (beside_hostile_rows_per_sec, hostile_failed_batches) = index(env, s, &pg, true).await?;
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    let (mut copy_rows_per_sec, mut hostile_failed_batches) = (0.0, 0);
+    for round in 0..s.repeat.max(1) {
+        alone.push(index(env, s, &pg, false).await?.0);
+        if round == 0 {
+            copy_rows_per_sec = copy(s, &pg).await?;
+        }
+        let (rate, failed) = index(env, s, &pg, true).await?;
+        beside.push(rate);
+        hostile_failed_batches = hostile_failed_batches.max(failed);
+    }
+    let (indexer_rows_per_sec, beside_hostile_rows_per_sec) =
+        (super::median(alone), super::median(beside));
     pg.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
         .await?;
     Ok(Report {

@@ -18,6 +18,8 @@ pub struct Settings {
     pub batch: u32,
     /// Workers of the jetplug pipeline (`concurrency`).
     pub concurrency: u32,
+    /// Runs of each consumer; the median is reported.
+    pub repeat: u32,
 }
 
 /// What [`run`] measured.
@@ -100,25 +102,69 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
         .await?;
     bar.finish_and_clear();
 
-    // Native baseline, with the very consumer settings of the pipeline.
-    let bar = env::bar(s.count, "native async-nats consumer");
+    // Native baseline and jetplug in turn, `repeat` times each (fresh
+    // consumers every time); the medians are reported.
     let mut pc = config
         .pipeline("noop")
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no noop pipeline"))?;
-    pc.name = "native".into();
     let sc = config
         .stream("BENCH")
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no BENCH stream"))?;
+    let (mut native_rates, mut jetplug_rates) = (Vec::new(), Vec::new());
+    let mut host_peak_rss = None;
+    for round in 0..s.repeat.max(1) {
+        pc.name = format!("native{round}");
+        native_rates.push(native(env, &pc, &sc, s).await?);
+        let stream = env.js.get_stream("BENCH").await?;
+        let _ = stream.delete_consumer(&pc.consumer_name("BENCH")).await;
+        let _ = stream.delete_consumer("jetplug-noop-BENCH").await;
+        // jetplug: the same messages through the no-op plugin, host in its own process.
+        let bar = env::bar(s.count, "jetplug + no-op plugin");
+        let host = env.spawn_host(&path, "throughput.log")?;
+        let run = env::wait_acked(
+            &env.js,
+            "BENCH",
+            "jetplug-noop-BENCH",
+            s.count,
+            TIMEOUT,
+            &bar,
+        )
+        .await?;
+        host_peak_rss = host_peak_rss.max(host.peak_rss());
+        host.stop()?;
+        bar.finish_and_clear();
+        jetplug_rates.push(run.rate(s.count));
+        let _ = stream.delete_consumer("jetplug-noop-BENCH").await;
+    }
+
+    Ok(Report {
+        native_per_sec: super::median(native_rates),
+        jetplug_per_sec: super::median(jetplug_rates),
+        cold_start_compile: cold[0],
+        cold_start_cached: cold[1],
+        host_peak_rss,
+    })
+}
+
+/// One run of the native consumer (a fresh durable named after `pc`) over
+/// the whole stream: pull with the pipeline's batch size, ack each message.
+async fn native(
+    env: &Env,
+    pc: &crate::config::PipelineConfig,
+    sc: &crate::config::StreamConfig,
+    s: Settings,
+) -> anyhow::Result<f64> {
+    let bar = env::bar(s.count, "native async-nats consumer");
     let c = env
         .js
         .get_stream("BENCH")
         .await?
-        .create_consumer(consumer::config(&pc, &sc))
+        .create_consumer(consumer::config(pc, sc))
         .await?;
     let (count, batch) = (s.count, s.batch as usize);
-    let native = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut messages = c.stream().max_messages_per_batch(batch).messages().await?;
         let mut n = 0;
         while n < count {
@@ -133,7 +179,7 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
         }
         anyhow::Ok(())
     });
-    let native_run = env::wait_acked(
+    let run = env::wait_acked(
         &env.js,
         "BENCH",
         &pc.consumer_name("BENCH"),
@@ -142,23 +188,7 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
         &bar,
     )
     .await?;
-    native.await??;
+    task.await??;
     bar.finish_and_clear();
-
-    // jetplug: the same messages through the no-op plugin, host in its own process.
-    let bar = env::bar(s.count, "jetplug + no-op plugin");
-    let host = env.spawn_host(&path, "throughput.log")?;
-    let jetplug_run =
-        env::wait_acked(&env.js, "BENCH", "jetplug-noop-BENCH", count, TIMEOUT, &bar).await?;
-    let host_peak_rss = host.peak_rss();
-    host.stop()?;
-    bar.finish_and_clear();
-
-    Ok(Report {
-        native_per_sec: native_run.rate(count),
-        jetplug_per_sec: jetplug_run.rate(count),
-        cold_start_compile: cold[0],
-        cold_start_cached: cold[1],
-        host_peak_rss,
-    })
+    Ok(run.rate(count))
 }

@@ -50,6 +50,9 @@ struct Common {
     /// Workers of the jetplug no-op pipeline (its `concurrency`).
     #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     concurrency: u32,
+    /// Runs of each throughput and indexer measurement (taken in turn); medians are shown.
+    #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
     /// Messages per batch for the indexer.
     #[arg(long, global = true, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     index_batch: u32,
@@ -147,6 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 size: c.size,
                 batch: c.batch,
                 concurrency: c.concurrency,
+                repeat: c.repeat,
             },
         )
         .await?;
@@ -207,6 +211,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         count: c.count,
                         batch: c.index_batch,
                         postgres_url: url.clone(),
+                        repeat: c.repeat,
                     },
                 )
                 .await?;
@@ -237,12 +242,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     println!(
-        "jetplug bench: {} messages of {} B, batch {}, concurrency {} (indexer batch {}); {} build; {}",
+        "jetplug bench: {} messages of {} B, batch {}, concurrency {} (indexer batch {}); medians of {} runs; {} build; {}",
         c.count,
         c.size,
         c.batch,
         c.concurrency,
         c.index_batch,
+        c.repeat,
         if cfg!(debug_assertions) {
             "dev"
         } else {

@@ -7,6 +7,7 @@
 //! instance from the plugin's `InstancePre`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -162,6 +163,7 @@ impl PluginInstance {
             Ok(Err(e)) => return Err(classify(&plugin, &live.store, e)),
             Err(_) => return Err(deadline_error(&plugin)),
         };
+        plugin.overran.store(false, Ordering::Relaxed);
         if decisions.len() != batch.len() {
             return Err(BatchError::WrongDecisionCount {
                 plugin: plugin.name().to_owned(),
@@ -184,10 +186,16 @@ impl PluginInstance {
         // long call is throttled; past its deadline it is interrupted.
         let settings = plugin.runtime.settings();
         let (tick, throttle_after) = (settings.epoch_tick, settings.throttle_after);
+        let overran = plugin.overran.clone();
         store.epoch_deadline_callback(move |s| {
             let now = std::time::Instant::now();
+            let repeat_offender = throttle_after.is_some() && overran.load(Ordering::Relaxed);
             Ok(match s.data().clock {
                 Some((_, until)) if now >= until => UpdateDeadline::Interrupt,
+                // Its last call ran out of time: one tick in eight, at once.
+                Some(_) if repeat_offender => {
+                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(tick * 7)))
+                }
                 Some((started, _)) if throttle_after.is_some_and(|t| now - started >= t) => {
                     // Run one tick in four.
                     UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(tick * 3)))
@@ -243,6 +251,7 @@ fn grace(plugin: &Plugin, deadline: Duration) -> Duration {
 }
 
 fn deadline_error(plugin: &Plugin) -> BatchError {
+    plugin.overran.store(true, Ordering::Relaxed);
     BatchError::Deadline {
         plugin: plugin.name().to_owned(),
         deadline: plugin.spec.limits.deadline,

@@ -83,6 +83,9 @@ pub struct Plugin {
     loaded_at: SystemTime,
     cache: CacheOutcome,
     imports: Vec<Capability>,
+    /// The last call of this version ran out of time: its next calls are
+    /// throttled from their first tick (cleared by a call that finishes).
+    pub(crate) overran: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -116,6 +119,12 @@ impl Plugin {
     /// Whether compilation was skipped thanks to the on-disk cache.
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache
+    }
+
+    /// Whether the last call of this version ran out of time (its next
+    /// calls are throttled from their first tick).
+    pub fn last_call_overran(&self) -> bool {
+        self.overran.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The jetplug capabilities the component imports.
@@ -194,6 +203,7 @@ pub fn load_bytes(
         loaded_at: SystemTime::now(),
         cache,
         imports,
+        overran: Arc::default(),
     })
 }
 
