@@ -51,13 +51,7 @@ fn jetplug(args: &[&str]) -> std::io::Result<Output> {
         .output()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use jetplug_tests::output_text as text;
 
 async fn publish(url: &str, n: usize) -> anyhow::Result<jetstream::Context> {
     let js = jetstream::new(async_nats::connect(url).await?);

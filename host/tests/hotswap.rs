@@ -379,13 +379,7 @@ fn jetplug(args: &[&str]) -> std::io::Result<Output> {
         .output()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use jetplug_tests::output_text as text;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_deploy_and_rollback_across_two_host_processes() -> anyhow::Result<()> {

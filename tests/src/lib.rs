@@ -51,6 +51,15 @@ where
     }
 }
 
+/// A command's stdout and stderr, together, for assertions and failure messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Finds a program: `$ENV_VAR` if set, else the first `name` on `PATH`.
 pub(crate) fn find_program(
     env_var: &str,
