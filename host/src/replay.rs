@@ -193,7 +193,7 @@ async fn handle(
 ) {
     let n = pending.len() as u64;
     report.messages += n;
-    match instance.handle(pending).await {
+    match instance.handle(std::mem::take(pending)).await {
         Ok(decisions) => {
             for d in decisions {
                 match d {
@@ -208,5 +208,4 @@ async fn handle(
             report.failed += n;
         }
     }
-    pending.clear();
 }

@@ -57,12 +57,12 @@ async fn fails_then_recovers(
     check: impl FnOnce(&BatchError),
 ) -> TestResult {
     let err = inst
-        .handle(&[msg("boom"), msg("ok")])
+        .handle([msg("boom"), msg("ok")])
         .await
         .err()
         .ok_or("hostile batch succeeded")?;
     check(&err);
-    let decisions = inst.handle(&[msg("ok"), msg("ok")]).await?;
+    let decisions = inst.handle([msg("ok"), msg("ok")]).await?;
     assert!(matches!(decisions[..], [Decision::Ack, Decision::Ack]));
     assert_eq!(
         inst.instances_created(),
@@ -78,7 +78,7 @@ async fn noop_plugin_decides_per_payload_and_reuses_its_instance() -> TestResult
     let mut inst = instance(&rt, spec(plugins::TEST_NOOP))?;
     for _ in 0..3 {
         let d = inst
-            .handle(&[
+            .handle([
                 msg("x"),
                 msg("retry"),
                 msg("retry:250"),
@@ -92,6 +92,10 @@ async fn noop_plugin_decides_per_payload_and_reuses_its_instance() -> TestResult
         assert!(matches!(&d[3], Decision::Term(r) if r == "bad event"));
     }
     assert_eq!(inst.instances_created(), 1);
+    assert!(
+        !rt.slow_lane().started(),
+        "a plugin that behaves never uses the slow lane"
+    );
     Ok(())
 }
 
@@ -119,6 +123,10 @@ async fn infinite_loop_is_interrupted_near_the_deadline() -> TestResult {
         assert!(
             plugin.last_call_overran(),
             "a deadline marks the plugin for throttling"
+        );
+        assert!(
+            rt.slow_lane().started(),
+            "a call running past throttle_after moves to the slow lane"
         );
         assert!(
             matches!(e, BatchError::Deadline { deadline: d, .. } if *d == deadline),
@@ -167,14 +175,24 @@ async fn memory_bomb_traps_at_the_limit() -> TestResult {
 async fn panic_is_a_trap_with_the_panic_message() -> TestResult {
     let rt = runtime(None)?;
     let mut inst = instance(&rt, spec(plugins::TEST_PANIC))?;
+    let plugin = inst.plugin().clone();
     fails_then_recovers(&mut inst, |e| {
         assert!(matches!(e, BatchError::Trap { .. }), "{e}");
         assert!(
             e.to_string().contains("refusing a batch of 2 messages"),
             "{e}"
         );
+        assert!(plugin.last_call_failed());
+        assert!(
+            !rt.slow_lane().started(),
+            "a call that failed fast never left its task"
+        );
     })
-    .await
+    .await?;
+    // The call after a failure ran on the slow lane, and succeeded.
+    assert!(rt.slow_lane().started());
+    assert!(!plugin.last_call_failed());
+    Ok(())
 }
 
 #[tokio::test]
@@ -267,7 +285,7 @@ async fn calls_are_checked_against_the_grant() -> TestResult {
         "log line",
     ];
     let batch: Vec<_> = payloads.iter().map(|p| msg(p)).collect();
-    let d = inst.handle(&batch).await?;
+    let d = inst.handle(batch.clone()).await?;
     let reasons: Vec<String> = d
         .iter()
         .map(|d| match d {
@@ -304,7 +322,7 @@ async fn no_ambient_files_env_or_network() -> TestResult {
             ..spec(plugins::TEST_CAPABILITIES)
         },
     )?;
-    let d = inst.handle(&[msg("ambient")]).await?;
+    let d = inst.handle([msg("ambient")]).await?;
     assert!(
         matches!(&d[..], [Decision::Term(r)] if r == "fs=denied env=0 net=denied"),
         "{d:?}"
@@ -380,7 +398,7 @@ async fn compiled_components_are_cached_across_restarts() -> TestResult {
     assert_eq!(first.hash(), second.hash());
     let mut inst = PluginInstance::new(Arc::new(second));
     assert!(matches!(
-        inst.handle(&[msg("x")]).await?[..],
+        inst.handle([msg("x")]).await?[..],
         [Decision::Ack]
     ));
 

@@ -93,7 +93,7 @@ impl Rig {
 
     /// Runs one command and returns the plugin's report.
     async fn ask(&mut self, payload: &str) -> anyhow::Result<String> {
-        match self.instance.handle(&[msg(payload)]).await?.pop() {
+        match self.instance.handle([msg(payload)]).await?.pop() {
             Some(Decision::Term(r)) => Ok(r),
             Some(Decision::Ack) => Ok("ack".into()),
             other => anyhow::bail!("unexpected decision {other:?}"),

@@ -59,13 +59,13 @@ fn stats(mut per_message_us: Vec<f64>) -> PerMessage {
 
 async fn measure(
     instance: &mut PluginInstance,
-    batch: &[Message],
+    batch: &Arc<[Message]>,
     batches: usize,
 ) -> anyhow::Result<PerMessage> {
     let mut samples = Vec::with_capacity(batches);
     for _ in 0..batches {
         let t = Instant::now();
-        let d = instance.handle(batch).await?;
+        let d = instance.handle(batch.clone()).await?;
         let elapsed = t.elapsed();
         anyhow::ensure!(
             d.len() == batch.len(),
@@ -108,7 +108,7 @@ pub async fn run(
     let cold_start_cached = t.elapsed();
 
     let payload = vec![b'x'; payload_bytes];
-    let batch: Vec<Message> = (0..batch_size).map(|i| message(i, &payload)).collect();
+    let batch: Arc<[Message]> = (0..batch_size).map(|i| message(i, &payload)).collect();
 
     progress("dispatch with instance reuse");
     let mut reuse = PluginInstance::new(cached.clone());

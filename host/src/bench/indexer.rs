@@ -15,7 +15,8 @@ pub struct Settings {
     pub count: u64,
     pub batch: u32,
     pub postgres_url: String,
-    /// Runs alone and beside the hostile plugins (in turn); medians reported.
+    /// Rounds of a run alone then one beside the hostile plugins; medians
+    /// reported.
     pub repeat: u32,
 }
 
@@ -25,6 +26,10 @@ pub struct Report {
     pub indexer_rows_per_sec: f64,
     pub copy_rows_per_sec: f64,
     pub beside_hostile_rows_per_sec: f64,
+    /// Each round's rate beside hostile plugins over its rate alone (the
+    /// two runs of a round are taken back to back, so a slow spell of the
+    /// machine touches both), in round order.
+    pub hostile_ratios: Vec<f64>,
     /// Batches the hostile plugins failed during that run (proof they ran).
     pub hostile_failed_batches: u64,
 }
@@ -205,15 +210,17 @@ async fn copy(s: &Settings, pg: &tokio_postgres::Client) -> anyhow::Result<f64> 
 
 pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
     let pg = db(&s.postgres_url).await?;
-    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    let (mut alone, mut beside, mut hostile_ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut copy_rows_per_sec, mut hostile_failed_batches) = (0.0, 0);
     for round in 0..s.repeat.max(1) {
-        alone.push(index(env, s, &pg, false).await?.0);
+        let rate_alone = index(env, s, &pg, false).await?.0;
+        alone.push(rate_alone);
         if round == 0 {
             copy_rows_per_sec = copy(s, &pg).await?;
         }
         let (rate, failed) = index(env, s, &pg, true).await?;
         beside.push(rate);
+        hostile_ratios.push(rate / rate_alone.max(1e-9));
         hostile_failed_batches = hostile_failed_batches.max(failed);
     }
     let (indexer_rows_per_sec, beside_hostile_rows_per_sec) =
@@ -224,6 +231,7 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
         indexer_rows_per_sec,
         copy_rows_per_sec,
         beside_hostile_rows_per_sec,
+        hostile_ratios,
         hostile_failed_batches,
     })
 }

@@ -1,9 +1,12 @@
 //! `jetplug:plugin/log`: plugin log lines into the host's `tracing` output.
 //!
-//! Rate-limited per instance with a token bucket so a plugin that floods its
-//! log cannot slow the host or drown other tenants' lines; dropped lines are
-//! counted and reported once the flood stops.
+//! Rate-limited per plugin version with a token bucket shared by all its
+//! instances (a plugin that crashes every batch gets a fresh instance each
+//! time, not a fresh budget), so a plugin that floods its log cannot slow
+//! the host or drown other tenants' lines; dropped lines are counted and
+//! reported at most once a second.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Linker};
@@ -14,14 +17,59 @@ use crate::plugin::PluginState;
 /// Longest log line kept; longer lines are cut (on a char boundary).
 pub const MAX_LINE: usize = 4096;
 
+/// The log budget of one plugin version, shared by all its instances:
+/// `per_second` lines sustained, bursts up to `per_second` lines.
+#[derive(Debug)]
+pub struct LogBudget(Mutex<Budget>);
+
+#[derive(Debug)]
+struct Budget {
+    bucket: TokenBucket,
+    dropped: u64,
+    reported: Option<Instant>,
+}
+
+impl LogBudget {
+    pub fn new(per_second: u32) -> Arc<Self> {
+        Arc::new(LogBudget(Mutex::new(Budget {
+            bucket: TokenBucket::new(per_second),
+            dropped: 0,
+            reported: None,
+        })))
+    }
+
+    /// Takes one line from the budget: `Ok(dropped)` with the lines dropped
+    /// since the last report if it is time to report them, `Err(())` if the
+    /// line is dropped.
+    fn take(&self, now: Instant) -> Result<u64, ()> {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !b.bucket.take(now) {
+            b.dropped += 1;
+            return Err(());
+        }
+        // Report drops at most once a second, so a flood cannot flood the host's log.
+        if b.dropped > 0
+            && b.reported
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            b.reported = Some(now);
+            return Ok(std::mem::take(&mut b.dropped));
+        }
+        Ok(0)
+    }
+
+    /// Lines dropped and not reported yet.
+    pub fn dropped(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).dropped
+    }
+}
+
 /// Per-instance state of the log capability.
 #[derive(Debug)]
 pub struct LogState {
     plugin: String,
     tenant: String,
-    bucket: TokenBucket,
-    dropped: u64,
-    reported: Option<Instant>,
+    budget: Arc<LogBudget>,
     /// Log calls in the current `handle` call, and the most allowed.
     calls: u32,
     max_calls: u32,
@@ -35,15 +83,13 @@ pub struct LogFlood {
 }
 
 impl LogState {
-    /// `per_second` lines sustained, bursts up to `per_second` lines;
-    /// more than `per_batch` calls in one `handle` trap with [`LogFlood`].
-    pub fn new(plugin: &str, tenant: &str, per_second: u32, per_batch: u32) -> Self {
+    /// Lines come out of `budget`; more than `per_batch` calls in one
+    /// `handle` trap with [`LogFlood`].
+    pub fn new(plugin: &str, tenant: &str, budget: Arc<LogBudget>, per_batch: u32) -> Self {
         LogState {
             plugin: plugin.to_owned(),
             tenant: tenant.to_owned(),
-            bucket: TokenBucket::new(per_second),
-            dropped: 0,
-            reported: None,
+            budget,
             calls: 0,
             max_calls: per_batch,
         }
@@ -54,9 +100,9 @@ impl LogState {
         self.calls = 0;
     }
 
-    /// Lines dropped by the rate limit since the instance started.
+    /// Lines of this plugin version dropped and not reported yet.
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.budget.dropped()
     }
 }
 
@@ -91,21 +137,12 @@ impl log::Host for LogState {
         if !enabled {
             return Ok(());
         }
-        let now = Instant::now();
-        if !self.bucket.take(now) {
-            self.dropped += 1;
+        let Ok(dropped) = self.budget.take(Instant::now()) else {
             return Ok(());
-        }
-        // Report drops at most once a second, so a flood cannot flood the host's log.
-        if self.dropped > 0
-            && self
-                .reported
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            tracing::warn!(plugin = %self.plugin, tenant = %self.tenant, dropped = self.dropped,
+        };
+        if dropped > 0 {
+            tracing::warn!(plugin = %self.plugin, tenant = %self.tenant, dropped,
                 "plugin log rate limit: lines dropped");
-            self.dropped = 0;
-            self.reported = Some(now);
         }
         if message.len() > MAX_LINE {
             let mut cut = MAX_LINE;
@@ -181,17 +218,26 @@ mod tests {
                 .with_writer(std::io::sink)
                 .finish(),
         );
-        let mut state = LogState::new("p", "t", 5, 100);
+        let budget = LogBudget::new(5);
+        let mut state = LogState::new("p", "t", budget.clone(), 100);
         for i in 0..50 {
             state.log(Level::Info, format!("line {i}"))?;
         }
         assert!(state.dropped() >= 44, "dropped {}", state.dropped());
+        // A fresh instance of the same plugin (after a crash) shares the
+        // budget: it gets no new burst.
+        let mut fresh = LogState::new("p", "t", budget, 100);
+        let before = fresh.dropped();
+        for i in 0..5 {
+            fresh.log(Level::Info, format!("again {i}"))?;
+        }
+        assert!(fresh.dropped() >= before + 4, "a crash refilled the budget");
         Ok(())
     }
 
     #[test]
     fn too_many_lines_in_one_call_trap_as_a_flood() -> wasmtime::Result<()> {
-        let mut state = LogState::new("p", "t", 5, 10);
+        let mut state = LogState::new("p", "t", LogBudget::new(5), 10);
         for i in 0..10 {
             state.log(Level::Debug, format!("line {i}"))?;
         }

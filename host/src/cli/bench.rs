@@ -227,11 +227,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "",
                     None,
                 ));
-                let ratio = r.beside_hostile_rows_per_sec / r.indexer_rows_per_sec;
+                let ratio = crate::bench::median(r.hostile_ratios.clone());
+                let ratios = &r.hostile_ratios;
+                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let range = if ratios.len() > 1 {
+                    format!(", rounds {lo:.2}–{hi:.2}")
+                } else {
+                    String::new()
+                };
                 rows.push(row(
                     "postgres-indexer beside hostile plugins",
                     format!(
-                        "{:.0} rows/s ({ratio:.2} of alone; hostile batches failed: {})",
+                        "{:.0} rows/s ({ratio:.2} of alone{range}; hostile batches failed: {})",
                         r.beside_hostile_rows_per_sec, r.hostile_failed_batches
                     ),
                     "≥ 0.90 of alone",

@@ -102,7 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for chunk in messages.chunks(args.batch as usize) {
         let batch: Vec<_> = chunk.iter().map(|m| m.message.clone()).collect();
         let started = Instant::now();
-        let outcome = instance.handle(&batch).await;
+        let outcome = instance.handle(batch).await;
         report.batch(chunk, outcome, started.elapsed());
     }
     report.finish();

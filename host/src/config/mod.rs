@@ -104,9 +104,16 @@ pub struct EngineConfig {
     pub no_cache: bool,
     /// Epoch tick: the resolution of plugin deadlines (default 10ms).
     pub epoch_tick: Dur,
-    /// A plugin call running longer than this gets a quarter of a thread
-    /// until its deadline (default 100ms; "0s" never throttles).
+    /// A plugin call that has computed this long is long: it moves to the
+    /// slow lane and is paced while other calls run (default 20ms; "0s"
+    /// turns pacing and the slow lane off).
     pub throttle_after: Dur,
+    /// Threads of the slow lane, where long calls and calls of failing
+    /// plugins run (default: half the cores, at least 1).
+    pub slow_lane_threads: usize,
+    /// How much lower the slow lane's priority is, in `nice` steps, 0–19
+    /// (default 10; Linux only).
+    pub slow_lane_nice: u8,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +126,8 @@ impl Default for EngineConfig {
             no_cache: false,
             epoch_tick: Dur(s.epoch_tick),
             throttle_after: Dur(s.throttle_after.unwrap_or_default()),
+            slow_lane_threads: s.slow_lane.threads,
+            slow_lane_nice: s.slow_lane.nice,
         }
     }
 }
@@ -137,6 +146,10 @@ impl EngineConfig {
                 self.cache_dir.clone().or(defaults.cache_dir)
             },
             throttle_after: Some(self.throttle_after.0).filter(|d| !d.is_zero()),
+            slow_lane: crate::engine::lane::LaneSettings {
+                threads: self.slow_lane_threads,
+                nice: self.slow_lane_nice,
+            },
         }
     }
 }

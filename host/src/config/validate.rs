@@ -26,6 +26,21 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             "must be greater than zero".into(),
         ));
     }
+    if config.engine.slow_lane_threads == 0 {
+        return Err(invalid(
+            "engine.slow_lane_threads".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if config.engine.slow_lane_nice > 19 {
+        return Err(invalid(
+            "engine.slow_lane_nice".into(),
+            format!(
+                "{} is out of range; nice steps go from 0 (same priority) to 19 (lowest)",
+                config.engine.slow_lane_nice
+            ),
+        ));
+    }
     let bucket = &config.host.deploy_bucket;
     if let Some(c) = bucket
         .chars()

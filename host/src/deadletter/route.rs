@@ -54,7 +54,7 @@ impl Route {
                 let mut inst = instance.lock().await;
                 inst.follow(slot);
                 let plugin = inst.plugin().name().to_owned();
-                match inst.handle(&[dl.to_message(tenant)]).await {
+                match inst.handle([dl.to_message(tenant)]).await {
                     Ok(d) if matches!(d[..], [Decision::Ack]) => Ok(()),
                     Ok(d) => Err(DeadLetterError::Plugin {
                         plugin,

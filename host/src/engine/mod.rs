@@ -6,17 +6,23 @@
 //! - **epoch interruption** (with [`ticker`]) bounds every batch by wall time
 //!   without the per-instruction cost of fuel;
 //! - the **component cache** ([`cache`]) keeps compiled components on disk so a
-//!   restart does not recompile (cranelift takes seconds on big plugins).
+//!   restart does not recompile (cranelift takes seconds on big plugins);
+//! - the **slow lane** ([`lane`]) runs long and misbehaving calls at a lower
+//!   OS priority, away from the threads healthy pipelines run on.
 
 pub mod cache;
+pub mod lane;
 pub mod ticker;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
 use cache::ComponentCache;
+use lane::{LaneSettings, SlowLane};
 use ticker::EpochTicker;
 
 /// Engine-wide settings. The defaults suit a host running tens of plugins.
@@ -35,11 +41,12 @@ pub struct EngineSettings {
     /// Where compiled components are cached; `None` disables the cache
     /// (default: see [`cache::default_dir`]).
     pub cache_dir: Option<PathBuf>,
-    /// A call still running after this long is throttled to a quarter of a
-    /// thread until its deadline, so a plugin spinning towards its deadline
-    /// takes little from healthy pipelines; `None` never throttles
-    /// (default 100 ms).
+    /// A call that has computed this long is *long*: it moves to the slow
+    /// lane and is paced while other calls run (see
+    /// [`crate::plugin::pace`]); `None` turns both off (default 20 ms).
     pub throttle_after: Option<Duration>,
+    /// Where long calls and calls of failing plugins run.
+    pub slow_lane: LaneSettings,
 }
 
 impl Default for EngineSettings {
@@ -50,7 +57,8 @@ impl Default for EngineSettings {
             max_instances: 256,
             max_memory_bytes: 1 << 30,
             cache_dir: cache::default_dir(),
-            throttle_after: Some(Duration::from_millis(100)),
+            throttle_after: Some(Duration::from_millis(20)),
+            slow_lane: LaneSettings::default(),
         }
     }
 }
@@ -66,6 +74,8 @@ pub struct Runtime {
     engine: Engine,
     settings: EngineSettings,
     cache: Option<ComponentCache>,
+    lane: SlowLane,
+    calls: Arc<AtomicUsize>,
     _ticker: EpochTicker,
 }
 
@@ -98,10 +108,13 @@ impl Runtime {
             .map(|dir| ComponentCache::new(dir, &engine));
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick)
             .map_err(|e| EngineError(format!("cannot start the epoch ticker thread: {e}")))?;
+        let lane = SlowLane::new(settings.slow_lane.clone());
         Ok(Runtime {
             engine,
             settings,
             cache,
+            lane,
+            calls: Arc::default(),
             _ticker: ticker,
         })
     }
@@ -116,6 +129,16 @@ impl Runtime {
 
     pub fn cache(&self) -> Option<&ComponentCache> {
         self.cache.as_ref()
+    }
+
+    pub fn slow_lane(&self) -> &SlowLane {
+        &self.lane
+    }
+
+    /// Plugin calls running now outside the slow lane, across all plugins
+    /// of this engine (long calls are paced only while there are some).
+    pub fn calls_in_flight(&self) -> &Arc<AtomicUsize> {
+        &self.calls
     }
 }
 

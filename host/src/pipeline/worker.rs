@@ -50,6 +50,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     if msgs.is_empty() {
         return;
     }
+    let msgs: Arc<[Message]> = msgs.into();
     let mut _slot = None;
     let outcome = loop {
         _slot = None;
@@ -69,7 +70,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         let started = std::time::Instant::now();
         // A hot swap takes effect here, between batches.
         instance.follow(&p.plugin);
-        let outcome = instance.handle(&msgs).await;
+        let outcome = instance.handle(msgs.clone()).await;
         p.stats.batch_took(started.elapsed());
         let downstream = instance.downstream_failures();
         let open = record_outcome(p, outcome.is_err() || downstream > 0);
@@ -85,7 +86,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     let actions: Vec<Action> = match outcome {
         Ok(decisions) => decisions
             .iter()
-            .zip(&msgs)
+            .zip(msgs.iter())
             .map(|(d, m)| settle::for_decision(d, m.delivered, max, &p.backoff))
             .collect(),
         Err(e) => {
@@ -94,7 +95,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
                 messages = msgs.len(), "batch failed; retrying with backoff");
             let mut actions = Vec::with_capacity(msgs.len());
             let mut failed_alone = 0;
-            for m in &msgs {
+            for m in msgs.iter() {
                 let action =
                     if m.delivered >= max && msgs.len() > 1 && failed_alone < ISOLATION_GIVE_UP {
                         // Last chance: before dead-lettering a message for its
@@ -110,7 +111,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
             actions
         }
     };
-    for ((js_msg, msg), action) in delivered.iter().zip(&msgs).zip(actions) {
+    for ((js_msg, msg), action) in delivered.iter().zip(msgs.iter()).zip(actions) {
         settle_one(p, js_msg, msg, action).await;
     }
 }
@@ -166,7 +167,7 @@ fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, crate::breaker::Breaker> {
 /// True with the action when the plugin failed on the message alone.
 async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> (Action, bool) {
     let max = p.cfg.max_deliver;
-    match instance.handle(std::slice::from_ref(m)).await {
+    match instance.handle([m.clone()]).await {
         Ok(d) => (
             settle::for_decision(&d[0], m.delivered, max, &p.backoff),
             false,

@@ -7,14 +7,18 @@
 //! instance from the plugin's `InstancePre`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::limits::MemoryLimitExceeded;
+use super::pace::{Pace, Pacing};
 use super::{Plugin, PluginState};
 use crate::bindings::{Decision, EventPlugin, Message};
+use crate::engine::lane::LaneError;
+use crate::engine::lane::on_lane;
 
 /// Why a batch produced no decisions. The whole batch counts as failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,6 +70,9 @@ pub struct PluginInstance {
     reuse: bool,
     instantiated: u64,
     last_downstream: u32,
+    /// Epoch ticks the running call has spent in wasm (a long call moves to
+    /// the slow lane, see [`Pacing::is_long`]).
+    ticks: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -86,6 +93,7 @@ impl PluginInstance {
             reuse: true,
             instantiated: 0,
             last_downstream: 0,
+            ticks: Arc::default(),
         }
     }
 
@@ -124,113 +132,268 @@ impl PluginInstance {
     /// Used to validate a plugin before it receives traffic.
     pub async fn ready(&mut self) -> Result<(), BatchError> {
         if self.live.is_none() {
-            self.live = Some(self.instantiate().await?);
+            self.instantiated += 1;
+            let init = instantiate(&self.plugin, &self.ticks);
+            self.live = Some(
+                tokio::time::timeout(grace(&self.plugin), init)
+                    .await
+                    .map_err(|_| deadline_error(&self.plugin))??,
+            );
         }
         Ok(())
     }
 
     /// Runs one batch and returns one decision per message, in order.
-    pub async fn handle(&mut self, batch: &[Message]) -> Result<Vec<Decision>, BatchError> {
-        let result = self.try_handle(batch).await;
-        self.last_downstream = self
-            .live
-            .as_ref()
-            .map(|l| l.store.data().downstream.take())
-            .unwrap_or(0);
-        if result.is_err() || !self.reuse {
-            self.live = None;
-        }
-        result
-    }
-
-    async fn try_handle(&mut self, batch: &[Message]) -> Result<Vec<Decision>, BatchError> {
-        self.ready().await?;
+    ///
+    /// The call starts on the caller's task; a long one (see
+    /// [`crate::plugin::pace`]) moves to the slow lane, and every call of a
+    /// plugin whose last call failed runs there from the start (see
+    /// [`crate::engine::lane`]). A batch handed over as a `Vec` or an `Arc`
+    /// is not copied.
+    pub async fn handle(
+        &mut self,
+        batch: impl Into<Arc<[Message]>>,
+    ) -> Result<Vec<Decision>, BatchError> {
         let plugin = self.plugin.clone();
-        let Some(live) = self.live.as_mut() else {
-            return Err(BatchError::Instantiate {
-                plugin: plugin.name().to_owned(),
-                reason: "no live instance".into(),
-            });
+        let fresh = self.live.is_none();
+        let call = Call {
+            plugin: plugin.clone(),
+            live: self.live.take(),
+            batch: batch.into(),
+            reuse: self.reuse,
+            ticks: self.ticks.clone(),
         };
-        let deadline = plugin.spec.limits.deadline;
-        start_clock(&mut live.store, deadline);
-        let call = live
-            .bindings
-            .jetplug_plugin_handler()
-            .call_handle(&mut live.store, batch);
-        let decisions = match tokio::time::timeout(grace(&plugin, deadline), call).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => return Err(classify(&plugin, &live.store, e)),
-            Err(_) => return Err(deadline_error(&plugin)),
+        // The epoch interrupts wasm code; this outer limit also bounds time
+        // spent in host calls (a hung downstream). A fresh instance runs
+        // `init` first, under its own deadline. (Timed here, on the caller's
+        // runtime: a timer must not move to the slow lane with the call.)
+        let limit = grace(&plugin) * if fresh { 2 } else { 1 };
+        let done = match tokio::time::timeout(limit, dispatch(call)).await {
+            Ok(done) => done,
+            Err(_) => Done {
+                live: None,
+                instantiated: fresh,
+                downstream: 0,
+                result: Err(deadline_error(&plugin)),
+            },
         };
-        plugin.overran.store(false, Ordering::Relaxed);
-        if decisions.len() != batch.len() {
-            return Err(BatchError::WrongDecisionCount {
-                plugin: plugin.name().to_owned(),
-                expected: batch.len(),
-                got: decisions.len(),
-            });
-        }
-        Ok(decisions)
+        self.instantiated += u64::from(done.instantiated);
+        self.live = done.live;
+        self.last_downstream = done.downstream;
+        self.plugin
+            .faulted
+            .store(done.result.is_err(), Ordering::Relaxed);
+        done.result
     }
+}
 
-    async fn instantiate(&mut self) -> Result<Live, BatchError> {
-        let plugin = self.plugin.clone();
-        let name = plugin.name().to_owned();
-        let mut store = Store::new(
-            plugin.runtime.engine(),
-            PluginState::new(&plugin.spec, &plugin.backends),
-        );
-        store.limiter(|s| &mut s.limiter);
-        // Every epoch tick, a running plugin yields to the other tasks; a
-        // long call is throttled; past its deadline it is interrupted.
-        let settings = plugin.runtime.settings();
-        let (tick, throttle_after) = (settings.epoch_tick, settings.throttle_after);
-        let overran = plugin.overran.clone();
-        store.epoch_deadline_callback(move |s| {
-            let now = std::time::Instant::now();
-            let repeat_offender = throttle_after.is_some() && overran.load(Ordering::Relaxed);
-            Ok(match s.data().clock {
-                Some((_, until)) if now >= until => UpdateDeadline::Interrupt,
-                // Its last call ran out of time: one tick in eight, at once.
-                Some(_) if repeat_offender => {
-                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(tick * 7)))
-                }
-                Some((started, _)) if throttle_after.is_some_and(|t| now - started >= t) => {
-                    // Run one tick in four.
-                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(tick * 3)))
-                }
-                _ => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
-            })
-        });
-        let deadline = plugin.spec.limits.deadline;
-        start_clock(&mut store, deadline);
-        self.instantiated += 1;
+/// Everything one call needs, owned, so that it can move to the slow lane.
+struct Call {
+    plugin: Arc<Plugin>,
+    live: Option<Live>,
+    batch: Arc<[Message]>,
+    reuse: bool,
+    ticks: Arc<AtomicU32>,
+}
 
-        let bindings = match plugin.pre.instantiate_async(&mut store).await {
-            Ok(b) => b,
+/// What a call leaves behind: the instance to reuse (none after a failure:
+/// its memory may be corrupt) and the outcome.
+struct Done {
+    live: Option<Live>,
+    instantiated: bool,
+    downstream: u32,
+    result: Result<Vec<Decision>, BatchError>,
+}
+
+/// Runs `call` here until it is long, then on the slow lane; a plugin whose
+/// last call failed goes to the lane at once. With pacing off
+/// (`engine.throttle_after = "0s"`), everything runs here.
+async fn dispatch(call: Call) -> Done {
+    let plugin = call.plugin.clone();
+    let pacing = pacing(&plugin);
+    if !pacing.enabled() {
+        return run(call).await;
+    }
+    let lane = plugin.runtime.slow_lane();
+    if plugin.faulted.load(Ordering::Relaxed) {
+        return lane
+            .run(run(call))
+            .await
+            .unwrap_or_else(|e| lost(&plugin, e));
+    }
+    let ticks = call.ticks.clone();
+    ticks.store(0, Ordering::Relaxed);
+    let here = InFlight::enter(plugin.runtime.calls_in_flight());
+    let mut fut = Box::pin(run(call));
+    let finished = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(done) => Poll::Ready(Some(done)),
+        Poll::Pending if pacing.is_long(ticks.load(Ordering::Relaxed)) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    })
+    .await;
+    drop(here);
+    match finished {
+        Some(done) => done,
+        None => lane.run(fut).await.unwrap_or_else(|e| lost(&plugin, e)),
+    }
+}
+
+/// The slow lane lost the call (a panic in host code): the batch fails.
+fn lost(plugin: &Plugin, e: LaneError) -> Done {
+    Done {
+        live: None,
+        instantiated: false,
+        downstream: 0,
+        result: Err(BatchError::Trap {
+            plugin: plugin.name().to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+async fn run(call: Call) -> Done {
+    let Call {
+        plugin,
+        live,
+        batch,
+        reuse,
+        ticks,
+    } = call;
+    let (mut live, instantiated) = match live {
+        Some(live) => (live, false),
+        None => match instantiate(&plugin, &ticks).await {
+            Ok(live) => (live, true),
             Err(e) => {
-                return Err(match classify(&plugin, &store, e) {
-                    BatchError::Trap { reason, .. } => BatchError::Instantiate {
-                        plugin: name,
-                        reason,
-                    },
-                    other => other,
-                });
+                return Done {
+                    live: None,
+                    instantiated: true,
+                    downstream: 0,
+                    result: Err(e),
+                };
             }
-        };
-        let init = bindings
-            .jetplug_plugin_handler()
-            .call_init(&mut store, &plugin.spec.config);
-        match tokio::time::timeout(grace(&plugin, deadline), init).await {
-            Ok(Ok(Ok(()))) => Ok(Live { store, bindings }),
-            Ok(Ok(Err(reason))) => Err(BatchError::Init {
-                plugin: name,
-                reason,
-            }),
-            Ok(Err(e)) => Err(classify(&plugin, &store, e)),
-            Err(_) => Err(deadline_error(&plugin)),
+        },
+    };
+    let result = call_handle(&plugin, &mut live, &batch).await;
+    let downstream = live.store.data().downstream.take();
+    Done {
+        // Dropped here, on the lane if the call ran there: resetting a
+        // large memory is not free either.
+        live: (result.is_ok() && reuse).then_some(live),
+        instantiated,
+        downstream,
+        result,
+    }
+}
+
+async fn call_handle(
+    plugin: &Plugin,
+    live: &mut Live,
+    batch: &[Message],
+) -> Result<Vec<Decision>, BatchError> {
+    let deadline = plugin.spec.limits.deadline;
+    start_clock(&mut live.store, deadline);
+    let call = live
+        .bindings
+        .jetplug_plugin_handler()
+        .call_handle(&mut live.store, batch);
+    let decisions = match call.await {
+        Ok(d) => d,
+        Err(e) => return Err(classify(plugin, &live.store, e)),
+    };
+    plugin.overran.store(false, Ordering::Relaxed);
+    if decisions.len() != batch.len() {
+        return Err(BatchError::WrongDecisionCount {
+            plugin: plugin.name().to_owned(),
+            expected: batch.len(),
+            got: decisions.len(),
+        });
+    }
+    Ok(decisions)
+}
+
+async fn instantiate(plugin: &Arc<Plugin>, ticks: &Arc<AtomicU32>) -> Result<Live, BatchError> {
+    let name = plugin.name().to_owned();
+    let mut store = Store::new(
+        plugin.runtime.engine(),
+        PluginState::new(&plugin.spec, &plugin.backends, plugin.log_budget.clone()),
+    );
+    store.limiter(|s| &mut s.limiter);
+    // Every epoch tick, a running plugin yields to the other tasks and is
+    // paced (see `pace`); past its deadline it is interrupted.
+    let tick = plugin.runtime.settings().epoch_tick;
+    let pacing = pacing(plugin);
+    let overran = plugin.overran.clone();
+    let calls = plugin.runtime.calls_in_flight().clone();
+    let ticks = ticks.clone();
+    store.epoch_deadline_callback(move |s| {
+        let seen = ticks.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let out_of_time = s
+            .data()
+            .clock
+            .is_some_and(|(_, until)| std::time::Instant::now() >= until);
+        // Only calls on the slow lane are paced: a long call elsewhere just
+        // yields, and its dispatcher moves it (a timer must not move along).
+        let paced = if on_lane() { pacing } else { Pacing::OFF };
+        let pace = paced.at_tick(
+            seen,
+            out_of_time,
+            overran.load(Ordering::Relaxed),
+            calls.load(Ordering::Relaxed) > 0,
+        );
+        Ok(match pace {
+            Pace::Stop => UpdateDeadline::Interrupt,
+            Pace::Pause(n) => {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(tick * n)))
+            }
+            Pace::Continue => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
+        })
+    });
+    let deadline = plugin.spec.limits.deadline;
+    start_clock(&mut store, deadline);
+
+    let bindings = match plugin.pre.instantiate_async(&mut store).await {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(match classify(plugin, &store, e) {
+                BatchError::Trap { reason, .. } => BatchError::Instantiate {
+                    plugin: name,
+                    reason,
+                },
+                other => other,
+            });
         }
+    };
+    let init = bindings
+        .jetplug_plugin_handler()
+        .call_init(&mut store, &plugin.spec.config);
+    match init.await {
+        Ok(Ok(())) => Ok(Live { store, bindings }),
+        Ok(Err(reason)) => Err(BatchError::Init {
+            plugin: name,
+            reason,
+        }),
+        Err(e) => Err(classify(plugin, &store, e)),
+    }
+}
+
+fn pacing(plugin: &Plugin) -> Pacing {
+    let settings = plugin.runtime.settings();
+    Pacing::new(settings.throttle_after, settings.epoch_tick)
+}
+
+/// Counts a call in the engine's calls in flight while alive.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(calls: &Arc<AtomicUsize>) -> Self {
+        calls.fetch_add(1, Ordering::Relaxed);
+        InFlight(calls.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -244,10 +407,11 @@ fn start_clock(store: &mut Store<PluginState>, deadline: Duration) {
     store.set_epoch_deadline(1);
 }
 
-/// The epoch interrupts wasm code; this outer timeout also bounds time spent
-/// in host calls (a hung downstream), a little after the epoch would fire.
-fn grace(plugin: &Plugin, deadline: Duration) -> Duration {
-    deadline + plugin.runtime.settings().epoch_tick * 2 + Duration::from_millis(50)
+/// A little after the epoch would interrupt a call past its deadline.
+fn grace(plugin: &Plugin) -> Duration {
+    plugin.spec.limits.deadline
+        + plugin.runtime.settings().epoch_tick * 2
+        + Duration::from_millis(50)
 }
 
 fn deadline_error(plugin: &Plugin) -> BatchError {

@@ -86,6 +86,11 @@ pub struct Plugin {
     /// The last call of this version ran out of time: its next calls are
     /// throttled from their first tick (cleared by a call that finishes).
     pub(crate) overran: Arc<std::sync::atomic::AtomicBool>,
+    /// The last call of this version failed: its next call runs on the
+    /// slow lane from the start (cleared by a call that succeeds).
+    pub(crate) faulted: std::sync::atomic::AtomicBool,
+    /// Log lines per second, shared by all instances of this version.
+    pub(crate) log_budget: Arc<crate::capability::log::LogBudget>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -125,6 +130,12 @@ impl Plugin {
     /// calls are throttled from their first tick).
     pub fn last_call_overran(&self) -> bool {
         self.overran.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the last call of this version failed (its next call runs on
+    /// the slow lane).
+    pub fn last_call_failed(&self) -> bool {
+        self.faulted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The jetplug capabilities the component imports.
@@ -195,6 +206,7 @@ pub fn load_bytes(
 
     tracing::debug!(plugin = %spec.name, hash = %hash, ?cache, "plugin loaded");
     Ok(Plugin {
+        log_budget: crate::capability::log::LogBudget::new(spec.limits.log_per_second),
         spec,
         runtime: runtime.clone(),
         pre,
@@ -204,6 +216,7 @@ pub fn load_bytes(
         cache,
         imports,
         overran: Arc::default(),
+        faulted: Default::default(),
     })
 }
 

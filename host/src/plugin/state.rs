@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::PluginSpec;
 use super::limits::MemoryBudget;
 use crate::capability::kv::KvState;
-use crate::capability::log::LogState;
+use crate::capability::log::{LogBudget, LogState};
 use crate::capability::publish::PublishState;
 use crate::capability::sql::SqlState;
 use crate::capability::{Backends, Downstream};
@@ -46,7 +46,7 @@ impl std::fmt::Debug for PluginState {
 }
 
 impl PluginState {
-    pub fn new(spec: &PluginSpec, backends: &Arc<Backends>) -> Self {
+    pub fn new(spec: &PluginSpec, backends: &Arc<Backends>, log_budget: Arc<LogBudget>) -> Self {
         let stderr = OutputTail::default();
         // No args, env, preopened dirs or network: WASI only as far as the
         // guest language runtime needs (clocks, random, stdio).
@@ -66,7 +66,7 @@ impl PluginState {
             log: LogState::new(
                 &spec.name,
                 &spec.tenant,
-                spec.limits.log_per_second,
+                log_budget,
                 spec.limits.log_lines_per_batch,
             ),
             publish: PublishState::new(grants.clone(), backends.clone(), downstream.clone()),
