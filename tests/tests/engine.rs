@@ -258,6 +258,39 @@ async fn failing_plugin_dead_letters_once_on_the_last_delivery() -> anyhow::Resu
     host.stop().await
 }
 
+/// A plugin that fails on everything spends one delivery per failed batch
+/// (not a whole batch's) until its breaker opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_plugin_takes_one_message_at_a_time_until_its_breaker_opens() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_PANIC,
+        "max_deliver = 2\nbreaker = { consecutive_failures = 5, open_initial = \"5s\" }",
+    )?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["boom"; 100]).await?;
+    eventually(WAIT, "the breaker opens", || async {
+        Ok(Stats::get(&stats.breaker_opened) >= 1)
+    })
+    .await?;
+    // Let the fifth failure's messages be settled.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spent = Stats::get(&stats.retried) + Stats::get(&stats.dead_lettered);
+    // Five full batches would be 100; after the first failure (and the full
+    // batch already pulled behind it) failures cost one message each.
+    assert!(
+        (5..=45).contains(&spent),
+        "{spent} deliveries spent before the breaker opened"
+    );
+    assert_eq!(Stats::get(&stats.failed_batches), 5);
+    host.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_batches_are_kept_alive_with_progress() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;

@@ -313,6 +313,45 @@ impl Pipeline {
     }
 
     /// Hands messages to the workers; false if they are gone.
+    /// Whether the plugin's last call failed while the breaker is still
+    /// closed: batches are then handed over one message at a time, so a
+    /// plugin that fails on everything spends one delivery per failure
+    /// until its breaker opens (not a whole batch's), and one that failed
+    /// on a poison message is back to full batches after one success.
+    /// Probes (breaker open, then half-open) get whole batches, so messages
+    /// still reach the dead-letter queue a batch at a time.
+    fn failing(&self) -> bool {
+        let closed = matches!(
+            self.breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state(),
+            crate::breaker::State::Closed
+        );
+        closed && self.plugin.current().last_call_failed()
+    }
+
+    /// Hands `msgs` to a worker (see [`Self::failing`]), keeping them alive
+    /// while they wait. False if the worker is gone.
+    async fn send(&self, sender: &mpsc::Sender<Batch>, mut msgs: Vec<jetstream::Message>) -> bool {
+        let mut waiting = self.keepalive.track(&msgs);
+        loop {
+            let Ok(permit) = sender.reserve().await else {
+                return false;
+            };
+            if msgs.len() > 1 && self.failing() {
+                let rest = msgs.split_off(1);
+                let one = self.keepalive.track(&msgs);
+                permit.send(Batch(msgs, one));
+                waiting = self.keepalive.track(&rest);
+                msgs = rest;
+                continue;
+            }
+            permit.send(Batch(msgs, waiting));
+            return true;
+        }
+    }
+
     async fn dispatch(
         &self,
         msgs: Vec<jetstream::Message>,
@@ -320,8 +359,7 @@ impl Pipeline {
         shared: bool,
     ) -> bool {
         if shared || senders.len() == 1 {
-            let guard = self.keepalive.track(&msgs);
-            return senders[0].send(Batch(msgs, guard)).await.is_ok();
+            return self.send(&senders[0], msgs).await;
         }
         let mut lanes: Vec<Vec<jetstream::Message>> =
             (0..senders.len()).map(|_| Vec::new()).collect();
@@ -334,8 +372,7 @@ impl Pipeline {
             if msgs.is_empty() {
                 continue;
             }
-            let guard = self.keepalive.track(&msgs);
-            if senders[lane].send(Batch(msgs, guard)).await.is_err() {
+            if !self.send(&senders[lane], msgs).await {
                 return false;
             }
         }
