@@ -180,6 +180,18 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
             "plugin.indexer.grants.publish[0]",
             "last token",
         ),
+        (
+            "[database.main]",
+            "[engine]\nslow_lane_nice = 25\n\n[database.main]",
+            "engine.slow_lane_nice",
+            "25 is out of range",
+        ),
+        (
+            "[database.main]",
+            "[engine]\nslow_lane_threads = 0\n\n[database.main]",
+            "engine.slow_lane_threads",
+            "at least 1",
+        ),
     ];
     for (from, to, key, reason) in cases {
         assert!(GOOD.contains(from), "test case does not apply: {from}");
