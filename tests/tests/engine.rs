@@ -97,6 +97,27 @@ impl RunningHost {
     }
 }
 
+/// A nats-server and a host running `plugin` (with `extra` pipeline keys)
+/// on it: the server, the temp dir, the host, its stats and a JetStream
+/// context. Keep the server and dir bound until the test ends.
+async fn running(
+    plugin: &str,
+    extra: &str,
+) -> anyhow::Result<(
+    NatsServer,
+    tempfile::TempDir,
+    RunningHost,
+    Arc<Stats>,
+    jetstream::Context,
+)> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(dir.path(), &nats.url(), plugin, extra)?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    Ok((nats, dir, host, stats, js))
+}
+
 async fn js(nats: &NatsServer) -> anyhow::Result<jetstream::Context> {
     Ok(jetstream::new(async_nats::connect(nats.url()).await?))
 }
@@ -145,16 +166,7 @@ fn header<'a>(m: &'a async_nats::jetstream::message::StreamMessage, name: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_reaches_jetstream() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let mut host = start(config(
-        dir.path(),
-        &nats.url(),
-        plugins::TEST_NOOP,
-        "max_deliver = 3",
-    )?);
-    let stats = host.stats().await?;
-    let js = js(&nats).await?;
+    let (_nats, _dir, host, stats, js) = running(plugins::TEST_NOOP, "max_deliver = 3").await?;
     publish(
         &js,
         "events.a",
@@ -200,16 +212,7 @@ async fn every_decision_reaches_jetstream() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_delay_is_respected() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let mut host = start(config(
-        dir.path(),
-        &nats.url(),
-        plugins::TEST_NOOP,
-        "max_deliver = 2",
-    )?);
-    host.stats().await?;
-    let js = js(&nats).await?;
+    let (_nats, _dir, host, _stats, js) = running(plugins::TEST_NOOP, "max_deliver = 2").await?;
     let published = Instant::now();
     publish(&js, "events.a", &["retry:1500"]).await?;
     eventually(WAIT, "the dead letter", || async {
@@ -227,16 +230,7 @@ async fn retry_delay_is_respected() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_plugin_dead_letters_once_on_the_last_delivery() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let mut host = start(config(
-        dir.path(),
-        &nats.url(),
-        plugins::TEST_PANIC,
-        "max_deliver = 3",
-    )?);
-    let stats = host.stats().await?;
-    let js = js(&nats).await?;
+    let (_nats, _dir, host, stats, js) = running(plugins::TEST_PANIC, "max_deliver = 3").await?;
     publish(&js, "events.a", &["boom", "ok"]).await?;
     eventually(WAIT, "settled with one dead letter", || async {
         Ok(all_settled(&js, 2).await? && dlq_messages(&js).await?.len() == 1)
@@ -263,16 +257,11 @@ async fn failing_plugin_dead_letters_once_on_the_last_delivery() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_plugin_takes_one_message_at_a_time_until_its_breaker_opens() -> anyhow::Result<()>
 {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let mut host = start(config(
-        dir.path(),
-        &nats.url(),
+    let (_nats, _dir, host, stats, js) = running(
         plugins::TEST_PANIC,
         "max_deliver = 2\nbreaker = { consecutive_failures = 5, open_initial = \"5s\" }",
-    )?);
-    let stats = host.stats().await?;
-    let js = js(&nats).await?;
+    )
+    .await?;
     publish(&js, "events.a", &["boom"; 100]).await?;
     eventually(WAIT, "the breaker opens", || async {
         Ok(Stats::get(&stats.breaker_opened) >= 1)
@@ -293,16 +282,8 @@ async fn a_failing_plugin_takes_one_message_at_a_time_until_its_breaker_opens() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_batches_are_kept_alive_with_progress() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let mut host = start(config(
-        dir.path(),
-        &nats.url(),
-        plugins::TEST_NOOP,
-        "ack_wait = \"1s\"\nmax_deliver = 5",
-    )?);
-    let stats = host.stats().await?;
-    let js = js(&nats).await?;
+    let (_nats, _dir, host, stats, js) =
+        running(plugins::TEST_NOOP, "ack_wait = \"1s\"\nmax_deliver = 5").await?;
     publish(&js, "events.a", &["sleep:2500"]).await?;
     eventually(WAIT, "ack", || async { all_settled(&js, 1).await }).await?;
     assert_eq!(
