@@ -148,6 +148,75 @@ async fn infinite_loop_is_interrupted_near_the_deadline() -> TestResult {
     Ok(())
 }
 
+fn looping(rt: &Arc<Runtime>, deadline: Duration) -> Result<PluginInstance, LoadError> {
+    instance(
+        rt,
+        PluginSpec {
+            limits: Limits {
+                deadline,
+                ..Limits::default()
+            },
+            ..spec(plugins::TEST_LOOP)
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_call_is_paced_while_other_calls_run_and_only_then() -> TestResult {
+    let rt = runtime(None)?;
+    let deadline = Duration::from_millis(500);
+    // Alone, a long call runs at full speed.
+    let mut alone = looping(&rt, deadline)?;
+    alone.ready().await?;
+    let err = alone
+        .handle([msg("spin")])
+        .await
+        .err()
+        .ok_or("loop returned")?;
+    assert_eq!(err.kind(), "deadline", "{err}");
+    assert_eq!(
+        alone.plugin().paused_ticks(),
+        0,
+        "paced with nobody waiting"
+    );
+
+    // Beside a pipeline making short calls with gaps between them (at most
+    // ticks none is in flight), it gives way most of the time.
+    let mut busy = instance(&rt, spec(plugins::TEST_NOOP))?;
+    busy.ready().await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let neighbour = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut calls = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                busy.handle([msg("x")]).await?;
+                calls += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<u32, BatchError>(calls)
+        }
+    });
+    let mut paced = looping(&rt, deadline)?;
+    paced.ready().await?;
+    let err = paced
+        .handle([msg("spin")])
+        .await
+        .err()
+        .ok_or("loop returned")?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let calls = neighbour.await??;
+    assert_eq!(err.kind(), "deadline", "{err}");
+    assert!(calls > 10, "the neighbour made {calls} calls");
+    let ticks = (deadline.as_millis() / 10) as u64;
+    let paused = paced.plugin().paused_ticks();
+    assert!(
+        paused >= ticks / 3,
+        "paused {paused} of about {ticks} ticks beside a busy neighbour"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn memory_bomb_traps_at_the_limit() -> TestResult {
     let rt = runtime(None)?;

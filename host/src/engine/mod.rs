@@ -10,17 +10,17 @@
 //! - the **slow lane** ([`lane`]) runs long and misbehaving calls at a lower
 //!   OS priority, away from the threads healthy pipelines run on.
 
+pub mod activity;
 pub mod cache;
 pub mod lane;
 pub mod ticker;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
+use activity::Activity;
 use cache::ComponentCache;
 use lane::{LaneSettings, SlowLane};
 use ticker::EpochTicker;
@@ -75,7 +75,7 @@ pub struct Runtime {
     settings: EngineSettings,
     cache: Option<ComponentCache>,
     lane: SlowLane,
-    calls: Arc<AtomicUsize>,
+    activity: Activity,
     _ticker: EpochTicker,
 }
 
@@ -114,7 +114,7 @@ impl Runtime {
             settings,
             cache,
             lane,
-            calls: Arc::default(),
+            activity: Activity::default(),
             _ticker: ticker,
         })
     }
@@ -135,10 +135,10 @@ impl Runtime {
         &self.lane
     }
 
-    /// Plugin calls running now outside the slow lane, across all plugins
-    /// of this engine (long calls are paced only while there are some).
-    pub fn calls_in_flight(&self) -> &Arc<AtomicUsize> {
-        &self.calls
+    /// Plugin calls running outside the slow lane, now and lately, across
+    /// all plugins of this engine (long calls are paced only while busy).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 }
 

@@ -7,14 +7,14 @@
 //! instance from the plugin's `InstancePre`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::limits::MemoryLimitExceeded;
-use super::pace::{Pace, Pacing};
+use super::pace::{Pace, Pacing, Tick};
 use super::{Plugin, PluginState};
 use crate::bindings::{Decision, EventPlugin, Message};
 use crate::engine::lane::LaneError;
@@ -223,7 +223,7 @@ async fn dispatch(call: Call) -> Done {
     }
     let ticks = call.ticks.clone();
     ticks.store(0, Ordering::Relaxed);
-    let here = InFlight::enter(plugin.runtime.calls_in_flight());
+    let here = plugin.runtime.activity().enter();
     let mut fut = Box::pin(run(call));
     let finished = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
         Poll::Ready(done) => Poll::Ready(Some(done)),
@@ -231,10 +231,12 @@ async fn dispatch(call: Call) -> Done {
         Poll::Pending => Poll::Pending,
     })
     .await;
-    drop(here);
     match finished {
         Some(done) => done,
-        None => lane.run(fut).await.unwrap_or_else(|e| lost(&plugin, e)),
+        None => {
+            here.hand_off();
+            lane.run(fut).await.unwrap_or_else(|e| lost(&plugin, e))
+        }
     }
 }
 
@@ -323,7 +325,9 @@ async fn instantiate(plugin: &Arc<Plugin>, ticks: &Arc<AtomicU32>) -> Result<Liv
     let tick = plugin.runtime.settings().epoch_tick;
     let pacing = pacing(plugin);
     let overran = plugin.overran.clone();
-    let calls = plugin.runtime.calls_in_flight().clone();
+    let failed = plugin.faulted.clone();
+    let paused = plugin.paused_ticks.clone();
+    let activity = plugin.runtime.activity().clone();
     let ticks = ticks.clone();
     store.epoch_deadline_callback(move |s| {
         let seen = ticks.fetch_add(1, Ordering::Relaxed).saturating_add(1);
@@ -334,15 +338,17 @@ async fn instantiate(plugin: &Arc<Plugin>, ticks: &Arc<AtomicU32>) -> Result<Liv
         // Only calls on the slow lane are paced: a long call elsewhere just
         // yields, and its dispatcher moves it (a timer must not move along).
         let paced = if on_lane() { pacing } else { Pacing::OFF };
-        let pace = paced.at_tick(
-            seen,
+        let pace = paced.at_tick(Tick {
+            ticks: seen,
             out_of_time,
-            overran.load(Ordering::Relaxed),
-            calls.load(Ordering::Relaxed) > 0,
-        );
+            overran: overran.load(Ordering::Relaxed),
+            failed: failed.load(Ordering::Relaxed),
+            busy: activity.busy(),
+        });
         Ok(match pace {
             Pace::Stop => UpdateDeadline::Interrupt,
             Pace::Pause(n) => {
+                paused.fetch_add(u64::from(n), Ordering::Relaxed);
                 UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(tick * n)))
             }
             Pace::Continue => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
@@ -379,22 +385,6 @@ async fn instantiate(plugin: &Arc<Plugin>, ticks: &Arc<AtomicU32>) -> Result<Liv
 fn pacing(plugin: &Plugin) -> Pacing {
     let settings = plugin.runtime.settings();
     Pacing::new(settings.throttle_after, settings.epoch_tick)
-}
-
-/// Counts a call in the engine's calls in flight while alive.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn enter(calls: &Arc<AtomicUsize>) -> Self {
-        calls.fetch_add(1, Ordering::Relaxed);
-        InFlight(calls.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Arms the deadline for the next call. A long call is not run to its end

@@ -87,8 +87,10 @@ pub struct Plugin {
     /// throttled from their first tick (cleared by a call that finishes).
     pub(crate) overran: Arc<std::sync::atomic::AtomicBool>,
     /// The last call of this version failed: its next call runs on the
-    /// slow lane from the start (cleared by a call that succeeds).
-    pub(crate) faulted: std::sync::atomic::AtomicBool,
+    /// slow lane and is paced from the start (cleared by a call that succeeds).
+    pub(crate) faulted: Arc<std::sync::atomic::AtomicBool>,
+    /// Epoch ticks this version's calls spent paused by pacing.
+    pub(crate) paused_ticks: Arc<std::sync::atomic::AtomicU64>,
     /// Log lines per second, shared by all instances of this version.
     pub(crate) log_budget: Arc<crate::capability::log::LogBudget>,
 }
@@ -132,8 +134,14 @@ impl Plugin {
         self.overran.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Epoch ticks the calls of this version have spent paused so that
+    /// others could run (see [`crate::plugin::pace`]).
+    pub fn paused_ticks(&self) -> u64 {
+        self.paused_ticks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether the last call of this version failed (its next call runs on
-    /// the slow lane).
+    /// the slow lane and is paced from the start).
     pub fn last_call_failed(&self) -> bool {
         self.faulted.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -216,7 +224,8 @@ pub fn load_bytes(
         cache,
         imports,
         overran: Arc::default(),
-        faulted: Default::default(),
+        faulted: Arc::default(),
+        paused_ticks: Arc::default(),
     })
 }
 

@@ -7,8 +7,11 @@
 //! small VM even idle-priority work slows the neighbours, because the vCPUs
 //! share physical cores. So a *long* call — one that has computed for
 //! longer than `throttle_after` — runs one tick in [`LONG_PAUSE`]` + 1`
-//! while short calls are running (calls outside the slow lane: long calls
-//! do not slow each other down), and a call of a plugin whose last call ran
+//! while the host is busy with other calls (calls outside the slow lane,
+//! running now or lately: see [`crate::engine::activity`]; long calls do
+//! not slow each other down). A call of a plugin whose last call failed is
+//! paced so from its first tick: a memory bomb's calls are short but each
+//! one faults in its whole memory. A call of a plugin whose last call ran
 //! out of time runs one tick in [`OFFENDER_PAUSE`]` + 1` (one in
 //! [`OFFENDER_ALONE_PAUSE`]` + 1` when alone, so a looping plugin does not
 //! burn a core for nothing). A long call with the machine to itself runs at
@@ -36,6 +39,21 @@ pub enum Pace {
     Pause(u32),
     /// Out of time: interrupt the call.
     Stop,
+}
+
+/// What the pacing rules look at, at one epoch tick of a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Ticks the call has seen in wasm, this one included.
+    pub ticks: u32,
+    /// The call is past its deadline.
+    pub out_of_time: bool,
+    /// The plugin's last call ran out of time.
+    pub overran: bool,
+    /// The plugin's last call failed.
+    pub failed: bool,
+    /// Other calls (outside the slow lane) are running or ran lately.
+    pub busy: bool,
 }
 
 /// The pacing rules of one engine.
@@ -70,20 +88,18 @@ impl Pacing {
         self.long_after.is_some_and(|n| ticks >= n)
     }
 
-    /// The pace at a tick: the call has seen `ticks` ticks in wasm (this
-    /// one included), `offender` if the plugin's last call ran out of time,
-    /// `contended` if short calls (outside the slow lane) are running.
-    pub fn at_tick(&self, ticks: u32, out_of_time: bool, offender: bool, contended: bool) -> Pace {
-        if out_of_time {
+    /// The pace of a call at `t`.
+    pub fn at_tick(&self, t: Tick) -> Pace {
+        if t.out_of_time {
             return Pace::Stop;
         }
         if !self.enabled() {
             return Pace::Continue;
         }
-        match (offender, contended) {
+        match (t.overran, t.busy) {
             (true, true) => Pace::Pause(OFFENDER_PAUSE),
             (true, false) => Pace::Pause(OFFENDER_ALONE_PAUSE),
-            (false, true) if self.is_long(ticks) => Pace::Pause(LONG_PAUSE),
+            (false, true) if t.failed || self.is_long(t.ticks) => Pace::Pause(LONG_PAUSE),
             _ => Pace::Continue,
         }
     }
@@ -106,28 +122,73 @@ mod tests {
         assert!(!Pacing::new(None, TICK).is_long(u32::MAX));
     }
 
+    fn tick(ticks: u32) -> Tick {
+        Tick {
+            ticks,
+            ..Tick::default()
+        }
+    }
+
     #[test]
     fn long_calls_are_paced_only_while_others_run() {
         let p = Pacing::new(Some(Duration::from_millis(20)), TICK);
-        assert_eq!(p.at_tick(1, false, false, true), Pace::Continue);
-        assert_eq!(p.at_tick(3, false, false, true), Pace::Pause(LONG_PAUSE));
-        assert_eq!(p.at_tick(3, false, false, false), Pace::Continue);
+        let busy = |ticks| Tick {
+            busy: true,
+            ..tick(ticks)
+        };
+        assert_eq!(p.at_tick(busy(1)), Pace::Continue);
+        assert_eq!(p.at_tick(busy(3)), Pace::Pause(LONG_PAUSE));
+        assert_eq!(p.at_tick(tick(3)), Pace::Continue);
+    }
+
+    #[test]
+    fn calls_after_a_failure_are_paced_from_the_first_tick_while_others_run() {
+        let p = Pacing::new(Some(Duration::from_millis(20)), TICK);
+        let failed = Tick {
+            failed: true,
+            ..tick(1)
+        };
+        assert_eq!(
+            p.at_tick(Tick {
+                busy: true,
+                ..failed
+            }),
+            Pace::Pause(LONG_PAUSE)
+        );
+        assert_eq!(p.at_tick(failed), Pace::Continue);
     }
 
     #[test]
     fn offenders_are_paced_from_the_first_tick_and_even_alone() {
         let p = Pacing::new(Some(Duration::from_millis(20)), TICK);
-        assert_eq!(p.at_tick(1, false, true, true), Pace::Pause(OFFENDER_PAUSE));
+        let overran = Tick {
+            overran: true,
+            ..tick(1)
+        };
         assert_eq!(
-            p.at_tick(1, false, true, false),
-            Pace::Pause(OFFENDER_ALONE_PAUSE)
+            p.at_tick(Tick {
+                busy: true,
+                ..overran
+            }),
+            Pace::Pause(OFFENDER_PAUSE)
         );
+        assert_eq!(p.at_tick(overran), Pace::Pause(OFFENDER_ALONE_PAUSE));
     }
 
     #[test]
     fn out_of_time_stops_even_without_pacing() {
         let off = Pacing::new(None, TICK);
-        assert_eq!(off.at_tick(1, true, false, false), Pace::Stop);
-        assert_eq!(off.at_tick(100, false, true, true), Pace::Continue);
+        let late = Tick {
+            out_of_time: true,
+            ..tick(1)
+        };
+        assert_eq!(off.at_tick(late), Pace::Stop);
+        let everything = Tick {
+            overran: true,
+            failed: true,
+            busy: true,
+            ..tick(100)
+        };
+        assert_eq!(off.at_tick(everything), Pace::Continue);
     }
 }
