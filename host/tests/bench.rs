@@ -22,6 +22,8 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
                     "bench",
                     "--count",
                     "400",
+                    "--index-count",
+                    "400",
                     "--batches",
                     "20",
                     "--nats",

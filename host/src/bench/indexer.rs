@@ -1,7 +1,9 @@
 //! The Postgres indexer's sustained rows/s, beside a plain `COPY` of the
 //! same rows (the reference: the fastest way into the table), and the same
 //! indexer run again beside hostile plugins (loop, memory bomb, panic, log
-//! flood) in their own pipelines, to show how much they take from it.
+//! flood) in their own pipelines, to show how much they take from it. With
+//! no hostile plugins the second run is a second run alone: the ratio then
+//! shows how much this machine's speed varies from run to run.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,71 @@ pub struct Settings {
     /// Rounds of a run alone then one beside the hostile plugins; medians
     /// reported.
     pub repeat: u32,
+    /// The hostile plugins run beside the indexer in the second run of a
+    /// round; none makes it a second run alone (the machine's noise).
+    pub hostile: Vec<Hostile>,
+}
+
+/// A hostile plugin, each in its own pipeline on a stream of its own
+/// messages (a tenth as many as the indexer's, at least 500).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// Spins until its 1 s deadline.
+    Loop,
+    /// Grows its memory past its 64 MiB limit.
+    Membomb,
+    /// Panics.
+    Panic,
+    /// Logs 100 000 lines a batch (trapped at 10 000).
+    Flood,
+}
+
+impl Hostile {
+    pub const ALL: [Hostile; 4] = [
+        Hostile::Loop,
+        Hostile::Membomb,
+        Hostile::Panic,
+        Hostile::Flood,
+    ];
+
+    /// `all`, `none`, or names separated by commas (`loop,membomb`).
+    pub fn parse_list(text: &str) -> Result<Vec<Hostile>, String> {
+        match text.trim() {
+            "all" => return Ok(Hostile::ALL.to_vec()),
+            "none" => return Ok(Vec::new()),
+            _ => {}
+        }
+        let mut list = Vec::new();
+        for name in text.split(',').map(str::trim) {
+            let h = Hostile::ALL
+                .into_iter()
+                .find(|h| h.name() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown hostile plugin `{name}`: expected all, none, or a list of loop, membomb, panic, flood"
+                    )
+                })?;
+            if !list.contains(&h) {
+                list.push(h);
+            }
+        }
+        Ok(list)
+    }
+
+    /// Its name (and its pipeline's).
+    pub fn name(self) -> &'static str {
+        self.pipeline().0
+    }
+
+    /// Its pipeline's (and plugin's) name, its component, its limits.
+    fn pipeline(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Hostile::Loop => ("loop", "test_loop.wasm", r#"{ deadline = "1s" }"#),
+            Hostile::Membomb => ("membomb", "test_membomb.wasm", r#"{ memory = "64MiB" }"#),
+            Hostile::Panic => ("panic", "test_panic.wasm", "{}"),
+            Hostile::Flood => ("flood", "test_log_flood.wasm", "{}"),
+        }
+    }
 }
 
 /// What [`run`] measured.
@@ -79,14 +146,9 @@ concurrency = 2
         batch = s.batch,
         pending = s.batch * 4,
     );
-    if hostile {
+    if hostile && !s.hostile.is_empty() {
         b.push_str("\n[[stream]]\nname = \"BENCH_HOSTILE\"\nsubjects = [\"hostile.>\"]\n");
-        for (name, file, limits) in [
-            ("loop", "test_loop.wasm", r#"{ deadline = "1s" }"#),
-            ("membomb", "test_membomb.wasm", r#"{ memory = "64MiB" }"#),
-            ("panic", "test_panic.wasm", "{}"),
-            ("flood", "test_log_flood.wasm", "{}"),
-        ] {
+        for (name, file, limits) in s.hostile.iter().map(|h| h.pipeline()) {
             b.push_str(&format!(
                 "\n[plugin.{name}]\npath = \"{}\"\nlimits = {limits}\n\n[[pipeline]]\nname = \"{name}\"\nstreams = [\"BENCH_HOSTILE\"]\nplugin = \"{name}\"\nmax_deliver = 2\n",
                 env.plugin(file).display()
@@ -123,7 +185,7 @@ async fn index(
     let bar = env::bar(s.count, "publishing events");
     env.publish(SUBJECT, s.count, event, &bar).await?;
     bar.finish_and_clear();
-    if hostile {
+    if hostile && !s.hostile.is_empty() {
         let hidden = indicatif::ProgressBar::hidden();
         env.publish(
             "hostile.x",
@@ -149,17 +211,17 @@ async fn index(
         &bar,
     )
     .await?;
-    let hostile_failures = env::scrape_sum(
-        &config,
-        "jetplug_batch_failures_total",
-        &[
-            r#"pipeline="loop""#,
-            r#"pipeline="membomb""#,
-            r#"pipeline="panic""#,
-            r#"pipeline="flood""#,
-        ],
-    )
-    .await?;
+    let labels: Vec<String> = s
+        .hostile
+        .iter()
+        .map(|h| format!(r#"pipeline="{}""#, h.name()))
+        .collect();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let hostile_failures = if hostile && !labels.is_empty() {
+        env::scrape_sum(&config, "jetplug_batch_failures_total", &labels).await?
+    } else {
+        0.0
+    };
     host.stop()?;
     bar.finish_and_clear();
     let rows: i64 = pg
@@ -234,4 +296,21 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
         hostile_ratios,
         hostile_failed_batches,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hostile;
+
+    #[test]
+    fn hostile_lists_parse_and_bad_names_are_named() {
+        assert_eq!(Hostile::parse_list("all"), Ok(Hostile::ALL.to_vec()));
+        assert_eq!(Hostile::parse_list("none"), Ok(vec![]));
+        assert_eq!(
+            Hostile::parse_list("panic, loop,panic"),
+            Ok(vec![Hostile::Panic, Hostile::Loop])
+        );
+        let err = Hostile::parse_list("loop,fork").expect_err("fork is not a hostile plugin");
+        assert!(err.contains("`fork`"), "{err}");
+    }
 }

@@ -53,6 +53,15 @@ struct Common {
     /// Runs of each throughput and indexer measurement (taken in turn); medians are shown.
     #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     repeat: u32,
+    /// Events per indexer run: long enough that the rate is the sustained
+    /// one, past the hostile pipelines' first second (when their breakers
+    /// have not opened yet).
+    #[arg(long, global = true, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    index_count: u64,
+    /// Hostile plugins beside the indexer: all, none (a second run alone:
+    /// the machine's noise), or a list of loop, membomb, panic, flood.
+    #[arg(long, global = true, default_value = "all", value_parser = hostiles)]
+    hostile: Hostiles,
     /// Messages per batch for the indexer.
     #[arg(long, global = true, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     index_batch: u32,
@@ -66,6 +75,15 @@ struct Common {
         default_value = "target/plugins/wasm32-wasip2/release"
     )]
     plugins: PathBuf,
+}
+
+/// The value of `--hostile` (a newtype: clap would take a `Vec` for a
+/// repeated option).
+#[derive(Debug, Clone)]
+struct Hostiles(Vec<indexer::Hostile>);
+
+fn hostiles(text: &str) -> Result<Hostiles, String> {
+    indexer::Hostile::parse_list(text).map(Hostiles)
 }
 
 /// One line of the result table.
@@ -208,10 +226,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let r = indexer::run(
                     env,
                     &indexer::Settings {
-                        count: c.count,
+                        count: c.index_count,
                         batch: c.index_batch,
                         postgres_url: url.clone(),
                         repeat: c.repeat,
+                        hostile: c.hostile.0.clone(),
                     },
                 )
                 .await?;
@@ -236,8 +255,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     String::new()
                 };
+                let what = if c.hostile.0.is_empty() {
+                    "postgres-indexer, second run alone (noise)".to_owned()
+                } else if c.hostile.0.len() < indexer::Hostile::ALL.len() {
+                    let names: Vec<&str> = c.hostile.0.iter().map(|h| h.name()).collect();
+                    format!("postgres-indexer beside {}", names.join(", "))
+                } else {
+                    "postgres-indexer beside hostile plugins".to_owned()
+                };
                 rows.push(row(
-                    "postgres-indexer beside hostile plugins",
+                    &what,
                     format!(
                         "{:.0} rows/s ({ratio:.2} of alone{range}; hostile batches failed: {})",
                         r.beside_hostile_rows_per_sec, r.hostile_failed_batches
@@ -250,11 +277,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     println!(
-        "jetplug bench: {} messages of {} B, batch {}, concurrency {} (indexer batch {}); medians of {} runs; {} build; {}",
+        "jetplug bench: {} messages of {} B, batch {}, concurrency {} (indexer: {} events, batch {}); medians of {} runs; {} build; {}",
         c.count,
         c.size,
         c.batch,
         c.concurrency,
+        c.index_count,
         c.index_batch,
         c.repeat,
         if cfg!(debug_assertions) {
