@@ -7,13 +7,14 @@
 //! instance from the plugin's `InstancePre`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::limits::MemoryLimitExceeded;
+use super::meter::CallMeter;
 use super::pace::{Pace, Pacing, Tick};
 use super::{Plugin, PluginState};
 use crate::bindings::{Decision, EventPlugin, Message};
@@ -70,9 +71,9 @@ pub struct PluginInstance {
     reuse: bool,
     instantiated: u64,
     last_downstream: u32,
-    /// Epoch ticks the running call has spent in wasm (a long call moves to
-    /// the slow lane, see [`Pacing::is_long`]).
-    ticks: Arc<AtomicU32>,
+    /// The running call's ticks in wasm (a long call moves to the slow
+    /// lane, see [`Pacing::is_long`]) and its excused pauses.
+    meter: Arc<CallMeter>,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -93,7 +94,7 @@ impl PluginInstance {
             reuse: true,
             instantiated: 0,
             last_downstream: 0,
-            ticks: Arc::default(),
+            meter: Arc::default(),
         }
     }
 
@@ -133,7 +134,8 @@ impl PluginInstance {
     pub async fn ready(&mut self) -> Result<(), BatchError> {
         if self.live.is_none() {
             self.instantiated += 1;
-            let init = instantiate(&self.plugin, &self.ticks);
+            self.meter.start();
+            let init = instantiate(&self.plugin, &self.meter);
             self.live = Some(
                 tokio::time::timeout(grace(&self.plugin), init)
                     .await
@@ -161,16 +163,17 @@ impl PluginInstance {
             live: self.live.take(),
             batch: batch.into(),
             reuse: self.reuse,
-            ticks: self.ticks.clone(),
+            meter: self.meter.clone(),
         };
         // The epoch interrupts wasm code; this outer limit also bounds time
         // spent in host calls (a hung downstream). A fresh instance runs
         // `init` first, under its own deadline. (Timed here, on the caller's
         // runtime: a timer must not move to the slow lane with the call.)
         let limit = grace(&plugin) * if fresh { 2 } else { 1 };
-        let done = match tokio::time::timeout(limit, dispatch(call)).await {
-            Ok(done) => done,
-            Err(_) => Done {
+        self.meter.start();
+        let done = match within(limit, &self.meter, dispatch(call)).await {
+            Some(done) => done,
+            None => Done {
                 live: None,
                 instantiated: fresh,
                 downstream: 0,
@@ -193,7 +196,7 @@ struct Call {
     live: Option<Live>,
     batch: Arc<[Message]>,
     reuse: bool,
-    ticks: Arc<AtomicU32>,
+    meter: Arc<CallMeter>,
 }
 
 /// What a call leaves behind: the instance to reuse (none after a failure:
@@ -221,13 +224,12 @@ async fn dispatch(call: Call) -> Done {
             .await
             .unwrap_or_else(|e| lost(&plugin, e));
     }
-    let ticks = call.ticks.clone();
-    ticks.store(0, Ordering::Relaxed);
-    let here = plugin.runtime.activity().enter();
+    let meter = call.meter.clone();
+    let here = plugin.runtime.activity().enter(meter.caller());
     let mut fut = Box::pin(run(call));
     let finished = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
         Poll::Ready(done) => Poll::Ready(Some(done)),
-        Poll::Pending if pacing.is_long(ticks.load(Ordering::Relaxed)) => Poll::Ready(None),
+        Poll::Pending if pacing.is_long(meter.ticks()) => Poll::Ready(None),
         Poll::Pending => Poll::Pending,
     })
     .await;
@@ -259,11 +261,11 @@ async fn run(call: Call) -> Done {
         live,
         batch,
         reuse,
-        ticks,
+        meter,
     } = call;
     let (mut live, instantiated) = match live {
         Some(live) => (live, false),
-        None => match instantiate(&plugin, &ticks).await {
+        None => match instantiate(&plugin, &meter).await {
             Ok(live) => (live, true),
             Err(e) => {
                 return Done {
@@ -313,7 +315,7 @@ async fn call_handle(
     Ok(decisions)
 }
 
-async fn instantiate(plugin: &Arc<Plugin>, ticks: &Arc<AtomicU32>) -> Result<Live, BatchError> {
+async fn instantiate(plugin: &Arc<Plugin>, meter: &Arc<CallMeter>) -> Result<Live, BatchError> {
     let name = plugin.name().to_owned();
     let mut store = Store::new(
         plugin.runtime.engine(),
@@ -328,9 +330,10 @@ async fn instantiate(plugin: &Arc<Plugin>, ticks: &Arc<AtomicU32>) -> Result<Liv
     let failed = plugin.faulted.clone();
     let paused = plugin.paused_ticks.clone();
     let activity = plugin.runtime.activity().clone();
-    let ticks = ticks.clone();
-    store.epoch_deadline_callback(move |s| {
-        let seen = ticks.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+    let meter = meter.clone();
+    let deadline = plugin.spec.limits.deadline;
+    store.epoch_deadline_callback(move |mut s| {
+        let seen = meter.tick();
         let out_of_time = s
             .data()
             .clock
@@ -338,23 +341,32 @@ async fn instantiate(plugin: &Arc<Plugin>, ticks: &Arc<AtomicU32>) -> Result<Liv
         // Only calls on the slow lane are paced: a long call elsewhere just
         // yields, and its dispatcher moves it (a timer must not move along).
         let paced = if on_lane() { pacing } else { Pacing::OFF };
+        let overran = overran.load(Ordering::Relaxed);
         let pace = paced.at_tick(Tick {
             ticks: seen,
             out_of_time,
-            overran: overran.load(Ordering::Relaxed),
+            overran,
             failed: failed.load(Ordering::Relaxed),
-            busy: activity.busy(),
+            busy: activity.busy(meter.caller()),
         });
         Ok(match pace {
             Pace::Stop => UpdateDeadline::Interrupt,
             Pace::Pause(n) => {
                 paused.fetch_add(u64::from(n), Ordering::Relaxed);
-                UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(tick * n)))
+                let pause = tick * n;
+                // The host's pause is not the plugin's time (see `meter`),
+                // unless its last call ran out of time.
+                if !overran
+                    && meter.excuse(pause, deadline)
+                    && let Some((_, until)) = &mut s.data_mut().clock
+                {
+                    *until += pause;
+                }
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause)))
             }
             Pace::Continue => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
         })
     });
-    let deadline = plugin.spec.limits.deadline;
     start_clock(&mut store, deadline);
 
     let bindings = match plugin.pre.instantiate_async(&mut store).await {
@@ -385,6 +397,22 @@ async fn instantiate(plugin: &Arc<Plugin>, ticks: &Arc<AtomicU32>) -> Result<Liv
 fn pacing(plugin: &Plugin) -> Pacing {
     let settings = plugin.runtime.settings();
     Pacing::new(settings.throttle_after, settings.epoch_tick)
+}
+
+/// Runs `fut` for up to `limit` plus the pauses the host excused it
+/// (see [`CallMeter::excuse`]); `None` when that time is up.
+async fn within<F: Future>(limit: Duration, meter: &CallMeter, fut: F) -> Option<F::Output> {
+    let start = tokio::time::Instant::now();
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let until = start + limit + meter.excused();
+        match tokio::time::timeout_at(until, fut.as_mut()).await {
+            Ok(out) => return Some(out),
+            // Paused (and excused) meanwhile: wait on.
+            Err(_) if start + limit + meter.excused() > until => continue,
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Arms the deadline for the next call. A long call is not run to its end

@@ -4,6 +4,7 @@
 pub mod instance;
 pub mod limits;
 pub mod load;
+pub mod meter;
 pub mod pace;
 pub mod slot;
 pub mod state;

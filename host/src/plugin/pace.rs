@@ -9,10 +9,11 @@
 //! longer than `throttle_after` — runs one tick in [`LONG_PAUSE`]` + 1`
 //! while the host is busy with other calls (calls outside the slow lane,
 //! running now or lately: see [`crate::engine::activity`]; long calls do
-//! not slow each other down). A call of a plugin whose last call failed is
-//! paced so from its first tick: a memory bomb's calls are short but each
-//! one faults in its whole memory. A call of a plugin whose last call ran
-//! out of time runs one tick in [`OFFENDER_PAUSE`]` + 1` (one in
+//! not slow each other down). A call of a plugin whose last call failed
+//! runs one tick in [`FAILED_PAUSE`]` + 1` from its first tick: a memory
+//! bomb's calls are short but each one faults in its whole memory. A call
+//! of a plugin whose last call ran out of time runs one tick in
+//! [`OFFENDER_PAUSE`]` + 1` (one in
 //! [`OFFENDER_ALONE_PAUSE`]` + 1` when alone, so a looping plugin does not
 //! burn a core for nothing). A long call with the machine to itself runs at
 //! full speed: pacing costs a legitimately heavy plugin nothing unless
@@ -25,8 +26,11 @@ use std::time::Duration;
 
 /// Ticks a long call pauses after each tick it runs while others run.
 pub const LONG_PAUSE: u32 = 7;
+/// Ticks a call of a plugin whose last call failed pauses after each tick
+/// it runs while others run.
+pub const FAILED_PAUSE: u32 = 15;
 /// Ticks a repeat offender pauses after each tick it runs while others run.
-pub const OFFENDER_PAUSE: u32 = 15;
+pub const OFFENDER_PAUSE: u32 = 31;
 /// Ticks a repeat offender pauses after each tick it runs alone.
 pub const OFFENDER_ALONE_PAUSE: u32 = 3;
 
@@ -99,7 +103,8 @@ impl Pacing {
         match (t.overran, t.busy) {
             (true, true) => Pace::Pause(OFFENDER_PAUSE),
             (true, false) => Pace::Pause(OFFENDER_ALONE_PAUSE),
-            (false, true) if t.failed || self.is_long(t.ticks) => Pace::Pause(LONG_PAUSE),
+            (false, true) if t.failed => Pace::Pause(FAILED_PAUSE),
+            (false, true) if self.is_long(t.ticks) => Pace::Pause(LONG_PAUSE),
             _ => Pace::Continue,
         }
     }
@@ -153,7 +158,7 @@ mod tests {
                 busy: true,
                 ..failed
             }),
-            Pace::Pause(LONG_PAUSE)
+            Pace::Pause(FAILED_PAUSE)
         );
         assert_eq!(p.at_tick(failed), Pace::Continue);
     }

@@ -1,6 +1,7 @@
 //! The no-op plugin: acks everything unless the payload asks otherwise.
 //! `retry` → retry with host backoff, `retry:MS` → retry after MS ms,
-//! `term:REASON` → terminate, `sleep:MS` → sleep MS milliseconds then ack.
+//! `term:REASON` → terminate, `sleep:MS` → sleep MS milliseconds then ack,
+//! `spin:N` → compute for N million loop rounds then ack (CPU, not waiting).
 //! Config `fail_init = <message>` makes `init` fail.
 
 wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
@@ -32,6 +33,13 @@ fn decide(payload: &[u8]) -> Decision {
         Decision::Retry(ms.parse().ok())
     } else if let Some(ms) = text.strip_prefix("sleep:") {
         std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+        Decision::Ack
+    } else if let Some(n) = text.strip_prefix("spin:") {
+        let rounds = n.parse::<u64>().unwrap_or(0).saturating_mul(1_000_000);
+        let mut x: u64 = 0;
+        for _ in 0..rounds {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
         Decision::Ack
     } else if let Some(reason) = text.strip_prefix("term:") {
         Decision::Term(reason.to_owned())
