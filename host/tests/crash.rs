@@ -48,11 +48,9 @@ fn host(config: &str, log: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
+/// [`jetplug_tests::scalar`], -1 while the table does not exist yet.
 async fn scalar(db: &tokio_postgres::Client, sql: &str) -> i64 {
-    db.query_one(sql, &[])
-        .await
-        .map(|r| r.get::<_, i64>(0))
-        .unwrap_or(-1)
+    jetplug_tests::scalar(db, sql).await.unwrap_or(-1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

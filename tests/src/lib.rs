@@ -14,7 +14,7 @@ mod postgres;
 pub use http::http_get;
 pub use nats::NatsServer;
 pub use ports::free_port;
-pub use postgres::Postgres;
+pub use postgres::{Postgres, scalar};
 
 /// Paths of the test and shipped plugins, built by this crate's build script.
 pub mod plugins {

@@ -251,3 +251,12 @@ fn debian_bin_dirs() -> Vec<PathBuf> {
     dirs.reverse();
     dirs
 }
+
+/// The single `int8` value `sql` returns (`select count(*) ...`).
+pub async fn scalar(db: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
+    let row = db
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("`{sql}` failed: {e}"))?;
+    Ok(row.try_get(0)?)
+}

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use jetplug::config::Config;
 use jetplug::host;
-use jetplug_tests::{NatsServer, Postgres, eventually};
+use jetplug_tests::{NatsServer, Postgres, eventually, scalar};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -53,10 +53,6 @@ async fn publish_traffic(js: &jetstream::Context) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn scalar(db: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
-    Ok(db.query_one(sql, &[]).await?.get(0))
 }
 
 async fn dlq(js: &jetstream::Context) -> anyhow::Result<Vec<(String, String)>> {

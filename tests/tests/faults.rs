@@ -11,8 +11,16 @@ use async_nats::jetstream;
 use jetplug::config::{Config, Dur};
 use jetplug::host;
 use jetplug::pipeline::Stats;
-use jetplug_tests::{NatsServer, Postgres, eventually};
+use jetplug_tests::{NatsServer, Postgres, eventually, scalar};
 use tokio_util::sync::CancellationToken;
+
+/// Rows the indexer wrote, and events the aggregator counted.
+async fn indexed_and_counted(db: &tokio_postgres::Client) -> anyhow::Result<(i64, i64)> {
+    Ok((
+        scalar(db, "select count(*) from events").await?,
+        scalar(db, "select coalesce(sum(count), 0)::int8 from event_counts").await?,
+    ))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result<()> {
@@ -61,10 +69,8 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     };
     let client = pg.connect().await?;
     eventually(Duration::from_secs(30), "indexing under way", || async {
-        Ok(client
-            .query_one("select count(*) from events", &[])
+        Ok(scalar(&client, "select count(*) from events")
             .await
-            .map(|r| r.get::<_, i64>(0))
             .unwrap_or(0)
             > 100)
     })
@@ -84,17 +90,7 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
         Duration::from_secs(90),
         "every event indexed and counted",
         || async {
-            let events: i64 = client
-                .query_one("select count(*) from events", &[])
-                .await?
-                .get(0);
-            let counted: i64 = client
-                .query_one(
-                    "select coalesce(sum(count), 0)::int8 from event_counts",
-                    &[],
-                )
-                .await?
-                .get(0);
+            let (events, counted) = indexed_and_counted(&client).await?;
             Ok(events == 1500 && counted == 1000)
         },
     )
@@ -103,13 +99,11 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
         Ok(indexer.breaker_state.get() == 0)
     })
     .await?;
-    let distinct: i64 = client
-        .query_one(
-            "select count(distinct (stream, stream_seq)) from events",
-            &[],
-        )
-        .await?
-        .get(0);
+    let distinct: i64 = scalar(
+        &client,
+        "select count(distinct (stream, stream_seq)) from events",
+    )
+    .await?;
     assert_eq!(distinct, 1500, "no duplicate rows");
     let dlq = js.get_stream("DLQ").await?.info().await?.state.messages;
     assert_eq!(dlq, 0, "nothing from the outage was dead-lettered");
@@ -182,11 +176,7 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
     });
     let db = pg.connect().await?;
     eventually(Duration::from_secs(30), "indexing under way", || async {
-        Ok(db
-            .query_one("select count(*) from events", &[])
-            .await?
-            .get::<_, i64>(0)
-            > 200)
+        Ok(scalar(&db, "select count(*) from events").await? > 200)
     })
     .await?;
     nats.kill().await?;
@@ -198,25 +188,12 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
         Duration::from_secs(90),
         "every event indexed and counted",
         || async {
-            let events: i64 = db
-                .query_one("select count(*) from events", &[])
-                .await?
-                .get(0);
-            let counted: i64 = db
-                .query_one(
-                    "select coalesce(sum(count), 0)::int8 from event_counts",
-                    &[],
-                )
-                .await?
-                .get(0);
+            let (events, counted) = indexed_and_counted(&db).await?;
             Ok(events == i64::from(N) && counted == i64::from(N) * 2 / 3)
         },
     )
     .await?;
-    let distinct: i64 = db
-        .query_one("select count(distinct payload->>'i') from events", &[])
-        .await?
-        .get(0);
+    let distinct: i64 = scalar(&db, "select count(distinct payload->>'i') from events").await?;
     assert_eq!(distinct, i64::from(N), "each published event indexed once");
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     assert_eq!(js.get_stream("DLQ").await?.info().await?.state.messages, 0);
