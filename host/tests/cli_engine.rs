@@ -53,6 +53,13 @@ fn jetplug(args: &[&str]) -> std::io::Result<Output> {
 
 use jetplug_tests::output_text as text;
 
+/// `jetplug replay --config CONFIG --pipeline PIPELINE RANGE...`.
+fn replay(config: &str, pipeline: &str, range: &[&str]) -> std::io::Result<Output> {
+    let mut args = vec!["replay", "--config", config, "--pipeline", pipeline];
+    args.extend_from_slice(range);
+    jetplug(&args)
+}
+
 async fn publish(url: &str, n: usize) -> anyhow::Result<jetstream::Context> {
     let js = jetstream::new(async_nats::connect(url).await?);
     for i in 0..n {
@@ -134,17 +141,7 @@ async fn replay_runs_history_and_names_a_start_below_retention() -> anyhow::Resu
     );
     publish(&nats.url(), 10).await?;
 
-    let out = jetplug(&[
-        "replay",
-        "--config",
-        &config,
-        "--pipeline",
-        "main",
-        "--from-seq",
-        "4",
-        "--to-seq",
-        "6",
-    ])?;
+    let out = replay(&config, "main", &["--from-seq", "4", "--to-seq", "6"])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("replayed 3 messages of `EVENTS` (up to sequence 6): 3 ack"),
@@ -152,42 +149,18 @@ async fn replay_runs_history_and_names_a_start_below_retention() -> anyhow::Resu
         text(&out)
     );
 
-    let out = jetplug(&[
-        "replay",
-        "--config",
-        &config,
-        "--pipeline",
-        "main",
-        "--from-seq",
-        "3",
-    ])?;
+    let out = replay(&config, "main", &["--from-seq", "3"])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("replayed 8 messages"), "{}", text(&out));
 
-    let out = jetplug(&[
-        "replay",
-        "--config",
-        &config,
-        "--pipeline",
-        "main",
-        "--from-seq",
-        "2",
-    ])?;
+    let out = replay(&config, "main", &["--from-seq", "2"])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("sequence 2 is below the first retained sequence 3"),
         "{}",
         text(&out)
     );
-    let out = jetplug(&[
-        "replay",
-        "--config",
-        &config,
-        "--pipeline",
-        "nope",
-        "--from-seq",
-        "2",
-    ])?;
+    let out = replay(&config, "nope", &["--from-seq", "2"])?;
     assert!(text(&out).contains("no pipeline `nope`"), "{}", text(&out));
 
     // The durable consumer was never touched by replay.
