@@ -297,11 +297,7 @@ async fn long_batches_are_kept_alive_with_progress() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_and_settles_in_flight_batches() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?);
-    let stats = host.stats().await?;
-    let js = js(&nats).await?;
+    let (_nats, _dir, host, stats, js) = running(plugins::TEST_NOOP, "").await?;
     publish(&js, "events.a", &["sleep:1500"]).await?;
     eventually(WAIT, "batch started", || async {
         Ok(Stats::get(&stats.batches) == 1)
@@ -384,11 +380,7 @@ async fn nats_restart_mid_stream_loses_nothing() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_consumer_is_recreated() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?);
-    let stats = host.stats().await?;
-    let js = js(&nats).await?;
+    let (_nats, _dir, host, stats, js) = running(plugins::TEST_NOOP, "").await?;
     publish(&js, "events.a", &["1"]).await?;
     eventually(WAIT, "first ack", || async {
         Ok(Stats::get(&stats.acked) == 1)
