@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 type Labels = Vec<(String, String)>;
 
@@ -22,6 +23,7 @@ pub struct Metrics {
     pub batches: Family<Labels, Counter>,
     pub batch_failures: Family<Labels, Counter>,
     pub batch_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    pub paused_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     pub dead_letters: Family<Labels, Counter>,
     pub dead_letter_failures: Family<Labels, Counter>,
     pub held_batches: Family<Labels, Counter>,
@@ -42,6 +44,7 @@ impl Metrics {
             batches: Family::default(),
             batch_failures: Family::default(),
             batch_seconds: Family::new_with_constructor(batch_histogram),
+            paused_seconds: Family::default(),
             dead_letters: Family::default(),
             dead_letter_failures: Family::default(),
             held_batches: Family::default(),
@@ -69,6 +72,11 @@ impl Metrics {
             "batch_duration_seconds",
             "Time a plugin spent on a batch",
             m.batch_seconds.clone(),
+        );
+        r.register(
+            "plugin_paused_seconds",
+            "Time plugin calls were paused so that other pipelines could run (slow lane pacing)",
+            m.paused_seconds.clone(),
         );
         r.register(
             "dead_letters",

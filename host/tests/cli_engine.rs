@@ -331,6 +331,7 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
         r#"jetplug_breaker_state{pipeline="main"} 0"#.to_owned(),
         format!(r#"jetplug_plugin_info{{plugin="noop",tenant="default",hash="{hash}"}} 1"#),
         r#"jetplug_batch_duration_seconds_count{pipeline="main"}"#.to_owned(),
+        r#"jetplug_plugin_paused_seconds_total{pipeline="main"}"#.to_owned(),
     ] {
         assert!(m.contains(&want), "missing {want} in\n{m}");
     }

@@ -179,6 +179,7 @@ async fn a_long_call_is_paced_while_other_calls_run_and_only_then() -> TestResul
         0,
         "paced with nobody waiting"
     );
+    assert_eq!(alone.last_call_paused(), Duration::ZERO);
 
     // Beside a pipeline making short calls with gaps between them (at most
     // ticks none is in flight), it gives way most of the time.
@@ -195,6 +196,11 @@ async fn a_long_call_is_paced_while_other_calls_run_and_only_then() -> TestResul
     assert!(calls > 10, "the neighbour made {calls} calls");
     let ticks = (deadline.as_millis() / 10) as u64;
     let paused = paced.plugin().paused_ticks();
+    assert_eq!(
+        paced.last_call_paused(),
+        Duration::from_millis(10) * paused as u32,
+        "the call's own pauses, as the pipeline's metric counts them"
+    );
     assert!(
         paused >= ticks / 3,
         "paused {paused} of about {ticks} ticks beside a busy neighbour"

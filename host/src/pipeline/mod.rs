@@ -52,6 +52,7 @@ pub struct Stats {
     pub breaker_state: Gauge,
     pub breaker_opened: Counter,
     batch_seconds: Histogram,
+    paused_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pipeline: String,
     metrics: Arc<Metrics>,
 }
@@ -76,6 +77,7 @@ impl Stats {
             breaker_state: metrics.breaker_state.get_or_create_owned(&p),
             breaker_opened: metrics.breaker_opened.get_or_create_owned(&p),
             batch_seconds: metrics.batch_seconds.get_or_create_owned(&p),
+            paused_seconds: metrics.paused_seconds.get_or_create_owned(&p),
             pipeline: pipeline.to_owned(),
             metrics: metrics.clone(),
         }
@@ -99,6 +101,13 @@ impl Stats {
 
     pub(crate) fn batch_took(&self, d: Duration) {
         self.batch_seconds.observe(d.as_secs_f64());
+    }
+
+    /// A call was paused this long for other pipelines (pacing).
+    pub(crate) fn paused(&self, d: Duration) {
+        if !d.is_zero() {
+            self.paused_seconds.inc_by(d.as_secs_f64());
+        }
     }
 
     pub(crate) fn dead_letter(&self, reason: &str) {

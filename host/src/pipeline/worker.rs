@@ -72,6 +72,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         instance.follow(&p.plugin);
         let outcome = instance.handle(msgs.clone()).await;
         p.stats.batch_took(started.elapsed());
+        p.stats.paused(instance.last_call_paused());
         let downstream = instance.downstream_failures();
         let open = record_outcome(p, outcome.is_err() || downstream > 0);
         if downstream > 0 && open {
@@ -167,7 +168,9 @@ fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, crate::breaker::Breaker> {
 /// True with the action when the plugin failed on the message alone.
 async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> (Action, bool) {
     let max = p.cfg.max_deliver;
-    match instance.handle([m.clone()]).await {
+    let outcome = instance.handle([m.clone()]).await;
+    p.stats.paused(instance.last_call_paused());
+    match outcome {
         Ok(d) => (
             settle::for_decision(&d[0], m.delivered, max, &p.backoff),
             false,

@@ -123,6 +123,12 @@ impl PluginInstance {
         self.instantiated
     }
 
+    /// How long the last call was paused so that other calls could run
+    /// (see [`crate::plugin::pace`]).
+    pub fn last_call_paused(&self) -> Duration {
+        self.meter.paused_for()
+    }
+
     /// How many capability calls of the last batch answered `unavailable`
     /// (a downstream outage, which the circuit breaker counts).
     pub fn downstream_failures(&self) -> u32 {
@@ -354,6 +360,7 @@ async fn instantiate(plugin: &Arc<Plugin>, meter: &Arc<CallMeter>) -> Result<Liv
             Pace::Pause(n) => {
                 paused.fetch_add(u64::from(n), Ordering::Relaxed);
                 let pause = tick * n;
+                meter.paused(pause);
                 // The host's pause is not the plugin's time (see `meter`),
                 // unless its last call ran out of time.
                 if !overran

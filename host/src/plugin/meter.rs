@@ -23,6 +23,7 @@ pub const EXCUSE_FACTOR: u32 = 3;
 pub struct CallMeter {
     ticks: AtomicU32,
     excused_us: AtomicU64,
+    paused_us: AtomicU64,
 }
 
 impl CallMeter {
@@ -30,6 +31,17 @@ impl CallMeter {
     pub fn start(&self) {
         self.ticks.store(0, Ordering::Relaxed);
         self.excused_us.store(0, Ordering::Relaxed);
+        self.paused_us.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a pause the call was made to take for others.
+    pub fn paused(&self, pause: Duration) {
+        self.paused_us.fetch_add(micros(pause), Ordering::Relaxed);
+    }
+
+    /// Pauses since the call started (until the next call starts).
+    pub fn paused_for(&self) -> Duration {
+        Duration::from_micros(self.paused_us.load(Ordering::Relaxed))
     }
 
     /// Counts an epoch tick spent in wasm; the ticks so far, this one included.
@@ -83,8 +95,11 @@ mod tests {
         assert_eq!(excused, 4, "300 ms of 70 ms pauses");
         assert_eq!(m.excused(), pause * 4);
         assert_eq!((m.tick(), m.tick()), (1, 2));
+        m.paused(pause);
+        assert_eq!(m.paused_for(), pause);
         m.start();
         assert_eq!((m.ticks(), m.excused()), (0, Duration::ZERO));
+        assert_eq!(m.paused_for(), Duration::ZERO);
         assert!(m.excuse(pause, deadline));
     }
 }
