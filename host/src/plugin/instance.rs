@@ -334,7 +334,6 @@ async fn instantiate(plugin: &Arc<Plugin>, meter: &Arc<CallMeter>) -> Result<Liv
     let pacing = pacing(plugin);
     let overran = plugin.overran.clone();
     let failed = plugin.faulted.clone();
-    let paused = plugin.paused_ticks.clone();
     let activity = plugin.runtime.activity().clone();
     let meter = meter.clone();
     let deadline = plugin.spec.limits.deadline;
@@ -358,7 +357,6 @@ async fn instantiate(plugin: &Arc<Plugin>, meter: &Arc<CallMeter>) -> Result<Liv
         Ok(match pace {
             Pace::Stop => UpdateDeadline::Interrupt,
             Pace::Pause(n) => {
-                paused.fetch_add(u64::from(n), Ordering::Relaxed);
                 let pause = tick * n;
                 meter.paused(pause);
                 // The host's pause is not the plugin's time (see `meter`),

@@ -89,8 +89,6 @@ pub struct Plugin {
     /// The last call of this version failed: its next call runs on the
     /// slow lane and is paced from the start (cleared by a call that succeeds).
     pub(crate) faulted: Arc<std::sync::atomic::AtomicBool>,
-    /// Epoch ticks this version's calls spent paused by pacing.
-    pub(crate) paused_ticks: Arc<std::sync::atomic::AtomicU64>,
     /// Log lines per second, shared by all instances of this version.
     pub(crate) log_budget: Arc<crate::capability::log::LogBudget>,
 }
@@ -132,12 +130,6 @@ impl Plugin {
     /// calls are throttled from their first tick).
     pub fn last_call_overran(&self) -> bool {
         self.overran.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Epoch ticks the calls of this version have spent paused so that
-    /// others could run (see [`crate::plugin::pace`]).
-    pub fn paused_ticks(&self) -> u64 {
-        self.paused_ticks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the last call of this version failed (its next call runs on
@@ -225,7 +217,6 @@ pub fn load_bytes(
         imports,
         overran: Arc::default(),
         faulted: Arc::default(),
-        paused_ticks: Arc::default(),
     })
 }
 
