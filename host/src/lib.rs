@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod engine;
+pub mod expect;
 pub mod host;
 pub mod hotswap;
 pub mod input;
@@ -23,8 +24,10 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod replay;
+pub mod scaffold;
 pub mod settle;
 pub mod subject;
 pub mod units;
+pub mod wit;
 
 pub use bindings::{Decision, Message};

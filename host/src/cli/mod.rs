@@ -4,12 +4,16 @@
 mod bench;
 mod check;
 mod dlq;
+mod new;
 mod plugin;
 mod publish;
 mod replay;
 mod run;
 mod run_plugin;
+mod runner;
 mod streams;
+mod test;
+mod wit;
 
 use std::process::ExitCode;
 
@@ -50,6 +54,8 @@ enum Command {
     Streams(streams::Args),
     /// Look at dead letters, or send them back to their original subjects.
     Dlq(dlq::Args),
+    /// Create a plugin project (Rust, Python or JavaScript) that builds on its own.
+    New(new::Args),
     /// Ask a running host about its plugins.
     Plugin(plugin::Args),
     /// Publish sample events (AIVO subjects by default, some malformed).
@@ -58,6 +64,10 @@ enum Command {
     Replay(replay::Args),
     /// Run a plugin offline over messages from a JSONL file and print its decisions.
     RunPlugin(run_plugin::Args),
+    /// Check a plugin's answers against the expectations in fixture files (for CI).
+    Test(test::Args),
+    /// Print (or write with --out) the WIT package plugins are built against.
+    Wit(wit::Args),
 }
 
 /// Parses the command line, runs the command and returns the exit code.
@@ -85,10 +95,13 @@ pub fn main() -> ExitCode {
             Command::Check(args) => check::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
+            Command::New(args) => new::run(args).await,
             Command::Plugin(args) => plugin::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Replay(args) => replay::run(args).await,
             Command::RunPlugin(args) => run_plugin::run(args).await,
+            Command::Test(args) => test::run(args).await,
+            Command::Wit(args) => wit::run(args).await,
         }
     });
     match result {

@@ -5,19 +5,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde_json::json;
 
 use super::EXIT_BATCH_FAILED;
+use super::runner::RunnerArgs;
 use crate::bindings::Decision;
-use crate::capability::Grants;
-use crate::engine::{EngineSettings, Runtime};
+use crate::capability::{Backends, Grants};
 use crate::input::{self, InputMessage};
-use crate::plugin::{self, Limits, PluginInstance, PluginSpec};
-use crate::units;
+use crate::plugin;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,80 +23,23 @@ pub struct Args {
     /// Messages to feed it: one JSON object per line (see README, "run-plugin input").
     #[arg(long, short)]
     input: PathBuf,
-    /// A `KEY=VALUE` pair for the plugin's `init` (repeatable).
-    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    config: Vec<(String, String)>,
-    /// Messages per batch (at least 1).
-    #[arg(long, short, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    batch: u32,
     /// Print one JSON object per message instead of a table.
     #[arg(long)]
     json: bool,
-    /// Time limit for each batch, e.g. `500ms`, `5s`.
-    #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
-    deadline: Duration,
-    /// Memory limit for the plugin instance, e.g. `64MiB`.
-    #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
-    memory: u64,
-    /// Tenant name given to the plugin in each message.
-    #[arg(long, default_value = "default")]
-    tenant: String,
-    /// Directory of the compiled-component cache (default: ~/.cache/jetplug/components).
-    #[arg(long, env = "JETPLUG_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Compile the plugin without reading or writing the cache.
-    #[arg(long)]
-    no_cache: bool,
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("`{text}` is not KEY=VALUE")),
-    }
+    #[command(flatten)]
+    runner: RunnerArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let messages = input::read_jsonl(&args.input, &args.tenant)?;
+    let messages = input::read_jsonl(&args.input, &args.runner.tenant)?;
 
-    let mut settings = EngineSettings {
-        max_instances: 8,
-        ..EngineSettings::default()
-    };
-    if args.no_cache {
-        settings.cache_dir = None;
-    } else if let Some(dir) = &args.cache_dir {
-        settings.cache_dir = Some(dir.clone());
-    }
-    settings.max_memory_bytes = settings.max_memory_bytes.max(args.memory);
-    let runtime = Arc::new(Runtime::new(settings)?);
-
-    let name = args
-        .plugin
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plugin".into());
-    let spec = PluginSpec {
-        tenant: args.tenant.clone(),
-        grants: Grants::all(),
-        limits: Limits {
-            memory_bytes: args.memory,
-            deadline: args.deadline,
-            ..Limits::default()
-        },
-        config: args.config.clone(),
-        ..PluginSpec::new(name, &args.plugin)
-    };
-    let plugin = plugin::load(&runtime, spec)?;
-    tracing::info!(plugin = plugin.name(), hash = plugin.hash(), cache = ?plugin.cache_outcome(), "loaded");
-    let mut instance = PluginInstance::new(Arc::new(plugin));
-    instance
-        .ready()
-        .await
-        .with_context(|| format!("plugin {} failed to start", args.plugin.display()))?;
+    let mut instance = args
+        .runner
+        .start(&args.plugin, Grants::all(), Backends::offline())
+        .await?;
 
     let mut report = Report::new(args.json);
-    for chunk in messages.chunks(args.batch as usize) {
+    for chunk in messages.chunks(args.runner.batch as usize) {
         let batch: Vec<_> = chunk.iter().map(|m| m.message.clone()).collect();
         let started = Instant::now();
         let outcome = instance.handle(batch).await;

@@ -11,19 +11,8 @@
 //! indexer, so malformed events are neither indexed nor counted.
 //! Config: `database` (default `events`).
 
-wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
-
-use std::cell::RefCell;
-
-use exports::jetplug::plugin::handler::{Decision, Guest, Message};
-use jetplug::plugin::log::{Level, log};
-use jetplug::plugin::sql::{self, Value};
-use jetplug::plugin::types::Error;
-
-thread_local! {
-    static DATABASE: RefCell<String> = RefCell::new("events".into());
-    static SCHEMA_READY: RefCell<bool> = const { RefCell::new(false) };
-}
+use jetplug_sdk::sql::{self, Value};
+use jetplug_sdk::{Config, ConfigError, Decision, Error, Message, Plugin, log};
 
 /// Rows per statement (6 parameters each).
 const CHUNK: usize = 1000;
@@ -43,44 +32,41 @@ CREATE TABLE IF NOT EXISTS event_counted (
     PRIMARY KEY (stream, stream_seq)
 )";
 
-struct Aggregator;
+struct Aggregator {
+    database: String,
+    schema_ready: bool,
+}
 
-impl Guest for Aggregator {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        for (k, v) in config {
-            match k.as_str() {
-                "database" => DATABASE.with_borrow_mut(|d| *d = v),
-                other => return Err(format!("unknown config key `{other}` (known: database)")),
-            }
-        }
-        Ok(())
+impl Plugin for Aggregator {
+    fn init(config: &Config) -> Result<Self, ConfigError> {
+        config.deny_unknown(&["database"])?;
+        Ok(Aggregator {
+            database: config.get_or("database", "events").to_owned(),
+            schema_ready: false,
+        })
     }
 
-    fn handle(batch: Vec<Message>) -> Vec<Decision> {
-        let db = DATABASE.with_borrow(|d| d.clone());
-        let mut decisions = vec![Decision::Ack; batch.len()];
+    fn handle_batch(&mut self, batch: &[Message]) -> Vec<Decision> {
+        let mut decisions = vec![Decision::ack(); batch.len()];
         let mut rows = Vec::with_capacity(batch.len());
         for (i, m) in batch.iter().enumerate() {
             match row(m) {
                 Ok(r) => rows.push(r),
-                Err(reason) => decisions[i] = Decision::Term(reason),
+                Err(reason) => decisions[i] = Decision::term(reason),
             }
         }
         if rows.is_empty() {
             return decisions;
         }
-        match count(&db, &rows) {
+        match self.count(&rows) {
             Ok(()) => decisions,
             Err(e) => {
-                log(
-                    Level::Warn,
-                    &format!("aggregator: batch will be retried: {e:?}"),
-                );
+                log::warn(format!("aggregator: batch will be retried: {e}"));
                 // Terminated ones stay terminated; the rest is retried.
                 decisions
                     .into_iter()
                     .map(|d| match d {
-                        Decision::Ack => Decision::Retry(None),
+                        Decision::Ack => Decision::retry(),
                         other => other,
                     })
                     .collect()
@@ -90,9 +76,8 @@ impl Guest for Aggregator {
 }
 
 fn row(m: &Message) -> Result<[Value; 6], String> {
-    let text =
-        std::str::from_utf8(&m.payload).map_err(|e| format!("payload is not UTF-8 text: {e}"))?;
-    serde_json::from_str::<serde_json::Value>(text)
+    let text = m.text().map_err(|e| e.to_string())?;
+    serde_json::from_str::<jetplug_sdk::serde::de::IgnoredAny>(text)
         .map_err(|e| format!("payload is not JSON: {e}"))?;
     let mut parts = m.subject.splitn(3, '.');
     let mut next = || Value::Text(parts.next().unwrap_or("").to_owned());
@@ -108,36 +93,37 @@ fn row(m: &Message) -> Result<[Value; 6], String> {
     ])
 }
 
-fn count(db: &str, rows: &[[Value; 6]]) -> Result<(), Error> {
-    if !SCHEMA_READY.with_borrow(|r| *r) {
-        let tx = sql::begin(db)?;
-        for stmt in SCHEMA.split(';') {
-            tx.execute(stmt, &[])?;
-        }
-        sql::Transaction::commit(tx)?;
-        SCHEMA_READY.with_borrow_mut(|r| *r = true);
-    }
-    let tx = sql::begin(db)?;
-    for chunk in rows.chunks(CHUNK) {
-        let mut values = String::new();
-        let mut params = Vec::with_capacity(chunk.len() * 6);
-        for (n, r) in chunk.iter().enumerate() {
-            if n > 0 {
-                values.push(',');
+impl Aggregator {
+    fn count(&mut self, rows: &[[Value; 6]]) -> Result<(), Error> {
+        if !self.schema_ready {
+            let tx = sql::begin(&self.database)?;
+            for stmt in SCHEMA.split(';') {
+                tx.execute(stmt, &[])?;
             }
-            let b = n * 6;
-            values.push_str(&format!(
-                "(${}::text,${}::int8,${}::timestamptz,${}::text,${}::text,${}::text)",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
-            params.extend(r.iter().cloned());
+            tx.commit()?;
+            self.schema_ready = true;
         }
-        let stmt = format!(
+        let tx = sql::begin(&self.database)?;
+        for chunk in rows.chunks(CHUNK) {
+            let mut values = String::new();
+            let mut params = Vec::with_capacity(chunk.len() * 6);
+            for (n, r) in chunk.iter().enumerate() {
+                if n > 0 {
+                    values.push(',');
+                }
+                let b = n * 6;
+                values.push_str(&format!(
+                    "(${}::text,${}::int8,${}::timestamptz,${}::text,${}::text,${}::text)",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
+                params.extend(r.iter().cloned());
+            }
+            let stmt = format!(
             "WITH input(stream, seq, minute, domain, entity, action) AS (SELECT DISTINCT * FROM (VALUES {values}) v),
              fresh AS (
                  INSERT INTO event_counted (stream, stream_seq)
@@ -155,9 +141,10 @@ fn count(db: &str, rows: &[[Value; 6]]) -> Result<(), Error> {
              ON CONFLICT (minute, domain, entity, action)
              DO UPDATE SET count = event_counts.count + EXCLUDED.count"
         );
-        tx.execute(&stmt, &params)?;
+            tx.execute(&stmt, &params)?;
+        }
+        tx.commit()
     }
-    sql::Transaction::commit(tx)
 }
 
-export!(Aggregator);
+jetplug_sdk::export!(Aggregator);

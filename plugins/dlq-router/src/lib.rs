@@ -17,13 +17,8 @@
 //! Publishing uses a message id per (stream, sequence, pipeline), so a dead
 //! letter is stored once even if it is routed again.
 
-wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
-
-use std::cell::RefCell;
-
-use exports::jetplug::plugin::handler::{Decision, Guest, Message};
-use jetplug::plugin::log::{Level, log};
-use jetplug::plugin::publish::{self, Outgoing};
+use jetplug_sdk::publish::{self, Outgoing};
+use jetplug_sdk::{Config, ConfigError, Decision, Message, Plugin, log};
 
 enum Match {
     Reason(String),
@@ -35,49 +30,42 @@ struct Rule {
     template: String,
 }
 
-struct Routes {
+struct Router {
     rules: Vec<Rule>,
     default: String,
 }
 
-thread_local! {
-    static ROUTES: RefCell<Routes> = RefCell::new(Routes {
-        rules: Vec::new(),
-        default: "dlq.{domain}.{pipeline}".into(),
-    });
-}
-
-struct Router;
-
-impl Guest for Router {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        let mut config = config;
-        config.sort();
-        let mut routes = Routes {
+impl Plugin for Router {
+    fn init(config: &Config) -> Result<Self, ConfigError> {
+        let mut pairs: Vec<(&str, &str)> = config.iter().collect();
+        pairs.sort();
+        let mut router = Router {
             rules: Vec::new(),
             default: "dlq.{domain}.{pipeline}".into(),
         };
-        for (k, v) in config {
+        for (k, v) in pairs {
             if k == "default" {
-                routes.default = v;
+                router.default = v.to_owned();
             } else if k.starts_with("rule.") {
-                routes.rules.push(parse_rule(&k, &v)?);
+                router.rules.push(parse_rule(k, v)?);
             } else {
-                return Err(format!("unknown config key `{k}` (known: default, rule.N)"));
+                return Err(ConfigError::key(k, "unknown key (known: default, rule.N)"));
             }
         }
-        ROUTES.with_borrow_mut(|r| *r = routes);
-        Ok(())
+        Ok(router)
     }
 
-    fn handle(batch: Vec<Message>) -> Vec<Decision> {
-        ROUTES.with_borrow(|routes| batch.iter().map(|m| route(routes, m)).collect())
+    fn handle(&mut self, message: &Message) -> Decision {
+        route(self, message)
     }
 }
 
-fn parse_rule(key: &str, text: &str) -> Result<Rule, String> {
+fn parse_rule(key: &str, text: &str) -> Result<Rule, ConfigError> {
     let (cond, template) = text.split_once("=>").ok_or_else(|| {
-        format!("{key}: expected `reason~TEXT => TEMPLATE` or `subject=PATTERN => TEMPLATE`")
+        ConfigError::key(
+            key,
+            "expected `reason~TEXT => TEMPLATE` or `subject=PATTERN => TEMPLATE`",
+        )
     })?;
     let cond = cond.trim();
     let when = if let Some(t) = cond.strip_prefix("reason~") {
@@ -85,22 +73,15 @@ fn parse_rule(key: &str, text: &str) -> Result<Rule, String> {
     } else if let Some(p) = cond.strip_prefix("subject=") {
         Match::Subject(p.trim().to_owned())
     } else {
-        return Err(format!(
-            "{key}: condition `{cond}` must start with `reason~` or `subject=`"
+        return Err(ConfigError::key(
+            key,
+            format!("condition `{cond}` must start with `reason~` or `subject=`"),
         ));
     };
     Ok(Rule {
         when,
         template: template.trim().to_owned(),
     })
-}
-
-fn header<'a>(m: &'a Message, name: &str) -> &'a str {
-    m.headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
 }
 
 fn subject_matches(pattern: &str, subject: &str) -> bool {
@@ -117,15 +98,15 @@ fn subject_matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
-fn route(routes: &Routes, m: &Message) -> Decision {
-    let original = header(m, "Jetplug-Original-Subject");
+fn route(routes: &Router, m: &Message) -> Decision {
+    let original = m.header("Jetplug-Original-Subject").unwrap_or("");
     let original = if original.is_empty() {
         m.subject.as_str()
     } else {
         original
     };
-    let reason = header(m, "Jetplug-Reason");
-    let pipeline = header(m, "Jetplug-Pipeline");
+    let reason = m.header("Jetplug-Reason").unwrap_or("");
+    let pipeline = m.header("Jetplug-Pipeline").unwrap_or("");
     let template = routes
         .rules
         .iter()
@@ -158,15 +139,12 @@ fn route(routes: &Routes, m: &Message) -> Decision {
         )),
     };
     match publish::publish(&msg) {
-        Ok(_) => Decision::Ack,
+        Ok(_) => Decision::ack(),
         Err(e) => {
-            log(
-                Level::Warn,
-                &format!("dlq-router: publishing to `{subject}` failed: {e:?}"),
-            );
-            Decision::Retry(None)
+            log::warn(format!("dlq-router: publishing to `{subject}` failed: {e}"));
+            Decision::retry()
         }
     }
 }
 
-export!(Router);
+jetplug_sdk::export!(Router);

@@ -1,0 +1,163 @@
+//! One delivered message, with typed accessors for what handlers look at
+//! most: the payload as text or JSON, and headers.
+
+use serde::de::DeserializeOwned;
+
+use crate::bindings::exports::jetplug::plugin::handler::Message as RawMessage;
+
+/// One message delivered by JetStream (see `record message` in the WIT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The stream that stored it.
+    pub stream: String,
+    /// The durable consumer that delivered it (`""` offline).
+    pub consumer: String,
+    /// The subject it was published to.
+    pub subject: String,
+    /// Headers in the order sent; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    /// The body, unchanged.
+    pub payload: Vec<u8>,
+    /// Its sequence in the stream (stable across redeliveries).
+    pub stream_seq: u64,
+    /// Delivery attempt, 1 on first delivery.
+    pub delivered: u32,
+    /// When JetStream stored it, ms since the Unix epoch.
+    pub published_at_ms: i64,
+    /// The tenant of the consuming pipeline.
+    pub tenant: String,
+}
+
+/// Why a payload could not be read as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadError {
+    /// The payload is not UTF-8 text.
+    NotUtf8(String),
+    /// The payload is not JSON of the expected shape.
+    Json(String),
+}
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayloadError::NotUtf8(e) => write!(f, "payload is not UTF-8 text: {e}"),
+            PayloadError::Json(e) => write!(f, "payload is not JSON: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+impl Message {
+    /// The payload as UTF-8 text.
+    pub fn text(&self) -> Result<&str, PayloadError> {
+        std::str::from_utf8(&self.payload).map_err(|e| PayloadError::NotUtf8(e.to_string()))
+    }
+
+    /// The payload parsed as JSON into `T` (any serde type, or
+    /// `serde_json::Value`). The error says why, ready for a `term` reason.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        serde_json::from_slice(&self.payload).map_err(|e| PayloadError::Json(e.to_string()))
+    }
+
+    /// The first value of header `name` (exact name first, then ignoring
+    /// ASCII case, as NATS header names are often written either way).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .or_else(|| {
+                self.headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            })
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (ignoring ASCII case), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A key that identifies this message's effect for exactly-once writes:
+    /// `STREAM:SEQUENCE`. The same on every redelivery.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.stream, self.stream_seq)
+    }
+
+    /// Whether this is a redelivery (`delivered > 1`).
+    pub fn is_redelivery(&self) -> bool {
+        self.delivered > 1
+    }
+}
+
+impl From<RawMessage> for Message {
+    fn from(m: RawMessage) -> Self {
+        Message {
+            stream: m.stream,
+            consumer: m.consumer,
+            subject: m.subject,
+            headers: m.headers,
+            payload: m.payload,
+            stream_seq: m.stream_seq,
+            delivered: m.delivered,
+            published_at_ms: m.published_at_ms,
+            tenant: m.tenant,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload: &[u8], headers: &[(&str, &str)]) -> Message {
+        Message {
+            stream: "S".into(),
+            consumer: "c".into(),
+            subject: "a.b.c".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            payload: payload.to_vec(),
+            stream_seq: 7,
+            delivered: 1,
+            published_at_ms: 0,
+            tenant: "t".into(),
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Event {
+        student: String,
+    }
+
+    #[test]
+    fn json_into_a_type_and_a_readable_error() {
+        let ok = message(br#"{"student":"s-1"}"#, &[]);
+        assert_eq!(ok.json::<Event>().map(|e| e.student), Ok("s-1".into()));
+        let missing = message(br#"{"x":1}"#, &[]);
+        let err = missing.json::<Event>().err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("payload is not JSON") && e.contains("student")),
+            "{err:?}"
+        );
+        let binary = message(&[0xff, 0xfe], &[]);
+        assert!(matches!(binary.text(), Err(PayloadError::NotUtf8(_))));
+    }
+
+    #[test]
+    fn headers_exact_then_case_insensitive() {
+        let m = message(b"", &[("X-Id", "1"), ("x-id", "2"), ("Other", "3")]);
+        assert_eq!(m.header("x-id"), Some("2"));
+        assert_eq!(m.header("X-ID"), Some("1"));
+        assert_eq!(m.header("missing"), None);
+        assert_eq!(m.header_values("x-id").collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(m.idempotency_key(), "S:7");
+    }
+}

@@ -1,0 +1,84 @@
+//! Parameterized SQL (`$1`, `$2`, ...) on the PostgreSQL databases granted
+//! to the plugin. Every function returns `Result<_, Error>`;
+//! `Error::Unavailable` means the database is down (retry later).
+
+use crate::Error;
+use crate::bindings::jetplug::plugin::sql as raw;
+pub use crate::bindings::jetplug::plugin::sql::{Rows, Value};
+
+/// Runs one statement on `database`; returns the number of rows affected.
+pub fn execute(database: &str, statement: &str, params: &[Value]) -> Result<u64, Error> {
+    raw::execute(database, statement, params).map_err(Error::from)
+}
+
+/// Runs one query on `database` and returns its rows.
+pub fn query(database: &str, statement: &str, params: &[Value]) -> Result<Rows, Error> {
+    raw::query(database, statement, params).map_err(Error::from)
+}
+
+/// Runs `statement` once per parameter row, all in one transaction.
+pub fn execute_batch(
+    database: &str,
+    statement: &str,
+    param_rows: &[Vec<Value>],
+) -> Result<u64, Error> {
+    raw::execute_batch(database, statement, param_rows).map_err(Error::from)
+}
+
+/// Starts a transaction on `database`; dropped without [`Transaction::commit`]
+/// it rolls back.
+pub fn begin(database: &str) -> Result<Transaction, Error> {
+    raw::begin(database).map(Transaction).map_err(Error::from)
+}
+
+/// An open transaction.
+#[derive(Debug)]
+pub struct Transaction(raw::Transaction);
+
+impl Transaction {
+    /// Runs one statement inside the transaction.
+    pub fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, Error> {
+        self.0.execute(statement, params).map_err(Error::from)
+    }
+
+    /// Runs one query inside the transaction.
+    pub fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, Error> {
+        self.0.query(statement, params).map_err(Error::from)
+    }
+
+    /// Commits the transaction.
+    pub fn commit(self) -> Result<(), Error> {
+        raw::Transaction::commit(self.0).map_err(Error::from)
+    }
+}
+
+impl Rows {
+    /// The index of column `name`.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == name)
+    }
+
+    /// The value in `row` of column `name`.
+    pub fn get(&self, row: usize, name: &str) -> Option<&Value> {
+        let col = self.column(name)?;
+        self.rows.get(row)?.get(col)
+    }
+}
+
+impl Value {
+    /// The integer, if this is an `int`.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The text, if this is `text` or `json`.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(v) | Value::Json(v) => Some(v),
+            _ => None,
+        }
+    }
+}
