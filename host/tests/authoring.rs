@@ -190,3 +190,93 @@ fn new_refuses_bad_names_and_used_directories() -> TestResult {
     assert!(output_text(&out).contains("possible values: rust, python, js"));
     Ok(())
 }
+
+/// `jetplug test` with capabilities on real servers given on the command
+/// line: the SDK-built indexer writes to PostgreSQL, the JS enricher
+/// publishes to JetStream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_command_reaches_real_servers() -> TestResult {
+    let pg = jetplug_tests::Postgres::start().await?;
+    let nats = jetplug_tests::NatsServer::start().await?;
+    let tmp = tempfile::tempdir()?;
+    let fixture = tmp.path().join("events.jsonl");
+    std::fs::write(
+        &fixture,
+        concat!(
+            r#"{"subject": "learning.quiz.answered", "payload": {"student": "s-1", "score": 70}, "expect": "ack"}"#,
+            "\n",
+            r#"{"subject": "learning.quiz.answered", "payload": {"student": "s-2", "score": 20}, "expect": "ack"}"#,
+            "\n",
+            r#"{"subject": "learning.quiz.answered", "payload_text": "{broken", "expect": {"decision": "term", "reason": "not JSON"}}"#,
+            "\n",
+        ),
+    )?;
+    let fixture_s = fixture.display().to_string();
+    let db = format!("events={}", pg.url());
+    let out = jetplug(
+        &[
+            "test",
+            plugins::POSTGRES_INDEXER,
+            &fixture_s,
+            "--database",
+            &db,
+            "--grant",
+            "sql:events",
+        ],
+        tmp.path(),
+    )?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let client = pg.connect().await?;
+    assert_eq!(
+        jetplug_tests::scalar(&client, "select count(*) from events").await?,
+        2
+    );
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ENRICHED".into(),
+        subjects: vec!["enriched.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let out = jetplug(
+        &[
+            "test",
+            plugins::ENRICHER_JS,
+            &fixture_s,
+            "--nats",
+            &nats.url(),
+            "--grant",
+            "log",
+            "--grant",
+            "publish:enriched.>",
+        ],
+        tmp.path(),
+    )?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let info = js.get_stream("ENRICHED").await?.get_info().await?;
+    assert_eq!(info.state.messages, 2);
+
+    // Outside its grant the publish is refused, and the test says so.
+    let out = jetplug(
+        &[
+            "test",
+            plugins::ENRICHER_JS,
+            &fixture_s,
+            "--nats",
+            &nats.url(),
+            "--grant",
+            "log",
+            "--grant",
+            "publish:other.>",
+        ],
+        tmp.path(),
+    )?;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("got: term: publish refused (access-denied)"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -29,8 +29,9 @@ pub struct Args {
     /// One JSON object per message on stdout (summary on stderr).
     #[arg(long)]
     json: bool,
-    /// A grant: `log`, `publish:PATTERN`, `sql:DATABASE`, `kv:BUCKET`
-    /// (repeatable). Without any, every interface is granted.
+    /// A grant: `publish:PATTERN`, `sql:DATABASE`, `kv:BUCKET` (repeatable;
+    /// `log` is always granted, as in the configuration). Without any, every
+    /// interface is granted.
     #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant)]
     grants: Vec<Grant>,
     /// NATS server for `publish` and `kv` (otherwise they answer `unavailable`).
@@ -87,13 +88,11 @@ fn grants_of(list: &[Grant]) -> Grants {
     if list.is_empty() {
         return Grants::all();
     }
-    let mut g = Grants {
-        log: false,
-        ..Grants::default()
-    };
+    // As in the configuration: `log` is granted unless said otherwise.
+    let mut g = Grants::default();
     for grant in list {
         match grant {
-            Grant::Log => g.log = true,
+            Grant::Log => {}
             Grant::Publish(p) => g.publish.push(p.clone()),
             Grant::Sql(d) => g.sql.push(d.clone()),
             Grant::Kv(b) => g.kv.push(b.clone()),
@@ -247,7 +246,7 @@ mod tests {
         let e = parse_grant("files:/").err().unwrap_or_default();
         assert!(e.contains("is not a grant"), "{e}");
         let g = grants_of(&[Grant::Sql("events".into())]);
-        assert!(!g.log && g.sql == ["events"] && g.publish.is_empty());
+        assert!(g.log && g.sql == ["events"] && g.publish.is_empty());
         assert_eq!(grants_of(&[]), Grants::all());
     }
 }

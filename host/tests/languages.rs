@@ -1,0 +1,283 @@
+//! Plugins written in Python (componentize-py) and JavaScript
+//! (componentize-js), built by `make plugins`: they run in a real pipeline
+//! on nats-server with their default limits, and the sandbox holds them as
+//! it holds Rust ones — a looping Python plugin is interrupted at its
+//! deadline, a memory-hungry one at its memory limit, and the next batch
+//! runs on a fresh instance.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use jetplug::capability::Grants;
+use jetplug::engine::{EngineSettings, Runtime};
+use jetplug::plugin::{self, BatchError, Limits, PluginInstance, PluginSpec};
+use jetplug::{Decision, Message};
+use jetplug_tests::{NatsServer, eventually, free_port, http_get, plugins};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn built(path: &str) -> anyhow::Result<&str> {
+    anyhow::ensure!(
+        Path::new(path).is_file(),
+        "{path} is missing: `make plugins` builds the Python and JS plugins"
+    );
+    Ok(path)
+}
+
+fn msg(payload: &str) -> Message {
+    Message {
+        stream: "TEST".into(),
+        consumer: "c".into(),
+        subject: "test.subject".into(),
+        headers: vec![],
+        payload: payload.as_bytes().to_vec(),
+        stream_seq: 1,
+        delivered: 1,
+        published_at_ms: 0,
+        tenant: "default".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_plugin_is_held_to_its_deadline_and_memory_limit() -> anyhow::Result<()> {
+    let cache = tempfile::tempdir()?;
+    let rt = Arc::new(Runtime::new(EngineSettings {
+        max_instances: 8,
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..EngineSettings::default()
+    })?);
+    // Default limits (64 MiB) and grants (log only): the plugin's world
+    // imports nothing else.
+    let spec = PluginSpec {
+        limits: Limits {
+            deadline: Duration::from_millis(500),
+            ..Limits::default()
+        },
+        grants: Grants::default(),
+        ..PluginSpec::new("test-py", built(plugins::TEST_PY)?)
+    };
+    assert_eq!(spec.limits.memory_bytes, 64 * 1024 * 1024);
+    let mut inst = PluginInstance::new(Arc::new(plugin::load(&rt, spec)?));
+    inst.ready().await?;
+
+    let d = inst.handle([msg("ok"), msg("alloc:32"), msg("x")]).await?;
+    assert!(
+        matches!(&d[..], [Decision::Ack, Decision::Ack, Decision::Term(r)] if r == "handled-by:py"),
+        "{d:?}"
+    );
+
+    let err = inst.handle([msg("loop")]).await.err();
+    assert!(
+        matches!(err, Some(BatchError::Deadline { .. })),
+        "a looping Python plugin must be interrupted at its deadline: {err:?}"
+    );
+    let d = inst.handle([msg("ok")]).await?;
+    assert!(matches!(d[..], [Decision::Ack]));
+
+    let err = inst.handle([msg("alloc:100")]).await.err();
+    assert!(
+        matches!(err, Some(BatchError::MemoryLimit { .. })),
+        "100 MiB in a 64 MiB instance: {err:?}"
+    );
+    let d = inst.handle([msg("ok")]).await?;
+    assert!(matches!(d[..], [Decision::Ack]));
+    assert_eq!(
+        inst.instances_created(),
+        3,
+        "a fresh instance after each failure"
+    );
+
+    // Below what CPython needs to start (~14 MiB), the error says so.
+    let small = PluginSpec {
+        limits: Limits {
+            memory_bytes: 8 * 1024 * 1024,
+            ..Limits::default()
+        },
+        ..PluginSpec::new("test-py", plugins::TEST_PY)
+    };
+    let mut inst = PluginInstance::new(Arc::new(plugin::load(&rt, small)?));
+    let err = inst.ready().await.err().map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("memory limit of 8388608 bytes")),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+/// EVENTS is validated by the Python schema validator and enriched by the
+/// JavaScript enricher, side by side, with default limits.
+fn write_config(dir: &Path, url: &str, admin: &str) -> anyhow::Result<std::path::PathBuf> {
+    let text = format!(
+        r#"
+[nats]
+url = "{url}"
+
+[admin]
+address = "{admin}"
+
+[engine]
+cache_dir = "{cache}"
+
+[[stream]]
+name = "EVENTS"
+subjects = ["learning.>"]
+
+[[stream]]
+name = "ENRICHED"
+subjects = ["enriched.>"]
+
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+
+[plugin.validator]
+path = "{validator}"
+
+[plugin.enricher]
+path = "{enricher}"
+grants = {{ publish = ["enriched.>"] }}
+config = {{ pass_mark = "60" }}
+
+[[pipeline]]
+name = "validate"
+streams = ["EVENTS"]
+plugin = "validator"
+
+[[pipeline]]
+name = "enrich"
+streams = ["EVENTS"]
+plugin = "enricher"
+"#,
+        cache = dir.join("cache").display(),
+        validator = built(plugins::SCHEMA_VALIDATOR_PY)?,
+        enricher = built(plugins::ENRICHER_JS)?,
+    );
+    let path = dir.join("jetplug.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+async fn count(js: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {
+    Ok(js
+        .get_stream(stream)
+        .await?
+        .get_info()
+        .await?
+        .state
+        .messages)
+}
+
+/// Every message of `stream`: (headers as pairs, payload).
+async fn read_all(
+    js: &jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<Vec<(async_nats::HeaderMap, Vec<u8>)>> {
+    let s = js.get_stream(stream).await?;
+    let last = s.get_info().await?.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let m = s.get_raw_message(seq).await?;
+        out.push((m.headers, m.payload.to_vec()));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_plugins_run_in_a_pipeline() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let config = write_config(dir.path(), &nats.url(), &admin)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let host = tokio::spawn(jetplug::host::run(
+        jetplug::config::Config::load(&config)?,
+        shutdown.clone(),
+        |_| {},
+    ));
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    eventually(WAIT, "ready", || async {
+        Ok(http_get(&admin, "/readyz")
+            .await
+            .map(|r| r.0 == 200)
+            .unwrap_or(false))
+    })
+    .await?;
+
+    // 40 valid events (every 8th with a score above the schema's maximum),
+    // and 4 that are not JSON.
+    let (mut valid, mut too_high, mut broken) = (0u64, 0u64, 0u64);
+    for i in 0..44u64 {
+        let body = if i % 11 == 10 {
+            broken += 1;
+            format!("{{\"student\": \"s-{i}\", broken")
+        } else if i % 8 == 0 {
+            too_high += 1;
+            format!(r#"{{"student":"s-{i}","seq":{i},"score":150}}"#)
+        } else {
+            valid += 1;
+            format!(r#"{{"student":"s-{i}","seq":{i},"score":{}}}"#, i * 2)
+        };
+        js.publish("learning.quiz.answered", body.into())
+            .await?
+            .await?;
+    }
+
+    // The validator dead-letters the invalid ones; the enricher publishes a
+    // derived event for every JSON object and dead-letters the rest.
+    let letters = too_high + broken + broken;
+    let enriched = valid + too_high;
+    eventually(WAIT, "dead letters and enriched events", || async {
+        Ok(count(&js, "DLQ").await? >= letters && count(&js, "ENRICHED").await? >= enriched)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&js, "DLQ").await?, letters);
+    assert_eq!(
+        count(&js, "ENRICHED").await?,
+        enriched,
+        "one per event, no more"
+    );
+
+    let mut reasons: Vec<(String, String)> = read_all(&js, "DLQ")
+        .await?
+        .into_iter()
+        .map(|(h, _)| {
+            let get = |n: &str| h.get(n).map(|v| v.as_str().to_owned()).unwrap_or_default();
+            (get("Jetplug-Pipeline"), get("Jetplug-Reason"))
+        })
+        .collect();
+    reasons.sort();
+    let schema = reasons
+        .iter()
+        .filter(|(p, r)| {
+            p == "validate" && r == "schema: $.score: 150 is more than the maximum 100"
+        })
+        .count() as u64;
+    assert_eq!(schema, too_high, "{reasons:?}");
+    for pipeline in ["validate", "enrich"] {
+        let not_json = reasons
+            .iter()
+            .filter(|(p, r)| p == pipeline && r.starts_with("payload is not JSON"))
+            .count() as u64;
+        assert_eq!(not_json, broken, "{pipeline}: {reasons:?}");
+    }
+
+    let mut seqs = BTreeSet::new();
+    for (_, payload) in read_all(&js, "ENRICHED").await? {
+        let v: serde_json::Value = serde_json::from_slice(&payload)?;
+        let score = v["score"].as_u64().unwrap_or(0);
+        let want = if score >= 60 { "pass" } else { "fail" };
+        assert_eq!(v["grade"], want, "{v}");
+        assert_eq!(v["source"]["stream"], "EVENTS");
+        assert!(seqs.insert(v["source"]["seq"].as_u64().unwrap_or(0)), "{v}");
+    }
+    assert_eq!(seqs.len() as u64, enriched);
+
+    shutdown.cancel();
+    host.await??;
+    Ok(())
+}
