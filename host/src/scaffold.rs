@@ -28,12 +28,8 @@ pub enum ScaffoldError {
     BadName(String),
     #[error("{} already exists and is not empty: choose another --dir", .0.display())]
     NotEmpty(PathBuf),
-    #[error("cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] wit::WriteError),
 }
 
 macro_rules! embed {
@@ -145,22 +141,10 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, Scaffo
     {
         return Err(ScaffoldError::NotEmpty(dir.to_path_buf()));
     }
-    let mut written = Vec::new();
-    for (rel, text) in files {
-        let path = dir.join(&rel);
-        let write = |p: &Path| -> std::io::Result<()> {
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(p, &text)
-        };
-        write(&path).map_err(|source| ScaffoldError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        written.push(path);
-    }
-    Ok(written)
+    Ok(wit::write_files(
+        dir,
+        files.iter().map(|(rel, text)| (rel.clone(), text.as_str())),
+    )?)
 }
 
 #[cfg(test)]

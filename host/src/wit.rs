@@ -32,14 +32,28 @@ pub struct WriteError {
 /// Writes the WIT package into `dir` (created if missing); returns the files
 /// written.
 pub fn write_to(dir: &Path) -> Result<Vec<PathBuf>, WriteError> {
-    std::fs::create_dir_all(dir).map_err(|source| WriteError {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    write_files(
+        dir,
+        FILES.iter().map(|(name, text)| ((*name).to_owned(), *text)),
+    )
+}
+
+/// Writes `(relative path, contents)` pairs below `dir`, creating folders
+/// as needed; returns the files written.
+pub fn write_files<'a>(
+    dir: &Path,
+    files: impl IntoIterator<Item = (String, &'a str)>,
+) -> Result<Vec<PathBuf>, WriteError> {
     let mut written = Vec::new();
-    for (name, text) in FILES {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| WriteError {
+    for (rel, text) in files {
+        let path = dir.join(rel);
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, text)
+        };
+        write().map_err(|source| WriteError {
             path: path.clone(),
             source,
         })?;

@@ -239,39 +239,18 @@ async fn test_command_reaches_real_servers() -> TestResult {
         ..Default::default()
     })
     .await?;
-    let out = jetplug(
-        &[
-            "test",
-            plugins::ENRICHER_JS,
-            &fixture_s,
-            "--nats",
-            &nats.url(),
-            "--grant",
-            "log",
-            "--grant",
-            "publish:enriched.>",
-        ],
-        tmp.path(),
-    )?;
+    let url = nats.url();
+    let enrich = |grant: &str| {
+        let args = ["test", plugins::ENRICHER_JS, &fixture_s, "--nats", &url];
+        jetplug(&[&args[..], &["--grant", grant]].concat(), tmp.path())
+    };
+    let out = enrich("publish:enriched.>")?;
     assert!(out.status.success(), "{}", output_text(&out));
     let info = js.get_stream("ENRICHED").await?.get_info().await?;
     assert_eq!(info.state.messages, 2);
 
     // Outside its grant the publish is refused, and the test says so.
-    let out = jetplug(
-        &[
-            "test",
-            plugins::ENRICHER_JS,
-            &fixture_s,
-            "--nats",
-            &nats.url(),
-            "--grant",
-            "log",
-            "--grant",
-            "publish:other.>",
-        ],
-        tmp.path(),
-    )?;
+    let out = enrich("publish:other.>")?;
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(

@@ -14,8 +14,11 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
     let dir = Path::new(plugins::TEST_NOOP)
         .parent()
         .ok_or_else(|| anyhow::anyhow!("plugin dir"))?;
+    let guest = Path::new(plugins::BENCH_PY)
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("guest plugin dir"))?;
     let out = tokio::task::spawn_blocking({
-        let (nats, pg, dir) = (nats.url(), pg.url(), dir.to_path_buf());
+        let (nats, pg, dir, guest) = (nats.url(), pg.url(), dir.to_path_buf(), guest.to_path_buf());
         move || {
             Command::new(env!("CARGO_BIN_EXE_jetplug"))
                 .args([
@@ -31,6 +34,8 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
                 ])
                 .args(["--postgres", &pg, "--plugins"])
                 .arg(dir)
+                .arg("--guest-plugins")
+                .arg(guest)
                 .output()
         }
     })
@@ -58,6 +63,12 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
         ("postgres-indexer, sustained", "rows/s"),
         ("plain COPY of the same rows (reference)", "rows/s"),
         ("postgres-indexer beside hostile plugins", "rows/s"),
+        ("Rust plugin, no-op", "msg/s"),
+        ("Rust plugin, parse JSON", "msg/s"),
+        ("Python plugin, no-op", "msg/s"),
+        ("Python plugin, parse JSON", "msg/s"),
+        ("JavaScript plugin, no-op", "msg/s"),
+        ("JavaScript plugin, parse JSON", "msg/s"),
     ] {
         let line = text
             .lines()

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use jetplug_tests::plugins;
+use jetplug_tests::{output_text, plugins};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -220,5 +220,162 @@ fn bad_arguments_are_named() -> TestResult {
         let err = stderr(&out);
         assert!(err.contains(want) && err.contains(arg), "{arg}: {err}");
     }
+    Ok(())
+}
+
+/// Fixtures for `jetplug test` on test-noop: one line per kind of
+/// expectation (line 3 is blank).
+const FIXTURES: &str = r#"{"subject": "a.b.c", "payload_text": "fine", "expect": "ack"}
+{"subject": "a.b.c", "payload_text": "retry:250", "expect": {"decision": "retry", "delay_ms": 250}}
+
+{"subject": "a.b.c", "payload_text": "retry", "expect": {"decision": "retry", "delay_ms": null}}
+{"subject": "a.b.c", "payload_text": "term:bad input here", "expect": {"decision": "term", "reason": "^bad input"}}
+{"subject": "a.b.c", "payload_text": "no expectation"}
+"#;
+
+#[test]
+fn test_command_meets_expectations() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = write_events(dir.path(), FIXTURES)?;
+    let out = jetplug(&["test", plugins::TEST_NOOP, &input], dir.path())?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "ok: 5 messages in 1 files, 4 expectations met, 0 not met, 1 without expectation"
+    );
+    Ok(())
+}
+
+#[test]
+fn test_command_prints_every_mismatch_and_exits_2() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let wrong = FIXTURES
+        .replace(r#""delay_ms": 250"#, r#""delay_ms": 500"#)
+        .replace(r#""reason": "^bad input""#, r#""reason": "^good""#);
+    let input = write_events(dir.path(), &wrong)?;
+    let out = jetplug(&["test", plugins::TEST_NOOP, &input], dir.path())?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "MISMATCH {input}:2  a.b.c\n  expected: retry after 500 ms\n       got: retry after 250 ms"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "MISMATCH {input}:5  a.b.c\n  expected: term matching /^good/\n       got: term: bad input here"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "FAILED: 5 messages in 1 files, 2 expectations met, 2 not met, 1 without expectation\n"
+        ),
+        "{text}"
+    );
+
+    // --json: one object per message, the summary on stderr.
+    let out = jetplug(&["test", plugins::TEST_NOOP, &input, "--json"], dir.path())?;
+    assert_eq!(out.status.code(), Some(2));
+    let rows: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[1]["line"], 2);
+    assert_eq!(rows[1]["ok"], false);
+    assert_eq!(rows[1]["expected"], "retry after 500 ms");
+    assert_eq!(rows[1]["got"], "retry after 250 ms");
+    assert_eq!(rows[4]["expected"], serde_json::Value::Null);
+    assert!(stderr(&out).contains("FAILED: 5 messages"));
+    Ok(())
+}
+
+#[test]
+fn test_command_expects_failed_batches_and_catches_unexpected_ones() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = write_events(
+        dir.path(),
+        concat!(
+            r#"{"subject": "a.b", "payload_text": "boom", "expect": {"decision": "failed", "error": "deadline"}}"#,
+            "\n",
+            r#"{"subject": "a.b", "payload_text": "ok", "expect": "ack"}"#,
+            "\n",
+        ),
+    )?;
+    let args = [
+        "test",
+        plugins::TEST_LOOP,
+        &input,
+        "-b",
+        "1",
+        "--deadline",
+        "200ms",
+    ];
+    let out = jetplug(&args, dir.path())?;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // Without an expectation, a failed batch is a failure.
+    let input = write_events(
+        dir.path(),
+        "{\"subject\": \"a.b\", \"payload_text\": \"boom\"}\n",
+    )?;
+    let args = ["test", plugins::TEST_LOOP, &input, "--deadline", "200ms"];
+    let out = jetplug(&args, dir.path())?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).contains("expected: a decision\n       got: failed batch (deadline)"));
+    Ok(())
+}
+
+#[test]
+fn test_command_bad_fixtures_and_flags_are_named() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cases = [
+        (
+            r#"{"subject": "a", "expect": "maybe"}"#,
+            "events.jsonl:1: invalid `expect`: unknown decision `maybe`",
+        ),
+        (
+            r#"{"subject": "a", "expect": {"decision": "ack", "delay_ms": 1}}"#,
+            "`delay_ms` does not apply to `ack`",
+        ),
+        (
+            r#"{"subject": "a", "expect": {"decision": "term", "reason": "(["}}"#,
+            "`reason` is not a regular expression",
+        ),
+    ];
+    for (line, want) in cases {
+        let input = write_events(dir.path(), line)?;
+        let out = jetplug(&["test", plugins::TEST_NOOP, &input], dir.path())?;
+        assert_eq!(out.status.code(), Some(1), "{line}");
+        assert!(stderr(&out).contains(want), "{line}: {}", stderr(&out));
+    }
+    let input = write_events(dir.path(), r#"{"subject": "a", "expect": "ack"}"#)?;
+    let out = jetplug(
+        &["test", plugins::TEST_NOOP, &input, "--grant", "files:/"],
+        dir.path(),
+    )?;
+    assert_eq!(out.status.code(), Some(2), "clap refuses the flag");
+    assert!(
+        stderr(&out).contains("`files:/` is not a grant"),
+        "{}",
+        stderr(&out)
+    );
+    let out = jetplug(&["test", plugins::TEST_NOOP], dir.path())?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("FIXTURES"), "{}", stderr(&out));
+    // A refused NATS connection is an error, not a silent `unavailable`.
+    let url = format!("nats://127.0.0.1:{}", jetplug_tests::free_port()?);
+    let out = jetplug(
+        &["test", plugins::TEST_NOOP, &input, "--nats", &url],
+        dir.path(),
+    )?;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains(&format!("--nats {url}")),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }

@@ -1,20 +1,13 @@
 //! Plugins written in Python (componentize-py) and JavaScript
-//! (componentize-js), built by `make plugins`: they run in a real pipeline
-//! on nats-server with their default limits, and the sandbox holds them as
-//! it holds Rust ones — a looping Python plugin is interrupted at its
-//! deadline, a memory-hungry one at its memory limit, and the next batch
-//! runs on a fresh instance.
+//! (componentize-js), built by `make plugins`, run in a real pipeline on
+//! nats-server with their default limits. (The sandbox's hold on a Python
+//! plugin — deadline, memory — is tested in `runtime.rs`.)
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug::capability::Grants;
-use jetplug::engine::{EngineSettings, Runtime};
-use jetplug::plugin::{self, BatchError, Limits, PluginInstance, PluginSpec};
-use jetplug::{Decision, Message};
 use jetplug_tests::{NatsServer, eventually, free_port, http_get, plugins};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -25,87 +18,6 @@ fn built(path: &str) -> anyhow::Result<&str> {
         "{path} is missing: `make plugins` builds the Python and JS plugins"
     );
     Ok(path)
-}
-
-fn msg(payload: &str) -> Message {
-    Message {
-        stream: "TEST".into(),
-        consumer: "c".into(),
-        subject: "test.subject".into(),
-        headers: vec![],
-        payload: payload.as_bytes().to_vec(),
-        stream_seq: 1,
-        delivered: 1,
-        published_at_ms: 0,
-        tenant: "default".into(),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_plugin_is_held_to_its_deadline_and_memory_limit() -> anyhow::Result<()> {
-    let cache = tempfile::tempdir()?;
-    let rt = Arc::new(Runtime::new(EngineSettings {
-        max_instances: 8,
-        cache_dir: Some(cache.path().to_path_buf()),
-        ..EngineSettings::default()
-    })?);
-    // Default limits (64 MiB) and grants (log only): the plugin's world
-    // imports nothing else.
-    let spec = PluginSpec {
-        limits: Limits {
-            deadline: Duration::from_millis(500),
-            ..Limits::default()
-        },
-        grants: Grants::default(),
-        ..PluginSpec::new("test-py", built(plugins::TEST_PY)?)
-    };
-    assert_eq!(spec.limits.memory_bytes, 64 * 1024 * 1024);
-    let mut inst = PluginInstance::new(Arc::new(plugin::load(&rt, spec)?));
-    inst.ready().await?;
-
-    let d = inst.handle([msg("ok"), msg("alloc:32"), msg("x")]).await?;
-    assert!(
-        matches!(&d[..], [Decision::Ack, Decision::Ack, Decision::Term(r)] if r == "handled-by:py"),
-        "{d:?}"
-    );
-
-    let err = inst.handle([msg("loop")]).await.err();
-    assert!(
-        matches!(err, Some(BatchError::Deadline { .. })),
-        "a looping Python plugin must be interrupted at its deadline: {err:?}"
-    );
-    let d = inst.handle([msg("ok")]).await?;
-    assert!(matches!(d[..], [Decision::Ack]));
-
-    let err = inst.handle([msg("alloc:100")]).await.err();
-    assert!(
-        matches!(err, Some(BatchError::MemoryLimit { .. })),
-        "100 MiB in a 64 MiB instance: {err:?}"
-    );
-    let d = inst.handle([msg("ok")]).await?;
-    assert!(matches!(d[..], [Decision::Ack]));
-    assert_eq!(
-        inst.instances_created(),
-        3,
-        "a fresh instance after each failure"
-    );
-
-    // Below what CPython needs to start (~14 MiB), the error says so.
-    let small = PluginSpec {
-        limits: Limits {
-            memory_bytes: 8 * 1024 * 1024,
-            ..Limits::default()
-        },
-        ..PluginSpec::new("test-py", plugins::TEST_PY)
-    };
-    let mut inst = PluginInstance::new(Arc::new(plugin::load(&rt, small)?));
-    let err = inst.ready().await.err().map(|e| e.to_string());
-    assert!(
-        err.as_deref()
-            .is_some_and(|e| e.contains("memory limit of 8388608 bytes")),
-        "{err:?}"
-    );
-    Ok(())
 }
 
 /// EVENTS is validated by the Python schema validator and enriched by the

@@ -77,6 +77,31 @@ async fn measure(
     Ok(stats(samples))
 }
 
+/// Loads `spec` and starts an instance (`init`) twice, in fresh runtimes
+/// sharing a new compile cache: the first compiles, the second loads the
+/// cached code. Returns both times and the cached plugin.
+pub async fn cold_start(
+    spec: PluginSpec,
+) -> anyhow::Result<(Duration, Duration, Arc<plugin::Plugin>)> {
+    let cache = tempfile::tempdir()?;
+    let settings = EngineSettings {
+        max_instances: 8,
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..EngineSettings::default()
+    };
+    let t = Instant::now();
+    let runtime = Arc::new(Runtime::new(settings.clone())?);
+    let compiled = Arc::new(plugin::load(&runtime, spec.clone())?);
+    PluginInstance::new(compiled).ready().await?;
+    let compile = t.elapsed();
+
+    let t = Instant::now();
+    let runtime = Arc::new(Runtime::new(settings)?);
+    let cached = Arc::new(plugin::load(&runtime, spec)?);
+    PluginInstance::new(cached.clone()).ready().await?;
+    Ok((compile, t.elapsed(), cached))
+}
+
 /// Runs the dispatch benchmark on `plugin_path` (a no-op plugin).
 pub async fn run(
     plugin_path: &Path,
@@ -85,27 +110,9 @@ pub async fn run(
     payload_bytes: usize,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<DispatchReport> {
-    let cache = tempfile::tempdir()?;
-    let settings = EngineSettings {
-        max_instances: 8,
-        cache_dir: Some(cache.path().to_path_buf()),
-        ..EngineSettings::default()
-    };
-    let spec = PluginSpec::new("bench", plugin_path);
-
-    progress("cold start (compile)");
-    let t = Instant::now();
-    let runtime = Arc::new(Runtime::new(settings.clone())?);
-    let compiled = Arc::new(plugin::load(&runtime, spec.clone())?);
-    PluginInstance::new(compiled.clone()).ready().await?;
-    let cold_start_compile = t.elapsed();
-
-    progress("cold start (cached)");
-    let t = Instant::now();
-    let runtime2 = Arc::new(Runtime::new(settings)?);
-    let cached = Arc::new(plugin::load(&runtime2, spec)?);
-    PluginInstance::new(cached.clone()).ready().await?;
-    let cold_start_cached = t.elapsed();
+    progress("cold start");
+    let (cold_start_compile, cold_start_cached, cached) =
+        cold_start(PluginSpec::new("bench", plugin_path)).await?;
 
     let payload = vec![b'x'; payload_bytes];
     let batch: Arc<[Message]> = (0..batch_size).map(|i| message(i, &payload)).collect();

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::bench::{dispatch, env::Env, indexer, throughput};
+use crate::bench::{dispatch, env::Env, indexer, languages, throughput};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +27,9 @@ enum What {
     Throughput,
     /// Postgres indexer rows/s vs COPY, alone and beside hostile plugins.
     Indexer,
+    /// The same no-op and parse-JSON handlers in Rust, Python and JavaScript:
+    /// msg/s through the host, cold start compiling / cached.
+    Languages,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +78,9 @@ struct Common {
         default_value = "target/plugins/wasm32-wasip2/release"
     )]
     plugins: PathBuf,
+    /// Directory of the Python and JavaScript plugin components.
+    #[arg(long, global = true, default_value = "target/plugins/guest")]
+    guest_plugins: PathBuf,
 }
 
 /// The value of `--hostile` (a newtype: clap would take a `Vec` for a
@@ -152,7 +158,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let needs_nats = all || matches!(what, What::Throughput | What::Indexer);
+    let needs_nats = all || matches!(what, What::Throughput | What::Indexer | What::Languages);
     let env = if needs_nats {
         Some(Env::new(&c.nats, &c.plugins).await?)
     } else {
@@ -273,6 +279,44 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     Some(ratio >= 0.9),
                 ));
             }
+        }
+    }
+
+    if let Some(env) = &env
+        && (all || matches!(what, What::Languages))
+    {
+        let r = languages::run(
+            env,
+            &languages::Settings {
+                count: c.count,
+                batch: c.batch,
+                concurrency: c.concurrency,
+                plugins: vec![
+                    ("Rust", env.plugin("bench_rust.wasm")),
+                    (
+                        "Python",
+                        std::path::absolute(c.guest_plugins.join("bench-py.wasm"))?,
+                    ),
+                    (
+                        "JavaScript",
+                        std::path::absolute(c.guest_plugins.join("bench-js.wasm"))?,
+                    ),
+                ],
+            },
+        )
+        .await?;
+        for l in r {
+            rows.push(row(
+                &format!("{} plugin, {}", l.language, l.handler),
+                format!(
+                    "{:.0} msg/s; cold start {:.0} ms compiling / {:.0} ms cached",
+                    l.per_sec,
+                    l.compile.as_secs_f64() * 1e3,
+                    l.cached.as_secs_f64() * 1e3
+                ),
+                "",
+                None,
+            ));
         }
     }
 

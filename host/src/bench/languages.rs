@@ -1,0 +1,128 @@
+//! The same handlers in Rust, Python and JavaScript (`bench-rust`,
+//! `bench-py`, `bench-js`: a no-op, and one that parses every payload as
+//! JSON): messages per second through the host (nats-server, a host child
+//! process, one pipeline), and cold start — compiling the component, then
+//! from the compiled-component cache — so authors can weigh a language.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::dispatch;
+use super::env::{self, Env};
+use crate::plugin::PluginSpec;
+
+/// Settings for [`run`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub count: u64,
+    pub batch: u32,
+    pub concurrency: u32,
+    /// (language, component) pairs, e.g. ("Rust", .../bench_rust.wasm).
+    pub plugins: Vec<(&'static str, PathBuf)>,
+}
+
+/// One language and handler.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub language: &'static str,
+    pub handler: &'static str,
+    pub per_sec: f64,
+    pub compile: Duration,
+    pub cached: Duration,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+const MODES: [&str; 2] = ["noop", "json"];
+
+fn body(path: &std::path::Path, mode: &str, batch: u32, concurrency: u32) -> String {
+    format!(
+        r#"
+[[stream]]
+name = "BENCH_LANG"
+subjects = ["bench_lang.>"]
+
+[plugin.p]
+path = "{path}"
+config = {{ mode = "{mode}" }}
+
+[[pipeline]]
+name = "lang"
+streams = ["BENCH_LANG"]
+plugin = "p"
+batch = {batch}
+concurrency = {concurrency}
+"#,
+        path = path.display(),
+    )
+}
+
+pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
+    for (lang, path) in &s.plugins {
+        anyhow::ensure!(
+            path.is_file(),
+            "{} ({lang}) not found: `make plugins` builds it (Python and JS need the toolchains scripts/setup.sh installs)",
+            path.display()
+        );
+    }
+    let mut rows = Vec::new();
+    let mut published = false;
+    for (language, path) in &s.plugins {
+        let (compile, cached, _) = dispatch::cold_start(PluginSpec::new("bench", path)).await?;
+        for mode in MODES {
+            let name = format!("lang-{}-{mode}", language.to_lowercase());
+            let (cfg_path, config) = env.config(
+                &name,
+                "lang-cache",
+                &body(path, mode, s.batch, s.concurrency),
+            )?;
+            if !published {
+                env.fresh_streams(&config).await?;
+                let bar = env::bar(s.count, "publishing JSON events");
+                env.publish(
+                    "bench_lang.x",
+                    s.count,
+                    |i| {
+                        format!(
+                            r#"{{"student":"s-{}","seq":{i},"score":{},"tags":["a","b"],"note":"a short JSON event"}}"#,
+                            i % 97,
+                            i % 100
+                        )
+                        .into_bytes()
+                    },
+                    &bar,
+                )
+                .await?;
+                bar.finish_and_clear();
+                published = true;
+            }
+            let stream = env.js.get_stream("BENCH_LANG").await?;
+            let _ = stream.delete_consumer("jetplug-lang-BENCH_LANG").await;
+            let bar = env::bar(s.count, &format!("{language} {mode}"));
+            let host = env.spawn_host(&cfg_path, &format!("{name}.log"))?;
+            let run = env::wait_acked(
+                &env.js,
+                "BENCH_LANG",
+                "jetplug-lang-BENCH_LANG",
+                s.count,
+                TIMEOUT,
+                &bar,
+            )
+            .await?;
+            host.stop()?;
+            bar.finish_and_clear();
+            let _ = stream.delete_consumer("jetplug-lang-BENCH_LANG").await;
+            rows.push(Row {
+                language,
+                handler: if mode == "json" {
+                    "parse JSON"
+                } else {
+                    "no-op"
+                },
+                per_sec: run.rate(s.count),
+                compile,
+                cached,
+            });
+        }
+    }
+    Ok(rows)
+}
