@@ -633,3 +633,28 @@ async fn python_plugin_is_held_to_its_deadline_and_memory_limit() -> TestResult 
     );
     Ok(())
 }
+
+/// The compatibility rule: the host loads a component built against every
+/// WIT version it has shipped. Shipping a new version makes this test fail
+/// until a component built against the previous one is kept in plugins/.
+#[tokio::test]
+async fn loads_a_component_built_against_every_shipped_wit_version() -> TestResult {
+    let rt = runtime(None)?;
+    for version in jetplug::wit::SHIPPED {
+        let component = match *version {
+            // Every plugin in plugins/ is built against 0.1.0 today.
+            "0.1.0" => plugins::TEST_NOOP,
+            other => return Err(format!("no test component built against WIT {other}").into()),
+        };
+        let bytes = std::fs::read(component)?;
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains(&format!("jetplug:plugin/handler@{version}")),
+            "{component} is not built against {version}"
+        );
+        let mut inst = instance(&rt, spec(component))?;
+        let d = inst.handle([msg("ok")]).await?;
+        assert!(matches!(d[..], [Decision::Ack]), "{version}: {d:?}");
+    }
+    Ok(())
+}
