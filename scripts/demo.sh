@@ -65,6 +65,8 @@ sql() { psql -h 127.0.0.1 -p 54321 -U postgres -Atc "$1" 2>/dev/null; }
 psql -h 127.0.0.1 -p 54321 -U postgres -q -f examples/aivo/schema.sql
 before=$(sql "select count(*) from events")
 counted_before=$(sql "select coalesce(sum(count),0) from event_counts")
+dead_letters() { "$jetplug" dlq list --config "$config" 2>/dev/null | sed -n 's/^\([0-9]*\) dead letters in.*/\1/p' | head -1; }
+dlq_before=$(dead_letters); dlq_before=${dlq_before:-0}
 
 say "jetplug check"
 "$jetplug" check --config "$config"
@@ -77,16 +79,34 @@ for _ in $(seq 100); do [ "$(grep -c consuming "$demo/host.log" || true)" -ge 6 
 say "publishing $count sample events (every ${every}th malformed)"
 "$jetplug" publish --config "$config" --count "$count" --malformed-every "$every"
 
-malformed=$((count / every))
-want=$((before + count - malformed))
+# What the run must produce: `jetplug publish` sends the AIVO subjects in
+# turn (learning x2, focus x2, homework, recommendation), malformed ones in
+# their own turn; the indexer takes all four streams, the aggregator
+# learning and focus, and each dead-letters the malformed events it sees.
+malformed=0 want_counted=0 want_dlq=0
+for ((i = 0; i < count; i++)); do
+  if (( (i + 1) % every == 0 )); then
+    (( malformed % 6 < 4 )) && want_dlq=$((want_dlq + 2)) || want_dlq=$((want_dlq + 1))
+    malformed=$((malformed + 1))
+  elif (( i % 6 < 4 )); then
+    want_counted=$((want_counted + 1))
+  fi
+done
+want_indexed=$((count - malformed))
+want=$((before + want_indexed))
 for _ in $(seq 600); do
   [ "$(sql "select count(*) from events")" -ge "$want" ] && break; sleep 0.1
+done
+for _ in $(seq 300); do
+  [ "$(( $(dead_letters) - dlq_before ))" -ge "$want_dlq" ] && break; sleep 0.1
 done
 sleep 1
 
 say "summary"
-echo "events indexed this run:  $(( $(sql "select count(*) from events") - before ))  (total $(sql "select count(*) from events"))"
-echo "events counted this run:  $(( $(sql "select coalesce(sum(count),0) from event_counts") - counted_before ))  (learning + focus)"
+indexed=$(( $(sql "select count(*) from events") - before ))
+counted=$(( $(sql "select coalesce(sum(count),0) from event_counts") - counted_before ))
+echo "events indexed this run:  $indexed  (total $(sql "select count(*) from events"))"
+echo "events counted this run:  $counted  (learning + focus)"
 echo
 echo "indexed by domain:"
 sql "select '  ' || domain || ': ' || count(*) from events group by domain order by domain"
@@ -94,7 +114,18 @@ echo "counts by (domain, entity, action), all minutes:"
 sql "select '  ' || k || ': ' || n from (select domain || '.' || entity || '.' || action as k, sum(count) as n from event_counts group by 1) t order by k"
 echo
 "$jetplug" dlq list --config "$config"
+dlq=$(( $(dead_letters) - dlq_before ))
+
+say "check"
+if [ "$indexed" -eq "$want_indexed" ] && [ "$counted" -eq "$want_counted" ] && [ "$dlq" -eq "$want_dlq" ]; then
+  echo "as expected: $indexed indexed, $counted counted, $dlq dead letters"
+  demo_ok=1
+else
+  echo "WRONG: indexed $indexed (want $want_indexed), counted $counted (want $want_counted), dead letters $dlq (want $want_dlq)"
+  demo_ok=0
+fi
 
 say "stopping"
 kill -TERM "$host_pid"; wait "$host_pid" && echo "host stopped cleanly (exit 0)"
 host_pid=
+[ "$demo_ok" -eq 1 ] || exit 1
