@@ -70,6 +70,12 @@ enum Command {
     Wit(wit::Args),
 }
 
+/// The command-line definition (every subcommand and flag), e.g. for
+/// documentation checks.
+pub fn definition() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
