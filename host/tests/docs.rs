@@ -270,7 +270,11 @@ fn every_config_key_is_documented() -> TestResult {
         for key in keys_of(&probe)? {
             total += 1;
             let forms = match (section, parent) {
-                ("", _) => vec![format!("`[{key}]`"), format!("`[[{key}]]`"), format!("`[{key}.")],
+                ("", _) => vec![
+                    format!("`[{key}]`"),
+                    format!("`[[{key}]]`"),
+                    format!("`[{key}."),
+                ],
                 (_, Some(p)) => vec![format!("`{p}.{key}`")],
                 _ => vec![format!("`{key}`"), format!("`{key}.")],
             };

@@ -1,0 +1,173 @@
+//! The prelude the engine tests share: a nats-server and a host started the
+//! same way (EVENTS and DLQ streams, one pipeline `main`), its stats, a
+//! JetStream context, and small readers of the streams.
+#![allow(dead_code, unused_imports)]
+
+pub use std::path::Path;
+pub use std::sync::Arc;
+pub use std::time::{Duration, Instant};
+
+pub use anyhow::Context as _;
+pub use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+pub use futures::StreamExt;
+pub use jetplug::config::Config;
+pub use jetplug::host::{self, HostHandle};
+pub use jetplug::pipeline::Stats;
+pub use jetplug_tests::{NatsServer, eventually, plugins};
+pub use tokio::task::JoinHandle;
+pub use tokio_util::sync::CancellationToken;
+
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
+
+/// A config with streams EVENTS (events.>) and DLQ (dlq.>), one pipeline
+/// `main` on EVENTS with `plugin`, and `extra` appended to the pipeline.
+pub(crate) fn config(dir: &Path, url: &str, plugin: &str, extra: &str) -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[nats]
+url = "{url}"
+connect_delay = "200ms"
+reconnect_delay = "200ms"
+
+[host]
+shutdown_timeout = "20s"
+
+[engine]
+cache_dir = "{cache}"
+
+[[stream]]
+name = "EVENTS"
+subjects = ["events.>"]
+
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+
+[plugin.p]
+path = "{plugin}"
+
+[[pipeline]]
+name = "main"
+streams = ["EVENTS"]
+plugin = "p"
+batch = 20
+batch_max_wait = "20ms"
+backoff = {{ initial = "100ms", max = "1s" }}
+{extra}
+"#,
+        cache = dir.join("cache").display(),
+    );
+    let path = dir.join("jetplug.toml");
+    std::fs::write(&path, &text)?;
+    Ok(Config::load(&path)?)
+}
+
+pub(crate) struct RunningHost {
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) task: JoinHandle<Result<(), host::HostError>>,
+    pub(crate) handle: tokio::sync::oneshot::Receiver<HostHandle>,
+}
+
+pub(crate) fn start(config: Config) -> RunningHost {
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(host::run(config, shutdown.clone(), move |h| {
+        let _ = tx.send(h);
+    }));
+    RunningHost {
+        shutdown,
+        task,
+        handle: rx,
+    }
+}
+
+impl RunningHost {
+    pub(crate) async fn stats(&mut self) -> anyhow::Result<Arc<Stats>> {
+        let h = tokio::time::timeout(WAIT, &mut self.handle)
+            .await
+            .context("host did not start")??;
+        Ok(h.stats["main"].clone())
+    }
+
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .context("host did not stop in time")???;
+        Ok(())
+    }
+}
+
+/// A nats-server and a host running `plugin` (with `extra` pipeline keys)
+/// on it: the server, the temp dir, the host, its stats and a JetStream
+/// context. Keep the server and dir bound until the test ends.
+pub(crate) async fn running(
+    plugin: &str,
+    extra: &str,
+) -> anyhow::Result<(
+    NatsServer,
+    tempfile::TempDir,
+    RunningHost,
+    Arc<Stats>,
+    jetstream::Context,
+)> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(dir.path(), &nats.url(), plugin, extra)?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    Ok((nats, dir, host, stats, js))
+}
+
+pub(crate) async fn js(nats: &NatsServer) -> anyhow::Result<jetstream::Context> {
+    Ok(jetstream::new(async_nats::connect(nats.url()).await?))
+}
+
+pub(crate) async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    payloads: &[&str],
+) -> anyhow::Result<()> {
+    for p in payloads {
+        js.publish(subject.to_owned(), p.as_bytes().to_vec().into())
+            .await?
+            .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn consumer(js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
+    js.get_stream("EVENTS")
+        .await?
+        .get_consumer("jetplug-main-EVENTS")
+        .await
+        .map_err(|e| anyhow::anyhow!("get consumer: {e}"))
+}
+
+/// All messages of the stream are settled: nothing pending, nothing unacked.
+pub(crate) async fn all_settled(js: &jetstream::Context, total: u64) -> anyhow::Result<bool> {
+    let mut c = consumer(js).await?;
+    let info = c.info().await?;
+    Ok(info.num_pending == 0
+        && info.num_ack_pending == 0
+        && info.delivered.stream_sequence >= total)
+}
+
+pub(crate) async fn dlq_messages(
+    js: &jetstream::Context,
+) -> anyhow::Result<Vec<async_nats::jetstream::message::StreamMessage>> {
+    let mut s = js.get_stream("DLQ").await?;
+    let n = s.info().await?.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=n {
+        out.push(s.get_raw_message(seq).await?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn header<'a>(
+    m: &'a async_nats::jetstream::message::StreamMessage,
+    name: &str,
+) -> &'a str {
+    m.headers.get(name).map(|v| v.as_str()).unwrap_or("")
+}
