@@ -1,0 +1,226 @@
+//! Hot swap against a real nats-server: a plugin file replaced under steady
+//! load, broken versions refused, and fleet deploy / rollback across two
+//! host processes. The test plugins `test-v1` and `test-v2` terminate every
+//! message with the reason `handled-by:v1|v2`, so the dead letters tell
+//! which version handled each message (`test-py`, its Python counterpart,
+//! says `handled-by:py`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use jetplug::engine::cache::content_hash;
+use jetplug_tests::output_text as text;
+use jetplug_tests::{NatsServer, eventually, free_port, http_get, plugins};
+
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
+
+/// Config: EVENTS and DLQ streams, plugin `p` from `dir/plugin.wasm`
+/// (a copy of test-v1), one pipeline `main`.
+pub(crate) fn write_config(
+    dir: &Path,
+    url: &str,
+    admin: &str,
+    extra: &str,
+) -> anyhow::Result<PathBuf> {
+    let wasm = dir.join("plugin.wasm");
+    if !wasm.exists() {
+        std::fs::copy(plugins::TEST_V1, &wasm)?;
+    }
+    let text = format!(
+        r#"
+[nats]
+url = "{url}"
+connect_delay = "200ms"
+reconnect_delay = "200ms"
+
+[host]
+shutdown_timeout = "20s"
+{extra}
+
+[admin]
+address = "{admin}"
+
+[engine]
+cache_dir = "{cache}"
+
+[[stream]]
+name = "EVENTS"
+subjects = ["events.>"]
+
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+
+[plugin.p]
+path = "{wasm}"
+config = {{ refuse_version = "v2-if-asked" }}
+
+[[pipeline]]
+name = "main"
+streams = ["EVENTS"]
+plugin = "p"
+batch = 50
+batch_max_wait = "10ms"
+concurrency = 2
+"#,
+        cache = dir.join("cache").display(),
+        wasm = wasm.display(),
+    );
+    let path = dir.join(format!("jetplug-{}.toml", admin.replace([':', '.'], "_")));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Replaces `target` atomically (write a temporary file, rename it over).
+pub(crate) fn replace_file(target: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = target.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, target)?;
+    Ok(())
+}
+
+pub(crate) fn admin_addr() -> anyhow::Result<String> {
+    Ok(format!("127.0.0.1:{}", free_port()?))
+}
+
+pub(crate) async fn running_hash(admin: &str) -> anyhow::Result<String> {
+    let (_, body) = http_get(admin, "/v1/plugins").await?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(v["plugins"][0]["hash"].as_str().unwrap_or("").to_owned())
+}
+
+pub(crate) async fn metric(admin: &str, line_prefix: &str) -> anyhow::Result<u64> {
+    let (_, m) = http_get(admin, "/metrics").await?;
+    Ok(m.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Every dead letter's (original sequence, reason), read from the DLQ stream.
+pub(crate) async fn dead_letters(js: &jetstream::Context) -> anyhow::Result<Vec<(u64, String)>> {
+    let s = js.get_stream("DLQ").await?;
+    let last = s.get_info().await?.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let m = s.get_raw_message(seq).await?;
+        let h = |n: &str| {
+            m.headers
+                .get(n)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        out.push((h("Jetplug-Original-Sequence").parse()?, h("Jetplug-Reason")));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn dlq_count(js: &jetstream::Context) -> anyhow::Result<u64> {
+    Ok(js.get_stream("DLQ").await?.get_info().await?.state.messages)
+}
+
+/// Publishes `n` messages, `per_tick` at a time every 10 ms (acks awaited per tick).
+pub(crate) async fn publish_steadily(
+    js: &jetstream::Context,
+    n: usize,
+    per_tick: usize,
+) -> anyhow::Result<()> {
+    let mut sent = 0;
+    while sent < n {
+        let mut acks = Vec::new();
+        for _ in 0..per_tick.min(n - sent) {
+            acks.push(js.publish("events.x", "m".into()).await?);
+            sent += 1;
+        }
+        for a in acks {
+            a.await?;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Publishes `per_tick` messages every 10 ms (acks awaited per tick) until
+/// `stop` is cancelled; returns how many were published.
+pub(crate) async fn publish_until(
+    js: jetstream::Context,
+    per_tick: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<usize> {
+    let mut sent = 0;
+    while !stop.is_cancelled() {
+        let mut acks = Vec::new();
+        for _ in 0..per_tick {
+            acks.push(js.publish("events.x", "m".into()).await?);
+            sent += 1;
+        }
+        for a in acks {
+            a.await?;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(sent)
+}
+
+pub(crate) struct HostProcess {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+}
+
+impl HostProcess {
+    pub(crate) fn start(config: &Path, admin: String, log: PathBuf) -> anyhow::Result<Self> {
+        let child = Command::new(env!("CARGO_BIN_EXE_jetplug"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(HostProcess { child, admin, log })
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) async fn ready(&self) -> anyhow::Result<()> {
+        eventually(WAIT, "host ready", || async {
+            Ok(http_get(&self.admin, "/readyz")
+                .await
+                .map(|r| r.0 == 200)
+                .unwrap_or(false))
+        })
+        .await
+        .with_context(|| self.log())
+    }
+
+    pub(crate) async fn runs(&self, hash: &str) -> anyhow::Result<()> {
+        eventually(WAIT, "host to run the expected version", || async {
+            Ok(running_hash(&self.admin).await? == hash)
+        })
+        .await
+        .with_context(|| self.log())
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn jetplug(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_jetplug"))
+        .args(args)
+        .output()
+}
+
+mod config_edits;
+mod fleet;
+mod swap;
