@@ -127,6 +127,24 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
             "invalid value",
         ),
         (
+            "url = \"nats://127.0.0.1:4222\"",
+            "url = \"nats://a:4222,nats://b:port\"",
+            "nats.url[1]",
+            "`nats://b:port` is not a NATS server URL",
+        ),
+        (
+            "url = \"nats://127.0.0.1:4222\"",
+            "url = [\"nats://a:4222\", \"\"]",
+            "nats.url[1]",
+            "is empty",
+        ),
+        (
+            "url = \"nats://127.0.0.1:4222\"",
+            "url = 4222",
+            "nats.url",
+            "expected a URL string or a list of URL strings",
+        ),
+        (
             "streams = [\"LEARNING\"]",
             "streams = [\"NOPE\"]",
             "pipeline[0].streams[0]",
@@ -315,5 +333,28 @@ fn tenants_bound_pipelines_and_grants() -> TestResult {
         assert_eq!(err.key(), Some(*key), "{err}");
         assert!(err.to_string().contains(reason), "{err}");
     }
+    Ok(())
+}
+
+#[test]
+fn nats_url_takes_one_server_a_comma_list_or_a_toml_list() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let servers = [
+        "nats://127.0.0.1:4222",
+        "nats://127.0.0.1:4223",
+        "nats://127.0.0.1:4224",
+    ];
+    for form in [
+        r#"url = "nats://127.0.0.1:4222,nats://127.0.0.1:4223, nats://127.0.0.1:4224""#,
+        r#"url = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224"]"#,
+    ] {
+        let c = load(
+            dir.path(),
+            &GOOD.replace(r#"url = "nats://127.0.0.1:4222""#, form),
+        )?;
+        assert_eq!(c.nats.url.0, servers, "{form}");
+    }
+    let c = load(dir.path(), GOOD)?;
+    assert_eq!(c.nats.url.0, ["nats://127.0.0.1:4222"]);
     Ok(())
 }

@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(60);
 fn aivo_config(nats: &NatsServer, pg: &Postgres, cache: &Path) -> anyhow::Result<Config> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/aivo/jetplug.toml");
     let mut config = Config::load(&path)?;
-    config.nats.url = nats.url();
+    config.nats.url = nats.url().as_str().into();
     config.nats.connect_delay = jetplug::config::Dur(Duration::from_millis(200));
     config.engine.cache_dir = Some(cache.to_path_buf());
     config

@@ -29,7 +29,7 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     let cache = tempfile::tempdir()?;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/aivo/jetplug.toml");
     let mut config = Config::load(&path)?;
-    config.nats.url = nats.url();
+    config.nats.url = nats.url().as_str().into();
     config.engine.cache_dir = Some(cache.path().to_path_buf());
     let db = config.databases.get_mut("events").context("events db")?;
     db.url = pg.url();
@@ -123,7 +123,7 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
     let cache = tempfile::tempdir()?;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/aivo/jetplug.toml");
     let mut config = Config::load(&path)?;
-    config.nats.url = nats.url();
+    config.nats.url = nats.url().as_str().into();
     config.nats.reconnect_delay = Dur(Duration::from_millis(200));
     config.engine.cache_dir = Some(cache.path().to_path_buf());
     config.databases.get_mut("events").context("events db")?.url = pg.url();

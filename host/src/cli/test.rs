@@ -111,7 +111,7 @@ async fn backends(args: &Args) -> anyhow::Result<std::sync::Arc<Backends>> {
     let backends = Backends::with_databases(&databases).context("--database")?;
     if let Some(url) = &args.nats {
         let nats = NatsConfig {
-            url: url.clone(),
+            url: crate::config::ServerList::from(url.as_str()),
             connect_attempts: 1,
             ..NatsConfig::default()
         };

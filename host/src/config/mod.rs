@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use nats::NatsConfig;
+pub use nats::{NatsConfig, ServerList};
 pub use pipeline::{BackoffConfig, BreakerConfig, DeliverPolicy, Ordering, PipelineConfig};
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
 pub use resources::{BucketConfig, DatabaseConfig, TenantConfig, TenantLimits};

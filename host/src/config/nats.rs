@@ -11,8 +11,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server URL(s), comma-separated (default `nats://127.0.0.1:4222`).
-    pub url: String,
+    /// Server URL(s): one string (a comma-separated list allowed) or a list
+    /// (default `nats://127.0.0.1:4222`).
+    pub url: ServerList,
     /// Authentication token.
     pub token: Option<String>,
     /// A `.creds` file (JWT + NKey).
@@ -38,7 +39,7 @@ pub struct NatsConfig {
 impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
-            url: "nats://127.0.0.1:4222".into(),
+            url: ServerList::from("nats://127.0.0.1:4222"),
             token: None,
             credentials: None,
             tls_ca: None,
@@ -50,5 +51,114 @@ impl Default for NatsConfig {
             reconnect_delay: Dur(Duration::from_secs(2)),
             request_timeout: Dur(Duration::from_secs(10)),
         }
+    }
+}
+
+/// The NATS servers to connect to: `url = "nats://a:4222"`,
+/// `url = "nats://a:4222,nats://b:4223"` or `url = ["nats://a:4222", "nats://b:4223"]`.
+/// The client tries them in turn at startup and reconnects to any live one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerList(pub Vec<String>);
+
+impl From<&str> for ServerList {
+    /// Splits a comma-separated list (spaces around entries are ignored).
+    fn from(text: &str) -> Self {
+        ServerList(text.split(',').map(|u| u.trim().to_owned()).collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a URL string or a list of URL strings")
+        })? {
+            Raw::One(s) => Ok(ServerList::from(s.as_str())),
+            Raw::Many(v) => Ok(ServerList(
+                v.into_iter().map(|u| u.trim().to_owned()).collect(),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl ServerList {
+    /// The servers as addresses for the client; the first that does not
+    /// parse is returned as (index, reason).
+    pub fn addrs(&self) -> Result<Vec<async_nats::ServerAddr>, (usize, String)> {
+        if self.0.is_empty() {
+            return Err((0, "give at least one server URL".into()));
+        }
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                if u.is_empty() {
+                    return Err((i, "is empty".to_owned()));
+                }
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| (i, format!("`{u}` is not a NATS server URL: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct T {
+        url: ServerList,
+    }
+
+    fn parse(toml_text: &str) -> Result<ServerList, String> {
+        toml::from_str::<T>(toml_text)
+            .map(|t| t.url)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn one_string_a_comma_list_or_a_toml_list() -> Result<(), String> {
+        assert_eq!(parse(r#"url = "nats://a:4222""#)?.0, ["nats://a:4222"]);
+        let two = ["nats://a:4222", "nats://b:4223"];
+        assert_eq!(parse(r#"url = "nats://a:4222, nats://b:4223""#)?.0, two);
+        assert_eq!(parse(r#"url = ["nats://a:4222", "nats://b:4223"]"#)?.0, two);
+        assert_eq!(
+            parse(r#"url = ["nats://a:4222", "nats://b:4223"]"#)?.to_string(),
+            "nats://a:4222,nats://b:4223"
+        );
+        assert!(
+            parse("url = 4222")
+                .err()
+                .is_some_and(|e| e.contains("expected a URL string or a list"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn every_url_is_checked() {
+        let ok = ServerList::from("nats://a:4222,b:4223");
+        assert_eq!(ok.addrs().map(|a| a.len()), Ok(2));
+        let bad = ServerList::from("nats://a:4222,nats://b:notaport");
+        let err = bad.addrs().err();
+        assert!(
+            matches!(&err, Some((1, r)) if r.contains("`nats://b:notaport` is not a NATS server URL")),
+            "{err:?}"
+        );
+        assert!(
+            matches!(ServerList::from("nats://a:4222,").addrs(), Err((1, r)) if r == "is empty")
+        );
+        assert!(ServerList(vec![]).addrs().is_err());
     }
 }

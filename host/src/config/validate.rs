@@ -149,8 +149,13 @@ type Problem = (String, String);
 fn nats(config: &Config) -> Result<(), Problem> {
     let n = &config.nats;
     let p = |k: &str, r: &str| (format!("nats.{k}"), r.to_owned());
-    if n.url.trim().is_empty() {
-        return Err(p("url", "must not be empty"));
+    if let Err((i, reason)) = n.url.addrs() {
+        let key = if n.url.0.len() > 1 {
+            format!("url[{i}]")
+        } else {
+            "url".into()
+        };
+        return Err(p(&key, &reason));
     }
     if n.token.is_some() && n.credentials.is_some() {
         return Err(p("token", "give either `token` or `credentials`, not both"));

@@ -114,7 +114,7 @@ mod tests {
         let mut b = a.clone();
         assert!(needs_restart(&a, &b).is_empty());
         b.host.shutdown_timeout = crate::config::Dur(std::time::Duration::from_secs(1));
-        b.nats.url = "nats://elsewhere:4222".into();
+        b.nats.url = crate::config::ServerList::from("nats://elsewhere:4222");
         assert_eq!(needs_restart(&a, &b), vec!["[nats]", "[host]"]);
     }
 }

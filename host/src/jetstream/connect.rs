@@ -84,6 +84,8 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("nats.url: server {index}: {reason}")]
+    BadUrl { index: usize, reason: String },
     #[error("cannot connect to NATS at {url} after {attempts} attempts: {last}")]
     GaveUp {
         url: String,
@@ -98,7 +100,11 @@ pub async fn connect(cfg: &NatsConfig, health: &Arc<Health>) -> Result<Client, C
     loop {
         attempt += 1;
         let options = options(cfg, health).await?;
-        match options.connect(cfg.url.as_str()).await {
+        let servers = cfg
+            .url
+            .addrs()
+            .map_err(|(i, reason)| ConnectError::BadUrl { index: i, reason })?;
+        match options.connect(servers).await {
             Ok(client) => {
                 health.set_connected(true);
                 tracing::info!(url = %cfg.url, attempt, "connected to NATS");
@@ -109,7 +115,7 @@ pub async fn connect(cfg: &NatsConfig, health: &Arc<Health>) -> Result<Client, C
                 let last = e.to_string();
                 if cfg.connect_attempts != 0 && attempt >= cfg.connect_attempts {
                     return Err(ConnectError::GaveUp {
-                        url: cfg.url.clone(),
+                        url: cfg.url.to_string(),
                         attempts: attempt,
                         last,
                     });

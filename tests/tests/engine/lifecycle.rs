@@ -25,6 +25,25 @@ async fn shutdown_finishes_and_settles_in_flight_batches() -> anyhow::Result<()>
     Ok(())
 }
 
+/// `[nats] url` as a list whose first server is down: the host tries the
+/// next one and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_list_skips_a_dead_first_server() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dead = format!("nats://127.0.0.1:{}", jetplug_tests::free_port()?);
+    let dir = tempfile::tempdir()?;
+    let list = format!("{dead}, {}", nats.url());
+    let mut host = start(config(dir.path(), &list, plugins::TEST_NOOP, "")?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["one", "two"]).await?;
+    eventually(WAIT, "both acked", || async {
+        Ok(Stats::get(&stats.acked) == 2)
+    })
+    .await?;
+    host.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_when_nats_comes_up_later() -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
