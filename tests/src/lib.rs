@@ -2,6 +2,8 @@
 //!
 //! - [`NatsServer`]: a `nats-server -js` on a free port with a temporary store,
 //!   killable and restartable on the same port (fault tests);
+//! - [`NatsCluster`]: three JetStream nodes with routes on free ports, each
+//!   killable and restartable on its ports;
 //! - [`Postgres`]: a PostgreSQL cluster `initdb`-ed into a temporary directory
 //!   on a free port, stoppable and restartable;
 //! - [`plugins`]: paths of the components built from `plugins/`.
@@ -12,7 +14,7 @@ mod ports;
 mod postgres;
 
 pub use http::http_get;
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use ports::free_port;
 pub use postgres::{Postgres, scalar};
 

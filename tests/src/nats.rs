@@ -1,4 +1,7 @@
-//! A real `nats-server` with JetStream for one test.
+//! Real `nats-server` processes with JetStream: one server for a test
+//! ([`NatsServer`]), or a 3-node cluster ([`NatsCluster`]). Each node has its
+//! own ports and store, can be killed (SIGKILL, as in a crash) and restarted
+//! on the same ports with the same store.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,73 +15,64 @@ use tokio::process::{Child, Command};
 
 use crate::{find_program, free_port};
 
-/// A `nats-server -js` on a free port with its own store directory. Killed and
-/// its store removed on drop; [`NatsServer::restart`] brings it back on the
-/// same port with the same store.
+/// One nats-server process: its ports, store directory and config.
 #[derive(Debug)]
-pub struct NatsServer {
+struct Node {
     child: Option<Child>,
     port: u16,
     monitor_port: u16,
-    store: TempDir,
+    dir: PathBuf,
+    /// Extra lines for the server config (cluster block, server name).
+    extra: String,
     binary: PathBuf,
 }
 
-impl NatsServer {
-    /// Starts a server and waits until JetStream is ready.
-    pub async fn start() -> anyhow::Result<Self> {
-        let binary = find_program("NATS_SERVER_BIN", "nats-server", &[])?;
-        let mut server = NatsServer {
+impl Node {
+    fn new(dir: PathBuf, port: u16, extra: String) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Node {
             child: None,
-            port: free_port()?,
+            port,
             monitor_port: free_port()?,
-            store: tempfile::Builder::new().prefix("jetplug-nats-").tempdir()?,
-            binary,
-        };
-        server.spawn().await?;
-        Ok(server)
+            dir,
+            extra,
+            binary: find_program("NATS_SERVER_BIN", "nats-server", &[])?,
+        })
     }
 
-    /// `nats://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
+    fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn is_running(&mut self) -> bool {
+    fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// SIGKILL: the server dies at once, as in a crash.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
+    async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.kill().await.context("kill nats-server")?;
         }
         Ok(())
     }
 
-    /// Starts the server again on the same port with the same store.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill().await?;
-        self.spawn().await
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.store.path().join("server.log"))?;
+    /// Starts the process (without waiting for it to be ready).
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))?;
         // Generous JetStream limits: streams reserve their max_bytes against
         // them, and the AIVO topology declares 42 GB.
-        let conf = self.store.path().join("server.conf");
+        let conf = self.dir.join("server.conf");
         std::fs::write(
             &conf,
             format!(
                 "listen: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\n\
-                 jetstream {{\n  store_dir: {:?}\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}}\n",
+                 jetstream {{\n  store_dir: {:?}\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}}\n{}",
                 self.port,
                 self.monitor_port,
-                self.store.path().join("jetstream").display().to_string()
+                self.dir.join("jetstream").display().to_string(),
+                self.extra
             ),
         )?;
         let child = Command::new(&self.binary)
@@ -90,7 +84,7 @@ impl NatsServer {
             .spawn()
             .with_context(|| format!("start {}", self.binary.display()))?;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(20)).await
+        Ok(())
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -113,7 +107,164 @@ impl NatsServer {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.store.path().join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+/// A `nats-server -js` on a free port with its own store directory. Killed and
+/// its store removed on drop; [`NatsServer::restart`] brings it back on the
+/// same port with the same store.
+#[derive(Debug)]
+pub struct NatsServer {
+    node: Node,
+    _store: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until JetStream is ready.
+    pub async fn start() -> anyhow::Result<Self> {
+        let store = tempfile::Builder::new().prefix("jetplug-nats-").tempdir()?;
+        let mut node = Node::new(store.path().to_path_buf(), free_port()?, String::new())?;
+        node.spawn()?;
+        node.wait_ready(Duration::from_secs(20)).await?;
+        Ok(NatsServer {
+            node,
+            _store: store,
+        })
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.node.url()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.node.port
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.node.is_running()
+    }
+
+    /// SIGKILL: the server dies at once, as in a crash.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.node.kill().await
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.node.kill().await?;
+        self.node.spawn()?;
+        self.node.wait_ready(Duration::from_secs(20)).await
+    }
+}
+
+/// A 3-node JetStream cluster on loopback: client, monitoring and route
+/// ports are free ports, each node has its own store under one temporary
+/// directory (removed on drop). Nodes are named `n0`, `n1`, `n2`.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    _dir: TempDir,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until each is healthy and the cluster
+    /// has a JetStream meta leader.
+    pub async fn start() -> anyhow::Result<Self> {
+        const N: usize = 3;
+        let dir = tempfile::Builder::new()
+            .prefix("jetplug-cluster-")
+            .tempdir()?;
+        let routes: Vec<u16> = (0..N).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let route_urls = routes
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::with_capacity(N);
+        for (i, route) in routes.iter().enumerate() {
+            let extra = format!(
+                "server_name: n{i}\ncluster {{\n  name: jetplug-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{route_urls}]\n}}\n"
+            );
+            nodes.push(Node::new(
+                dir.path().join(format!("n{i}")),
+                free_port()?,
+                extra,
+            )?);
+        }
+        for node in &mut nodes {
+            node.spawn()?;
+        }
+        let mut cluster = NatsCluster { nodes, _dir: dir };
+        for i in 0..N {
+            cluster.nodes[i].wait_ready(Duration::from_secs(30)).await?;
+        }
+        cluster.wait_meta_leader().await?;
+        Ok(cluster)
+    }
+
+    /// Every node's URL, comma-separated (the form `[nats] url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Node::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `i`'s URL.
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    /// Node `i`'s server name (`n{i}`), as JetStream reports leaders.
+    pub fn name(&self, i: usize) -> String {
+        format!("n{i}")
+    }
+
+    /// The index of the node named `name` (`n0`..`n2`).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        (0..self.nodes.len()).find(|i| self.name(*i) == name)
+    }
+
+    /// SIGKILL node `i`.
+    pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].kill().await
+    }
+
+    /// Restarts node `i` on its ports with its store and waits until healthy.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].kill().await?;
+        self.nodes[i].spawn()?;
+        self.nodes[i].wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// Whether node `i`'s process is alive.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.nodes[i].is_running()
+    }
+
+    /// Waits until JetStream answers account requests (a meta leader exists).
+    pub async fn wait_meta_leader(&self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < Duration::from_secs(30) {
+            let servers = self
+                .nodes
+                .iter()
+                .map(|n| n.url().parse())
+                .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+            match async_nats::connect(servers).await {
+                Ok(client) => match async_nats::jetstream::new(client).query_account().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("the cluster elected no JetStream meta leader in 30 s (last: {last})")
     }
 }
 
