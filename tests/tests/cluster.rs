@@ -26,7 +26,10 @@ async fn leader(js: &jetstream::Context, stream: &str) -> anyhow::Result<String>
         if let Some(name) = info.cluster.and_then(|c| c.leader) {
             return Ok(name);
         }
-        anyhow::ensure!(start.elapsed() < WAIT, "`{stream}` has no leader after {WAIT:?}");
+        anyhow::ensure!(
+            start.elapsed() < WAIT,
+            "`{stream}` has no leader after {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -70,7 +73,10 @@ async fn replicated_streams_are_created_and_reconciled() -> anyhow::Result<()> {
     }
     // Reconciling again changes nothing.
     let again = streams::reconcile(&js, &config.streams).await?;
-    assert!(again.iter().all(|(_, a)| *a == Applied::Unchanged), "{again:?}");
+    assert!(
+        again.iter().all(|(_, a)| *a == Applied::Unchanged),
+        "{again:?}"
+    );
     Ok(())
 }
 
@@ -119,4 +125,95 @@ async fn the_host_keeps_consuming_when_the_stream_leader_dies() -> anyhow::Resul
     assert_eq!(Stats::get(&stats.acked), 200, "each message handled once");
     assert_eq!(Stats::get(&stats.dead_lettered), 0);
     host.stop().await
+}
+
+/// Two hosts with the same configuration on the cluster share the
+/// pipeline's durable consumer: both get work, every message is handled
+/// once, and a MAX_DELIVERIES advisory is dead-lettered by one host only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::Result<()> {
+    let cluster = NatsCluster::start().await?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let extra = "ack_wait = \"2s\"\nmax_deliver = 1";
+    let configs = dirs
+        .iter()
+        .map(|d| {
+            let mut c = config(d.path(), &cluster.urls(), plugins::TEST_NOOP, extra)?;
+            c.streams.iter_mut().for_each(|s| s.replicas = 3);
+            Ok(c)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let js = cluster_js(&cluster).await?;
+
+    // A delivery taken by a host that then died: its advisory comes while
+    // both hosts run.
+    streams::reconcile(&js, &configs[0].streams).await?;
+    let pc = configs[0].pipeline("main").context("pipeline")?;
+    let sc = configs[0].stream("EVENTS").context("stream")?;
+    let c = js
+        .get_stream("EVENTS")
+        .await?
+        .create_consumer(jetplug::jetstream::consumer::config(pc, sc))
+        .await?;
+    publish(&js, "events.lost", &["lost"]).await?;
+    let taken = c
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await?
+        .next()
+        .await
+        .context("no delivery")?
+        .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+    assert_eq!(&taken.payload[..], b"lost");
+
+    let mut hosts = Vec::new();
+    for c in configs {
+        let mut h = start(c);
+        let stats = h.stats().await?;
+        hosts.push((h, stats));
+    }
+    // Each message sleeps a little so that both hosts pull while the other works.
+    let payloads = vec!["sleep:5"; 400];
+    publish(&js, "events.work", &payloads).await?;
+    let acked = |hosts: &Vec<(RunningHost, Arc<Stats>)>| {
+        hosts
+            .iter()
+            .map(|(_, s)| Stats::get(&s.acked))
+            .collect::<Vec<_>>()
+    };
+    eventually(WAIT, "400 acked across the hosts", || async {
+        Ok(acked(&hosts).iter().sum::<u64>() >= 400)
+    })
+    .await?;
+    eventually(WAIT, "the lost delivery dead-lettered", || async {
+        Ok(dlq_messages(&js).await?.len() == 1)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let per_host = acked(&hosts);
+    assert_eq!(
+        per_host.iter().sum::<u64>(),
+        400,
+        "each message once: {per_host:?}"
+    );
+    assert!(
+        per_host.iter().all(|n| *n > 0),
+        "every host got work: {per_host:?}"
+    );
+    let dead: Vec<u64> = hosts
+        .iter()
+        .map(|(_, s)| Stats::get(&s.dead_lettered))
+        .collect();
+    assert_eq!(
+        dead.iter().sum::<u64>(),
+        1,
+        "one host dead-lettered it: {dead:?}"
+    );
+    assert_eq!(dlq_messages(&js).await?.len(), 1);
+    for (h, _) in hosts {
+        h.stop().await?;
+    }
+    Ok(())
 }

@@ -389,6 +389,8 @@ impl Pipeline {
     }
 
     /// Dead-letters messages whose last delivery timed out with no decision.
+    /// Every host of a fleet listens in one queue group per consumer, so
+    /// each advisory is handled (and counted) by exactly one host.
     async fn listen_max_deliveries(
         self: Arc<Self>,
         stream: StreamConfig,
@@ -397,7 +399,8 @@ impl Pipeline {
         let consumer_name = self.cfg.consumer_name(&stream.name);
         let subject = deadletter::advisory::subject(&stream.name, &consumer_name);
         let mut sub = loop {
-            match self.client.subscribe(subject.clone()).await {
+            let group = format!("jetplug-advisories-{consumer_name}");
+            match self.client.queue_subscribe(subject.clone(), group).await {
                 Ok(s) => break s,
                 Err(e) => {
                     tracing::warn!(%subject, error = %e, "cannot subscribe to advisories; retrying");
