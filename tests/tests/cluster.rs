@@ -217,3 +217,52 @@ async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::R
     }
     Ok(())
 }
+
+/// `exclusive = true`: one host at a time consumes the pipeline (pinned
+/// client), the other stands by, and takes over once the first stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_pipeline_runs_on_one_host_and_another_takes_over() -> anyhow::Result<()> {
+    let cluster = NatsCluster::start().await?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let extra = "exclusive = true\npin_timeout = \"2s\"";
+    let mut hosts = Vec::new();
+    for d in &dirs {
+        let mut c = config(d.path(), &cluster.urls(), plugins::TEST_NOOP, extra)?;
+        c.streams.iter_mut().for_each(|s| s.replicas = 3);
+        let mut h = start(c);
+        let stats = h.stats().await?;
+        hosts.push((h, stats));
+    }
+    let js = cluster_js(&cluster).await?;
+    let first = vec!["sleep:2"; 200];
+    publish(&js, "events.a", &first).await?;
+    let acked = |hosts: &Vec<(RunningHost, Arc<Stats>)>| {
+        hosts
+            .iter()
+            .map(|(_, s)| Stats::get(&s.acked))
+            .collect::<Vec<_>>()
+    };
+    eventually(WAIT, "200 acked", || async {
+        Ok(acked(&hosts).iter().sum::<u64>() >= 200)
+    })
+    .await?;
+    let counts = acked(&hosts);
+    assert!(
+        counts.contains(&200) && counts.contains(&0),
+        "one host took all: {counts:?}"
+    );
+    let pinned = counts.iter().position(|n| *n == 200).unwrap_or(0);
+
+    // The pinned host goes away; the standby takes over within the pin timeout.
+    let (gone, _) = hosts.remove(pinned);
+    gone.stop().await?;
+    let later = vec!["x"; 50];
+    publish(&js, "events.b", &later).await?;
+    let stats = hosts[0].1.clone();
+    eventually(WAIT, "the standby host took over", || async {
+        Ok(Stats::get(&stats.acked) == 50)
+    })
+    .await?;
+    let (standby, _) = hosts.remove(0);
+    standby.stop().await
+}

@@ -20,7 +20,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use nats::{NatsConfig, ServerList};
-pub use pipeline::{BackoffConfig, BreakerConfig, DeliverPolicy, Ordering, PipelineConfig};
+pub use pipeline::{
+    BackoffConfig, BreakerConfig, DeliverPolicy, Ordering, PIN_GROUP, PipelineConfig,
+};
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
 pub use resources::{BucketConfig, DatabaseConfig, TenantConfig, TenantLimits};
 pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};

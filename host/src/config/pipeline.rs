@@ -118,6 +118,14 @@ pub struct PipelineConfig {
     pub concurrency: u32,
     #[serde(default)]
     pub ordering: Ordering,
+    /// One host at a time consumes this pipeline's streams (JetStream
+    /// pinned-client priority group); the others stand by and one takes
+    /// over when the pinned host stops pulling for `pin_timeout`.
+    #[serde(default)]
+    pub exclusive: bool,
+    /// With `exclusive`: how long a silent pinned host keeps the pin (default 10s).
+    #[serde(default = "default_pin_timeout")]
+    pub pin_timeout: Dur,
     #[serde(default)]
     pub backoff: BackoffConfig,
     #[serde(default)]
@@ -142,6 +150,12 @@ fn default_batch_max_wait() -> Dur {
 fn default_concurrency() -> u32 {
     1
 }
+fn default_pin_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// The priority group of `exclusive` pipelines' consumers.
+pub const PIN_GROUP: &str = "jetplug";
 
 impl PipelineConfig {
     /// The durable consumer name for one of this pipeline's streams.

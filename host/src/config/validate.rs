@@ -287,6 +287,12 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
             }
         }
     }
+    if p.exclusive && p.pin_timeout.0 < std::time::Duration::from_secs(1) {
+        return e(
+            "pin_timeout",
+            "must be at least 1s (pulls are renewed every third of it)".into(),
+        );
+    }
     if !config.plugins.contains_key(&p.plugin) {
         return e(
             "plugin",

@@ -3,7 +3,10 @@
 //! `create_consumer` is create-or-update, so calling [`ensure`] again after a
 //! server restart or after someone deleted the consumer brings it back with
 //! the configured settings (a deleted consumer restarts from its deliver
-//! policy).
+//! policy). An `exclusive` pipeline's consumer has a pinned-client
+//! priority group: the server delivers to one pulling host at a time.
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 
@@ -25,8 +28,20 @@ pub fn config(pipeline: &PipelineConfig, stream: &StreamConfig) -> consumer::pul
             None => consumer::DeliverPolicy::All,
         },
     };
+    let (priority_policy, priority_groups, priority_timeout) = if pipeline.exclusive {
+        (
+            consumer::PriorityPolicy::PinnedClient,
+            vec![crate::config::PIN_GROUP.to_owned()],
+            pipeline.pin_timeout.0,
+        )
+    } else {
+        (consumer::PriorityPolicy::None, Vec::new(), Duration::ZERO)
+    };
     consumer::pull::Config {
         durable_name: Some(pipeline.consumer_name(&stream.name)),
+        priority_policy,
+        priority_groups,
+        priority_timeout,
         description: Some(format!("jetplug pipeline {}", pipeline.name)),
         deliver_policy,
         ack_policy: consumer::AckPolicy::Explicit,

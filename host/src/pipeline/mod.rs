@@ -235,12 +235,19 @@ impl Pipeline {
                 self.cfg.batch as usize
             };
             let disconnects = self.health.disconnects();
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(pull)
-                .heartbeat(HEARTBEAT)
-                .messages()
-                .await;
+            let mut builder = consumer.stream().max_messages_per_batch(pull);
+            builder = if self.cfg.exclusive {
+                // Pulls must be renewed well within the pin timeout, or the
+                // pin moves to a standby host between two pulls.
+                let expires = self.cfg.pin_timeout.0 / 3;
+                builder
+                    .group(crate::config::PIN_GROUP)
+                    .expires(expires)
+                    .heartbeat(HEARTBEAT.min(expires / 3))
+            } else {
+                builder.heartbeat(HEARTBEAT)
+            };
+            let messages = builder.messages().await;
             let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
