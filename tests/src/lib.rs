@@ -8,11 +8,13 @@
 //!   on a free port, stoppable and restartable;
 //! - [`plugins`]: paths of the components built from `plugins/`.
 
+mod host;
 mod http;
 mod nats;
 mod ports;
 mod postgres;
 
+pub use host::HostProcess;
 pub use http::http_get;
 pub use nats::{NatsCluster, NatsServer};
 pub use ports::free_port;

@@ -9,7 +9,7 @@ async fn config_edits_are_validated_and_plugin_sections_reload_live() -> anyhow:
     let admin = admin_addr()?;
     let config = write_config(dir.path(), &nats.url(), &admin, "")?;
     let original = std::fs::read_to_string(&config)?;
-    let host = HostProcess::start(&config, admin.clone(), dir.path().join("host.log"))?;
+    let host = host_process(&config, admin.clone(), dir.path().join("host.log"))?;
     host.ready().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     let reloads =
@@ -57,8 +57,7 @@ async fn config_edits_are_validated_and_plugin_sections_reload_live() -> anyhow:
     );
     assert_ne!(edited, original);
     replace_file(&config, edited.as_bytes())?;
-    host.runs(&content_hash(&std::fs::read(plugins::TEST_V2)?))
-        .await?;
+    runs(&host, &content_hash(&std::fs::read(plugins::TEST_V2)?)).await?;
     assert_eq!(metric(&admin, &reloads("applied")).await?, 1);
     publish_steadily(&js, 20, 20).await?;
     eventually(WAIT, "20 more", || async {

@@ -15,9 +15,9 @@ async fn fleet_deploy_and_rollback_across_two_host_processes() -> anyhow::Result
     let v1 = content_hash(&std::fs::read(plugins::TEST_V1)?);
     let v2 = content_hash(&std::fs::read(plugins::TEST_V2)?);
 
-    let a = HostProcess::start(&conf_a, admin_a, dir.path().join("a.log"))?;
+    let a = host_process(&conf_a, admin_a, dir.path().join("a.log"))?;
     a.ready().await?;
-    a.runs(&v1).await?;
+    runs(&a, &v1).await?;
 
     // Refused before anything is announced: not a plugin, unknown name.
     let out = jetplug(&[
@@ -56,9 +56,9 @@ async fn fleet_deploy_and_rollback_across_two_host_processes() -> anyhow::Result
         "{}",
         text(&out)
     );
-    a.runs(&v2).await?;
+    runs(&a, &v2).await?;
     // A host started after the deploy comes up on the deployed version.
-    let b = HostProcess::start(&conf_b, admin_b, dir.path().join("b.log"))?;
+    let b = host_process(&conf_b, admin_b, dir.path().join("b.log"))?;
     b.ready().await?;
     assert_eq!(running_hash(&b.admin).await?, v2, "{}", b.log());
 
@@ -76,8 +76,8 @@ async fn fleet_deploy_and_rollback_across_two_host_processes() -> anyhow::Result
         "{}",
         text(&out)
     );
-    a.runs(&v1).await?;
-    b.runs(&v1).await?;
+    runs(&a, &v1).await?;
+    runs(&b, &v1).await?;
     publish_steadily(&js, 300, 50).await?;
     eventually(WAIT, "600 handled", || async {
         Ok(dlq_count(&js).await? == 600)

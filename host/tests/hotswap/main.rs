@@ -7,14 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 use jetplug::engine::cache::content_hash;
 use jetplug_tests::output_text as text;
-use jetplug_tests::{NatsServer, eventually, free_port, http_get, plugins};
+use jetplug_tests::{HostProcess, NatsServer, eventually, free_port, http_get, plugins};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
@@ -167,52 +167,22 @@ pub(crate) async fn publish_until(
     Ok(sent)
 }
 
-pub(crate) struct HostProcess {
-    child: Child,
+/// Starts `jetplug run` on `config` as a child process.
+pub(crate) fn host_process(
+    config: &Path,
     admin: String,
     log: PathBuf,
+) -> anyhow::Result<HostProcess> {
+    HostProcess::start(env!("CARGO_BIN_EXE_jetplug"), config, admin, log)
 }
 
-impl HostProcess {
-    pub(crate) fn start(config: &Path, admin: String, log: PathBuf) -> anyhow::Result<Self> {
-        let child = Command::new(env!("CARGO_BIN_EXE_jetplug"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        Ok(HostProcess { child, admin, log })
-    }
-
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub(crate) async fn ready(&self) -> anyhow::Result<()> {
-        eventually(WAIT, "host ready", || async {
-            Ok(http_get(&self.admin, "/readyz")
-                .await
-                .map(|r| r.0 == 200)
-                .unwrap_or(false))
-        })
-        .await
-        .with_context(|| self.log())
-    }
-
-    pub(crate) async fn runs(&self, hash: &str) -> anyhow::Result<()> {
-        eventually(WAIT, "host to run the expected version", || async {
-            Ok(running_hash(&self.admin).await? == hash)
-        })
-        .await
-        .with_context(|| self.log())
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until `host` runs the plugin version `hash`.
+pub(crate) async fn runs(host: &HostProcess, hash: &str) -> anyhow::Result<()> {
+    eventually(WAIT, "host to run the expected version", || async {
+        Ok(running_hash(&host.admin).await? == hash)
+    })
+    .await
+    .with_context(|| host.log())
 }
 
 pub(crate) fn jetplug(args: &[&str]) -> std::io::Result<Output> {
