@@ -240,6 +240,14 @@ impl NatsCluster {
         self.nodes[i].wait_ready(Duration::from_secs(30)).await
     }
 
+    /// How many client connections named `name` node `i` serves (from its
+    /// monitoring endpoint `/connz`).
+    pub async fn connections_named(&self, i: usize, name: &str) -> anyhow::Result<usize> {
+        let addr = format!("127.0.0.1:{}", self.nodes[i].monitor_port);
+        let (_, body) = crate::http_get(&addr, "/connz?limit=1024").await?;
+        Ok(body.matches(&format!("\"name\": \"{name}\"")).count())
+    }
+
     /// Whether node `i`'s process is alive.
     pub fn is_running(&mut self, i: usize) -> bool {
         self.nodes[i].is_running()
