@@ -139,8 +139,12 @@ fn lower_priority(nice: u8) {
         return;
     }
     // On Linux, PRIO_PROCESS with who = 0 names the calling thread only.
-    // SAFETY: a plain syscall with no pointers.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, libc::c_int::from(nice)) };
+    // Relative to the thread's current niceness: a host that is itself
+    // niced must not get a slow lane above its own priority.
+    // SAFETY: plain syscalls with no pointers.
+    let base = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let target = (base + libc::c_int::from(nice)).min(19);
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(),
             "cannot lower the slow lane's priority; it runs at normal priority");
