@@ -365,3 +365,50 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn publish_retries_through_outages_but_names_a_missing_stream() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &nats.url(), "")?;
+    let out = jetplug(&["streams", "apply", "--config", &config])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = jetplug(&[
+        "publish",
+        "--config",
+        &config,
+        "--subject",
+        "events.x",
+        "--count",
+        "20",
+    ])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("published 20 events"), "{}", text(&out));
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    assert_eq!(
+        js.get_stream("EVENTS")
+            .await?
+            .get_info()
+            .await?
+            .state
+            .messages,
+        20
+    );
+
+    let out = jetplug(&[
+        "publish",
+        "--config",
+        &config,
+        "--subject",
+        "nostream.x",
+        "--count",
+        "1",
+    ])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no stream captures `nostream.x`: declare one in [[stream]]"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}

@@ -1,13 +1,66 @@
 //! `jetplug publish`: a sample event generator for the AIVO topology (or any
 //! subject), at a given rate, with a share of malformed (non-JSON) events.
+//! Each event carries a message id and is retried until acknowledged, so a
+//! node failing over during the run neither loses nor duplicates events.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
 
 use crate::config::Config;
+
+/// How long one event may take to be acknowledged, retries included.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+/// How long "no stream for the subject" is retried before it is an error.
+const NO_STREAM_FOR: Duration = Duration::from_secs(3);
+
+type Pending = (
+    String,
+    String,
+    String,
+    Result<PublishAckFuture, async_nats::jetstream::context::PublishError>,
+);
+
+/// Waits for one publish's acknowledgement; on a failure (a node failing
+/// over, a lost connection) publishes it again with the same message id
+/// until it is acknowledged or `RETRY_FOR` has passed.
+async fn settle(js: &async_nats::jetstream::Context, p: Pending) -> anyhow::Result<()> {
+    let (subject, body, id, first) = p;
+    let started = Instant::now();
+    let mut attempt = first;
+    loop {
+        let error = match attempt {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        // No stream for the subject is a mistake, not an outage: a short
+        // grace (a stream between leaders), then a clear error.
+        let no_stream = error.kind() == PublishErrorKind::StreamNotFound;
+        let budget = if no_stream { NO_STREAM_FOR } else { RETRY_FOR };
+        if started.elapsed() > budget {
+            if no_stream {
+                anyhow::bail!("no stream captures `{subject}`: declare one in [[stream]]");
+            }
+            anyhow::bail!("publishing to {subject} not acknowledged within {RETRY_FOR:?}: {error}");
+        }
+        tracing::debug!(%subject, %error, "publish not acknowledged; retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        attempt = js
+            .send_publish(
+                subject.clone(),
+                PublishMessage::build()
+                    .payload(body.clone().into_bytes().into())
+                    .message_id(&id),
+            )
+            .await;
+    }
+}
 
 /// Subjects cycled through when `--subject` is not given.
 const AIVO_SUBJECTS: &[&str] = &[
@@ -49,6 +102,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut malformed = 0;
     let mut pending = std::collections::VecDeque::new();
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
     for i in 0..args.count {
         if args.rate > 0 {
             let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
@@ -73,23 +130,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 (i * 7) % 100
             )
         };
-        pending.push_back(
-            js.publish(subject.clone(), body.into_bytes().into())
-                .await
-                .with_context(|| format!("publishing to {subject}"))?,
-        );
+        // A message id per event: a publish retried after a lost
+        // acknowledgement (a node failing over) is stored once.
+        let id = format!("jetplug-publish-{run}-{i}");
+        let ack = js
+            .send_publish(
+                subject.clone(),
+                PublishMessage::build()
+                    .payload(body.clone().into_bytes().into())
+                    .message_id(&id),
+            )
+            .await;
+        pending.push_back((subject, body, id, ack));
         // Keep a bounded window of unacknowledged publishes.
         if pending.len() >= 256
-            && let Some(ack) = pending.pop_front()
+            && let Some(p) = pending.pop_front()
         {
-            ack.await
-                .context("publish not acknowledged (is a stream capturing the subject?)")?;
+            settle(&js, p).await?;
         }
         bar.inc(1);
     }
-    for ack in pending {
-        ack.await
-            .context("publish not acknowledged (is a stream capturing the subject?)")?;
+    for p in pending {
+        settle(&js, p).await?;
     }
     bar.finish_and_clear();
     println!(

@@ -1,0 +1,114 @@
+# Shared by scripts/demo.sh and scripts/demo-cluster.sh (sourced, not run):
+# PostgreSQL on 54321, the expected results of `jetplug publish` traffic,
+# the summary and its check. Callers set: root, demo (work dir), config,
+# jetplug; and call `trap cleanup EXIT`.
+
+say() { printf '\n== %s\n' "$*"; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+host_pids=()     # jetplug run processes: SIGTERM, then wait
+service_pids=()  # nats-server processes this script started: SIGTERM
+pg_started=0
+
+cleanup() {
+  for pid in "${host_pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; wait "$pid" || true; fi
+  done
+  for pid in "${service_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  if [ "$pg_started" -eq 1 ]; then
+    kill -INT "$(head -1 "$demo/pg/data/postmaster.pid" 2>/dev/null)" 2>/dev/null || true
+  fi
+}
+
+sql() { psql -h 127.0.0.1 -p 54321 -U postgres -Atc "$1" 2>/dev/null; }
+
+# PostgreSQL on 54321 under $demo/pg, unless one is already running there.
+start_postgres() {
+  local pg_bin
+  pg_bin="$(dirname "$(command -v postgres 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/postgres | sort -V | tail -1)")"
+  as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
+  if listening 54321; then
+    say "PostgreSQL: already running on 54321, reusing it"
+    return
+  fi
+  say "starting PostgreSQL on 54321 (data: ${demo#"$root"/}/pg)"
+  mkdir -p "$demo/pg/run"
+  if [ ! -f "$demo/pg/data/PG_VERSION" ]; then
+    mkdir -p "$demo/pg/data"
+    [ "$(id -u)" -eq 0 ] && chown -R postgres: "$demo/pg" && chmod 755 "$root/.local" "$demo"
+    as_pg "$pg_bin/initdb" -D "$demo/pg/data" -U postgres -A trust -E UTF8 --no-instructions >"$demo/initdb.log"
+  fi
+  [ "$(id -u)" -eq 0 ] && chown -R postgres: "$demo/pg"
+  as_pg "$pg_bin/postgres" -D "$demo/pg/data" -p 54321 -k "$demo/pg/run" -c listen_addresses=127.0.0.1 \
+    >"$demo/pg.log" 2>&1 &
+  pg_started=1
+  for _ in $(seq 100); do sql 'select 1' >/dev/null && break; sleep 0.1; done
+}
+
+dead_letters() { "$jetplug" dlq list --config "$config" 2>/dev/null | sed -n 's/^\([0-9]*\) dead letters in.*/\1/p' | head -1; }
+
+# What is there before this run: the check counts only what the run adds.
+baseline() {
+  psql -h 127.0.0.1 -p 54321 -U postgres -q -f examples/aivo/schema.sql
+  before=$(sql "select count(*) from events")
+  counted_before=$(sql "select coalesce(sum(count),0) from event_counts")
+  dlq_before=$(dead_letters); dlq_before=${dlq_before:-0}
+}
+
+# What `jetplug publish --count $1 --malformed-every $2` must produce: it
+# sends the AIVO subjects in turn (learning x2, focus x2, homework,
+# recommendation), malformed ones in their own turn; the indexer takes all
+# four streams, the aggregator learning and focus, and each dead-letters
+# the malformed events it sees.
+expect_results() {
+  local count=$1 every=$2 i malformed=0
+  want_counted=0 want_dlq=0
+  for ((i = 0; i < count; i++)); do
+    if (( (i + 1) % every == 0 )); then
+      (( malformed % 6 < 4 )) && want_dlq=$((want_dlq + 2)) || want_dlq=$((want_dlq + 1))
+      malformed=$((malformed + 1))
+    elif (( i % 6 < 4 )); then
+      want_counted=$((want_counted + 1))
+    fi
+  done
+  want_indexed=$((count - malformed))
+}
+
+# Waits (up to a minute) until the run's rows and dead letters are there.
+wait_for_results() {
+  for _ in $(seq 600); do
+    [ "$(sql "select count(*) from events")" -ge "$((before + want_indexed))" ] && break; sleep 0.1
+  done
+  for _ in $(seq 300); do
+    [ "$(( $(dead_letters) - dlq_before ))" -ge "$want_dlq" ] && break; sleep 0.1
+  done
+  sleep 1
+}
+
+summary() {
+  say "summary"
+  indexed=$(( $(sql "select count(*) from events") - before ))
+  counted=$(( $(sql "select coalesce(sum(count),0) from event_counts") - counted_before ))
+  echo "events indexed this run:  $indexed  (total $(sql "select count(*) from events"))"
+  echo "events counted this run:  $counted  (learning + focus)"
+  echo
+  echo "indexed by domain:"
+  sql "select '  ' || domain || ': ' || count(*) from events group by domain order by domain"
+  echo "counts by (domain, entity, action), all minutes:"
+  sql "select '  ' || k || ': ' || n from (select domain || '.' || entity || '.' || action as k, sum(count) as n from event_counts group by 1) t order by k"
+  echo
+  "$jetplug" dlq list --config "$config"
+  dlq=$(( $(dead_letters) - dlq_before ))
+}
+
+# Sets demo_ok to 1 when the summary is what the traffic must produce.
+check() {
+  say "check"
+  if [ "$indexed" -eq "$want_indexed" ] && [ "$counted" -eq "$want_counted" ] && [ "$dlq" -eq "$want_dlq" ]; then
+    echo "as expected: $indexed indexed, $counted counted, $dlq dead letters"
+    demo_ok=1
+  else
+    echo "WRONG: indexed $indexed (want $want_indexed), counted $counted (want $want_counted), dead letters $dlq (want $want_dlq)"
+    demo_ok=0
+  fi
+}
