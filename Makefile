@@ -10,11 +10,15 @@ GUEST_DIR := target/plugins/guest
 PY_PLUGINS := $(patsubst plugins/%/app.py,$(GUEST_DIR)/%.wasm,$(wildcard plugins/*-py/app.py))
 JS_PLUGINS := $(patsubst plugins/%/plugin.js,$(GUEST_DIR)/%.wasm,$(wildcard plugins/*-js/plugin.js))
 
-.PHONY: demo demo-offline test bench setup plugins rust-plugins build lint fmt clean
+.PHONY: demo demo-cluster demo-offline test bench setup plugins rust-plugins build lint fmt clean
 
 ## demo: the AIVO topology end to end (local nats-server + PostgreSQL, sample traffic, summary).
 demo: setup plugins build
 	scripts/demo.sh
+
+## demo-cluster: the AIVO topology on a local 3-node cluster with two hosts; a node killed mid-run.
+demo-cluster: setup plugins build
+	scripts/demo-cluster.sh
 
 ## demo-offline: a plugin over sample events, no servers.
 demo-offline: plugins build

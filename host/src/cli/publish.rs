@@ -14,51 +14,70 @@ use crate::config::Config;
 
 /// How long one event may take to be acknowledged, retries included.
 const RETRY_FOR: Duration = Duration::from_secs(30);
-/// How long "no stream for the subject" is retried before it is an error.
-const NO_STREAM_FOR: Duration = Duration::from_secs(3);
 
-type Pending = (
-    String,
-    String,
-    String,
-    Result<PublishAckFuture, async_nats::jetstream::context::PublishError>,
-);
+type AckResult = Result<(), async_nats::jetstream::context::PublishError>;
+
+/// One event in flight: subject, body, message id and its acknowledgement,
+/// awaited in its own task so that its timeout runs from the publish (a
+/// failover's lost acknowledgements all expire together, not one after
+/// another).
+type Pending = (String, String, String, tokio::task::JoinHandle<AckResult>);
+
+/// Publishes one event (in order, on the caller's task) and starts waiting
+/// for its acknowledgement in a task of its own.
+async fn publish(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    body: &str,
+    id: &str,
+) -> tokio::task::JoinHandle<AckResult> {
+    let sent = js
+        .send_publish(
+            subject.to_owned(),
+            PublishMessage::build()
+                .payload(body.to_owned().into_bytes().into())
+                .message_id(id),
+        )
+        .await;
+    tokio::spawn(async move {
+        let ack: PublishAckFuture = sent?;
+        ack.await.map(|_| ())
+    })
+}
 
 /// Waits for one publish's acknowledgement; on a failure (a node failing
 /// over, a lost connection) publishes it again with the same message id
 /// until it is acknowledged or `RETRY_FOR` has passed.
 async fn settle(js: &async_nats::jetstream::Context, p: Pending) -> anyhow::Result<()> {
-    let (subject, body, id, first) = p;
+    let (subject, body, id, mut ack) = p;
     let started = Instant::now();
-    let mut attempt = first;
+    let mut retries = 0u32;
     loop {
-        let error = match attempt {
-            Ok(ack) => match ack.await {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            },
-            Err(e) => e,
+        let error = match ack.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::bail!("publishing to {subject}: {e}"),
         };
-        // No stream for the subject is a mistake, not an outage: a short
-        // grace (a stream between leaders), then a clear error.
-        let no_stream = error.kind() == PublishErrorKind::StreamNotFound;
-        let budget = if no_stream { NO_STREAM_FOR } else { RETRY_FOR };
-        if started.elapsed() > budget {
-            if no_stream {
-                anyhow::bail!("no stream captures `{subject}`: declare one in [[stream]]");
-            }
+        // "No responders" is either a mistake (no stream captures the
+        // subject: say so at once) or a stream between two leaders (retry).
+        if error.kind() == PublishErrorKind::StreamNotFound
+            && js.stream_by_subject(subject.as_str()).await.is_err()
+            && js.query_account().await.is_ok()
+        {
+            anyhow::bail!("no stream captures `{subject}`: declare one in [[stream]]");
+        }
+        if started.elapsed() > RETRY_FOR {
             anyhow::bail!("publishing to {subject} not acknowledged within {RETRY_FOR:?}: {error}");
         }
         tracing::debug!(%subject, %error, "publish not acknowledged; retrying");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        attempt = js
-            .send_publish(
-                subject.clone(),
-                PublishMessage::build()
-                    .payload(body.clone().into_bytes().into())
-                    .message_id(&id),
-            )
-            .await;
+        // The first retry goes at once (after a failover the window's
+        // publishes fail together and the new leader takes them at once);
+        // later ones wait.
+        if retries > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        retries += 1;
+        ack = publish(js, &subject, &body, &id).await;
     }
 }
 
@@ -133,14 +152,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // A message id per event: a publish retried after a lost
         // acknowledgement (a node failing over) is stored once.
         let id = format!("jetplug-publish-{run}-{i}");
-        let ack = js
-            .send_publish(
-                subject.clone(),
-                PublishMessage::build()
-                    .payload(body.clone().into_bytes().into())
-                    .message_id(&id),
-            )
-            .await;
+        let ack = publish(&js, &subject, &body, &id).await;
         pending.push_back((subject, body, id, ack));
         // Keep a bounded window of unacknowledged publishes.
         if pending.len() >= 256
