@@ -5,12 +5,13 @@
 use std::path::Path;
 use std::process::Command;
 
-use jetplug_tests::{NatsServer, Postgres, plugins};
+use jetplug_tests::{NatsCluster, NatsServer, Postgres, plugins};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_prints_every_figure() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let pg = Postgres::start().await?;
+    let cluster = NatsCluster::start().await?;
     let dir = Path::new(plugins::TEST_NOOP)
         .parent()
         .ok_or_else(|| anyhow::anyhow!("plugin dir"))?;
@@ -19,6 +20,7 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("guest plugin dir"))?;
     let out = tokio::task::spawn_blocking({
         let (nats, pg, dir, guest) = (nats.url(), pg.url(), dir.to_path_buf(), guest.to_path_buf());
+        let urls = cluster.urls();
         move || {
             Command::new(env!("CARGO_BIN_EXE_jetplug"))
                 .args([
@@ -36,6 +38,7 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
                 .arg(dir)
                 .arg("--guest-plugins")
                 .arg(guest)
+                .args(["--cluster", &urls])
                 .output()
         }
     })
@@ -69,6 +72,9 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
         ("Python plugin, parse JSON", "msg/s"),
         ("JavaScript plugin, no-op", "msg/s"),
         ("JavaScript plugin, parse JSON", "msg/s"),
+        ("R3 stream: native async-nats consumer", "msg/s"),
+        ("R3 stream: jetplug + no-op plugin, one host", "msg/s"),
+        ("R3 stream: jetplug + no-op plugin, two hosts", "msg/s"),
     ] {
         let line = text
             .lines()

@@ -25,7 +25,10 @@ pub struct Env {
 
 impl Env {
     pub async fn new(nats_url: &str, plugins: &Path) -> anyhow::Result<Env> {
-        let client = async_nats::connect(nats_url)
+        let servers = crate::config::ServerList::from(nats_url)
+            .addrs()
+            .map_err(|(i, reason)| anyhow::anyhow!("--nats: server {i}: {reason}"))?;
+        let client = async_nats::connect(servers)
             .await
             .with_context(|| format!("cannot connect to nats-server at {nats_url}"))?;
         let js = jetstream::new(client);

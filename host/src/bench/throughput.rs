@@ -150,7 +150,7 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
 
 /// One run of the native consumer (a fresh durable named after `pc`) over
 /// the whole stream: pull with the pipeline's batch size, ack each message.
-async fn native(
+pub(crate) async fn native(
     env: &Env,
     pc: &crate::config::PipelineConfig,
     sc: &crate::config::StreamConfig,
@@ -159,7 +159,7 @@ async fn native(
     let bar = env::bar(s.count, "native async-nats consumer");
     let c = env
         .js
-        .get_stream("BENCH")
+        .get_stream(&sc.name)
         .await?
         .create_consumer(consumer::config(pc, sc))
         .await?;
@@ -181,8 +181,8 @@ async fn native(
     });
     let run = env::wait_acked(
         &env.js,
-        "BENCH",
-        &pc.consumer_name("BENCH"),
+        &sc.name,
+        &pc.consumer_name(&sc.name),
         count,
         TIMEOUT,
         &bar,

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::bench::{dispatch, env::Env, indexer, languages, throughput};
+use crate::bench::{cluster, dispatch, env::Env, indexer, languages, throughput};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,6 +30,9 @@ enum What {
     /// The same no-op and parse-JSON handlers in Rust, Python and JavaScript:
     /// msg/s through the host, cold start compiling / cached.
     Languages,
+    /// On a 3-node cluster (--cluster): native vs jetplug on an R3 stream,
+    /// one host vs two.
+    Cluster,
 }
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +40,11 @@ struct Common {
     /// nats-server to run against (JetStream enabled; streams BENCH* are re-created).
     #[arg(long, global = true, default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// A 3-node JetStream cluster for the cluster figures (its URLs,
+    /// comma-separated; streams BENCH_R3 are re-created). Without it they are
+    /// skipped.
+    #[arg(long, global = true)]
+    cluster: Option<String>,
     /// PostgreSQL for the indexer figures, e.g. postgres://postgres@127.0.0.1:54321/postgres
     /// (table jetplug_bench_events is dropped and re-created). Without it they are skipped.
     #[arg(long, global = true, env = "JETPLUG_BENCH_POSTGRES")]
@@ -317,6 +325,57 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "",
                 None,
             ));
+        }
+    }
+
+    if all || matches!(what, What::Cluster) {
+        match &c.cluster {
+            None => rows.push(row(
+                "R3 stream on a 3-node cluster",
+                "skipped (give --cluster URLS)".into(),
+                "",
+                None,
+            )),
+            Some(urls) => {
+                let cluster_env = Env::new(urls, &c.plugins).await?;
+                let r = cluster::run(
+                    &cluster_env,
+                    throughput::Settings {
+                        count: c.count,
+                        size: c.size,
+                        batch: c.batch,
+                        concurrency: c.concurrency,
+                        repeat: 1,
+                    },
+                )
+                .await?;
+                rows.push(row(
+                    "R3 stream: native async-nats consumer",
+                    format!("{:.0} msg/s", r.native_per_sec),
+                    "",
+                    None,
+                ));
+                rows.push(row(
+                    "R3 stream: jetplug + no-op plugin, one host",
+                    format!(
+                        "{:.0} msg/s ({:.2} of native)",
+                        r.one_host_per_sec,
+                        r.one_host_per_sec / r.native_per_sec
+                    ),
+                    "",
+                    None,
+                ));
+                rows.push(row(
+                    "R3 stream: jetplug + no-op plugin, two hosts",
+                    format!(
+                        "{:.0} msg/s ({:.2} of one host)",
+                        r.two_hosts_per_sec,
+                        r.two_hosts_per_sec / r.one_host_per_sec
+                    ),
+                    "",
+                    None,
+                ));
+            }
         }
     }
 
