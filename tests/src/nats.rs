@@ -170,8 +170,21 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts three nodes and waits until each is healthy and the cluster
-    /// has a JetStream meta leader.
+    /// has a JetStream meta leader. Ports are picked free but may be taken
+    /// by a parallel test before a node binds them: a cluster that does not
+    /// come up is started again on fresh ports (three tries).
     pub async fn start() -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::try_start().await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the cluster did not start")))
+    }
+
+    async fn try_start() -> anyhow::Result<Self> {
         const N: usize = 3;
         let dir = tempfile::Builder::new()
             .prefix("jetplug-cluster-")
@@ -198,7 +211,7 @@ impl NatsCluster {
         }
         let mut cluster = NatsCluster { nodes, _dir: dir };
         for i in 0..N {
-            cluster.nodes[i].wait_ready(Duration::from_secs(30)).await?;
+            cluster.nodes[i].wait_ready(Duration::from_secs(20)).await?;
         }
         cluster.wait_meta_leader().await?;
         Ok(cluster)

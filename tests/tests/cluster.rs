@@ -9,21 +9,30 @@ use jetplug::jetstream::streams::{self, Applied};
 use jetplug_tests::NatsCluster;
 use rig::*;
 
+/// One cluster at a time: three nodes per test on a 2-core machine make
+/// parallel clusters slow enough to time out JetStream requests.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn cluster_js(cluster: &NatsCluster) -> anyhow::Result<jetstream::Context> {
     let servers = cluster
         .urls()
         .split(',')
         .map(|u| u.parse())
         .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-    Ok(jetstream::new(async_nats::connect(servers).await?))
+    let mut js = jetstream::new(async_nats::connect(servers).await?);
+    js.set_timeout(Duration::from_secs(20));
+    Ok(js)
 }
 
 /// The name of the node leading `stream`, once it has one.
 async fn leader(js: &jetstream::Context, stream: &str) -> anyhow::Result<String> {
     let start = Instant::now();
     loop {
-        let info = js.get_stream(stream).await?.get_info().await?;
-        if let Some(name) = info.cluster.and_then(|c| c.leader) {
+        // While there is no leader, the info request itself may fail.
+        if let Ok(mut s) = js.get_stream(stream).await
+            && let Ok(info) = s.info().await
+            && let Some(name) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
             return Ok(name);
         }
         anyhow::ensure!(
@@ -34,8 +43,39 @@ async fn leader(js: &jetstream::Context, stream: &str) -> anyhow::Result<String>
     }
 }
 
+/// Publishes each payload until JetStream acknowledges it (a new R3 stream
+/// may answer "no responders" for a moment on some node); a message id per
+/// payload keeps a retried one from being stored twice.
+async fn publish_acked(
+    js: &jetstream::Context,
+    subject: &str,
+    payloads: &[&str],
+) -> anyhow::Result<()> {
+    for (i, p) in payloads.iter().enumerate() {
+        let id = format!("{subject}-{i}");
+        let start = Instant::now();
+        loop {
+            let msg = async_nats::jetstream::message::PublishMessage::build()
+                .payload(p.as_bytes().to_vec().into())
+                .message_id(&id);
+            if let Ok(ack) = js.send_publish(subject.to_owned(), msg).await
+                && ack.await.is_ok()
+            {
+                break;
+            }
+            anyhow::ensure!(
+                start.elapsed() < WAIT,
+                "publish to {subject} never acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_streams_are_created_and_reconciled() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let cluster = NatsCluster::start().await?;
     let dir = tempfile::tempdir()?;
     let mut config = config(dir.path(), &cluster.urls(), plugins::TEST_NOOP, "")?;
@@ -82,6 +122,7 @@ async fn replicated_streams_are_created_and_reconciled() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_keeps_consuming_when_the_stream_leader_dies() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let mut cluster = NatsCluster::start().await?;
     let dir = tempfile::tempdir()?;
     let mut config = config(dir.path(), &cluster.urls(), plugins::TEST_NOOP, "")?;
@@ -93,7 +134,7 @@ async fn the_host_keeps_consuming_when_the_stream_leader_dies() -> anyhow::Resul
     let js = cluster_js(&cluster).await?;
     let first: Vec<String> = (0..100).map(|i| format!("a{i}")).collect();
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
-    publish(&js, "events.a", &first).await?;
+    publish_acked(&js, "events.a", &first).await?;
     eventually(WAIT, "the first 100 acked", || async {
         Ok(Stats::get(&stats.acked) == 100)
     })
@@ -132,6 +173,7 @@ async fn the_host_keeps_consuming_when_the_stream_leader_dies() -> anyhow::Resul
 /// once, and a MAX_DELIVERIES advisory is dead-lettered by one host only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let cluster = NatsCluster::start().await?;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     let extra = "ack_wait = \"2s\"\nmax_deliver = 1";
@@ -148,6 +190,10 @@ async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::R
     // A delivery taken by a host that then died: its advisory comes while
     // both hosts run.
     streams::reconcile(&js, &configs[0].streams).await?;
+    // A new R3 stream takes publishes once it has elected a leader.
+    for name in ["EVENTS", "DLQ"] {
+        leader(&js, name).await?;
+    }
     let pc = configs[0].pipeline("main").context("pipeline")?;
     let sc = configs[0].stream("EVENTS").context("stream")?;
     let c = js
@@ -155,16 +201,26 @@ async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::R
         .await?
         .create_consumer(jetplug::jetstream::consumer::config(pc, sc))
         .await?;
-    publish(&js, "events.lost", &["lost"]).await?;
-    let taken = c
-        .fetch()
-        .max_messages(1)
-        .messages()
-        .await?
-        .next()
-        .await
-        .context("no delivery")?
-        .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+    publish_acked(&js, "events.lost", &["lost"]).await?;
+    // A waiting pull, retried while the new R3 consumer elects its leader
+    // (the server answers 503 until then).
+    let pulling = Instant::now();
+    let taken = loop {
+        let mut batch = c
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await?;
+        if let Some(Ok(m)) = batch.next().await {
+            break m;
+        }
+        anyhow::ensure!(
+            pulling.elapsed() < WAIT,
+            "the lost message was never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(&taken.payload[..], b"lost");
 
     let mut hosts = Vec::new();
@@ -175,7 +231,7 @@ async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::R
     }
     // Each message sleeps a little so that both hosts pull while the other works.
     let payloads = vec!["sleep:5"; 400];
-    publish(&js, "events.work", &payloads).await?;
+    publish_acked(&js, "events.work", &payloads).await?;
     let acked = |hosts: &Vec<(RunningHost, Arc<Stats>)>| {
         hosts
             .iter()
@@ -222,6 +278,7 @@ async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::R
 /// client), the other stands by, and takes over once the first stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exclusive_pipeline_runs_on_one_host_and_another_takes_over() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let cluster = NatsCluster::start().await?;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     let extra = "exclusive = true\npin_timeout = \"2s\"";
@@ -235,7 +292,7 @@ async fn an_exclusive_pipeline_runs_on_one_host_and_another_takes_over() -> anyh
     }
     let js = cluster_js(&cluster).await?;
     let first = vec!["sleep:2"; 200];
-    publish(&js, "events.a", &first).await?;
+    publish_acked(&js, "events.a", &first).await?;
     let acked = |hosts: &Vec<(RunningHost, Arc<Stats>)>| {
         hosts
             .iter()
@@ -257,7 +314,7 @@ async fn an_exclusive_pipeline_runs_on_one_host_and_another_takes_over() -> anyh
     let (gone, _) = hosts.remove(pinned);
     gone.stop().await?;
     let later = vec!["x"; 50];
-    publish(&js, "events.b", &later).await?;
+    publish_acked(&js, "events.b", &later).await?;
     let stats = hosts[0].1.clone();
     eventually(WAIT, "the standby host took over", || async {
         Ok(Stats::get(&stats.acked) == 50)
