@@ -201,6 +201,23 @@ async fn node_and_host_failures_lose_and_duplicate_nothing() -> anyhow::Result<(
     })
     .await?;
 
+    // Both hosts share the work: each has acknowledged messages of its own.
+    for host in &hosts {
+        eventually(WAIT, "every host gets work", || async {
+            let (_, metrics) = jetplug_tests::http_get(&host.admin, "/metrics").await?;
+            Ok(metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("jetplug_messages_total{") && l.contains("outcome=\"ack\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+                > 0.0)
+        })
+        .await
+        .with_context(|| host.log())?;
+    }
+
     let mut report = Vec::new();
     // 1. The node leading the stream dies, then comes back.
     let name = leader(&js, "LEARNING").await?;
