@@ -45,7 +45,11 @@ start_postgres() {
   for _ in $(seq 100); do sql 'select 1' >/dev/null && break; sleep 0.1; done
 }
 
-dead_letters() { "$jetplug" dlq list --config "$config" 2>/dev/null | sed -n 's/^\([0-9]*\) dead letters in.*/\1/p' | head -1; }
+# Dead letters in the DLQ stream (nothing when the stream does not exist yet).
+dead_letters() {
+  { "$jetplug" dlq list --config "$config" 2>/dev/null || true; } \
+    | sed -n 's/^\([0-9]*\) dead letters in.*/\1/p' | head -1
+}
 
 # What is there before this run: the check counts only what the run adds.
 baseline() {
