@@ -49,9 +49,11 @@ $(GUEST_DIR)/%-py.wasm: plugins/%-py/app.py plugins/%-py/plugin.wit sdk/python/j
 $(GUEST_DIR)/%-js.wasm: plugins/%-js/plugin.js plugins/%-js/plugin.wit sdk/js/jetplug.js sdk/js/build.mjs wit/world.wit scripts/build-guest.sh
 	scripts/build-guest.sh js plugins/$*-js $@
 
-## build: the jetplug binary (dev profile; dependencies are optimized).
+## build: the jetplug binary (dev profile; dependencies are optimized), built
+## the way `cargo test` builds it (with the test targets), so that `make test`
+## and `make demo` share one build instead of compiling wasmtime twice.
 build:
-	cargo build -p jetplug
+	cargo test --no-run --quiet
 
 ## lint: formatting and clippy, as CI expects them.
 lint:
