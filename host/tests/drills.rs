@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
-use jetplug_tests::{HostProcess, NatsCluster, Postgres, eventually, free_port, plugins, scalar};
+use jetplug_tests::{
+    HostProcess, NatsCluster, Postgres, eventually, free_port, plugins, scalar, stream_leader,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -89,15 +91,6 @@ max_deliver = 20
     Ok(path)
 }
 
-async fn cluster_js(cluster: &NatsCluster) -> anyhow::Result<jetstream::Context> {
-    let servers = cluster
-        .urls()
-        .split(',')
-        .map(|u| u.parse())
-        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-    Ok(jetstream::new(async_nats::connect(servers).await?))
-}
-
 /// Publishes one event every `every` until `stop`, each with its own
 /// message id (a retried publish is stored once); counts the acknowledged.
 fn publisher(
@@ -153,21 +146,6 @@ async fn failover(db: &tokio_postgres::Client, more: i64) -> anyhow::Result<Dura
     Ok(start.elapsed())
 }
 
-/// The node leading `stream`.
-async fn leader(js: &jetstream::Context, stream: &str) -> anyhow::Result<String> {
-    let start = Instant::now();
-    loop {
-        if let Ok(mut s) = js.get_stream(stream).await
-            && let Ok(info) = s.info().await
-            && let Some(name) = info.cluster.as_ref().and_then(|c| c.leader.clone())
-        {
-            return Ok(name);
-        }
-        anyhow::ensure!(start.elapsed() < WAIT, "`{stream}` has no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_and_host_failures_lose_and_duplicate_nothing() -> anyhow::Result<()> {
     let mut cluster = NatsCluster::start().await?;
@@ -187,7 +165,7 @@ async fn node_and_host_failures_lose_and_duplicate_nothing() -> anyhow::Result<(
         host.ready().await?;
         hosts.push(host);
     }
-    let js = cluster_js(&cluster).await?;
+    let js = cluster.jetstream().await?;
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let load = publisher(
@@ -220,7 +198,7 @@ async fn node_and_host_failures_lose_and_duplicate_nothing() -> anyhow::Result<(
 
     let mut report = Vec::new();
     // 1. The node leading the stream dies, then comes back.
-    let name = leader(&js, "LEARNING").await?;
+    let name = stream_leader(&js, "LEARNING", WAIT).await?;
     let node = cluster
         .index_of(&name)
         .with_context(|| format!("unknown node {name}"))?;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug_tests::{NatsServer, eventually, free_port, http_get, plugins};
+use jetplug_tests::{NatsServer, eventually, free_port, plugins};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -111,13 +111,7 @@ async fn python_and_javascript_plugins_run_in_a_pipeline() -> anyhow::Result<()>
         |_| {},
     ));
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    eventually(WAIT, "ready", || async {
-        Ok(http_get(&admin, "/readyz")
-            .await
-            .map(|r| r.0 == 200)
-            .unwrap_or(false))
-    })
-    .await?;
+    jetplug_tests::wait_ready(&admin, WAIT).await?;
 
     // 40 valid events (every 8th with a score above the schema's maximum),
     // and 4 that are not JSON.

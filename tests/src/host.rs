@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::{eventually, http_get};
+use crate::wait_ready;
 
 /// A host process started with `jetplug run --config CONFIG`.
 #[derive(Debug)]
@@ -38,14 +38,9 @@ impl HostProcess {
 
     /// Waits until `/readyz` answers 200.
     pub async fn ready(&self) -> anyhow::Result<()> {
-        eventually(Duration::from_secs(60), "host ready", || async {
-            Ok(http_get(&self.admin, "/readyz")
-                .await
-                .map(|r| r.0 == 200)
-                .unwrap_or(false))
-        })
-        .await
-        .with_context(|| self.log())
+        wait_ready(&self.admin, Duration::from_secs(60))
+            .await
+            .with_context(|| self.log())
     }
 
     /// SIGKILL, as in a crash.

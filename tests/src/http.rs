@@ -15,3 +15,14 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let code = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
     Ok((code, body.to_owned()))
 }
+
+/// Waits until the admin server at `addr` answers `/readyz` with 200.
+pub async fn wait_ready(addr: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    crate::eventually(timeout, "host ready", || async {
+        Ok(http_get(addr, "/readyz")
+            .await
+            .map(|r| r.0 == 200)
+            .unwrap_or(false))
+    })
+    .await
+}

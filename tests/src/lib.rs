@@ -15,8 +15,8 @@ mod ports;
 mod postgres;
 
 pub use host::HostProcess;
-pub use http::http_get;
-pub use nats::{NatsCluster, NatsServer};
+pub use http::{http_get, wait_ready};
+pub use nats::{NatsCluster, NatsServer, stream_leader};
 pub use ports::free_port;
 pub use postgres::{Postgres, scalar};
 

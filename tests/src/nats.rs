@@ -266,17 +266,29 @@ impl NatsCluster {
         self.nodes[i].is_running()
     }
 
+    /// A JetStream context on a connection to all three nodes, with a
+    /// request timeout long enough for replicated operations on a busy
+    /// machine.
+    pub async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
+        let mut js = async_nats::jetstream::new(async_nats::connect(self.servers()?).await?);
+        js.set_timeout(Duration::from_secs(20));
+        Ok(js)
+    }
+
+    fn servers(&self) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+        Ok(self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse())
+            .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?)
+    }
+
     /// Waits until JetStream answers account requests (a meta leader exists).
     pub async fn wait_meta_leader(&self) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut last = String::new();
         while start.elapsed() < Duration::from_secs(30) {
-            let servers = self
-                .nodes
-                .iter()
-                .map(|n| n.url().parse())
-                .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-            match async_nats::connect(servers).await {
+            match async_nats::connect(self.servers()?).await {
                 Ok(client) => match async_nats::jetstream::new(client).query_account().await {
                     Ok(_) => return Ok(()),
                     Err(e) => last = e.to_string(),
@@ -286,6 +298,29 @@ impl NatsCluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         bail!("the cluster elected no JetStream meta leader in 30 s (last: {last})")
+    }
+}
+
+/// The name of the node leading `stream`, waiting up to `timeout` for one
+/// (while there is no leader, the info request itself may fail).
+pub async fn stream_leader(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await
+            && let Ok(info) = s.info().await
+            && let Some(name) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
+            return Ok(name);
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "`{stream}` has no leader after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -6,42 +6,12 @@
 mod rig;
 
 use jetplug::jetstream::streams::{self, Applied};
-use jetplug_tests::NatsCluster;
+use jetplug_tests::{NatsCluster, stream_leader};
 use rig::*;
 
 /// One cluster at a time: three nodes per test on a 2-core machine make
 /// parallel clusters slow enough to time out JetStream requests.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn cluster_js(cluster: &NatsCluster) -> anyhow::Result<jetstream::Context> {
-    let servers = cluster
-        .urls()
-        .split(',')
-        .map(|u| u.parse())
-        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-    let mut js = jetstream::new(async_nats::connect(servers).await?);
-    js.set_timeout(Duration::from_secs(20));
-    Ok(js)
-}
-
-/// The name of the node leading `stream`, once it has one.
-async fn leader(js: &jetstream::Context, stream: &str) -> anyhow::Result<String> {
-    let start = Instant::now();
-    loop {
-        // While there is no leader, the info request itself may fail.
-        if let Ok(mut s) = js.get_stream(stream).await
-            && let Ok(info) = s.info().await
-            && let Some(name) = info.cluster.as_ref().and_then(|c| c.leader.clone())
-        {
-            return Ok(name);
-        }
-        anyhow::ensure!(
-            start.elapsed() < WAIT,
-            "`{stream}` has no leader after {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Publishes each payload until JetStream acknowledges it (a new R3 stream
 /// may answer "no responders" for a moment on some node); a message id per
@@ -82,7 +52,7 @@ async fn replicated_streams_are_created_and_reconciled() -> anyhow::Result<()> {
     for s in &mut config.streams {
         s.replicas = 3;
     }
-    let js = cluster_js(&cluster).await?;
+    let js = cluster.jetstream().await?;
 
     // DLQ exists with one replica (as an older deployment left it): drift 1 → 3.
     js.create_stream(stream::Config {
@@ -131,7 +101,7 @@ async fn the_host_keeps_consuming_when_the_stream_leader_dies() -> anyhow::Resul
     }
     let mut host = start(config);
     let stats = host.stats().await?;
-    let js = cluster_js(&cluster).await?;
+    let js = cluster.jetstream().await?;
     let first: Vec<String> = (0..100).map(|i| format!("a{i}")).collect();
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
     publish_acked(&js, "events.a", &first).await?;
@@ -140,7 +110,7 @@ async fn the_host_keeps_consuming_when_the_stream_leader_dies() -> anyhow::Resul
     })
     .await?;
 
-    let leader_name = leader(&js, "EVENTS").await?;
+    let leader_name = stream_leader(&js, "EVENTS", WAIT).await?;
     let victim = cluster
         .index_of(&leader_name)
         .ok_or_else(|| anyhow::anyhow!("unknown leader {leader_name}"))?;
@@ -160,7 +130,11 @@ async fn the_host_keeps_consuming_when_the_stream_leader_dies() -> anyhow::Resul
         Ok(Stats::get(&stats.acked) >= 200)
     })
     .await?;
-    assert_ne!(leader(&js, "EVENTS").await?, leader_name, "a new leader");
+    assert_ne!(
+        stream_leader(&js, "EVENTS", WAIT).await?,
+        leader_name,
+        "a new leader"
+    );
     cluster.restart(victim).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(Stats::get(&stats.acked), 200, "each message handled once");
@@ -185,14 +159,14 @@ async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::R
             Ok(c)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let js = cluster_js(&cluster).await?;
+    let js = cluster.jetstream().await?;
 
     // A delivery taken by a host that then died: its advisory comes while
     // both hosts run.
     streams::reconcile(&js, &configs[0].streams).await?;
     // A new R3 stream takes publishes once it has elected a leader.
     for name in ["EVENTS", "DLQ"] {
-        leader(&js, name).await?;
+        stream_leader(&js, name, WAIT).await?;
     }
     let pc = configs[0].pipeline("main").context("pipeline")?;
     let sc = configs[0].stream("EVENTS").context("stream")?;
@@ -290,7 +264,7 @@ async fn an_exclusive_pipeline_runs_on_one_host_and_another_takes_over() -> anyh
         let stats = h.stats().await?;
         hosts.push((h, stats));
     }
-    let js = cluster_js(&cluster).await?;
+    let js = cluster.jetstream().await?;
     let first = vec!["sleep:2"; 200];
     publish_acked(&js, "events.a", &first).await?;
     let acked = |hosts: &Vec<(RunningHost, Arc<Stats>)>| {

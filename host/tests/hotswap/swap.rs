@@ -33,13 +33,7 @@ async fn swap_under_load(new: &str, new_reason: &str) -> anyhow::Result<()> {
         |_| {},
     ));
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    eventually(WAIT, "ready", || async {
-        Ok(http_get(&admin, "/readyz")
-            .await
-            .map(|r| r.0 == 200)
-            .unwrap_or(false))
-    })
-    .await?;
+    jetplug_tests::wait_ready(&admin, WAIT).await?;
     let v1 = content_hash(&std::fs::read(plugins::TEST_V1)?);
     let v2 = content_hash(&new_bytes);
     assert_eq!(running_hash(&admin).await?, v1);
@@ -154,13 +148,7 @@ async fn broken_versions_are_refused_and_traffic_continues() -> anyhow::Result<(
         shutdown.clone(),
         |_| {},
     ));
-    eventually(WAIT, "ready", || async {
-        Ok(http_get(&admin, "/readyz")
-            .await
-            .map(|r| r.0 == 200)
-            .unwrap_or(false))
-    })
-    .await?;
+    jetplug_tests::wait_ready(&admin, WAIT).await?;
     let v1 = content_hash(&std::fs::read(plugins::TEST_V1)?);
     let wasm = dir.path().join("plugin.wasm");
     let refused = |outcome: &'static str| {
