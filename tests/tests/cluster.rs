@@ -255,7 +255,7 @@ async fn an_exclusive_pipeline_runs_on_one_host_and_another_takes_over() -> anyh
     let _serial = SERIAL.lock().await;
     let cluster = NatsCluster::start().await?;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let extra = "exclusive = true\npin_timeout = \"2s\"";
+    let extra = "exclusive = true\npin_timeout = \"5s\"";
     let mut hosts = Vec::new();
     for d in &dirs {
         let mut c = config(d.path(), &cluster.urls(), plugins::TEST_NOOP, extra)?;
