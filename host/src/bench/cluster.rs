@@ -56,14 +56,7 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
         .await?;
     bar.finish_and_clear();
 
-    let mut pc = config
-        .pipeline("noop")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no noop pipeline"))?;
-    let sc = config
-        .stream("BENCH_R3")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no BENCH_R3 stream"))?;
+    let (mut pc, sc) = throughput::noop_on(&config, "BENCH_R3")?;
     let consumer = "jetplug-noop-BENCH_R3";
     let stream = env.js.get_stream("BENCH_R3").await?;
 

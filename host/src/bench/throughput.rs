@@ -104,14 +104,7 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
 
     // Native baseline and jetplug in turn, `repeat` times each (fresh
     // consumers every time); the medians are reported.
-    let mut pc = config
-        .pipeline("noop")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no noop pipeline"))?;
-    let sc = config
-        .stream("BENCH")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no BENCH stream"))?;
+    let (mut pc, sc) = noop_on(&config, "BENCH")?;
     let (mut native_rates, mut jetplug_rates) = (Vec::new(), Vec::new());
     let mut host_peak_rss = None;
     for round in 0..s.repeat.max(1) {
@@ -146,6 +139,22 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
         cold_start_cached: cold[1],
         host_peak_rss,
     })
+}
+
+/// The `noop` pipeline of a benchmark config and its stream `stream`.
+pub(crate) fn noop_on(
+    config: &crate::config::Config,
+    stream: &str,
+) -> anyhow::Result<(crate::config::PipelineConfig, crate::config::StreamConfig)> {
+    let pc = config
+        .pipeline("noop")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no noop pipeline"))?;
+    let sc = config
+        .stream(stream)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no {stream} stream"))?;
+    Ok((pc, sc))
 }
 
 /// One run of the native consumer (a fresh durable named after `pc`) over
