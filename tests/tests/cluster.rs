@@ -150,7 +150,10 @@ async fn two_hosts_share_the_work_and_dead_letter_advisories_once() -> anyhow::R
     let _serial = SERIAL.lock().await;
     let cluster = NatsCluster::start().await?;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let extra = "ack_wait = \"2s\"\nmax_deliver = 1";
+    // The lost delivery's advisory comes one ack_wait after it was taken;
+    // both hosts must be listening by then (a loaded CI machine can take
+    // seconds to compile the plugin and join the cluster).
+    let extra = "ack_wait = \"10s\"\nmax_deliver = 1";
     let configs = dirs
         .iter()
         .map(|d| {
