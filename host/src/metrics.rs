@@ -59,7 +59,7 @@ impl Metrics {
         let mut r = Registry::with_prefix("jetplug");
         r.register(
             "messages",
-            "Messages settled, by pipeline and outcome (ack, retry, dead_letter)",
+            "Messages settled, by pipeline and outcome (ack, retry, dead_letter, skipped)",
             m.messages.clone(),
         );
         r.register("batches", "Batches run, by pipeline", m.batches.clone());

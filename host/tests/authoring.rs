@@ -209,6 +209,10 @@ async fn test_command_reaches_real_servers() -> TestResult {
             "\n",
             r#"{"subject": "learning.quiz.answered", "payload_text": "{broken", "expect": {"decision": "term", "reason": "not JSON"}}"#,
             "\n",
+            // The first event again, redriven from the DLQ (new position,
+            // same origin): no second row, no second publish.
+            r#"{"subject": "learning.quiz.answered", "payload": {"student": "s-1", "score": 70}, "stream_seq": 9, "headers": {"Jetplug-Origin": "OFFLINE:1"}, "expect": "ack"}"#,
+            "\n",
         ),
     )?;
     let fixture_s = fixture.display().to_string();
@@ -229,7 +233,8 @@ async fn test_command_reaches_real_servers() -> TestResult {
     let client = pg.connect().await?;
     assert_eq!(
         jetplug_tests::scalar(&client, "select count(*) from events").await?,
-        2
+        2,
+        "the redriven event keyed on its origin"
     );
 
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
@@ -247,7 +252,7 @@ async fn test_command_reaches_real_servers() -> TestResult {
     let out = enrich("publish:enriched.>")?;
     assert!(out.status.success(), "{}", output_text(&out));
     let info = js.get_stream("ENRICHED").await?.get_info().await?;
-    assert_eq!(info.state.messages, 2);
+    assert_eq!(info.state.messages, 2, "one publish per origin");
 
     // Outside its grant the publish is refused, and the test says so.
     let out = enrich("publish:other.>")?;
@@ -257,5 +262,28 @@ async fn test_command_reaches_real_servers() -> TestResult {
         text.contains("got: term: publish refused (access-denied)"),
         "{text}"
     );
+    Ok(())
+}
+
+/// The Python SDK's idempotency key is the origin: its own position, or the
+/// `Jetplug-Origin` a redrive set.
+#[test]
+fn python_idempotency_key_follows_the_origin() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let fixture = tmp.path().join("keys.jsonl");
+    std::fs::write(
+        &fixture,
+        concat!(
+            r#"{"subject": "a.b", "payload_text": "key", "expect": {"decision": "term", "reason": "^key:OFFLINE:1$"}}"#,
+            "\n",
+            r#"{"subject": "a.b", "payload_text": "key", "headers": {"Jetplug-Origin": "LEARNING:42"}, "expect": {"decision": "term", "reason": "^key:LEARNING:42$"}}"#,
+            "\n",
+        ),
+    )?;
+    let out = jetplug(
+        &["test", plugins::TEST_PY, &fixture.display().to_string()],
+        tmp.path(),
+    )?;
+    assert!(out.status.success(), "{}", output_text(&out));
     Ok(())
 }

@@ -1,8 +1,8 @@
 // enricher (JavaScript): for every AIVO event, publishes a derived event to
 // `<prefix>.<original subject>` (default prefix `enriched`) carrying the
 // original fields, a `grade` from the score and where it came from. The
-// publish uses a message id derived from the source (stream, sequence), so a
-// redelivered event does not publish twice within the stream's duplicate
+// publish uses a message id derived from the source's origin, so a
+// redelivered or redriven event does not publish twice within the stream's duplicate
 // window.
 //
 // Decisions: published → ack; payload not JSON or not an object → term;
@@ -12,7 +12,7 @@
 // Config: `prefix` (default `enriched`), `pass_mark` (default 50).
 
 import { publish } from 'jetplug:plugin/publish@0.1.0';
-import { Plugin, exportPlugin, ack, retry, term, jsonPayload, warn } from '../../sdk/js/jetplug.js';
+import { Plugin, exportPlugin, ack, retry, term, jsonPayload, warn, idempotencyKey } from '../../sdk/js/jetplug.js';
 
 class Enricher extends Plugin {
   constructor(config) {
@@ -43,7 +43,7 @@ class Enricher extends Plugin {
         subject: `${this.prefix}.${msg.subject}`,
         headers: [['content-type', 'application/json']],
         payload: body,
-        messageId: `enricher:${msg.stream}:${msg.streamSeq}`,
+        messageId: `enricher:${idempotencyKey(msg)}`,
       });
       return ack();
     } catch (e) {

@@ -3,6 +3,7 @@
 - payload ``loop``: loops forever (the host must interrupt it at its deadline);
 - payload ``alloc:N``: holds N MiB for the call, then acks (memory limits);
 - payload ``ok``: acks;
+- payload ``key``: terminates with ``key:<idempotency key>``;
 - anything else: terminates with ``handled-by:py``, like test-v1/test-v2, so
   a hot swap from a Rust version shows which version handled each message.
 
@@ -25,6 +26,8 @@ class TestPy(jetplug.Plugin):
             return ack() if len(held) else ack()
         if body == b"ok":
             return ack()
+        if body == b"key":
+            return term("key:" + jetplug.idempotency_key(msg))
         return term("handled-by:py")
 
 

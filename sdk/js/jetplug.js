@@ -71,8 +71,33 @@ export function header(msg, name, fallback = undefined) {
   return loose ? loose[1] : fallback;
 }
 
-/** `STREAM:SEQUENCE`: the same on every redelivery of the message. */
-export const idempotencyKey = (msg) => `${msg.stream}:${msg.streamSeq}`;
+/**
+ * Where the message was first stored, `{ stream, sequence, publishedAtMs }`:
+ * for a message redriven from the dead-letter queue, from its
+ * `Jetplug-Origin` / `Jetplug-Origin-Published-Ms` headers.
+ */
+export function origin(msg) {
+  const value = header(msg, "Jetplug-Origin", "");
+  const at = value.lastIndexOf(":");
+  const stream = at > 0 ? value.slice(0, at) : "";
+  const seq = at > 0 ? value.slice(at + 1).trim() : "";
+  if (stream && /^[0-9]+$/.test(seq)) {
+    const published = header(msg, "Jetplug-Origin-Published-Ms", "").trim();
+    return {
+      stream,
+      sequence: BigInt(seq),
+      publishedAtMs: /^-?[0-9]+$/.test(published) ? BigInt(published) : msg.publishedAtMs,
+    };
+  }
+  return { stream: msg.stream, sequence: msg.streamSeq, publishedAtMs: msg.publishedAtMs };
+}
+
+/** `STREAM:SEQUENCE` of the message's origin: the same on every redelivery
+ * and after a redrive from the dead-letter queue. */
+export const idempotencyKey = (msg) => {
+  const o = origin(msg);
+  return `${o.stream}:${o.sequence}`;
+};
 
 // --- config ---------------------------------------------------------------------
 

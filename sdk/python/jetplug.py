@@ -36,7 +36,7 @@ from wit_world.imports import types as _types
 __all__ = [
     "Plugin", "Config", "ConfigError", "PayloadError", "export",
     "ack", "retry", "term", "text", "json_payload", "header",
-    "debug", "info", "warn", "error", "idempotency_key",
+    "debug", "info", "warn", "error", "idempotency_key", "origin",
 ]
 
 Message = _types.Message
@@ -98,9 +98,24 @@ def header(msg, name, default=None):
     return default
 
 
+def origin(msg):
+    """``(stream, sequence, published_at_ms)`` where the message was first
+    stored: for a message redriven from the dead-letter queue, from its
+    ``Jetplug-Origin`` / ``Jetplug-Origin-Published-Ms`` headers."""
+    value = header(msg, "Jetplug-Origin", "")
+    stream, _, seq = value.rpartition(":")
+    if stream and seq.strip().isdigit():
+        published = header(msg, "Jetplug-Origin-Published-Ms", "").strip()
+        at = int(published) if published.lstrip("-").isdigit() else msg.published_at_ms
+        return (stream, int(seq), at)
+    return (msg.stream, msg.stream_seq, msg.published_at_ms)
+
+
 def idempotency_key(msg):
-    """``STREAM:SEQUENCE``: the same on every redelivery of the message."""
-    return f"{msg.stream}:{msg.stream_seq}"
+    """``STREAM:SEQUENCE`` of the message's origin: the same on every
+    redelivery and after a redrive from the dead-letter queue."""
+    stream, seq, _ = origin(msg)
+    return f"{stream}:{seq}"
 
 
 # --- config --------------------------------------------------------------------

@@ -111,6 +111,7 @@ async fn pipelines(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::V
                         "acked": Stats::get(&st.acked),
                         "retried": Stats::get(&st.retried),
                         "dead_lettered": Stats::get(&st.dead_lettered),
+                        "skipped": Stats::get(&st.skipped),
                         "held_batches": Stats::get(&st.held_batches),
                         "messages_held": p.keepalive.held(),
                     })

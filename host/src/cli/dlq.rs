@@ -1,18 +1,22 @@
 //! `jetplug dlq list|redrive`: look at dead letters, and send them back to
-//! their original subjects. A dead letter is removed from the DLQ stream only
-//! after its republish was acknowledged, so a failed redrive loses nothing.
+//! the pipelines that failed them. A dead letter is removed from the DLQ
+//! stream only after its republish was acknowledged, and every republish of
+//! one dead letter carries the same message id, so an interrupted redrive
+//! run again neither loses nor duplicates anything.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer;
+use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::deadletter::headers;
+use crate::deadletter::redrive::{self, Facts, Selection};
 use crate::subject;
 
 #[derive(Debug, clap::Args)]
@@ -25,8 +29,8 @@ pub struct Args {
 enum Action {
     /// Count dead letters by subject and reason, and show the first few.
     List(Common),
-    /// Republish dead letters to their original subjects and remove them from the DLQ.
-    Redrive(Common),
+    /// Republish dead letters to the pipelines that failed them and remove them from the DLQ.
+    Redrive(RedriveArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,16 +44,56 @@ struct Common {
     /// Only dead letters whose DLQ subject matches this pattern, e.g. `dlq.learning.>`.
     #[arg(long)]
     filter: Option<String>,
-    /// At most this many dead letters.
+    /// Only dead letters of this pipeline.
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// Only dead letters whose reason matches this regular expression.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only dead letters whose original subject matches this pattern, e.g. `learning.quiz.>`.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Only dead letters stored at or after this time (RFC 3339, or a duration ago: `2h`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only dead letters stored before this time (RFC 3339, or a duration ago: `30m`).
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many dead letters (counted among those selected).
     #[arg(long)]
     limit: Option<u64>,
 }
 
+#[derive(Debug, clap::Args)]
+struct RedriveArgs {
+    #[command(flatten)]
+    common: Common,
+    /// List what would be redriven, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// At most this many republishes per second (default: as fast as acknowledged).
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!(
+            "`{text}` is not a positive rate (messages per second)"
+        )),
+    }
+}
+
+/// How long to wait for the next dead letter before taking the DLQ as read.
+const READ_IDLE: Duration = Duration::from_secs(2);
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (c, redrive) = match &args.action {
-        Action::List(c) => (c, false),
-        Action::Redrive(c) => (c, true),
+        Action::List(c) => (c, None),
+        Action::Redrive(r) => (&r.common, Some(r)),
     };
+    let selection = selection(c)?;
     let config = Config::load(&c.config)?;
     let stream = match &c.stream {
         Some(s) => s.clone(),
@@ -61,96 +105,292 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("no declared stream captures `dlq.>`: name the DLQ stream with --stream")?,
     };
     let ctx = super::connect_once(&config.nats).await?;
-    let mut s = ctx
-        .get_stream(&stream)
-        .await
-        .with_context(|| format!("stream `{stream}`"))?;
-    let total = s.info().await?.state.messages;
-    if total == 0 {
+    let mut dlq = Dlq::open(&ctx, &stream, c.filter.as_deref()).await?;
+    let Some(total) = dlq.total else {
         println!("{stream}: no dead letters");
         return Ok(ExitCode::SUCCESS);
+    };
+    match redrive {
+        None => list(&mut dlq, c, &selection).await,
+        Some(r) => redrive_all(&ctx, &mut dlq, r, &selection, total).await,
     }
-    let consumer = s
-        .create_consumer(consumer::pull::Config {
-            ack_policy: consumer::AckPolicy::None,
-            filter_subject: c.filter.clone().unwrap_or_default(),
-            inactive_threshold: std::time::Duration::from_secs(30),
-            ..Default::default()
+}
+
+fn selection(c: &Common) -> anyhow::Result<Selection> {
+    let now = OffsetDateTime::now_utc();
+    let time = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<OffsetDateTime>> {
+        v.as_deref()
+            .map(|t| redrive::parse_time(t, now).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+            .transpose()
+    };
+    Ok(Selection {
+        pipeline: c.pipeline.clone(),
+        reason: c
+            .reason
+            .as_deref()
+            .map(regex::Regex::new)
+            .transpose()
+            .context("--reason is not a valid regular expression")?,
+        subject: c.subject.clone(),
+        since: time("since", &c.since)?,
+        until: time("until", &c.until)?,
+    })
+}
+
+/// One dead letter as read from the DLQ stream.
+struct Stored {
+    seq: u64,
+    dlq_subject: String,
+    stored_at: OffsetDateTime,
+    headers: Vec<(String, String)>,
+    payload: bytes::Bytes,
+    facts: Facts,
+}
+
+/// A reader over the DLQ stream (an ephemeral consumer the server removes
+/// when idle).
+struct Dlq {
+    name: String,
+    stream: jetstream::stream::Stream,
+    messages: Option<consumer::pull::Stream>,
+    /// Dead letters under the filter when the reader was made; None if none.
+    total: Option<u64>,
+    done: bool,
+}
+
+impl Dlq {
+    async fn open(
+        ctx: &jetstream::Context,
+        name: &str,
+        filter: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut stream = ctx
+            .get_stream(name)
+            .await
+            .with_context(|| format!("stream `{name}`"))?;
+        if stream.info().await?.state.messages == 0 {
+            return Ok(Dlq {
+                name: name.into(),
+                stream,
+                messages: None,
+                total: None,
+                done: true,
+            });
+        }
+        let mut consumer = stream
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                filter_subject: filter.unwrap_or_default().to_owned(),
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .context("creating a reader on the DLQ")?;
+        let pending = consumer.info().await?.num_pending;
+        let messages = consumer.stream().messages().await?;
+        Ok(Dlq {
+            name: name.into(),
+            stream,
+            messages: Some(messages),
+            total: (pending > 0).then_some(pending),
+            done: pending == 0,
         })
-        .await
-        .context("creating a reader on the DLQ")?;
-    let mut messages = consumer.stream().messages().await?;
-    let limit = c.limit.unwrap_or(u64::MAX);
-    let mut seen = 0u64;
-    let mut by_reason: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut redriven = 0u64;
-    while seen < limit {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(2), messages.next()).await;
-        let Ok(Some(msg)) = next else { break };
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Option<Stored>> {
+        let Some(messages) = self.messages.as_mut().filter(|_| !self.done) else {
+            return Ok(None);
+        };
+        let Ok(Some(msg)) = tokio::time::timeout(READ_IDLE, messages.next()).await else {
+            return Ok(None);
+        };
         let msg = msg.map_err(|e| anyhow::anyhow!("reading the DLQ: {e}"))?;
         let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (seq, left) = (info.stream_sequence, info.pending);
-        seen += 1;
-        let h = msg.headers.clone().unwrap_or_default();
-        let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default();
-        let reason = get(headers::REASON);
-        // Group by the reason's first clause ("payload is not JSON: ..." → "payload is not JSON").
-        let kind = reason.split(':').next().unwrap_or_default().to_owned();
-        *by_reason
-            .entry((msg.subject.to_string(), kind))
-            .or_default() += 1;
-        if redrive {
-            let original = get(headers::SUBJECT);
-            if original.is_empty() {
-                eprintln!("skipping {stream} #{seq}: no {} header", headers::SUBJECT);
-            } else {
-                let mut out = HeaderMap::new();
-                for (k, vs) in h.iter() {
-                    if !k.to_string().starts_with("Jetplug-")
-                        && !k.to_string().eq_ignore_ascii_case("Nats-Msg-Id")
-                    {
-                        for v in vs {
-                            out.append(k.to_string().as_str(), v.as_str());
-                        }
-                    }
-                }
-                out.insert("Jetplug-Redriven-From", format!("{stream}:{seq}").as_str());
-                ctx.publish_with_headers(original.clone(), out, msg.payload.clone())
-                    .await?
-                    .await
-                    .with_context(|| format!("republishing {stream} #{seq} to `{original}`"))?;
-                s.delete_message(seq)
-                    .await
-                    .with_context(|| format!("removing {stream} #{seq} after its redrive"))?;
-                redriven += 1;
-            }
-        } else if seen <= 5 {
-            println!(
-                "#{seq} {} (from {} #{} via {}, {} deliveries): {reason}",
-                msg.subject,
-                get(headers::STREAM),
-                get(headers::SEQUENCE),
-                get(headers::PIPELINE),
-                get(headers::DELIVERIES)
-            );
+        self.done = info.pending == 0;
+        let headers: Vec<(String, String)> = msg
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(k, vs)| {
+                vs.iter()
+                    .map(move |v| (k.to_string(), v.as_str().to_owned()))
+            })
+            .collect();
+        Ok(Some(Stored {
+            seq: info.stream_sequence,
+            dlq_subject: msg.subject.to_string(),
+            stored_at: info.published,
+            facts: Facts::from_headers(&headers),
+            headers,
+            payload: msg.payload.clone(),
+        }))
+    }
+}
+
+async fn list(dlq: &mut Dlq, c: &Common, selection: &Selection) -> anyhow::Result<ExitCode> {
+    let limit = c.limit.unwrap_or(u64::MAX);
+    let mut shown = 0u64;
+    let mut by_reason: BTreeMap<(String, String), u64> = BTreeMap::new();
+    while shown < limit {
+        let Some(d) = dlq.next().await? else { break };
+        if !selection.matches(&d.facts, d.stored_at) {
+            continue;
         }
-        if left == 0 {
-            break;
+        shown += 1;
+        // Group by the reason's first clause ("payload is not JSON: ..." → "payload is not JSON").
+        let kind = d
+            .facts
+            .reason
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *by_reason.entry((d.dlq_subject.clone(), kind)).or_default() += 1;
+        if shown <= 5 {
+            println!("{}", describe(&d));
         }
     }
-    if redrive {
-        println!("redriven {redriven} dead letters from `{stream}` to their original subjects");
-    } else {
-        println!(
-            "{seen} dead letters in `{stream}`{}:",
-            c.filter
-                .as_ref()
-                .map(|f| format!(" matching {f}"))
-                .unwrap_or_default()
-        );
-        for ((subj, reason), n) in &by_reason {
-            println!("  {n:>6}  {subj}  {reason}");
-        }
+    println!(
+        "{shown} dead letters in `{}`{}:",
+        dlq.name,
+        c.filter
+            .as_ref()
+            .map(|f| format!(" matching {f}"))
+            .unwrap_or_default()
+    );
+    for ((subj, reason), n) in &by_reason {
+        println!("  {n:>6}  {subj}  {reason}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn describe(d: &Stored) -> String {
+    let f = &d.facts;
+    format!(
+        "#{} {} (from {} #{} via {}, {} deliveries): {}",
+        d.seq, d.dlq_subject, f.stream, f.sequence, f.pipeline, f.deliveries, f.reason
+    )
+}
+
+async fn redrive_all(
+    ctx: &jetstream::Context,
+    dlq: &mut Dlq,
+    args: &RedriveArgs,
+    selection: &Selection,
+    total: u64,
+) -> anyhow::Result<ExitCode> {
+    let limit = args.common.limit.unwrap_or(u64::MAX);
+    let bar = if args.dry_run {
+        indicatif::ProgressBar::hidden()
+    } else {
+        super::progress_bar(total.min(limit), "redriving")
+    };
+    let mut pace = args.rate.map(|r| {
+        (
+            Duration::from_secs_f64(1.0 / r),
+            tokio::time::Instant::now(),
+        )
+    });
+    let (mut sent, mut repeated, mut failed, mut unselected) = (0u64, 0u64, 0u64, 0u64);
+    while sent + failed < limit {
+        let Some(d) = dlq.next().await? else { break };
+        bar.inc(1);
+        if !selection.matches(&d.facts, d.stored_at) {
+            unselected += 1;
+            continue;
+        }
+        let r = match redrive::republish(&d.headers, &d.facts, &dlq.name, d.seq) {
+            Ok(r) => r,
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("cannot redrive {} #{}: {e}", dlq.name, d.seq));
+                continue;
+            }
+        };
+        if args.dry_run {
+            sent += 1;
+            println!(
+                "would redrive {} to `{}` for pipeline {}",
+                describe(&d),
+                r.subject,
+                if d.facts.pipeline.is_empty() {
+                    "(every pipeline: no Jetplug-Pipeline header)"
+                } else {
+                    &d.facts.pipeline
+                }
+            );
+            continue;
+        }
+        if let Some((every, next)) = pace.as_mut() {
+            tokio::time::sleep_until(*next).await;
+            *next = (*next + *every).max(tokio::time::Instant::now() - *every);
+        }
+        match send(ctx, dlq, &d, r).await {
+            Ok(duplicate) => {
+                sent += 1;
+                repeated += u64::from(duplicate);
+            }
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("{e:#}"));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let verb = if args.dry_run {
+        "would redrive"
+    } else {
+        "redriven"
+    };
+    println!(
+        "{verb} {sent} dead letters from `{}`{}{}{}",
+        dlq.name,
+        if repeated > 0 {
+            format!(" ({repeated} already republished by an interrupted run; not stored twice)")
+        } else {
+            String::new()
+        },
+        if unselected > 0 {
+            format!("; {unselected} not selected")
+        } else {
+            String::new()
+        },
+        if failed > 0 {
+            format!("; {failed} FAILED (left in the DLQ)")
+        } else {
+            String::new()
+        },
+    );
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Republishes one dead letter and, once that is acknowledged, removes it.
+/// True if the stream reported the republish as a duplicate.
+async fn send(
+    ctx: &jetstream::Context,
+    dlq: &mut Dlq,
+    d: &Stored,
+    r: redrive::Republish,
+) -> anyhow::Result<bool> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &r.headers {
+        headers.append(k.as_str(), v.as_str());
+    }
+    headers.insert("Nats-Msg-Id", r.message_id.as_str());
+    let what = || format!("republishing {} #{} to `{}`", dlq.name, d.seq, r.subject);
+    let ack = ctx
+        .publish_with_headers(r.subject.clone(), headers, d.payload.clone())
+        .await
+        .with_context(what)?
+        .await
+        .with_context(what)?;
+    dlq.stream
+        .delete_message(d.seq)
+        .await
+        .with_context(|| format!("removing {} #{} after its redrive", dlq.name, d.seq))?;
+    Ok(ack.duplicate)
 }

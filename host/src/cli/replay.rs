@@ -109,13 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("nothing to replay in stream `{stream}`");
         return Ok(ExitCode::SUCCESS);
     };
-    let bar = indicatif::ProgressBar::new(span.last.saturating_sub(span.first) + 1);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} replay [{bar:40}] {pos}/{len} msgs {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar(span.last.saturating_sub(span.first) + 1, "replay");
     let report = replay::run(&js, &req, span, &mut instance, &tenant, |r| {
         bar.set_position(r.last_sequence.saturating_sub(span.first) + 1);
     })

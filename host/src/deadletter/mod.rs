@@ -7,8 +7,11 @@
 //! original is retried later, so a dead letter is never lost on the way.
 
 pub mod advisory;
+pub mod origin;
+pub mod redrive;
 mod route;
 
+pub use origin::{Origin, addressed_to};
 pub use route::{DeadLetterError, Route};
 
 use crate::bindings::Message;
@@ -24,6 +27,15 @@ pub mod headers {
     pub const DELIVERIES: &str = "Jetplug-Deliveries";
     pub const REASON: &str = "Jetplug-Reason";
     pub const PUBLISHED_AT: &str = "Jetplug-Original-Published-Ms";
+    /// Where the message was first stored, `STREAM:SEQUENCE` (on dead
+    /// letters, and on redriven messages: the idempotency key).
+    pub const ORIGIN: &str = "Jetplug-Origin";
+    /// When the origin was stored, ms since the Unix epoch.
+    pub const ORIGIN_PUBLISHED: &str = "Jetplug-Origin-Published-Ms";
+    /// On a redriven message: the pipelines that should run it (comma-separated).
+    pub const REDRIVE_TO: &str = "Jetplug-Redrive-To";
+    /// On a redriven message: the dead letter it came from, `STREAM:SEQUENCE`.
+    pub const REDRIVEN_FROM: &str = "Jetplug-Redriven-From";
 }
 
 /// A message that will not be processed, and why.
@@ -39,6 +51,9 @@ pub struct DeadLetter {
     pub headers: Vec<(String, String)>,
     pub payload: Vec<u8>,
     pub published_at_ms: i64,
+    /// Where the message was first stored (differs from stream/sequence
+    /// when the failed message was itself a redrive).
+    pub origin: Origin,
 }
 
 impl DeadLetter {
@@ -55,6 +70,12 @@ impl DeadLetter {
             headers: msg.headers.clone(),
             payload: msg.payload.clone(),
             published_at_ms: msg.published_at_ms,
+            origin: Origin::of(
+                &msg.headers,
+                &msg.stream,
+                msg.stream_seq,
+                msg.published_at_ms,
+            ),
         }
     }
 
@@ -79,6 +100,11 @@ impl DeadLetter {
             (
                 headers::PUBLISHED_AT.into(),
                 self.published_at_ms.to_string(),
+            ),
+            (headers::ORIGIN.into(), self.origin.key()),
+            (
+                headers::ORIGIN_PUBLISHED.into(),
+                self.origin.published_at_ms.to_string(),
             ),
         ]);
         h
@@ -134,6 +160,11 @@ mod tests {
             ],
             payload: b"{".to_vec(),
             published_at_ms: 7,
+            origin: Origin {
+                stream: "LEARNING".into(),
+                sequence: 3,
+                published_at_ms: 1,
+            },
         };
         let h = dl.all_headers();
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -145,6 +176,8 @@ mod tests {
         );
         assert_eq!(get(headers::SEQUENCE), Some("42"));
         assert_eq!(get(headers::REASON), Some("bad json"));
+        assert_eq!(get(headers::ORIGIN), Some("LEARNING:3"));
+        assert_eq!(get(headers::ORIGIN_PUBLISHED), Some("1"));
         assert_eq!(dl.default_subject(), "dlq.learning.indexer");
         assert_eq!(dl.message_id(), "jetplug-dlq:LEARNING:42:indexer");
     }

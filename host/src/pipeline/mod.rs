@@ -45,6 +45,8 @@ pub struct Stats {
     pub acked: Counter,
     pub retried: Counter,
     pub dead_lettered: Counter,
+    /// Redriven messages addressed to other pipelines, acked unrun.
+    pub skipped: Counter,
     pub dead_letter_failures: Counter,
     /// Batches held (not settled) because the breaker opened on a downstream outage.
     pub held_batches: Counter,
@@ -72,6 +74,7 @@ impl Stats {
             acked: outcome("ack"),
             retried: outcome("retry"),
             dead_lettered: outcome("dead_letter"),
+            skipped: outcome("skipped"),
             dead_letter_failures: metrics.dead_letter_failures.get_or_create_owned(&p),
             held_batches: metrics.held_batches.get_or_create_owned(&p),
             breaker_state: metrics.breaker_state.get_or_create_owned(&p),

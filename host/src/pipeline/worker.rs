@@ -10,7 +10,7 @@ use tokio::sync::{Mutex, mpsc};
 use super::{Pipeline, Stats};
 use crate::bindings::Message;
 use crate::breaker::{Permit, State};
-use crate::deadletter::DeadLetter;
+use crate::deadletter::{DeadLetter, addressed_to};
 use crate::jetstream::convert;
 use crate::plugin::PluginInstance;
 use crate::settle::{self, Action};
@@ -39,6 +39,14 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     let mut msgs = Vec::with_capacity(batch.len());
     for m in batch {
         match convert::to_plugin_message(&m, &p.tenant) {
+            // A redrive for other pipelines: their effect happened here already.
+            Some(pm) if !addressed_to(&pm.headers, &p.cfg.name) => {
+                Stats::add(&p.stats.skipped, 1);
+                if let Err(e) = m.ack().await {
+                    tracing::warn!(pipeline = %p.cfg.name, subject = %m.subject, error = %e,
+                        "settling a skipped redrive failed; JetStream will redeliver it");
+                }
+            }
             Some(pm) => {
                 msgs.push(pm);
                 delivered.push(m);

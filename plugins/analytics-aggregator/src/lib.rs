@@ -2,10 +2,11 @@
 //! action) in `event_counts`, exact under redelivery and restarts.
 //!
 //! Exactness comes from one statement per batch: it records the batch's
-//! (stream, stream_seq) pairs in `event_counted` and adds to the counts only
-//! the pairs that were not recorded before — both in the same transaction, so
-//! a redelivered message is never counted twice and a crash never loses a
-//! count. The minute is the event's publish time, truncated.
+//! origins (stream, stream_seq where each event was first stored; the same
+//! after a redrive from the dead-letter queue) in `event_counted` and adds
+//! to the counts only the origins not recorded before, both in the same
+//! transaction, so a redelivered or redriven message is never counted twice
+//! and a crash never loses a count. The minute is the origin's publish time, truncated.
 //!
 //! A payload that is not JSON is terminated (→ dead letter), as in the
 //! indexer, so malformed events are neither indexed nor counted.
@@ -82,10 +83,12 @@ fn row(m: &Message) -> Result<[Value; 6], String> {
     let mut parts = m.subject.splitn(3, '.');
     let mut next = || Value::Text(parts.next().unwrap_or("").to_owned());
     let (domain, entity, action) = (next(), next(), next());
-    let minute_ms = m.published_at_ms - m.published_at_ms.rem_euclid(60_000);
+    let origin = m.origin();
+    let at = origin.published_at_ms;
+    let minute_ms = at - at.rem_euclid(60_000);
     Ok([
-        Value::Text(m.stream.clone()),
-        Value::Int(i64::try_from(m.stream_seq).unwrap_or(i64::MAX)),
+        Value::Text(origin.stream),
+        Value::Int(i64::try_from(origin.sequence).unwrap_or(i64::MAX)),
         Value::Timestamp(minute_ms.saturating_mul(1000)),
         domain,
         entity,

@@ -1,6 +1,8 @@
 //! The Postgres indexer: writes every event of a batch to the `events` table
-//! in one statement (one transaction), idempotent on (stream, stream_seq) so a
-//! redelivered message never adds a row.
+//! in one statement (one transaction), idempotent on the event's origin
+//! (stream, stream_seq where it was first stored), so neither a redelivered
+//! nor a redriven message ever adds a row. `stream`, `stream_seq` and
+//! `published_at` are the origin's.
 //!
 //! Subjects are `<domain>.<entity>.<action>`. A payload that is not JSON is
 //! terminated with the reason (→ dead letter). A database that is down makes
@@ -102,17 +104,18 @@ fn row(m: &Message) -> Result<String, String> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
+    let origin = m.origin();
     Ok(format!(
         r#"{{"stream":{},"stream_seq":{},"subject":{},"domain":{},"entity":{},"action":{},"payload":{},"headers":{},"published_at_ms":{}}}"#,
-        s(&m.stream),
-        m.stream_seq,
+        s(&origin.stream),
+        origin.sequence,
         s(&m.subject),
         s(domain),
         s(entity),
         s(action),
         payload.get(),
         serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into()),
-        m.published_at_ms,
+        origin.published_at_ms,
     ))
 }
 

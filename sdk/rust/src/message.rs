@@ -28,6 +28,22 @@ pub struct Message {
     pub tenant: String,
 }
 
+/// Header naming a redriven message's origin, `STREAM:SEQUENCE`.
+pub const ORIGIN_HEADER: &str = "Jetplug-Origin";
+/// Header with a redriven message's original publish time (ms since epoch).
+pub const ORIGIN_PUBLISHED_HEADER: &str = "Jetplug-Origin-Published-Ms";
+
+/// Where a message was first stored: the key of exactly-once effects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub stream: String,
+    pub sequence: u64,
+    /// When the original was stored, ms since the Unix epoch.
+    pub published_at_ms: i64,
+    /// True when the message was redriven from the dead-letter queue.
+    pub redriven: bool,
+}
+
 /// Why a payload could not be read as asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadError {
@@ -82,10 +98,40 @@ impl Message {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Where the message was first stored. For a message redriven from the
+    /// dead-letter queue that is the original stream and sequence (from the
+    /// `Jetplug-Origin` header the host's redrive sets), otherwise the
+    /// message's own stream and sequence.
+    pub fn origin(&self) -> Origin {
+        let redriven = self
+            .header(ORIGIN_HEADER)
+            .and_then(|v| v.rsplit_once(':'))
+            .and_then(|(stream, seq)| Some((stream, seq.trim().parse::<u64>().ok()?)));
+        match redriven {
+            Some((stream, sequence)) if !stream.is_empty() => Origin {
+                stream: stream.to_owned(),
+                sequence,
+                published_at_ms: self
+                    .header(ORIGIN_PUBLISHED_HEADER)
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(self.published_at_ms),
+                redriven: true,
+            },
+            _ => Origin {
+                stream: self.stream.clone(),
+                sequence: self.stream_seq,
+                published_at_ms: self.published_at_ms,
+                redriven: false,
+            },
+        }
+    }
+
     /// A key that identifies this message's effect for exactly-once writes:
-    /// `STREAM:SEQUENCE`. The same on every redelivery.
+    /// `STREAM:SEQUENCE` of its [origin](Self::origin). The same on every
+    /// redelivery and after a redrive from the dead-letter queue.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}", self.stream, self.stream_seq)
+        let o = self.origin();
+        format!("{}:{}", o.stream, o.sequence)
     }
 
     /// Whether this is a redelivery (`delivered > 1`).
@@ -159,5 +205,28 @@ mod tests {
         assert_eq!(m.header("missing"), None);
         assert_eq!(m.header_values("x-id").collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!(m.idempotency_key(), "S:7");
+        assert!(!m.origin().redriven);
+    }
+
+    #[test]
+    fn a_redriven_message_keeps_its_origin() {
+        let mut m = message(b"", &[]);
+        m.headers = vec![
+            ("Jetplug-Origin".into(), "LEARNING:42".into()),
+            ("Jetplug-Origin-Published-Ms".into(), "1000".into()),
+        ];
+        let o = m.origin();
+        assert_eq!(
+            (o.stream.as_str(), o.sequence, o.published_at_ms),
+            ("LEARNING", 42, 1000)
+        );
+        assert!(o.redriven);
+        assert_eq!(m.idempotency_key(), "LEARNING:42");
+        m.headers = vec![("Jetplug-Origin".into(), "garbage".into())];
+        assert_eq!(
+            m.idempotency_key(),
+            "S:7",
+            "an unreadable origin is ignored"
+        );
     }
 }
