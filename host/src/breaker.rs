@@ -170,6 +170,7 @@ mod tests {
             min_calls: 6,
             open_initial: Dur(Duration::from_millis(100)),
             open_max: Dur(Duration::from_millis(300)),
+            ..BreakerConfig::default()
         }
     }
 

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub dead_letters: Family<Labels, Counter>,
     pub dead_letter_failures: Family<Labels, Counter>,
     pub held_batches: Family<Labels, Counter>,
+    pub held_expired: Family<Labels, Counter>,
     pub breaker_state: Family<Labels, Gauge>,
     pub breaker_opened: Family<Labels, Counter>,
     pub consumer_pending: Family<Labels, Gauge>,
@@ -48,6 +49,7 @@ impl Metrics {
             dead_letters: Family::default(),
             dead_letter_failures: Family::default(),
             held_batches: Family::default(),
+            held_expired: Family::default(),
             breaker_state: Family::default(),
             breaker_opened: Family::default(),
             consumer_pending: Family::default(),
@@ -90,8 +92,13 @@ impl Metrics {
         );
         r.register(
             "held_batches",
-            "Batches held by an open breaker instead of being retried",
+            "Times a batch was held (kept and run again, no delivery spent) because a downstream is out",
             m.held_batches.clone(),
+        );
+        r.register(
+            "held_expired",
+            "Batches held longer than breaker.max_hold, returned to retry accounting",
+            m.held_expired.clone(),
         );
         r.register(
             "breaker_state",

@@ -1,6 +1,8 @@
 //! Fault injection with real processes: a PostgreSQL outage under load opens
-//! the breaker, nothing from the outage reaches the dead-letter stream, and
-//! everything is indexed and counted exactly once after recovery.
+//! the breaker, which stops pulling and keeps what it holds alive (with an
+//! ack_wait of 1 s, not one message is redelivered), nothing from the outage
+//! reaches the dead-letter stream, and everything is indexed and counted
+//! exactly once after recovery.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +24,33 @@ async fn indexed_and_counted(db: &tokio_postgres::Client) -> anyhow::Result<(i64
     ))
 }
 
+/// The AIVO consumers whose plugins write to PostgreSQL.
+const WRITERS: [(&str, &str); 5] = [
+    ("indexer", "LEARNING"),
+    ("indexer", "FOCUS"),
+    ("indexer", "HOMEWORK"),
+    ("analytics", "LEARNING"),
+    ("analytics", "FOCUS"),
+];
+
+/// (messages delivered more than once and still unacknowledged, deliveries
+/// in all) over the writers' consumers.
+async fn redeliveries(js: &jetstream::Context) -> anyhow::Result<(u64, u64)> {
+    let (mut redelivered, mut delivered) = (0, 0);
+    for (pipeline, stream) in WRITERS {
+        let mut c: jetstream::consumer::PullConsumer = js
+            .get_stream(stream)
+            .await?
+            .get_consumer(&format!("jetplug-{pipeline}-{stream}"))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = c.info().await?;
+        redelivered += info.num_redelivered as u64;
+        delivered += info.delivered.consumer_sequence;
+    }
+    Ok((redelivered, delivered))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
@@ -37,6 +66,9 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     for p in &mut config.pipelines {
         p.batch = 50;
         p.backoff.initial = Dur(Duration::from_millis(200));
+        // Short, so that any message the host holds without keeping it
+        // alive during the outage is redelivered (and counted) by JetStream.
+        p.ack_wait = Dur(Duration::from_secs(1));
     }
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
@@ -48,8 +80,9 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     }));
     let handle = tokio::time::timeout(Duration::from_secs(30), rx).await??;
     let indexer: Arc<Stats> = handle.stats["indexer"].clone();
+    let analytics: Arc<Stats> = handle.stats["analytics"].clone();
 
-    // Steady traffic before, during and after a ~8 s outage.
+    // Steady traffic before, during and after a ~10 s outage.
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
@@ -81,7 +114,13 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
         Ok(Stats::get(&indexer.breaker_opened) >= 1)
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Watch the consumers through the outage: JetStream redelivers nothing.
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < until {
+        let (redelivered, _) = redeliveries(&js).await?;
+        assert_eq!(redelivered, 0, "a message was redelivered during the outage");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     pg.restart().await?;
     publisher.await??;
 
@@ -110,6 +149,16 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     assert!(
         Stats::get(&indexer.held_batches) >= 1,
         "batches were held, not spent"
+    );
+    // The breaker stopped pulling and everything held was kept alive: each
+    // message was delivered once per pipeline, so no delivery was spent.
+    let (_, delivered) = redeliveries(&js).await?;
+    assert_eq!(
+        delivered,
+        1500 + 1000,
+        "one delivery per message and pipeline (retried: indexer {}, analytics {})",
+        Stats::get(&indexer.retried),
+        Stats::get(&analytics.retried)
     );
     shutdown.cancel();
     task.await??;

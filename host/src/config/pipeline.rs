@@ -66,6 +66,9 @@ pub struct BreakerConfig {
     pub open_initial: Dur,
     /// Cap of the open interval (default 180s).
     pub open_max: Dur,
+    /// Longest a batch is held because a downstream is out (default 5m);
+    /// past it, its messages return to normal retry accounting.
+    pub max_hold: Dur,
 }
 
 impl Default for BreakerConfig {
@@ -77,6 +80,7 @@ impl Default for BreakerConfig {
             min_calls: 20,
             open_initial: Dur(Duration::from_millis(100)),
             open_max: Dur(Duration::from_secs(180)),
+            max_hold: Dur(Duration::from_secs(300)),
         }
     }
 }

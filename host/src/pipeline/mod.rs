@@ -7,8 +7,8 @@
 //! stream. With `ordering = "subject"` each subject is pinned to one worker
 //! (lane), so its messages are handled in order.
 
-mod batch;
 mod keepalive;
+mod puller;
 mod worker;
 
 use std::collections::hash_map::DefaultHasher;
@@ -34,6 +34,7 @@ use crate::metrics::{Metrics, labels, reason_kind};
 use crate::plugin::{PluginInstance, PluginSlot};
 
 pub use keepalive::KeepAlive;
+use puller::{PullOptions, Puller};
 pub use worker::Batch;
 
 /// Counters per pipeline: handles into the host's Prometheus metrics, also
@@ -50,6 +51,8 @@ pub struct Stats {
     pub dead_letter_failures: Counter,
     /// Batches held (not settled) because the breaker opened on a downstream outage.
     pub held_batches: Counter,
+    /// Batches held past `breaker.max_hold`, back to retry accounting.
+    pub held_expired: Counter,
     /// 0 closed, 1 open, 2 half-open.
     pub breaker_state: Gauge,
     pub breaker_opened: Counter,
@@ -77,6 +80,7 @@ impl Stats {
             skipped: outcome("skipped"),
             dead_letter_failures: metrics.dead_letter_failures.get_or_create_owned(&p),
             held_batches: metrics.held_batches.get_or_create_owned(&p),
+            held_expired: metrics.held_expired.get_or_create_owned(&p),
             breaker_state: metrics.breaker_state.get_or_create_owned(&p),
             breaker_opened: metrics.breaker_opened.get_or_create_owned(&p),
             batch_seconds: metrics.batch_seconds.get_or_create_owned(&p),
@@ -164,6 +168,10 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 const CAREFUL_BATCHES: usize = 2;
 /// Idle heartbeat asked of the server on pull requests.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long the server keeps a pull request open.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// How often a paused puller looks at the breaker again.
+const PAUSE_CHECK: Duration = Duration::from_millis(250);
 
 impl Pipeline {
     /// Runs the pipeline on every one of its streams until `shutdown`, then
@@ -219,40 +227,49 @@ impl Pipeline {
         // Messages still to pull one at a time after a connection loss.
         let mut careful = 0usize;
         'outer: while !shutdown.is_cancelled() {
-            let consumer = tokio::select! {
+            let bound = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 c = consumer::ensure(&self.js, &self.cfg, &stream) => c,
             };
-            let consumer = match consumer {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
-                        "cannot bind consumer; retrying");
-                    sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
-                    continue;
-                }
-            };
+            if let Err(e) = bound {
+                tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                    "cannot bind consumer; retrying");
+                sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                continue;
+            }
             let pull = if careful > 0 {
                 1
             } else {
                 self.cfg.batch as usize
             };
             let disconnects = self.health.disconnects();
-            let mut builder = consumer.stream().max_messages_per_batch(pull);
-            builder = if self.cfg.exclusive {
+            let opts = if self.cfg.exclusive {
                 // Pulls must be renewed well within the pin timeout, or the
                 // pin moves to a standby host between two pulls.
                 let expires = self.cfg.pin_timeout.0 / 3;
-                builder
-                    .group(crate::config::PIN_GROUP)
-                    .expires(expires)
-                    .heartbeat(HEARTBEAT.min(expires / 3))
+                PullOptions {
+                    expires,
+                    heartbeat: HEARTBEAT.min(expires / 3),
+                    group: Some(crate::config::PIN_GROUP.to_owned()),
+                }
             } else {
-                builder.heartbeat(HEARTBEAT)
+                PullOptions {
+                    expires: PULL_EXPIRES,
+                    heartbeat: HEARTBEAT,
+                    group: None,
+                }
             };
-            let messages = builder.messages().await;
-            let mut messages = match messages {
-                Ok(m) => m,
+            let started = Puller::start(
+                &self.js,
+                &self.client,
+                &stream.name,
+                &consumer_name,
+                opts,
+                self.keepalive.clone(),
+            )
+            .await;
+            let mut puller = match started {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                         "cannot start pulling; retrying");
@@ -263,12 +280,37 @@ impl Pipeline {
             self.health.consumer_bound();
             tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name, "consuming");
             loop {
-                let collected = tokio::select! {
-                    _ = shutdown.cancelled() => {
+                enum Next {
+                    Stop,
+                    Disconnected,
+                    Paused,
+                    Pulled(puller::Pulled, Option<String>),
+                }
+                // An open breaker: ask for nothing more until it lets a probe through.
+                let paused = self.pull_paused();
+                if paused.is_none() && puller.outstanding() == 0 && puller.buffered() < pull {
+                    let want = pull - puller.buffered();
+                    if let Err(e) = puller.request(want).await {
+                        tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                            "cannot pull; re-binding the consumer");
                         self.health.consumer_lost();
+                        sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                        continue 'outer;
+                    }
+                }
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => Next::Stop,
+                    _ = self.health.disconnected_after(disconnects) => Next::Disconnected,
+                    _ = tokio::time::sleep(paused.unwrap_or_default().min(PAUSE_CHECK)), if paused.is_some() => Next::Paused,
+                    c = puller.collect(pull, self.cfg.batch_max_wait.0), if paused.is_none() => Next::Pulled(c.0, c.1),
+                };
+                let (pulled, error) = match next {
+                    Next::Stop => {
+                        self.health.consumer_lost();
+                        puller.release().await;
                         break 'outer;
                     }
-                    _ = self.health.disconnected_after(disconnects) => {
+                    Next::Disconnected => {
                         // A message the client cannot parse (non-UTF-8
                         // subject or header) drops the connection and, with
                         // it, the rest of its batch. Pull one message at a
@@ -283,11 +325,11 @@ impl Pipeline {
                         self.health.consumer_lost();
                         continue 'outer;
                     }
-                    c = batch::collect(&mut messages, pull, self.cfg.batch_max_wait.0) => c,
+                    Next::Paused => continue,
+                    Next::Pulled(p, e) => (p, e),
                 };
-                let (msgs, error) = collected;
-                let got = msgs.len();
-                if !msgs.is_empty() && !self.dispatch(msgs, &senders, shared).await {
+                let got = pulled.messages.len();
+                if got > 0 && !self.dispatch(pulled, &senders, shared).await {
                     self.health.consumer_lost();
                     break 'outer;
                 }
@@ -297,6 +339,7 @@ impl Pipeline {
                         tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name,
                             "back to full batches");
                         self.health.consumer_lost();
+                        puller.release().await;
                         continue 'outer;
                     }
                 }
@@ -350,10 +393,30 @@ impl Pipeline {
         closed && self.plugin.current().last_call_failed()
     }
 
-    /// Hands `msgs` to a worker (see [`Self::failing`]), keeping them alive
-    /// while they wait. False if the worker is gone.
-    async fn send(&self, sender: &mpsc::Sender<Batch>, mut msgs: Vec<jetstream::Message>) -> bool {
-        let mut waiting = self.keepalive.track(&msgs);
+    /// How long to pull nothing: while the breaker is open, until it lets
+    /// a probe through (everything already held is kept alive meanwhile).
+    fn pull_paused(&self) -> Option<Duration> {
+        let state = self
+            .breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state();
+        match state {
+            crate::breaker::State::Open { until, .. } => until
+                .checked_duration_since(std::time::Instant::now())
+                .filter(|d| !d.is_zero()),
+            _ => None,
+        }
+    }
+
+    /// Hands `msgs` to a worker (see [`Self::failing`]); they stay alive
+    /// (`guards`) until a worker has them. False if the worker is gone.
+    async fn send(
+        &self,
+        sender: &mpsc::Sender<Batch>,
+        mut msgs: Vec<jetstream::Message>,
+        guards: Vec<keepalive::Guard>,
+    ) -> bool {
         loop {
             let Ok(permit) = sender.reserve().await else {
                 return false;
@@ -361,28 +424,28 @@ impl Pipeline {
             if msgs.len() > 1 && self.failing() {
                 let rest = msgs.split_off(1);
                 let one = self.keepalive.track(&msgs);
-                permit.send(Batch(msgs, one));
-                waiting = self.keepalive.track(&rest);
+                permit.send(Batch(msgs, vec![one]));
                 msgs = rest;
                 continue;
             }
-            permit.send(Batch(msgs, waiting));
+            permit.send(Batch(msgs, guards));
             return true;
         }
     }
 
     async fn dispatch(
         &self,
-        msgs: Vec<jetstream::Message>,
+        pulled: puller::Pulled,
         senders: &[mpsc::Sender<Batch>],
         shared: bool,
     ) -> bool {
+        let puller::Pulled { messages, guards } = pulled;
         if shared || senders.len() == 1 {
-            return self.send(&senders[0], msgs).await;
+            return self.send(&senders[0], messages, guards).await;
         }
         let mut lanes: Vec<Vec<jetstream::Message>> =
             (0..senders.len()).map(|_| Vec::new()).collect();
-        for m in msgs {
+        for m in messages {
             let mut h = DefaultHasher::new();
             m.subject.as_str().hash(&mut h);
             lanes[(h.finish() % senders.len() as u64) as usize].push(m);
@@ -391,10 +454,13 @@ impl Pipeline {
             if msgs.is_empty() {
                 continue;
             }
-            if !self.send(&senders[lane], msgs).await {
+            let alive = self.keepalive.track(&msgs);
+            if !self.send(&senders[lane], msgs, vec![alive]).await {
                 return false;
             }
         }
+        // The pulled batch's guards go only now: every lane has its own.
+        drop(guards);
         true
     }
 

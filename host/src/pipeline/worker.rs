@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, AckKind};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Pipeline, Stats};
-use crate::bindings::Message;
+use crate::bindings::{Decision, Message};
 use crate::breaker::{Permit, State};
 use crate::deadletter::{DeadLetter, addressed_to};
 use crate::jetstream::convert;
@@ -18,7 +18,7 @@ use crate::settle::{self, Action};
 /// Messages pulled together, handed to one worker; kept alive (+WPI) until
 /// the guard is dropped after settling.
 #[derive(Debug)]
-pub struct Batch(pub Vec<jetstream::Message>, pub super::keepalive::Guard);
+pub struct Batch(pub Vec<jetstream::Message>, pub Vec<super::keepalive::Guard>);
 
 pub(super) async fn run(
     p: Arc<Pipeline>,
@@ -58,15 +58,14 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     if msgs.is_empty() {
         return;
     }
-    let msgs: Arc<[Message]> = msgs.into();
+    let mut msgs: Arc<[Message]> = msgs.into();
     let mut _slot = None;
+    let held_since = std::time::Instant::now();
+    let mut holds = 0u32;
     let outcome = loop {
         _slot = None;
         if !wait_for_breaker(p).await {
-            // Shutting down while held: hand the messages back soon.
-            for m in &delivered {
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            }
+            hand_back(&delivered).await;
             return;
         }
         // The tenant's slot is held for the batch, settling included.
@@ -83,13 +82,37 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         p.stats.paused(instance.last_call_paused());
         let downstream = instance.downstream_failures();
         let open = record_outcome(p, outcome.is_err() || downstream > 0);
-        if downstream > 0 && open {
-            // A downstream is out: keep the messages (no delivery is spent)
-            // and run them again once the breaker lets a probe through.
-            Stats::add(&p.stats.held_batches, 1);
-            continue;
+        if downstream == 0 {
+            break outcome;
         }
-        break outcome;
+        if held_since.elapsed() >= p.cfg.breaker.max_hold.0 {
+            Stats::add(&p.stats.held_expired, 1);
+            tracing::warn!(pipeline = %p.cfg.name, messages = msgs.len(), held_for = ?held_since.elapsed(),
+                "a downstream has been out for longer than breaker.max_hold: these messages go back to retry accounting");
+            break outcome;
+        }
+        // A downstream is out: settle what the plugin decided, keep the
+        // rest (no delivery is spent) and run it again once the breaker
+        // lets it, or after a backoff while it is still closed.
+        if let Ok(decisions) = &outcome {
+            (delivered, msgs) = settle_decided(p, delivered, &msgs, decisions).await;
+            if msgs.is_empty() {
+                return;
+            }
+        }
+        Stats::add(&p.stats.held_batches, 1);
+        holds += 1;
+        if !open {
+            let wait = p.backoff.delay(holds);
+            let stop = tokio::select! {
+                _ = p.shutdown.cancelled() => true,
+                _ = tokio::time::sleep(wait) => false,
+            };
+            if stop {
+                hand_back(&delivered).await;
+                return;
+            }
+        }
     };
     let max = p.cfg.max_deliver;
     let actions: Vec<Action> = match outcome {
@@ -123,6 +146,35 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     for ((js_msg, msg), action) in delivered.iter().zip(msgs.iter()).zip(actions) {
         settle_one(p, js_msg, msg, action).await;
     }
+}
+
+/// Shutting down while holding messages: hand them back soon.
+async fn hand_back(delivered: &[jetstream::Message]) {
+    for m in delivered {
+        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+    }
+}
+
+/// Settles the messages the plugin acked or terminated while a downstream
+/// is out; returns the ones it asked to retry, to be held.
+async fn settle_decided(
+    p: &Pipeline,
+    delivered: Vec<jetstream::Message>,
+    msgs: &[Message],
+    decisions: &[Decision],
+) -> (Vec<jetstream::Message>, Arc<[Message]>) {
+    let mut keep_js = Vec::new();
+    let mut keep = Vec::new();
+    for ((js_msg, msg), d) in delivered.into_iter().zip(msgs.iter()).zip(decisions) {
+        if matches!(d, Decision::Retry(_)) {
+            keep_js.push(js_msg);
+            keep.push(msg.clone());
+        } else {
+            let action = settle::for_decision(d, msg.delivered, p.cfg.max_deliver, &p.backoff);
+            settle_one(p, &js_msg, msg, action).await;
+        }
+    }
+    (keep_js, keep.into())
 }
 
 /// Waits until the breaker lets a batch run (the keep-alive ticker keeps

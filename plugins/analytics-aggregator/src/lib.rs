@@ -100,6 +100,12 @@ impl Aggregator {
     fn count(&mut self, rows: &[[Value; 6]]) -> Result<(), Error> {
         if !self.schema_ready {
             let tx = sql::begin(&self.database)?;
+            // Instances starting together race on CREATE TABLE IF NOT
+            // EXISTS (one fails with 42P07): an advisory lock serialises them.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('jetplug-aggregator'))",
+                &[],
+            )?;
             for stmt in SCHEMA.split(';') {
                 tx.execute(stmt, &[])?;
             }

@@ -304,3 +304,45 @@ async fn non_utf8_subjects_and_headers_are_dead_lettered_and_spare_their_neighbo
     assert!(header(bad_subject, "Jetplug-Original-Subject").contains('\u{FFFD}'));
     host.stop().await
 }
+
+/// A downstream that never comes back (here: a database nobody listens on,
+/// which the plugin sees as `unavailable`) holds a batch at most
+/// `breaker.max_hold`; then its messages go back to retry accounting and,
+/// once their deliveries are spent, to the dead-letter queue — a permanent
+/// error taken for an outage cannot stall a pipeline silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_past_max_hold_returns_to_retry_accounting() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let extra = r#"max_deliver = 2
+breaker = { max_hold = "1s", open_initial = "100ms", open_max = "200ms" }"#;
+    config(dir.path(), &nats.url(), plugins::POSTGRES_INDEXER, extra)?;
+    let path = dir.path().join("jetplug.toml");
+    let nobody = jetplug_tests::free_port()?;
+    let text = std::fs::read_to_string(&path)?
+        + &format!(
+            r#"
+[plugin.p.grants]
+sql = ["events"]
+
+[database.events]
+url = "postgres://postgres@127.0.0.1:{nobody}/postgres"
+timeout = "200ms"
+"#
+        );
+    std::fs::write(&path, text)?;
+    let mut host = start(Config::load(&path)?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &[r#"{"n":1}"#, r#"{"n":2}"#]).await?;
+    eventually(WAIT, "both dead-lettered", || async {
+        Ok(dlq_messages(&js).await?.len() == 2)
+    })
+    .await?;
+    assert!(Stats::get(&stats.held_batches) >= 1, "held first");
+    assert!(Stats::get(&stats.held_expired) >= 1, "then released");
+    let dlq = dlq_messages(&js).await?;
+    let reason = header(&dlq[0], "Jetplug-Reason");
+    assert!(reason.contains("retries exhausted"), "{reason}");
+    host.stop().await
+}
