@@ -118,7 +118,10 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     let until = tokio::time::Instant::now() + Duration::from_secs(8);
     while tokio::time::Instant::now() < until {
         let (redelivered, _) = redeliveries(&js).await?;
-        assert_eq!(redelivered, 0, "a message was redelivered during the outage");
+        assert_eq!(
+            redelivered, 0,
+            "a message was redelivered during the outage"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     pg.restart().await?;

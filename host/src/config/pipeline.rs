@@ -21,15 +21,51 @@ pub enum DeliverPolicy {
     ByStartTime,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+/// `ordering`: which messages must be handled in order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(try_from = "String")]
 pub enum Ordering {
-    /// Batches run in parallel (up to `concurrency`) in any order.
+    /// `"none"`: batches run in parallel (up to `concurrency`) in any order.
     #[default]
     None,
-    /// Messages of one subject are handled one batch at a time, in order;
-    /// different subjects run in parallel.
+    /// `"subject"`: messages of one subject are handled in order.
     Subject,
+    /// `"token:N"`: keyed by the subject's Nth token (1-based).
+    Token(usize),
+    /// `"header:NAME"`: keyed by a header's value.
+    Header(String),
+    /// `"json:/POINTER"`: keyed by a value in the JSON payload (RFC 6901 pointer).
+    Json(String),
+}
+
+impl TryFrom<String> for Ordering {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "`{text}`: {why} (expected none, subject, token:N, header:NAME or json:/POINTER)"
+            )
+        };
+        match text.split_once(':') {
+            None if text == "none" => Ok(Ordering::None),
+            None if text == "subject" => Ok(Ordering::Subject),
+            None => Err(bad("unknown ordering")),
+            Some(("token", n)) => match n.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Ordering::Token(n)),
+                _ => Err(bad("the token number starts at 1")),
+            },
+            Some(("header", name)) if !name.trim().is_empty() => {
+                Ok(Ordering::Header(name.trim().to_owned()))
+            }
+            Some(("header", _)) => Err(bad("name the header")),
+            Some(("json", pointer)) if pointer.starts_with('/') => {
+                Ok(Ordering::Json(pointer.to_owned()))
+            }
+            Some(("json", _)) => Err(bad("a JSON pointer starts with `/`, e.g. json:/user/id")),
+            Some(_) => Err(bad("unknown ordering")),
+        }
+    }
 }
 
 /// Host retry backoff for `retry(none)` and plugin failures:
@@ -165,5 +201,37 @@ impl PipelineConfig {
     /// The durable consumer name for one of this pipeline's streams.
     pub fn consumer_name(&self, stream: &str) -> String {
         format!("jetplug-{}-{}", self.name, stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ordering;
+
+    #[test]
+    fn orderings_parse_or_say_what_is_expected() {
+        let parse = |t: &str| Ordering::try_from(t.to_owned());
+        assert_eq!(parse("none"), Ok(Ordering::None));
+        assert_eq!(parse("subject"), Ok(Ordering::Subject));
+        assert_eq!(parse("token:2"), Ok(Ordering::Token(2)));
+        assert_eq!(
+            parse("header:X-User"),
+            Ok(Ordering::Header("X-User".into()))
+        );
+        assert_eq!(
+            parse("json:/user/id"),
+            Ok(Ordering::Json("/user/id".into()))
+        );
+        for (bad, why) in [
+            ("token:0", "starts at 1"),
+            ("token:x", "starts at 1"),
+            ("header:", "name the header"),
+            ("json:user", "starts with `/`"),
+            ("random", "unknown ordering"),
+            ("key:x", "unknown ordering"),
+        ] {
+            let e = parse(bad).err().unwrap_or_default();
+            assert!(e.contains(why) && e.contains("token:N"), "{bad}: {e}");
+        }
     }
 }

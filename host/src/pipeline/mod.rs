@@ -4,15 +4,15 @@
 //! `batch_max_wait`) and hands them over bounded channels to `concurrency`
 //! workers, each owning one plugin instance. Bounded channels and a pull
 //! window of one batch keep memory bounded when plugins are slower than the
-//! stream. With `ordering = "subject"` each subject is pinned to one worker
-//! (lane), so its messages are handled in order.
+//! stream. With an `ordering` key, messages wait in a queue per key and a
+//! key runs on one worker at a time (see `keyed`), so its messages are
+//! handled in order while other keys run in parallel.
 
 mod keepalive;
+mod keyed;
 mod puller;
 mod worker;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use crate::metrics::{Metrics, labels, reason_kind};
 use crate::plugin::{PluginInstance, PluginSlot};
 
 pub use keepalive::KeepAlive;
+use keyed::KeyedQueue;
 use puller::{PullOptions, Puller};
 pub use worker::Batch;
 
@@ -161,6 +162,13 @@ pub struct Pipeline {
     pub keepalive: Arc<keepalive::KeepAlive>,
 }
 
+/// Where pulled messages go: the workers' shared channel, or the queue by
+/// key of an ordered pipeline.
+enum Out {
+    Shared(mpsc::Sender<Batch>),
+    Keyed(Arc<KeyedQueue>),
+}
+
 /// Pause before recreating a consumer or its message stream after an error.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// After a connection loss, this many batches' worth of messages are
@@ -200,28 +208,31 @@ impl Pipeline {
     }
 
     async fn consume(self: Arc<Self>, stream: StreamConfig, shutdown: CancellationToken) {
-        let lanes = self.cfg.concurrency as usize;
-        let shared = self.cfg.ordering == Ordering::None;
-        type Rx = Arc<Mutex<mpsc::Receiver<Batch>>>;
-        let (senders, receivers): (Vec<mpsc::Sender<Batch>>, Vec<Rx>) = if shared {
-            // Any free worker takes the next batch.
-            let (tx, rx) = mpsc::channel(lanes);
-            let rx = Arc::new(Mutex::new(rx));
-            (vec![tx], (0..lanes).map(|_| rx.clone()).collect())
-        } else {
-            // One lane per worker; a subject always maps to the same lane.
-            (0..lanes)
-                .map(|_| {
-                    let (tx, rx) = mpsc::channel(1);
-                    (tx, Arc::new(Mutex::new(rx)))
-                })
-                .unzip()
-        };
+        let workers_n = self.cfg.concurrency as usize;
+        let (tx, rx) = mpsc::channel(workers_n);
+        let rx = Arc::new(Mutex::new(rx));
+        let keyed = (self.cfg.ordering != Ordering::None).then(|| {
+            Arc::new(KeyedQueue::new(
+                self.cfg.ordering.clone(),
+                2 * workers_n * self.cfg.batch as usize,
+                self.keepalive.clone(),
+            ))
+        });
         let mut workers = JoinSet::new();
-        for rx in receivers {
+        for _ in 0..workers_n {
             let instance = PluginInstance::new(self.plugin.current());
-            workers.spawn(worker::run(self.clone(), instance, rx));
+            let source = match &keyed {
+                // Ordered: a worker takes keys that are not running.
+                Some(q) => worker::Source::Keyed(q.clone()),
+                // Any free worker takes the next batch.
+                None => worker::Source::Shared(rx.clone()),
+            };
+            workers.spawn(worker::run(self.clone(), instance, source));
         }
+        let out = match &keyed {
+            Some(q) => Out::Keyed(q.clone()),
+            None => Out::Shared(tx),
+        };
 
         let consumer_name = self.cfg.consumer_name(&stream.name);
         // Messages still to pull one at a time after a connection loss.
@@ -329,7 +340,7 @@ impl Pipeline {
                     Next::Pulled(p, e) => (p, e),
                 };
                 let got = pulled.messages.len();
-                if got > 0 && !self.dispatch(pulled, &senders, shared).await {
+                if got > 0 && !self.dispatch(pulled, &out).await {
                     self.health.consumer_lost();
                     break 'outer;
                 }
@@ -353,7 +364,10 @@ impl Pipeline {
             }
         }
         // Stop pulling; let workers finish and settle what they hold.
-        drop(senders);
+        match out {
+            Out::Keyed(q) => q.close(),
+            Out::Shared(tx) => drop(tx),
+        }
         while workers.join_next().await.is_some() {}
         tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name, "stopped");
     }
@@ -433,35 +447,16 @@ impl Pipeline {
         }
     }
 
-    async fn dispatch(
-        &self,
-        pulled: puller::Pulled,
-        senders: &[mpsc::Sender<Batch>],
-        shared: bool,
-    ) -> bool {
+    async fn dispatch(&self, pulled: puller::Pulled, out: &Out) -> bool {
         let puller::Pulled { messages, guards } = pulled;
-        if shared || senders.len() == 1 {
-            return self.send(&senders[0], messages, guards).await;
-        }
-        let mut lanes: Vec<Vec<jetstream::Message>> =
-            (0..senders.len()).map(|_| Vec::new()).collect();
-        for m in messages {
-            let mut h = DefaultHasher::new();
-            m.subject.as_str().hash(&mut h);
-            lanes[(h.finish() % senders.len() as u64) as usize].push(m);
-        }
-        for (lane, msgs) in lanes.into_iter().enumerate() {
-            if msgs.is_empty() {
-                continue;
-            }
-            let alive = self.keepalive.track(&msgs);
-            if !self.send(&senders[lane], msgs, vec![alive]).await {
-                return false;
+        match out {
+            Out::Shared(tx) => self.send(tx, messages, guards).await,
+            Out::Keyed(q) => {
+                q.room().await;
+                q.push(messages);
+                true
             }
         }
-        // The pulled batch's guards go only now: every lane has its own.
-        drop(guards);
-        true
     }
 
     /// Dead-letters messages whose last delivery timed out with no decision.

@@ -89,7 +89,10 @@ struct Request<'a> {
 }
 
 mod nanos {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 }
@@ -244,7 +247,9 @@ impl Puller {
         }
         for (msgs, _guard) in self.buffered.drain(..) {
             for m in msgs {
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_millis(100)))).await;
+                let _ = m
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(100))))
+                    .await;
             }
         }
     }
@@ -283,19 +288,16 @@ async fn read(
         while let Some(m) = next.take() {
             match m.status.unwrap_or(StatusCode::OK) {
                 StatusCode::OK => {
-                    if let Some(id) = m
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get_last("Nats-Pin-Id"))
-                    {
+                    if let Some(id) = m.headers.as_ref().and_then(|h| h.get_last("Nats-Pin-Id")) {
                         *shared.pin.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(id.as_str().to_owned());
                     }
-                    let _ = shared
-                        .outstanding
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                            Some(n.saturating_sub(1))
-                        });
+                    let _ =
+                        shared
+                            .outstanding
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                Some(n.saturating_sub(1))
+                            });
                     msgs.push(jetstream::Message {
                         message: m,
                         context: js.clone(),
@@ -337,7 +339,9 @@ fn ended(status: StatusCode, description: Option<&str>) -> Event {
     let fatal = match status {
         StatusCode::TIMEOUT | StatusCode::NOT_FOUND | StatusCode::PIN_ID_MISMATCH => false,
         StatusCode::REQUEST_TERMINATED => {
-            d == "Consumer Deleted" || d == "Consumer is push based" || d.starts_with("Exceeded MaxRequest")
+            d == "Consumer Deleted"
+                || d == "Consumer is push based"
+                || d.starts_with("Exceeded MaxRequest")
         }
         _ => true,
     };

@@ -18,19 +18,41 @@ use crate::settle::{self, Action};
 /// Messages pulled together, handed to one worker; kept alive (+WPI) until
 /// the guard is dropped after settling.
 #[derive(Debug)]
-pub struct Batch(pub Vec<jetstream::Message>, pub Vec<super::keepalive::Guard>);
+pub struct Batch(
+    pub Vec<jetstream::Message>,
+    pub Vec<super::keepalive::Guard>,
+);
 
-pub(super) async fn run(
-    p: Arc<Pipeline>,
-    mut instance: PluginInstance,
-    rx: Arc<Mutex<mpsc::Receiver<Batch>>>,
-) {
+/// Where a worker takes its batches from.
+pub(super) enum Source {
+    /// The pipeline's channel: any batch.
+    Shared(Arc<Mutex<mpsc::Receiver<Batch>>>),
+    /// An ordered pipeline's queue: keys not running elsewhere.
+    Keyed(Arc<super::keyed::KeyedQueue>),
+}
+
+pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: Source) {
     loop {
-        let next = rx.lock().await.recv().await;
-        let Some(Batch(batch, _alive)) = next else {
-            return;
-        };
-        process(&p, &mut instance, batch).await;
+        match &source {
+            Source::Shared(rx) => {
+                let next = rx.lock().await.recv().await;
+                let Some(Batch(batch, _alive)) = next else {
+                    return;
+                };
+                process(&p, &mut instance, batch).await;
+            }
+            Source::Keyed(queue) => {
+                // A failing plugin takes one message at a time (see `failing`).
+                let max = if p.failing() { 1 } else { p.cfg.batch as usize };
+                let Some(mut taken) = queue.next(max).await else {
+                    return;
+                };
+                let batch = std::mem::take(&mut taken.messages);
+                let started = std::time::Instant::now();
+                process(&p, &mut instance, batch).await;
+                queue.release(taken, started.elapsed());
+            }
+        }
     }
 }
 

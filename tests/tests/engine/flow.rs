@@ -106,3 +106,57 @@ async fn slow_plugin_bounds_what_the_host_holds_and_nothing_is_redelivered() -> 
     eprintln!("most messages held at once: {most_held}");
     host.stop().await
 }
+
+/// `ordering = "token:2"`: one key's messages are handled in order, and a
+/// slow key holds up only itself — the other keys flow past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_key_does_not_stall_the_other_keys() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let extra = "ordering = \"token:2\"\nconcurrency = 4\nmax_ack_pending = 1000";
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, extra)?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    // Key `slow`: 10 messages of 300 ms each (3 s in all, one at a time).
+    let slow: Vec<String> = (0..10).map(|_| "sleep:300".to_owned()).collect();
+    let slow: Vec<&str> = slow.iter().map(String::as_str).collect();
+    publish(&js, "events.slow.x", &slow).await?;
+    // Ten other keys, 20 quick messages each, in order per key.
+    for i in 0..20 {
+        for k in 0..10 {
+            js.publish(
+                format!("events.k{k}.x"),
+                format!("term:k{k}-{i:02}").into_bytes().into(),
+            )
+            .await?
+            .await?;
+        }
+    }
+    eventually(WAIT, "the 200 quick messages settled", || async {
+        Ok(Stats::get(&stats.dead_lettered) == 200)
+    })
+    .await?;
+    let slow_done = Stats::get(&stats.acked);
+    assert!(
+        slow_done <= 5,
+        "the quick keys waited for the slow one: {slow_done} of its 10 were done first"
+    );
+    eventually(WAIT, "the slow key done", || async {
+        Ok(Stats::get(&stats.acked) == 10)
+    })
+    .await?;
+    let dlq = dlq_messages(&js).await?;
+    for k in 0..10 {
+        let s = format!("events.k{k}.x");
+        let seen: Vec<String> = dlq
+            .iter()
+            .filter(|m| header(m, "Jetplug-Original-Subject") == s)
+            .map(|m| header(m, "Jetplug-Reason").to_owned())
+            .collect();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "{s} handled out of order");
+        assert_eq!(seen.len(), 20);
+    }
+    host.stop().await
+}
