@@ -332,3 +332,32 @@ fn example_configs_pass_check() -> TestResult {
     }
     Ok(())
 }
+
+/// Every `path.rs::test_name` the docs cite as proof exists: the named file
+/// defines a function of that name.
+#[test]
+fn every_cited_test_exists() -> TestResult {
+    let cited = regex::Regex::new(r"`((?:host|tests)/tests/[\w/]+\.rs)::(\w+)`")?;
+    let mut count = 0;
+    for page in pages()? {
+        let text = std::fs::read_to_string(&page)?;
+        for c in cited.captures_iter(&text) {
+            count += 1;
+            let source = std::fs::read_to_string(root().join(&c[1]))
+                .map_err(|e| format!("{}: cites {}: {e}", page.display(), &c[1]))?;
+            let defines = source.contains(&format!("fn {}(", &c[2]));
+            assert!(
+                defines,
+                "{} cites {}::{}, which does not exist",
+                page.display(),
+                &c[1],
+                &c[2]
+            );
+        }
+    }
+    assert!(
+        count >= 15,
+        "the guarantees table cites its tests ({count} found)"
+    );
+    Ok(())
+}
