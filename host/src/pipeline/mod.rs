@@ -299,15 +299,15 @@ impl Pipeline {
                 }
                 // An open breaker: ask for nothing more until it lets a probe through.
                 let paused = self.pull_paused();
-                if paused.is_none() && puller.outstanding() == 0 && puller.buffered() < pull {
-                    let want = pull - puller.buffered();
-                    if let Err(e) = puller.request(want).await {
-                        tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                if paused.is_none()
+                    && puller.outstanding() + puller.buffered() <= pull / 2
+                    && let Err(e) = puller.request(pull).await
+                {
+                    tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                             "cannot pull; re-binding the consumer");
-                        self.health.consumer_lost();
-                        sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
-                        continue 'outer;
-                    }
+                    self.health.consumer_lost();
+                    sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                    continue 'outer;
                 }
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => Next::Stop,

@@ -1,8 +1,9 @@
-//! Pulling from a durable consumer with explicit pull requests, one at a
-//! time, so the pipeline decides when messages come: it asks for a batch
-//! only when a worker can take it and the breaker is not open, and every
-//! message that arrives is kept alive (+WPI) from that moment on — nothing
-//! sits unseen in a client buffer while its `ack_wait` runs out.
+//! Pulling from a durable consumer with explicit pull requests, so the
+//! pipeline decides when messages come: it asks for the next batch when
+//! what is owed and waiting falls to half a batch (so messages keep
+//! flowing), never while the breaker is open, and every message that
+//! arrives is kept alive (+WPI) from that moment on — nothing sits unseen
+//! in a client buffer while its `ack_wait` runs out.
 //!
 //! A reader task owns the inbox subscription: it tracks each burst of
 //! arrivals with the keep-alive, keeps the request accounting (messages
@@ -43,7 +44,7 @@ enum Event {
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// Messages the open request may still deliver.
+    /// Messages the open requests may still deliver.
     outstanding: AtomicUsize,
     /// Messages received by the reader and not yet collected.
     unclaimed: AtomicUsize,
@@ -165,7 +166,7 @@ impl Puller {
             id: pin,
         })
         .map_err(|e| e.to_string())?;
-        self.shared.outstanding.store(n, Ordering::Release);
+        self.shared.outstanding.fetch_add(n, Ordering::AcqRel);
         self.client
             .publish_with_reply(self.subject.clone(), self.inbox.clone(), body.into())
             .await
@@ -305,7 +306,19 @@ async fn read(
                 }
                 StatusCode::IDLE_HEARTBEAT => {}
                 status => {
-                    shared.outstanding.store(0, Ordering::Release);
+                    // The request's unmet part (all of it if not said).
+                    let unmet = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Pending-Messages"))
+                        .and_then(|v| v.as_str().parse::<usize>().ok())
+                        .unwrap_or(usize::MAX);
+                    let _ =
+                        shared
+                            .outstanding
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                Some(n.saturating_sub(unmet))
+                            });
                     if status == StatusCode::PIN_ID_MISMATCH {
                         *shared.pin.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     }
