@@ -6,44 +6,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug_tests::{NatsServer, eventually, http_get, plugins};
+use jetplug_tests::{NatsServer, eventually, http_get, noop_config, plugins};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn write_config(dir: &Path, url: &str, extra_stream: &str) -> anyhow::Result<String> {
-    let text = format!(
-        r#"
-[nats]
-url = "{url}"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "EVENTS"
-subjects = ["events.>"]
-{extra_stream}
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[plugin.noop]
-path = "{plugin}"
-
-[[pipeline]]
-name = "main"
-streams = ["EVENTS"]
-plugin = "noop"
-batch_max_wait = "20ms"
-"#,
-        cache = dir.join("cache").display(),
-        plugin = plugins::TEST_NOOP,
-    );
-    let path = dir.join("jetplug.toml");
-    std::fs::write(&path, text)?;
-    Ok(path.display().to_string())
-}
 
 fn jetplug(args: &[&str]) -> std::io::Result<Output> {
     Command::new(env!("CARGO_BIN_EXE_jetplug"))
@@ -74,7 +39,7 @@ async fn publish(url: &str, n: usize) -> anyhow::Result<jetstream::Context> {
 async fn check_validates_without_connecting() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Nothing listens on port 1: check must not try.
-    let config = write_config(dir.path(), "nats://127.0.0.1:1", "")?;
+    let config = noop_config(dir.path(), "nats://127.0.0.1:1", "")?;
     let out = jetplug(&["check", "--config", &config])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -83,7 +48,7 @@ async fn check_validates_without_connecting() -> anyhow::Result<()> {
         text(&out)
     );
 
-    let bad = write_config(
+    let bad = noop_config(
         dir.path(),
         "nats://127.0.0.1:1",
         "retention = \"sometimes\"",
@@ -98,7 +63,7 @@ async fn check_validates_without_connecting() -> anyhow::Result<()> {
 async fn streams_diff_and_apply() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &nats.url(), "max_age = \"1h\"")?;
+    let config = noop_config(dir.path(), &nats.url(), "max_age = \"1h\"")?;
     let out = jetplug(&["streams", "diff", "--config", &config])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("+ EVENTS: create"), "{}", text(&out));
@@ -112,7 +77,7 @@ async fn streams_diff_and_apply() -> anyhow::Result<()> {
 
     let out = jetplug(&["streams", "apply", "--config", &config])?;
     assert!(out.status.success(), "{}", text(&out));
-    let config = write_config(dir.path(), &nats.url(), "max_age = \"2h\"")?;
+    let config = noop_config(dir.path(), &nats.url(), "max_age = \"2h\"")?;
     let out = jetplug(&["streams", "diff", "--config", &config])?;
     assert!(
         text(&out).contains("~ EVENTS: update") && text(&out).contains("max_age: 1h -> 2h"),
@@ -133,7 +98,7 @@ async fn streams_diff_and_apply() -> anyhow::Result<()> {
 async fn replay_runs_history_and_names_a_start_below_retention() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &nats.url(), "max_messages = 8")?;
+    let config = noop_config(dir.path(), &nats.url(), "max_messages = 8")?;
     assert!(
         jetplug(&["streams", "apply", "--config", &config])?
             .status
@@ -179,7 +144,7 @@ async fn replay_runs_history_and_names_a_start_below_retention() -> anyhow::Resu
 async fn run_consumes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url(), "")?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_jetplug"))
         .args(["run", "--config", &config])
         .stdout(Stdio::null())
@@ -214,7 +179,7 @@ async fn run_consumes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
 async fn dlq_list_and_redrive_return_messages_to_their_subjects() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url(), "")?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let host = tokio::spawn(jetplug::host::run(
         jetplug::config::Config::load(Path::new(&config))?,
@@ -295,7 +260,7 @@ async fn dlq_list_and_redrive_return_messages_to_their_subjects() -> anyhow::Res
 async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url(), "")?;
     let addr = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
     let mut cfg = jetplug::config::Config::load(Path::new(&config))?;
     cfg.admin.address = Some(addr.parse()?);
@@ -370,7 +335,7 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
 async fn publish_retries_through_outages_but_names_a_missing_stream() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url(), "")?;
     let out = jetplug(&["streams", "apply", "--config", &config])?;
     assert!(out.status.success(), "{}", text(&out));
     let out = jetplug(&[

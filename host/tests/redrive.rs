@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use jetplug::config::Config;
-use jetplug_tests::{NatsServer, Postgres, eventually, output_text as text, plugins, scalar};
+use jetplug_tests::{
+    NatsServer, Postgres, eventually, noop_config, output_text as text, plugins, scalar,
+};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -241,41 +243,6 @@ async fn a_redrive_reaches_only_the_pipeline_that_failed_and_counts_once() -> an
     Ok(())
 }
 
-/// A host whose plugin terminates `term:` payloads into the DLQ.
-fn terminating(dir: &Path, nats: &str) -> anyhow::Result<String> {
-    let text = format!(
-        r#"
-[nats]
-url = "{nats}"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "EVENTS"
-subjects = ["events.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[plugin.noop]
-path = "{plugin}"
-
-[[pipeline]]
-name = "main"
-streams = ["EVENTS"]
-plugin = "noop"
-batch_max_wait = "20ms"
-"#,
-        cache = dir.join("cache").display(),
-        plugin = plugins::TEST_NOOP,
-    );
-    let path = dir.join("jetplug.toml");
-    std::fs::write(&path, text)?;
-    Ok(path.display().to_string())
-}
-
 /// The `Jetplug-Redriven-From` of every redriven message in EVENTS.
 async fn redriven(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
     let mut s = js.get_stream("EVENTS").await?;
@@ -294,7 +261,7 @@ async fn redriven(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
 async fn redrive_filters_dry_runs_and_resumes_after_a_kill() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = terminating(dir.path(), &nats.url())?;
+    let config = noop_config(dir.path(), &nats.url(), "")?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &Config::load(Path::new(&config))?.streams).await?;
     const N: usize = 200;

@@ -8,12 +8,14 @@
 //!   on a free port, stoppable and restartable;
 //! - [`plugins`]: paths of the components built from `plugins/`.
 
+mod configs;
 mod host;
 mod http;
 mod nats;
 mod ports;
 mod postgres;
 
+pub use configs::noop_config;
 pub use host::HostProcess;
 pub use http::{http_get, wait_ready};
 pub use nats::{NatsCluster, NatsServer, stream_leader};
