@@ -309,11 +309,29 @@ impl Pipeline {
                     sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
                     continue 'outer;
                 }
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => Next::Stop,
-                    _ = self.health.disconnected_after(disconnects) => Next::Disconnected,
-                    _ = tokio::time::sleep(paused.unwrap_or_default().min(PAUSE_CHECK)), if paused.is_some() => Next::Paused,
-                    c = puller.collect(pull, self.cfg.batch_max_wait.0), if paused.is_none() => Next::Pulled(c.0, c.1),
+                let next = {
+                    let max_wait = self.cfg.batch_max_wait.0;
+                    let work = async {
+                        match paused {
+                            // Paused: take in only what open requests still bring.
+                            Some(wait) => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait.min(PAUSE_CHECK)) => {}
+                                    _ = puller.arrive() => {}
+                                }
+                                None
+                            }
+                            None => Some(puller.collect(pull, max_wait).await),
+                        }
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => Next::Stop,
+                        _ = self.health.disconnected_after(disconnects) => Next::Disconnected,
+                        w = work => match w {
+                            None => Next::Paused,
+                            Some((p, e)) => Next::Pulled(p, e),
+                        },
+                    }
                 };
                 let (pulled, error) = match next {
                     Next::Stop => {
@@ -340,7 +358,7 @@ impl Pipeline {
                     Next::Pulled(p, e) => (p, e),
                 };
                 let got = pulled.messages.len();
-                if got > 0 && !self.dispatch(pulled, &out).await {
+                if got > 0 && !self.dispatch(pulled, &out, &mut puller).await {
                     self.health.consumer_lost();
                     break 'outer;
                 }
@@ -424,15 +442,23 @@ impl Pipeline {
     }
 
     /// Hands `msgs` to a worker (see [`Self::failing`]); they stay alive
-    /// (`guards`) until a worker has them. False if the worker is gone.
+    /// (`guards`) until a worker has them, and arrivals are taken in
+    /// meanwhile. False if the workers are gone.
     async fn send(
         &self,
         sender: &mpsc::Sender<Batch>,
         mut msgs: Vec<jetstream::Message>,
         guards: Vec<keepalive::Guard>,
+        puller: &mut Puller,
     ) -> bool {
         loop {
-            let Ok(permit) = sender.reserve().await else {
+            let permit = loop {
+                tokio::select! {
+                    p = sender.reserve() => break p,
+                    _ = puller.arrive() => {}
+                }
+            };
+            let Ok(permit) = permit else {
                 return false;
             };
             if msgs.len() > 1 && self.failing() {
@@ -447,12 +473,17 @@ impl Pipeline {
         }
     }
 
-    async fn dispatch(&self, pulled: puller::Pulled, out: &Out) -> bool {
+    async fn dispatch(&self, pulled: puller::Pulled, out: &Out, puller: &mut Puller) -> bool {
         let puller::Pulled { messages, guards } = pulled;
         match out {
-            Out::Shared(tx) => self.send(tx, messages, guards).await,
+            Out::Shared(tx) => self.send(tx, messages, guards, puller).await,
             Out::Keyed(q) => {
-                q.room().await;
+                loop {
+                    tokio::select! {
+                        _ = q.room() => break,
+                        _ = puller.arrive() => {}
+                    }
+                }
                 q.push(messages);
                 true
             }

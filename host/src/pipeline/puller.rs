@@ -2,24 +2,19 @@
 //! pipeline decides when messages come: it asks for the next batch when
 //! what is owed and waiting falls to half a batch (so messages keep
 //! flowing), never while the breaker is open, and every message that
-//! arrives is kept alive (+WPI) from that moment on — nothing sits unseen
-//! in a client buffer while its `ack_wait` runs out.
-//!
-//! A reader task owns the inbox subscription: it tracks each burst of
-//! arrivals with the keep-alive, keeps the request accounting (messages
-//! still owed, the pinned-client id of an `exclusive` pipeline) and turns
-//! the server's status messages into events. A request the server forgot
-//! (no message or idle heartbeat for three heartbeats) counts as ended.
+//! arrives is kept alive (+WPI) from the moment it is taken in. The
+//! pipeline takes arrivals in whenever it waits (for a worker, for room,
+//! for the breaker), so nothing sits unseen in the inbox while its
+//! `ack_wait` runs out. A request the server forgot (no message or idle
+//! heartbeat for three heartbeats) counts as ended.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
-use async_nats::{Client, StatusCode, Subject};
+use async_nats::{Client, StatusCode, Subject, Subscriber};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::mpsc;
 
 use super::keepalive::{Guard, KeepAlive};
 
@@ -34,24 +29,6 @@ pub struct PullOptions {
     pub group: Option<String>,
 }
 
-enum Event {
-    Chunk(Vec<jetstream::Message>, Guard),
-    /// The open request ended (expired, completed by the server, forgotten).
-    Ended,
-    /// The consumer cannot be pulled from as it is (deleted, no responders, ...).
-    Failed(String),
-}
-
-#[derive(Debug, Default)]
-struct Shared {
-    /// Messages the open requests may still deliver.
-    outstanding: AtomicUsize,
-    /// Messages received by the reader and not yet collected.
-    unclaimed: AtomicUsize,
-    /// The pin id given to this client (exclusive pipelines).
-    pin: std::sync::Mutex<Option<String>>,
-}
-
 /// Messages pulled, with what keeps them alive.
 pub struct Pulled {
     pub messages: Vec<jetstream::Message>,
@@ -60,20 +37,22 @@ pub struct Pulled {
 
 pub struct Puller {
     client: Client,
+    js: jetstream::Context,
     subject: String,
     inbox: Subject,
+    sub: Subscriber,
     opts: PullOptions,
-    shared: Arc<Shared>,
-    events: mpsc::UnboundedReceiver<Event>,
+    /// Messages the open requests may still deliver.
+    outstanding: usize,
+    /// The pin id given to this client (exclusive pipelines).
+    pin: Option<String>,
     buffered: VecDeque<(Vec<jetstream::Message>, Guard)>,
+    count: usize,
+    /// The last word from the server.
+    heard: Instant,
+    /// Why pulling on this binding cannot go on, once known.
+    error: Option<String>,
     keepalive: Arc<KeepAlive>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Puller {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 #[derive(serde::Serialize)]
@@ -99,7 +78,7 @@ mod nanos {
 }
 
 impl Puller {
-    /// Subscribes an inbox for `consumer` and starts its reader.
+    /// Subscribes an inbox for `consumer` of `stream`.
     pub async fn start(
         js: &jetstream::Context,
         client: &Client,
@@ -113,109 +92,167 @@ impl Puller {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| format!("subscribing the pull inbox: {e}"))?;
-        let shared = Arc::new(Shared::default());
-        let (tx, events) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read(
-            sub,
-            js.clone(),
-            shared.clone(),
-            keepalive.clone(),
-            opts.heartbeat,
-            tx,
-        ));
         Ok(Puller {
             client: client.clone(),
+            js: js.clone(),
             subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox,
+            sub,
             opts,
-            shared,
-            events,
+            outstanding: 0,
+            pin: None,
             buffered: VecDeque::new(),
+            count: 0,
+            heard: Instant::now(),
+            error: None,
             keepalive,
-            reader,
         })
     }
 
-    /// Messages the open request may still deliver (0: none open).
+    /// Messages the open requests may still deliver (0: none open).
     pub fn outstanding(&self) -> usize {
-        self.shared.outstanding.load(Ordering::Acquire)
+        self.outstanding
     }
 
-    /// Messages received and not yet collected.
+    /// Messages taken in and not yet collected.
     pub fn buffered(&self) -> usize {
-        self.shared.unclaimed.load(Ordering::Acquire)
-    }
-
-    fn local(&self) -> usize {
-        self.buffered.iter().map(|(m, _)| m.len()).sum()
+        self.count
     }
 
     /// Asks the server for up to `n` messages.
     pub async fn request(&mut self, n: usize) -> Result<(), String> {
-        let pin = self
-            .shared
-            .pin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let body = serde_json::to_vec(&Request {
             batch: n,
             expires: self.opts.expires,
             idle_heartbeat: self.opts.heartbeat,
             group: self.opts.group.as_deref(),
-            id: pin,
+            id: self.pin.clone(),
         })
         .map_err(|e| e.to_string())?;
-        self.shared.outstanding.fetch_add(n, Ordering::AcqRel);
+        if self.outstanding == 0 {
+            self.heard = Instant::now();
+        }
+        self.outstanding += n;
         self.client
             .publish_with_reply(self.subject.clone(), self.inbox.clone(), body.into())
             .await
             .map_err(|e| {
-                self.shared.outstanding.store(0, Ordering::Release);
+                self.outstanding = 0;
                 format!("sending a pull request: {e}")
             })
     }
 
+    /// Waits for the server's next word on an open request and takes in
+    /// everything that has arrived. Cancel-safe; never ends while no
+    /// request is open (use it as a `select!` branch while waiting).
+    pub async fn arrive(&mut self) {
+        loop {
+            if self.outstanding == 0 || self.error.is_some() {
+                return std::future::pending().await;
+            }
+            match tokio::time::timeout(self.opts.heartbeat, self.sub.next()).await {
+                Ok(Some(m)) => {
+                    self.heard = Instant::now();
+                    if self.take_in(m) {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    self.error = Some("the pull subscription closed".into());
+                    return;
+                }
+                Err(_) => {
+                    // Three heartbeats without a word: the server forgot it.
+                    if self.heard.elapsed() >= 3 * self.opts.heartbeat {
+                        self.outstanding = 0;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes in `first` and whatever else has already arrived. True if
+    /// anything changed for the caller (messages, a request ended, an error).
+    fn take_in(&mut self, first: async_nats::Message) -> bool {
+        let mut msgs = Vec::new();
+        let mut ended = false;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m.status.unwrap_or(StatusCode::OK) {
+                StatusCode::OK => {
+                    if let Some(id) = m.headers.as_ref().and_then(|h| h.get_last("Nats-Pin-Id")) {
+                        self.pin = Some(id.as_str().to_owned());
+                    }
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    msgs.push(jetstream::Message {
+                        message: m,
+                        context: self.js.clone(),
+                    });
+                }
+                StatusCode::IDLE_HEARTBEAT => {}
+                status => {
+                    // The request's unmet part (all of it if not said).
+                    let unmet = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Pending-Messages"))
+                        .and_then(|v| v.as_str().parse::<usize>().ok())
+                        .unwrap_or(usize::MAX);
+                    self.outstanding = self.outstanding.saturating_sub(unmet);
+                    if status == StatusCode::PIN_ID_MISMATCH {
+                        self.pin = None;
+                    }
+                    if let Some(e) = fatal(status, m.description.as_deref()) {
+                        self.error = Some(e);
+                    }
+                    ended = true;
+                }
+            }
+            if !ended && msgs.len() < 10_000 {
+                next = self.sub.next().now_or_never().flatten();
+            }
+        }
+        let got = !msgs.is_empty();
+        if got {
+            let guard = self.keepalive.track(&msgs);
+            self.count += msgs.len();
+            self.buffered.push_back((msgs, guard));
+        }
+        got || ended
+    }
+
+    /// Takes in what has already arrived, without waiting.
+    fn take_in_ready(&mut self) {
+        while let Some(Some(m)) = self.sub.next().now_or_never() {
+            self.heard = Instant::now();
+            self.take_in(m);
+        }
+    }
+
     /// Up to `size` messages: waits for the first, then up to `max_wait`
-    /// for more while the open request may bring them. Empty when the open
+    /// for more while an open request may bring them. Empty when the open
     /// request ended without any; the error ends pulling on this binding.
     pub async fn collect(&mut self, size: usize, max_wait: Duration) -> (Pulled, Option<String>) {
-        let mut error = None;
-        if self.buffered.is_empty() {
-            match self.events.recv().await {
-                Some(Event::Chunk(m, g)) => self.buffered.push_back((m, g)),
-                Some(Event::Ended) => {}
-                Some(Event::Failed(e)) => error = Some(e),
-                None => error = Some("the pull reader stopped".into()),
-            }
+        self.take_in_ready();
+        if self.count == 0 && self.outstanding > 0 && self.error.is_none() {
+            self.arrive().await;
         }
         let deadline = tokio::time::Instant::now() + max_wait;
-        while error.is_none() && !self.buffered.is_empty() && self.local() < size {
-            // Only what has already arrived once the open request is done.
-            let next = if self.outstanding() == 0 {
-                match self.events.recv().now_or_never() {
-                    Some(e) => e,
-                    None => break,
-                }
-            } else {
-                match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                    Ok(e) => e,
-                    Err(_) => break,
-                }
-            };
-            match next {
-                Some(Event::Chunk(m, g)) => self.buffered.push_back((m, g)),
-                Some(Event::Ended) => {}
-                Some(Event::Failed(e)) => error = Some(e),
-                None => error = Some("the pull reader stopped".into()),
+        while self.error.is_none() && self.count > 0 && self.count < size && self.outstanding > 0 {
+            if tokio::time::timeout_at(deadline, self.arrive())
+                .await
+                .is_err()
+            {
+                break;
             }
         }
-        (self.take(size), error)
+        (self.take(size), self.error.take())
     }
 
     fn take(&mut self, size: usize) -> Pulled {
         let mut out = Pulled {
-            messages: Vec::with_capacity(size.min(self.local())),
+            messages: Vec::with_capacity(size.min(self.count)),
             guards: Vec::new(),
         };
         while out.messages.len() < size {
@@ -231,21 +268,14 @@ impl Puller {
             out.messages.extend(msgs);
             out.guards.push(guard);
         }
-        let _ = self
-            .shared
-            .unclaimed
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(out.messages.len()))
-            });
+        self.count -= out.messages.len();
         out
     }
 
-    /// Hands back what was received and not collected (stopping): a NAK with
-    /// a short delay, so this or another host takes it soon.
+    /// Hands back what was taken in and not collected (stopping): a NAK
+    /// with a short delay, so this or another host takes it soon.
     pub async fn release(mut self) {
-        while let Ok(Event::Chunk(m, g)) = self.events.try_recv() {
-            self.buffered.push_back((m, g));
-        }
+        self.take_in_ready();
         for (msgs, _guard) in self.buffered.drain(..) {
             for m in msgs {
                 let _ = m
@@ -256,98 +286,9 @@ impl Puller {
     }
 }
 
-/// The reader task: see the module docs.
-async fn read(
-    mut sub: async_nats::Subscriber,
-    js: jetstream::Context,
-    shared: Arc<Shared>,
-    keepalive: Arc<KeepAlive>,
-    heartbeat: Duration,
-    tx: mpsc::UnboundedSender<Event>,
-) {
-    let mut quiet = 0u32;
-    loop {
-        let first = match tokio::time::timeout(heartbeat, sub.next()).await {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                let _ = tx.send(Event::Failed("the pull subscription closed".into()));
-                return;
-            }
-            Err(_) => {
-                // Three heartbeats without a word: the server forgot the request.
-                quiet += 1;
-                if quiet >= 3 && shared.outstanding.swap(0, Ordering::AcqRel) > 0 {
-                    let _ = tx.send(Event::Ended);
-                }
-                continue;
-            }
-        };
-        quiet = 0;
-        let mut msgs = Vec::new();
-        let mut end = None;
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m.status.unwrap_or(StatusCode::OK) {
-                StatusCode::OK => {
-                    if let Some(id) = m.headers.as_ref().and_then(|h| h.get_last("Nats-Pin-Id")) {
-                        *shared.pin.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(id.as_str().to_owned());
-                    }
-                    let _ =
-                        shared
-                            .outstanding
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                                Some(n.saturating_sub(1))
-                            });
-                    msgs.push(jetstream::Message {
-                        message: m,
-                        context: js.clone(),
-                    });
-                }
-                StatusCode::IDLE_HEARTBEAT => {}
-                status => {
-                    // The request's unmet part (all of it if not said).
-                    let unmet = m
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Pending-Messages"))
-                        .and_then(|v| v.as_str().parse::<usize>().ok())
-                        .unwrap_or(usize::MAX);
-                    let _ =
-                        shared
-                            .outstanding
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                                Some(n.saturating_sub(unmet))
-                            });
-                    if status == StatusCode::PIN_ID_MISMATCH {
-                        *shared.pin.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    }
-                    end = Some(ended(status, m.description.as_deref()));
-                    break;
-                }
-            }
-            // Everything already arrived goes in the same chunk.
-            if msgs.len() < 10_000 {
-                next = sub.next().now_or_never().flatten();
-            }
-        }
-        if !msgs.is_empty() {
-            let guard = keepalive.track(&msgs);
-            shared.unclaimed.fetch_add(msgs.len(), Ordering::AcqRel);
-            if tx.send(Event::Chunk(msgs, guard)).is_err() {
-                return;
-            }
-        }
-        if let Some(e) = end
-            && tx.send(e).is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// What a status message on the inbox means for the open request.
-fn ended(status: StatusCode, description: Option<&str>) -> Event {
+/// Why a status message on the inbox ends pulling on this binding (None:
+/// the request merely ended: expired, leadership change, pin moved).
+fn fatal(status: StatusCode, description: Option<&str>) -> Option<String> {
     let d = description.unwrap_or_default();
     let fatal = match status {
         StatusCode::TIMEOUT | StatusCode::NOT_FOUND | StatusCode::PIN_ID_MISMATCH => false,
@@ -358,9 +299,5 @@ fn ended(status: StatusCode, description: Option<&str>) -> Event {
         }
         _ => true,
     };
-    if fatal {
-        Event::Failed(format!("pull request answered {status}: {d}"))
-    } else {
-        Event::Ended
-    }
+    fatal.then(|| format!("pull request answered {status}: {d}"))
 }
