@@ -379,3 +379,44 @@ fn test_command_bad_fixtures_and_flags_are_named() -> TestResult {
     );
     Ok(())
 }
+
+/// Logs written to a file or pipe carry no colour codes; `--log-format
+/// json` writes one JSON object per line.
+#[test]
+fn logs_follow_the_terminal_and_json_is_one_object_per_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = write_events(dir.path(), EVENTS)?;
+    let run = |format: &str| {
+        jetplug(
+            &[
+                "run-plugin",
+                plugins::TEST_NOOP,
+                "--input",
+                &events,
+                "--log",
+                "debug",
+                "--log-format",
+                format,
+            ],
+            dir.path(),
+        )
+    };
+    let text = run("text")?;
+    assert!(text.status.success(), "{}", output_text(&text));
+    let logs = stderr(&text);
+    assert!(logs.contains("DEBUG"), "debug lines were written: {logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no escape codes in a pipe: {logs:?}"
+    );
+    let json = run("json")?;
+    let logs = stderr(&json);
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not a JSON line: {line:?}: {e}"))?;
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    Ok(())
+}

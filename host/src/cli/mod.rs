@@ -35,11 +35,20 @@ struct Cli {
     /// [default: `info` for `run`, `warn` otherwise].
     #[arg(long, global = true, env = "JETPLUG_LOG")]
     log: Option<String>,
-    /// Write logs as JSON lines.
+    /// Log format: `text` (colours only on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Same as `--log-format json`.
     #[arg(long, global = true)]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,7 +92,8 @@ pub fn main() -> ExitCode {
         Command::Run(_) => "info",
         _ => "warn",
     };
-    init_tracing(cli.log.as_deref().unwrap_or(default_level), cli.log_json);
+    let json = cli.log_json || cli.log_format == LogFormat::Json;
+    init_tracing(cli.log.as_deref().unwrap_or(default_level), json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,8 +149,11 @@ fn init_tracing(filter: &str, json: bool) {
         eprintln!("warning: invalid --log filter `{filter}` ({e}); using `warn`");
         tracing_subscriber::EnvFilter::new("warn")
     });
+    // Colour codes only for a person at a terminal, not in files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
