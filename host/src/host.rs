@@ -144,6 +144,11 @@ pub async fn run(
         registry,
         plugins: plugins.clone(),
         pipelines: OnceLock::new(),
+        tenants: config
+            .tenants
+            .iter()
+            .map(|(n, t)| (n.clone(), t.limits.clone()))
+            .collect(),
     });
     if let Some(addr) = config.admin.address {
         let listener = admin::bind(addr)
@@ -222,6 +227,15 @@ pub async fn run(
             })
         })
         .collect();
+    let tenant_rates: BTreeMap<String, Arc<crate::quota::RateLimit>> = config
+        .tenants
+        .iter()
+        .filter_map(|(name, t)| {
+            t.limits
+                .max_messages_per_second
+                .map(|n| (name.clone(), Arc::new(crate::quota::RateLimit::new(n))))
+        })
+        .collect();
     let mut tasks = JoinSet::new();
     let mut stats = BTreeMap::new();
     let mut running = Vec::new();
@@ -235,9 +249,11 @@ pub async fn run(
             },
         };
         let tenant = config.plugins[&pc.plugin].tenant.clone();
+        let tenant_name = tenant.clone();
         let pipeline = Arc::new(Pipeline {
             cfg: pc.clone(),
             tenant_slots: tenant_slots.get(&tenant).cloned(),
+            tenant_rate: tenant_rates.get(&tenant).cloned(),
             tenant,
             plugin: plugins[&pc.plugin].clone(),
             route: Arc::new(route),
@@ -245,7 +261,7 @@ pub async fn run(
             js: js.clone(),
             client: client.clone(),
             health: health.clone(),
-            stats: Arc::new(Stats::new(&metrics, &pc.name)),
+            stats: Arc::new(Stats::new(&metrics, &pc.name, &tenant_name, &pc.plugin)),
             breaker: std::sync::Mutex::new(crate::breaker::Breaker::new(pc.breaker)),
             shutdown: shutdown.clone(),
             keepalive: Default::default(),

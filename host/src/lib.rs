@@ -23,6 +23,7 @@ pub mod jetstream;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod quota;
 pub mod replay;
 pub mod scaffold;
 pub mod settle;

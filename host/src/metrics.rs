@@ -9,7 +9,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-type Labels = Vec<(String, String)>;
+pub type Labels = Vec<(String, String)>;
 
 fn batch_histogram() -> Histogram {
     // 0.5 ms .. ~16 s
@@ -35,6 +35,11 @@ pub struct Metrics {
     pub plugin_info: Family<Labels, Gauge>,
     pub plugin_swaps: Family<Labels, Counter>,
     pub config_reloads: Family<Labels, Counter>,
+    pub cpu_seconds: Family<Labels, Counter<f64, AtomicU64>>,
+    pub memory_high_water: Family<Labels, Gauge>,
+    pub capability_calls: Family<Labels, Counter>,
+    pub capability_errors: Family<Labels, Counter>,
+    pub throttled_seconds: Family<Labels, Counter<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -57,11 +62,16 @@ impl Metrics {
             plugin_info: Family::default(),
             plugin_swaps: Family::default(),
             config_reloads: Family::default(),
+            cpu_seconds: Family::default(),
+            memory_high_water: Family::default(),
+            capability_calls: Family::default(),
+            capability_errors: Family::default(),
+            throttled_seconds: Family::default(),
         };
         let mut r = Registry::with_prefix("jetplug");
         r.register(
             "messages",
-            "Messages settled, by pipeline and outcome (ack, retry, dead_letter, skipped)",
+            "Messages settled, by tenant, plugin, pipeline and outcome (ack, retry, dead_letter, skipped)",
             m.messages.clone(),
         );
         r.register("batches", "Batches run, by pipeline", m.batches.clone());
@@ -134,6 +144,31 @@ impl Metrics {
             "config_reloads",
             "Edits of the configuration file, by outcome (applied, restart-needed, refused, invalid)",
             m.config_reloads.clone(),
+        );
+        r.register(
+            "plugin_cpu_seconds",
+            "Time plugin calls were running (wasm or host code, not waiting on a downstream), by tenant, plugin and pipeline",
+            m.cpu_seconds.clone(),
+        );
+        r.register(
+            "instance_memory_high_water_bytes",
+            "Largest linear memory of the pipeline's plugin instances, by tenant, plugin and pipeline",
+            m.memory_high_water.clone(),
+        );
+        r.register(
+            "capability_calls",
+            "Capability calls (publish, sql, kv), by tenant, plugin, pipeline and capability",
+            m.capability_calls.clone(),
+        );
+        r.register(
+            "capability_errors",
+            "Capability calls that failed, by tenant, plugin, pipeline, capability and kind (access-denied, not-found, unavailable, invalid, other)",
+            m.capability_errors.clone(),
+        );
+        r.register(
+            "tenant_throttled_seconds",
+            "Time a tenant's pullers waited for its limits.max_messages_per_second, by tenant and pipeline",
+            m.throttled_seconds.clone(),
         );
         (m, r)
     }

@@ -323,6 +323,12 @@ fn tenants_bound_pipelines_and_grants() -> TestResult {
             "plugin.indexer.grants.sql[0]",
             "outside tenant `acme`",
         ),
+        (
+            "max_concurrent_batches = 2",
+            "max_concurrent_batches = 2, max_messages_per_second = 0",
+            "tenant.acme.limits.max_messages_per_second",
+            "at least 1",
+        ),
     ];
     for (from, to, key, reason) in cases {
         let base = with_tenant(GOOD);

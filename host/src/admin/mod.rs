@@ -1,8 +1,9 @@
 //! The admin HTTP server: `/healthz`, `/readyz`, `/metrics` (Prometheus
-//! text), `/v1/pipelines` and `/v1/plugins` (JSON). Read-only; it reads the
+//! text), `/v1/pipelines`, `/v1/plugins` and `/v1/tenants` (JSON). Read-only; it reads the
 //! same handles the pipelines update, so it never slows them down.
 
 pub mod client;
+mod tenants;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct AdminState {
     pub plugins: BTreeMap<String, Arc<PluginSlot>>,
     /// Filled in once the pipelines run.
     pub pipelines: OnceLock<Vec<Arc<Pipeline>>>,
+    /// Each declared tenant's limits (empty: the one implicit tenant).
+    pub tenants: BTreeMap<String, crate::config::TenantLimits>,
 }
 
 /// Binds `addr` (so a taken port fails the start) and serves until `shutdown`.
@@ -47,6 +50,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/v1/pipelines", get(pipelines))
         .route("/v1/plugins", get(plugins))
+        .route("/v1/tenants", get(tenants::tenants))
         .with_state(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

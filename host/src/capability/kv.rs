@@ -10,7 +10,7 @@ use wasmtime::component::{HasData, Linker};
 
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 
-use super::{Backends, Downstream, Grants, denied};
+use super::{Backends, Capability, Downstream, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::kv::{self, Entry};
 use crate::plugin::PluginState;
@@ -75,7 +75,7 @@ impl kv::Host for KvState {
             }
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Kv, r)
     }
 
     async fn put(
@@ -91,7 +91,7 @@ impl kv::Host for KvState {
             store.put(key, value.into()).await.map_err(unavailable)
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Kv, r)
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> Result<(), CapabilityError> {
@@ -102,7 +102,7 @@ impl kv::Host for KvState {
             store.delete(key).await.map_err(unavailable)
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Kv, r)
     }
 
     async fn compare_and_set(
@@ -140,7 +140,7 @@ impl kv::Host for KvState {
             }
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Kv, r)
     }
 }
 

@@ -13,6 +13,8 @@ pub mod publish;
 pub mod sql;
 
 use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 pub use backends::Backends;
 pub use grants::Grants;
@@ -20,7 +22,7 @@ pub use grants::Grants;
 /// One host interface a plugin may import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Capability {
-    Log,
+    Log = 0,
     Publish,
     Sql,
     Kv,
@@ -75,27 +77,81 @@ pub(crate) fn add_types_to_linker(
     crate::bindings::jetplug::plugin::types::add_to_linker::<_, TypesOnly>(linker, |_| ())
 }
 
-/// Counts `unavailable` answers given to one instance, so the host can tell a
-/// batch that failed because a downstream is out (which the circuit breaker
-/// counts) from one the plugin simply chose to retry.
+/// Counts one instance's capability calls and their errors (for the
+/// per-tenant metrics), and the `unavailable` answers among them, so the
+/// host can tell a batch that failed because a downstream is out (which
+/// the circuit breaker counts) from one the plugin simply chose to retry.
 #[derive(Debug, Clone, Default)]
-pub struct Downstream(std::sync::Arc<std::sync::atomic::AtomicU32>);
+pub struct Downstream(std::sync::Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    unavailable: AtomicU32,
+    calls: [AtomicU64; 4],
+    errors: [[AtomicU64; 5]; 4],
+}
+
+/// Error kinds as metric labels, in [`error_index`] order.
+pub const ERROR_KINDS: [&str; 5] = [
+    "access-denied",
+    "not-found",
+    "unavailable",
+    "invalid",
+    "other",
+];
+
+fn error_index(e: &crate::bindings::CapabilityError) -> usize {
+    use crate::bindings::CapabilityError as E;
+    match e {
+        E::AccessDenied(_) => 0,
+        E::NotFound => 1,
+        E::Unavailable(_) => 2,
+        E::Invalid(_) => 3,
+        E::Other(_) => 4,
+    }
+}
+
+/// Capability calls of one batch: calls and errors (by [`ERROR_KINDS`]) per
+/// capability, in [`Capability::ALL`] order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub calls: [u64; 4],
+    pub errors: [[u64; 5]; 4],
+}
 
 impl Downstream {
-    /// Passes `r` through, counting it if it is `unavailable`.
+    /// Passes `r` through, counting the call and its error, if any.
     pub fn track<T>(
         &self,
+        cap: Capability,
         r: Result<T, crate::bindings::CapabilityError>,
     ) -> Result<T, crate::bindings::CapabilityError> {
-        if let Err(crate::bindings::CapabilityError::Unavailable(_)) = &r {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let c = cap as usize;
+        self.0.calls[c].fetch_add(1, Relaxed);
+        if let Err(e) = &r {
+            self.0.errors[c][error_index(e)].fetch_add(1, Relaxed);
+            if let crate::bindings::CapabilityError::Unavailable(_) = e {
+                self.0.unavailable.fetch_add(1, Relaxed);
+            }
         }
         r
     }
 
-    /// The count since the last call, resetting it.
+    /// `unavailable` answers since the last call, resetting the count.
     pub fn take(&self) -> u32 {
-        self.0.swap(0, std::sync::atomic::Ordering::Relaxed)
+        self.0.unavailable.swap(0, Relaxed)
+    }
+
+    /// Calls and errors since the last call, resetting them.
+    pub fn take_usage(&self) -> Usage {
+        let mut u = Usage::default();
+        for c in 0..4 {
+            u.calls[c] = self.0.calls[c].swap(0, Relaxed);
+            for k in 0..5 {
+                u.errors[c][k] = self.0.errors[c][k].swap(0, Relaxed);
+            }
+        }
+        u
     }
 }
 

@@ -13,7 +13,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::{Backends, Downstream, Grants, denied};
+use super::{Backends, Capability, Downstream, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::publish::{self, Outgoing, Receipt};
 use crate::plugin::PluginState;
@@ -118,7 +118,7 @@ impl publish::Host for PublishState {
             )))
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Publish, r)
     }
 }
 

@@ -85,4 +85,6 @@ pub struct TenantLimits {
     pub deadline: Option<Dur>,
     /// Batches running at once across all its pipelines (default: no ceiling).
     pub max_concurrent_batches: Option<u32>,
+    /// Messages a second its pipelines may pull, together (default: no limit).
+    pub max_messages_per_second: Option<u32>,
 }

@@ -19,6 +19,17 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         return Ok(());
     }
     for (name, t) in &config.tenants {
+        for (k, v) in [
+            ("max_messages_per_second", t.limits.max_messages_per_second),
+            ("max_concurrent_batches", t.limits.max_concurrent_batches),
+        ] {
+            if v == Some(0) {
+                return Err(invalid(
+                    format!("tenant.{name}.limits.{k}"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                ));
+            }
+        }
         for db in &t.databases {
             if !config.databases.contains_key(db) {
                 return Err(invalid(

@@ -58,23 +58,42 @@ pub struct Stats {
     pub breaker_state: Gauge,
     pub breaker_opened: Counter,
     batch_seconds: Histogram,
-    paused_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    pipeline: String,
+    pub paused_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Largest instance memory seen, bytes.
+    pub memory_high_water: Gauge,
+    pub throttled_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Calls per capability, in `Capability::ALL` order.
+    pub capability_calls: [Counter; 4],
+    /// Capability calls that failed (all kinds).
+    pub capability_errors: std::sync::atomic::AtomicU64,
+    /// tenant, plugin, pipeline.
+    labels: [(&'static str, String); 3],
     metrics: Arc<Metrics>,
 }
 
 impl Stats {
-    pub fn new(metrics: &Arc<Metrics>, pipeline: &str) -> Self {
-        let p = labels(&[("pipeline", pipeline)]);
+    pub fn new(metrics: &Arc<Metrics>, pipeline: &str, tenant: &str, plugin: &str) -> Self {
+        let base = [
+            ("tenant", tenant),
+            ("plugin", plugin),
+            ("pipeline", pipeline),
+        ];
+        let with = |more: &[(&str, &str)]| labels(&[&base[..], more].concat());
+        let p = with(&[]);
         let outcome = |o: &str| {
             metrics
                 .messages
-                .get_or_create_owned(&labels(&[("pipeline", pipeline), ("outcome", o)]))
+                .get_or_create_owned(&with(&[("outcome", o)]))
         };
-        let failed_batches = Counter::default();
+        let capability_calls = crate::capability::Capability::ALL.map(|c| {
+            metrics
+                .capability_calls
+                .get_or_create_owned(&with(&[("capability", c.name())]))
+        });
         Stats {
             batches: metrics.batches.get_or_create_owned(&p),
-            failed_batches,
+            failed_batches: Counter::default(),
             acked: outcome("ack"),
             retried: outcome("retry"),
             dead_lettered: outcome("dead_letter"),
@@ -86,8 +105,54 @@ impl Stats {
             breaker_opened: metrics.breaker_opened.get_or_create_owned(&p),
             batch_seconds: metrics.batch_seconds.get_or_create_owned(&p),
             paused_seconds: metrics.paused_seconds.get_or_create_owned(&p),
-            pipeline: pipeline.to_owned(),
+            cpu_seconds: metrics.cpu_seconds.get_or_create_owned(&p),
+            memory_high_water: metrics.memory_high_water.get_or_create_owned(&p),
+            throttled_seconds: metrics.throttled_seconds.get_or_create_owned(&p),
+            capability_calls,
+            capability_errors: Default::default(),
+            labels: base.map(|(k, v)| (k, v.to_owned())),
             metrics: metrics.clone(),
+        }
+    }
+
+    fn labels_with(&self, more: &[(&str, &str)]) -> crate::metrics::Labels {
+        let base: Vec<(&str, &str)> = self.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        labels(&[&base[..], more].concat())
+    }
+
+    /// Records what one plugin call used (CPU, memory, capability calls).
+    pub(crate) fn used(&self, u: &crate::plugin::CallUsage) {
+        self.cpu_seconds.inc_by(u.cpu.as_secs_f64());
+        let memory = i64::try_from(u.memory).unwrap_or(i64::MAX);
+        if memory > self.memory_high_water.get() {
+            self.memory_high_water.set(memory);
+        }
+        for (c, cap) in crate::capability::Capability::ALL.iter().enumerate() {
+            let calls = u.capabilities.calls[c];
+            if calls == 0 {
+                continue;
+            }
+            self.capability_calls[c].inc_by(calls);
+            for (k, kind) in crate::capability::ERROR_KINDS.iter().enumerate() {
+                let n = u.capabilities.errors[c][k];
+                if n > 0 {
+                    self.metrics
+                        .capability_errors
+                        .get_or_create(
+                            &self.labels_with(&[("capability", cap.name()), ("kind", kind)]),
+                        )
+                        .inc_by(n);
+                    self.capability_errors
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A tenant quota made a puller wait this long.
+    pub(crate) fn throttled(&self, d: Duration) {
+        if !d.is_zero() {
+            self.throttled_seconds.inc_by(d.as_secs_f64());
         }
     }
 
@@ -103,7 +168,7 @@ impl Stats {
         self.failed_batches.inc();
         self.metrics
             .batch_failures
-            .get_or_create(&labels(&[("pipeline", &self.pipeline), ("kind", kind)]))
+            .get_or_create(&self.labels_with(&[("kind", kind)]))
             .inc();
     }
 
@@ -122,15 +187,12 @@ impl Stats {
         self.dead_lettered.inc();
         self.metrics
             .dead_letters
-            .get_or_create(&labels(&[
-                ("pipeline", &self.pipeline),
-                ("reason", reason_kind(reason)),
-            ]))
+            .get_or_create(&self.labels_with(&[("reason", reason_kind(reason))]))
             .inc();
     }
 
     pub(crate) fn consumer(&self, stream: &str, pending: u64, ack_pending: usize) {
-        let l = labels(&[("pipeline", &self.pipeline), ("stream", stream)]);
+        let l = self.labels_with(&[("stream", stream)]);
         self.metrics
             .consumer_pending
             .get_or_create(&l)
@@ -149,6 +211,8 @@ pub struct Pipeline {
     pub tenant: String,
     /// The tenant's ceiling on batches running at once, if it has one.
     pub tenant_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The tenant's message-rate quota, if it has one.
+    pub tenant_rate: Option<Arc<crate::quota::RateLimit>>,
     /// The plugin's current version; workers re-read it before each batch.
     pub plugin: Arc<PluginSlot>,
     pub route: Arc<Route>,
@@ -299,15 +363,36 @@ impl Pipeline {
                 }
                 // An open breaker: ask for nothing more until it lets a probe through.
                 let paused = self.pull_paused();
-                if paused.is_none()
-                    && puller.outstanding() + puller.buffered() <= pull / 2
-                    && let Err(e) = puller.request(pull).await
-                {
-                    tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                if paused.is_none() && puller.outstanding() + puller.buffered() <= pull / 2 {
+                    // A tenant over its rate waits here, before pulling.
+                    let want = match &self.tenant_rate {
+                        None => pull,
+                        Some(rate) => {
+                            let want = pull.min(rate.capacity()).max(1);
+                            let waiting = std::time::Instant::now();
+                            let stop = loop {
+                                tokio::select! {
+                                    _ = rate.take(want) => break false,
+                                    _ = shutdown.cancelled() => break true,
+                                    _ = puller.arrive() => {}
+                                }
+                            };
+                            self.stats.throttled(waiting.elapsed());
+                            if stop {
+                                self.health.consumer_lost();
+                                puller.release().await;
+                                break 'outer;
+                            }
+                            want
+                        }
+                    };
+                    if let Err(e) = puller.request(want).await {
+                        tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                             "cannot pull; re-binding the consumer");
-                    self.health.consumer_lost();
-                    sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
-                    continue 'outer;
+                        self.health.consumer_lost();
+                        sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                        continue 'outer;
+                    }
                 }
                 let next = {
                     let max_wait = self.cfg.batch_max_wait.0;

@@ -102,6 +102,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         let outcome = instance.handle(msgs.clone()).await;
         p.stats.batch_took(started.elapsed());
         p.stats.paused(instance.last_call_paused());
+        p.stats.used(instance.last_call_usage());
         let downstream = instance.downstream_failures();
         let open = record_outcome(p, outcome.is_err() || downstream > 0);
         if downstream == 0 {
@@ -252,6 +253,7 @@ async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> (A
     let max = p.cfg.max_deliver;
     let outcome = instance.handle([m.clone()]).await;
     p.stats.paused(instance.last_call_paused());
+    p.stats.used(instance.last_call_usage());
     match outcome {
         Ok(d) => (
             settle::for_decision(&d[0], m.delivered, max, &p.backoff),

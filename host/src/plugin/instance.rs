@@ -18,6 +18,7 @@ use super::meter::CallMeter;
 use super::pace::{Pace, Pacing, Tick};
 use super::{Plugin, PluginState};
 use crate::bindings::{Decision, EventPlugin, Message};
+use crate::capability::Usage;
 use crate::engine::lane::LaneError;
 use crate::engine::lane::on_lane;
 
@@ -59,6 +60,17 @@ impl BatchError {
     }
 }
 
+/// What one call used, for the per-tenant metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallUsage {
+    /// Time the call was running (wasm or host code), not waiting.
+    pub cpu: Duration,
+    /// The instance's linear memory after the call (its high-water mark:
+    /// wasm memory never shrinks).
+    pub memory: u64,
+    pub capabilities: Usage,
+}
+
 struct Live {
     store: Store<PluginState>,
     bindings: EventPlugin,
@@ -71,6 +83,7 @@ pub struct PluginInstance {
     reuse: bool,
     instantiated: u64,
     last_downstream: u32,
+    last: CallUsage,
     /// The running call's ticks in wasm (a long call moves to the slow
     /// lane, see [`Pacing::is_long`]) and its excused pauses.
     meter: Arc<CallMeter>,
@@ -94,6 +107,7 @@ impl PluginInstance {
             reuse: true,
             instantiated: 0,
             last_downstream: 0,
+            last: CallUsage::default(),
             meter: Arc::default(),
         }
     }
@@ -127,6 +141,11 @@ impl PluginInstance {
     /// (see [`crate::plugin::pace`]).
     pub fn last_call_paused(&self) -> Duration {
         self.meter.paused_for()
+    }
+
+    /// What the last call used: CPU, memory, capability calls.
+    pub fn last_call_usage(&self) -> &CallUsage {
+        &self.last
     }
 
     /// How many capability calls of the last batch answered `unavailable`
@@ -183,12 +202,19 @@ impl PluginInstance {
                 live: None,
                 instantiated: fresh,
                 downstream: 0,
+                usage: Usage::default(),
+                memory: 0,
                 result: Err(deadline_error(&plugin)),
             },
         };
         self.instantiated += u64::from(done.instantiated);
         self.live = done.live;
         self.last_downstream = done.downstream;
+        self.last = CallUsage {
+            cpu: self.meter.busy_for(),
+            memory: done.memory,
+            capabilities: done.usage,
+        };
         self.plugin
             .faulted
             .store(done.result.is_err(), Ordering::Relaxed);
@@ -211,6 +237,8 @@ struct Done {
     live: Option<Live>,
     instantiated: bool,
     downstream: u32,
+    usage: Usage,
+    memory: u64,
     result: Result<Vec<Decision>, BatchError>,
 }
 
@@ -220,19 +248,16 @@ struct Done {
 async fn dispatch(call: Call) -> Done {
     let plugin = call.plugin.clone();
     let pacing = pacing(&plugin);
+    let meter = call.meter.clone();
+    let mut fut = metered(run(call), meter.clone());
     if !pacing.enabled() {
-        return run(call).await;
+        return fut.await;
     }
     let lane = plugin.runtime.slow_lane();
     if plugin.faulted.load(Ordering::Relaxed) {
-        return lane
-            .run(run(call))
-            .await
-            .unwrap_or_else(|e| lost(&plugin, e));
+        return lane.run(fut).await.unwrap_or_else(|e| lost(&plugin, e));
     }
-    let meter = call.meter.clone();
     let here = plugin.runtime.activity().enter(meter.caller());
-    let mut fut = Box::pin(run(call));
     let finished = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
         Poll::Ready(done) => Poll::Ready(Some(done)),
         Poll::Pending if pacing.is_long(meter.ticks()) => Poll::Ready(None),
@@ -248,12 +273,28 @@ async fn dispatch(call: Call) -> Done {
     }
 }
 
+/// `fut`, adding the time spent polling it (running, not waiting) to `meter`.
+fn metered<F: Future + Send + 'static>(
+    fut: F,
+    meter: Arc<CallMeter>,
+) -> std::pin::Pin<Box<dyn Future<Output = F::Output> + Send>> {
+    let mut fut = Box::pin(fut);
+    Box::pin(std::future::poll_fn(move |cx| {
+        let started = std::time::Instant::now();
+        let polled = fut.as_mut().poll(cx);
+        meter.busy(started.elapsed());
+        polled
+    }))
+}
+
 /// The slow lane lost the call (a panic in host code): the batch fails.
 fn lost(plugin: &Plugin, e: LaneError) -> Done {
     Done {
         live: None,
         instantiated: false,
         downstream: 0,
+        usage: Usage::default(),
+        memory: 0,
         result: Err(BatchError::Trap {
             plugin: plugin.name().to_owned(),
             reason: e.to_string(),
@@ -278,6 +319,8 @@ async fn run(call: Call) -> Done {
                     live: None,
                     instantiated: true,
                     downstream: 0,
+                    usage: Usage::default(),
+                    memory: 0,
                     result: Err(e),
                 };
             }
@@ -285,12 +328,16 @@ async fn run(call: Call) -> Done {
     };
     let result = call_handle(&plugin, &mut live, &batch).await;
     let downstream = live.store.data().downstream.take();
+    let usage = live.store.data().downstream.take_usage();
+    let memory = live.store.data().limiter.used();
     Done {
         // Dropped here, on the lane if the call ran there: resetting a
         // large memory is not free either.
         live: (result.is_ok() && reuse).then_some(live),
         instantiated,
         downstream,
+        usage,
+        memory,
         result,
     }
 }

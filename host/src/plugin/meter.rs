@@ -24,6 +24,9 @@ pub struct CallMeter {
     ticks: AtomicU32,
     excused_us: AtomicU64,
     paused_us: AtomicU64,
+    /// Time the call was being polled: running wasm or host code, not
+    /// waiting on a downstream (its CPU time, near enough).
+    busy_ns: AtomicU64,
 }
 
 impl CallMeter {
@@ -32,6 +35,18 @@ impl CallMeter {
         self.ticks.store(0, Ordering::Relaxed);
         self.excused_us.store(0, Ordering::Relaxed);
         self.paused_us.store(0, Ordering::Relaxed);
+        self.busy_ns.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts time spent polling the call.
+    pub fn busy(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Time spent polling the call since it started.
+    pub fn busy_for(&self) -> Duration {
+        Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed))
     }
 
     /// Counts a pause the call was made to take for others.

@@ -11,7 +11,7 @@ pub mod state;
 
 use std::path::PathBuf;
 
-pub use instance::{BatchError, PluginInstance};
+pub use instance::{BatchError, CallUsage, PluginInstance};
 pub use limits::Limits;
 pub use load::{LoadError, Plugin, load, load_bytes, load_with};
 pub use slot::PluginSlot;

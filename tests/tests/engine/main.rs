@@ -6,3 +6,4 @@ mod decisions;
 mod flow;
 mod lifecycle;
 mod rig;
+mod tenants;

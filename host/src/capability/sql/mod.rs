@@ -14,7 +14,7 @@ use std::sync::Arc;
 use deadpool_postgres::Object;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::{Backends, Downstream, Grants, denied};
+use super::{Backends, Capability, Downstream, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::sql::{self, Rows, Value};
 use crate::plugin::PluginState;
@@ -186,7 +186,7 @@ impl sql::Host for SqlState {
             execute_on(&client, &statement, &params).await
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Sql, r)
     }
 
     async fn query(
@@ -201,7 +201,7 @@ impl sql::Host for SqlState {
             query_on(&client, &statement, &params).await
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Sql, r)
     }
 
     async fn execute_batch(
@@ -231,7 +231,7 @@ impl sql::Host for SqlState {
             Ok(total)
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Sql, r)
     }
 
     async fn begin(&mut self, database: String) -> Result<Resource<Transaction>, CapabilityError> {
@@ -247,7 +247,7 @@ impl sql::Host for SqlState {
                 .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Sql, r)
     }
 }
 
@@ -265,7 +265,7 @@ impl sql::HostTransaction for SqlState {
             execute_on(client, &statement, &params).await
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Sql, r)
     }
 
     async fn query(
@@ -281,7 +281,7 @@ impl sql::HostTransaction for SqlState {
             query_on(client, &statement, &params).await
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Sql, r)
     }
 
     async fn commit(&mut self, tx: Resource<Transaction>) -> Result<(), CapabilityError> {
@@ -297,7 +297,7 @@ impl sql::HostTransaction for SqlState {
             Ok(())
         }
         .await;
-        downstream.track(r)
+        downstream.track(Capability::Sql, r)
     }
 
     async fn drop(&mut self, tx: Resource<Transaction>) -> wasmtime::Result<()> {

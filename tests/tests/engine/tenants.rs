@@ -1,0 +1,183 @@
+//! Tenants seen and bounded: a tenant over its `max_messages_per_second`
+//! is held to it (its pullers wait; nothing fails), another tenant is not
+//! slowed, and what each consumes shows per tenant in the metrics and in
+//! `GET /v1/tenants`.
+
+use super::rig::*;
+
+fn two_tenants(dir: &Path, url: &str, admin: &str) -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[nats]
+url = "{url}"
+
+[admin]
+address = "{admin}"
+
+[engine]
+cache_dir = "{cache}"
+
+[[stream]]
+name = "EVENTS"
+subjects = ["events.>"]
+
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+
+[tenant.slow]
+consume = ["events.a.>"]
+limits = {{ max_messages_per_second = 50 }}
+
+[tenant.fast]
+consume = ["events.b.>"]
+
+[plugin.pa]
+path = "{plugin}"
+tenant = "slow"
+
+[plugin.pb]
+path = "{plugin}"
+tenant = "fast"
+
+[[pipeline]]
+name = "a"
+streams = ["EVENTS"]
+filter_subjects = ["events.a.>"]
+plugin = "pa"
+batch_max_wait = "20ms"
+
+[[pipeline]]
+name = "b"
+streams = ["EVENTS"]
+filter_subjects = ["events.b.>"]
+plugin = "pb"
+batch_max_wait = "20ms"
+"#,
+        cache = dir.join("cache").display(),
+        plugin = plugins::TEST_NOOP,
+    );
+    let path = dir.join("jetplug.toml");
+    std::fs::write(&path, &text)?;
+    Ok(Config::load(&path)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_is_held_to_its_rate_and_seen_per_tenant() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let admin = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
+    let mut host = start(two_tenants(dir.path(), &nats.url(), &admin)?);
+    let h = tokio::time::timeout(WAIT, &mut host.handle).await??;
+    let (a, b) = (h.stats["a"].clone(), h.stats["b"].clone());
+    let js = js(&nats).await?;
+    // Tenant `slow` floods at 10× its quota; `fast` sends as much.
+    let flood: Vec<&str> = vec!["spin:1"; 500];
+    let started = Instant::now();
+    publish(&js, "events.a.x", &flood).await?;
+    publish(&js, "events.b.x", &flood).await?;
+    eventually(WAIT, "tenant fast done", || async {
+        Ok(Stats::get(&b.acked) == 500)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let slow_done = Stats::get(&a.acked);
+    // A token bucket: at most one second's burst plus the rate since.
+    let bound = 50.0 + 50.0 * elapsed;
+    assert!(
+        (slow_done as f64) <= bound,
+        "tenant slow: {slow_done} in {elapsed:.1} s, over 50/s (bound {bound:.0})"
+    );
+    assert!(slow_done > 0, "held to its rate, not stopped");
+    assert!(a.throttled_seconds.get() > 0.0, "its wait is counted");
+    assert_eq!(b.throttled_seconds.get(), 0.0);
+    assert_eq!(
+        Stats::get(&a.retried) + Stats::get(&a.dead_lettered),
+        0,
+        "nothing failed"
+    );
+
+    let (_, metrics) = jetplug_tests::http_get(&admin, "/metrics").await?;
+    for line in [
+        r#"jetplug_messages_total{tenant="fast",plugin="pb",pipeline="b",outcome="ack"} 500"#,
+        r#"jetplug_plugin_cpu_seconds_total{tenant="slow",plugin="pa",pipeline="a"}"#,
+        r#"jetplug_instance_memory_high_water_bytes{tenant="fast",plugin="pb",pipeline="b"}"#,
+        r#"jetplug_tenant_throttled_seconds_total{tenant="slow",plugin="pa",pipeline="a"}"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    let (code, body) = jetplug_tests::http_get(&admin, "/v1/tenants").await?;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let tenant = |name: &str| {
+        v["tenants"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["tenant"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (slow, fast) = (tenant("slow"), tenant("fast"));
+    assert_eq!(slow["quotas"]["max_messages_per_second"], 50, "{body}");
+    assert_eq!(fast["messages"]["ack"], 500, "{body}");
+    assert!(slow["throttled_seconds"].as_f64() > Some(0.0), "{body}");
+    assert!(fast["cpu_seconds"].as_f64() > Some(0.0), "{body}");
+    assert!(fast["memory_high_water_bytes"].as_i64() > Some(0), "{body}");
+    assert_eq!(fast["pipelines"][0], "b", "{body}");
+    host.stop().await
+}
+
+/// Capability calls and their errors are counted per capability and kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capability_calls_and_errors_are_counted() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let admin = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
+    let extra = format!(
+        "\n[admin]\naddress = \"{admin}\"\n\n[plugin.p.grants]\npublish = [\"events.out\"]\nsql = [\"*\"]\nkv = [\"none\"]\n"
+    );
+    let mut host = start(config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_CAPABILITIES,
+        &extra,
+    )?);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    // Two publishes inside the grant (EVENTS stores `events.out`), one
+    // outside it (access-denied), one KV get on a bucket that is not there.
+    publish(
+        &js,
+        "events.in",
+        &[
+            "publish:events.out",
+            "publish:events.out",
+            "publish:dlq.x",
+            "kv:none",
+        ],
+    )
+    .await?;
+    eventually(WAIT, "all settled", || async {
+        // (The two published messages come back on EVENTS and are acked too.)
+        Ok(Stats::get(&stats.acked) + Stats::get(&stats.dead_lettered) >= 6)
+    })
+    .await?;
+    let (_, metrics) = jetplug_tests::http_get(&admin, "/metrics").await?;
+    let base = r#"tenant="default",plugin="p",pipeline="main""#;
+    for line in [
+        format!(r#"jetplug_capability_calls_total{{{base},capability="publish"}} 3"#),
+        format!(r#"jetplug_capability_calls_total{{{base},capability="kv"}} 1"#),
+        format!(
+            r#"jetplug_capability_errors_total{{{base},capability="publish",kind="access-denied"}} 1"#
+        ),
+    ] {
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!(
+            r#"jetplug_capability_errors_total{{{base},capability="kv",kind="#
+        )),
+        "the missing bucket is an error: {metrics}"
+    );
+    host.stop().await
+}
