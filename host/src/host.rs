@@ -227,6 +227,22 @@ pub async fn run(
             })
         })
         .collect();
+    for (name, t) in &config.tenants {
+        for (quota, value) in [
+            ("max_messages_per_second", t.limits.max_messages_per_second),
+            ("max_concurrent_batches", t.limits.max_concurrent_batches),
+        ] {
+            if let Some(v) = value {
+                metrics
+                    .tenant_quota
+                    .get_or_create(&crate::metrics::labels(&[
+                        ("tenant", name),
+                        ("quota", quota),
+                    ]))
+                    .set(i64::from(v));
+            }
+        }
+    }
     let tenant_rates: BTreeMap<String, Arc<crate::quota::RateLimit>> = config
         .tenants
         .iter()

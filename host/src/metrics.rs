@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -40,6 +41,9 @@ pub struct Metrics {
     pub capability_calls: Family<Labels, Counter>,
     pub capability_errors: Family<Labels, Counter>,
     pub throttled_seconds: Family<Labels, Counter<f64, AtomicU64>>,
+    pub tenant_quota: Family<Labels, Gauge>,
+    /// Every series name exposed (`jetplug_messages_total`, ...).
+    pub series: Vec<String>,
 }
 
 impl Metrics {
@@ -67,110 +71,142 @@ impl Metrics {
             capability_calls: Family::default(),
             capability_errors: Family::default(),
             throttled_seconds: Family::default(),
+            tenant_quota: Family::default(),
+            series: Vec::new(),
         };
         let mut r = Registry::with_prefix("jetplug");
-        r.register(
+        let mut series = Vec::new();
+        macro_rules! reg {
+            ($name:expr, $help:expr, $metric:expr $(,)?) => {{
+                let metric = $metric;
+                series.extend(series_of($name, type_of(&metric)));
+                r.register($name, $help, metric);
+            }};
+        }
+        reg!(
             "messages",
             "Messages settled, by tenant, plugin, pipeline and outcome (ack, retry, dead_letter, skipped)",
             m.messages.clone(),
         );
-        r.register("batches", "Batches run, by pipeline", m.batches.clone());
-        r.register(
+        reg!("batches", "Batches run, by pipeline", m.batches.clone());
+        reg!(
             "batch_failures",
             "Failed batches, by pipeline and kind (trap, deadline, memory-limit, ...)",
             m.batch_failures.clone(),
         );
-        r.register(
+        reg!(
             "batch_duration_seconds",
             "Time a plugin spent on a batch",
             m.batch_seconds.clone(),
         );
-        r.register(
+        reg!(
             "plugin_paused_seconds",
             "Time plugin calls were paused so that other pipelines could run (slow lane pacing)",
             m.paused_seconds.clone(),
         );
-        r.register(
+        reg!(
             "dead_letters",
             "Dead letters delivered, by pipeline and reason kind",
             m.dead_letters.clone(),
         );
-        r.register(
+        reg!(
             "dead_letter_failures",
             "Dead letters the route did not take (the original is retried)",
             m.dead_letter_failures.clone(),
         );
-        r.register(
+        reg!(
             "held_batches",
             "Times a batch was held (kept and run again, no delivery spent) because a downstream is out",
             m.held_batches.clone(),
         );
-        r.register(
+        reg!(
             "held_expired",
             "Batches held longer than breaker.max_hold, returned to retry accounting",
             m.held_expired.clone(),
         );
-        r.register(
+        reg!(
             "breaker_state",
             "Circuit breaker: 0 closed, 1 open, 2 half-open",
             m.breaker_state.clone(),
         );
-        r.register(
+        reg!(
             "breaker_opened",
             "Times the circuit breaker opened",
             m.breaker_opened.clone(),
         );
-        r.register(
+        reg!(
             "consumer_pending",
             "Messages not yet delivered to the consumer",
             m.consumer_pending.clone(),
         );
-        r.register(
+        reg!(
             "consumer_ack_pending",
             "Messages delivered and not yet settled",
             m.consumer_ack_pending.clone(),
         );
-        r.register(
+        reg!(
             "plugin_info",
             "Plugin versions: 1 for the running version, 0 for one swapped out",
             m.plugin_info.clone(),
         );
-        r.register(
+        reg!(
             "plugin_swaps",
             "Hot-swap attempts, by plugin and outcome (swapped, unchanged, load, init, ...)",
             m.plugin_swaps.clone(),
         );
-        r.register(
+        reg!(
             "config_reloads",
             "Edits of the configuration file, by outcome (applied, restart-needed, refused, invalid)",
             m.config_reloads.clone(),
         );
-        r.register(
+        reg!(
             "plugin_cpu_seconds",
             "Time plugin calls were running (wasm or host code, not waiting on a downstream), by tenant, plugin and pipeline",
             m.cpu_seconds.clone(),
         );
-        r.register(
+        reg!(
             "instance_memory_high_water_bytes",
             "Largest linear memory of the pipeline's plugin instances, by tenant, plugin and pipeline",
             m.memory_high_water.clone(),
         );
-        r.register(
+        reg!(
             "capability_calls",
             "Capability calls (publish, sql, kv), by tenant, plugin, pipeline and capability",
             m.capability_calls.clone(),
         );
-        r.register(
+        reg!(
             "capability_errors",
             "Capability calls that failed, by tenant, plugin, pipeline, capability and kind (access-denied, not-found, unavailable, invalid, other)",
             m.capability_errors.clone(),
         );
-        r.register(
+        reg!(
             "tenant_throttled_seconds",
             "Time a tenant's pullers waited for its limits.max_messages_per_second, by tenant and pipeline",
             m.throttled_seconds.clone(),
         );
-        (m, r)
+        reg!(
+            "tenant_quota",
+            "A tenant's configured limits, by tenant and quota (max_messages_per_second, max_concurrent_batches)",
+            m.tenant_quota.clone(),
+        );
+        (Metrics { series, ..m }, r)
+    }
+}
+
+fn type_of<M: TypedMetric>(_: &M) -> MetricType {
+    M::TYPE
+}
+
+/// The series a metric family named `name` exposes.
+fn series_of(name: &str, kind: MetricType) -> Vec<String> {
+    let name = format!("jetplug_{name}");
+    match kind {
+        MetricType::Counter => vec![format!("{name}_total")],
+        MetricType::Histogram => ["_bucket", "_sum", "_count"]
+            .iter()
+            .map(|s| format!("{name}{s}"))
+            .collect(),
+        _ => vec![name],
     }
 }
 
@@ -207,6 +243,13 @@ pub fn reason_kind(reason: &str) -> &'static str {
     }
 }
 
+/// Every series name the host can expose (`jetplug_messages_total`,
+/// `jetplug_batch_duration_seconds_bucket`, ...), for checks that docs and
+/// dashboards name real metrics.
+pub fn series_names() -> Vec<String> {
+    Metrics::new().0.series
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +261,17 @@ mod tests {
         assert_eq!(reason_kind("retries exhausted: ..."), "retries-exhausted");
         assert_eq!(reason_kind("max deliveries (5) reached"), "max-deliveries");
         assert_eq!(reason_kind("payload is not JSON"), "term");
+    }
+
+    #[test]
+    fn every_family_is_listed_with_its_series_suffix() {
+        let names = series_names();
+        assert!(
+            names.contains(&"jetplug_messages_total".to_owned()),
+            "{names:?}"
+        );
+        assert!(names.contains(&"jetplug_batch_duration_seconds_bucket".to_owned()));
+        assert!(names.contains(&"jetplug_breaker_state".to_owned()));
+        assert!(names.len() >= 20, "{names:?}");
     }
 }

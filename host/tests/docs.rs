@@ -361,3 +361,64 @@ fn every_cited_test_exists() -> TestResult {
     );
     Ok(())
 }
+
+/// Every metric the host exposes (taken from its registry) is in the
+/// operations chapter's metrics table.
+#[test]
+fn every_metric_is_documented() -> TestResult {
+    let table = std::fs::read_to_string(root().join("docs/operations.md"))?;
+    for series in jetplug::metrics::series_names() {
+        let name = series.trim_start_matches("jetplug_");
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            table.contains(&format!("| `{name}` |")),
+            "metric `{series}` is not in docs/operations.md"
+        );
+    }
+    Ok(())
+}
+
+/// The Grafana dashboard queries only metrics the host exposes, and has the
+/// panels operators look for first.
+#[test]
+fn the_dashboard_queries_real_metrics() -> TestResult {
+    let text = std::fs::read_to_string(root().join("examples/grafana/jetplug.json"))?;
+    let dash: serde_json::Value = serde_json::from_str(&text)?;
+    let exposed = jetplug::metrics::series_names();
+    let metric = regex::Regex::new(r"jetplug_[a-z_]+")?;
+    let mut queried = 0;
+    for m in metric.find_iter(&text) {
+        queried += 1;
+        assert!(
+            exposed.iter().any(|e| e == m.as_str()),
+            "the dashboard queries `{}`, which the host does not expose",
+            m.as_str()
+        );
+    }
+    assert!(queried >= 15, "{queried} metric references");
+    let titles: Vec<String> = dash["panels"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["title"].as_str().map(str::to_lowercase))
+                .collect()
+        })
+        .unwrap_or_default();
+    for want in [
+        "throughput",
+        "latency",
+        "lag",
+        "breaker",
+        "dead letters",
+        "quota",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no `{want}` panel in {titles:?}"
+        );
+    }
+    Ok(())
+}

@@ -104,6 +104,7 @@ async fn a_tenant_is_held_to_its_rate_and_seen_per_tenant() -> anyhow::Result<()
         r#"jetplug_plugin_cpu_seconds_total{tenant="slow",plugin="pa",pipeline="a"}"#,
         r#"jetplug_instance_memory_high_water_bytes{tenant="fast",plugin="pb",pipeline="b"}"#,
         r#"jetplug_tenant_throttled_seconds_total{tenant="slow",plugin="pa",pipeline="a"}"#,
+        r#"jetplug_tenant_quota{tenant="slow",quota="max_messages_per_second"} 50"#,
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
