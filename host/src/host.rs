@@ -120,6 +120,23 @@ pub async fn run(
     on_start: impl FnOnce(HostHandle),
 ) -> Result<(), HostError> {
     let runtime = Arc::new(Runtime::new(config.engine.settings())?);
+    // Tenants' CPU shares, when any tenant sets one (the others get 1).
+    if config
+        .tenants
+        .values()
+        .any(|t| t.limits.cpu_share.is_some())
+    {
+        let shares = config
+            .tenants
+            .iter()
+            .map(|(n, t)| (n.clone(), t.limits.cpu_share.unwrap_or(1)))
+            .collect();
+        if let Some(s) =
+            crate::engine::share::Shares::new(&shares, config.engine.settings().epoch_tick)
+        {
+            runtime.set_shares(s);
+        }
+    }
     let backends = Backends::with_databases(&config.databases)?;
     let loaded = load_plugins(&config, &runtime, &backends).await?;
     let plugins: BTreeMap<String, Arc<PluginSlot>> = loaded
@@ -231,6 +248,7 @@ pub async fn run(
         for (quota, value) in [
             ("max_messages_per_second", t.limits.max_messages_per_second),
             ("max_concurrent_batches", t.limits.max_concurrent_batches),
+            ("cpu_share", t.limits.cpu_share),
         ] {
             if let Some(v) = value {
                 metrics

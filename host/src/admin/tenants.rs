@@ -76,6 +76,7 @@ pub(super) async fn tenants(State(s): State<Arc<AdminState>>) -> axum::Json<Valu
                 "quotas": {
                     "max_messages_per_second": limits.and_then(|l| l.max_messages_per_second),
                     "max_concurrent_batches": limits.and_then(|l| l.max_concurrent_batches),
+                    "cpu_share": limits.and_then(|l| l.cpu_share),
                     "memory": limits.and_then(|l| l.memory).map(|m| m.0),
                     "deadline_ms": limits.and_then(|l| l.deadline).map(|d| d.0.as_millis() as u64),
                 },

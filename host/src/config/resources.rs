@@ -87,4 +87,7 @@ pub struct TenantLimits {
     pub max_concurrent_batches: Option<u32>,
     /// Messages a second its pipelines may pull, together (default: no limit).
     pub max_messages_per_second: Option<u32>,
+    /// Its weight when tenants compete for CPU (default 1 once any tenant
+    /// sets one; without any, CPU is not arbitrated by tenant).
+    pub cpu_share: Option<u32>,
 }

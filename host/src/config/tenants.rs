@@ -22,6 +22,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         for (k, v) in [
             ("max_messages_per_second", t.limits.max_messages_per_second),
             ("max_concurrent_batches", t.limits.max_concurrent_batches),
+            ("cpu_share", t.limits.cpu_share),
         ] {
             if v == Some(0) {
                 return Err(invalid(

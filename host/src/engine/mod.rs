@@ -13,6 +13,7 @@
 pub mod activity;
 pub mod cache;
 pub mod lane;
+pub mod share;
 pub mod ticker;
 
 use std::path::PathBuf;
@@ -76,6 +77,8 @@ pub struct Runtime {
     cache: Option<ComponentCache>,
     lane: SlowLane,
     activity: Activity,
+    /// Per-tenant CPU shares, once the configuration sets any.
+    shares: std::sync::OnceLock<share::Shares>,
     _ticker: EpochTicker,
 }
 
@@ -115,6 +118,7 @@ impl Runtime {
             cache,
             lane,
             activity: Activity::default(),
+            shares: std::sync::OnceLock::new(),
             _ticker: ticker,
         })
     }
@@ -139,6 +143,16 @@ impl Runtime {
     /// all plugins of this engine (long calls are paced only while busy).
     pub fn activity(&self) -> &Activity {
         &self.activity
+    }
+
+    /// Sets the tenants' CPU shares (`limits.cpu_share`); the first call wins.
+    pub fn set_shares(&self, shares: share::Shares) {
+        let _ = self.shares.set(shares);
+    }
+
+    /// The tenants' CPU shares, if any tenant has one.
+    pub fn shares(&self) -> Option<&share::Shares> {
+        self.shares.get()
     }
 }
 

@@ -384,6 +384,8 @@ async fn instantiate(plugin: &Arc<Plugin>, meter: &Arc<CallMeter>) -> Result<Liv
     let activity = plugin.runtime.activity().clone();
     let meter = meter.clone();
     let deadline = plugin.spec.limits.deadline;
+    let runtime = plugin.runtime.clone();
+    let tenant = plugin.spec.tenant.clone();
     store.epoch_deadline_callback(move |mut s| {
         let seen = meter.tick();
         let out_of_time = s
@@ -401,6 +403,14 @@ async fn instantiate(plugin: &Arc<Plugin>, meter: &Arc<CallMeter>) -> Result<Liv
             failed: failed.load(Ordering::Relaxed),
             busy: activity.busy(meter.caller()),
         });
+        // Tenants competing for CPU: one ahead of its share sits out a tick.
+        let share_pause = runtime
+            .shares()
+            .map_or(0, |sh| sh.at_tick(&tenant, std::time::Instant::now()));
+        let pace = match pace {
+            Pace::Continue if share_pause > 0 => Pace::Pause(share_pause),
+            other => other,
+        };
         Ok(match pace {
             Pace::Stop => UpdateDeadline::Interrupt,
             Pace::Pause(n) => {

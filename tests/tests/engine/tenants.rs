@@ -6,6 +6,19 @@
 use super::rig::*;
 
 fn two_tenants(dir: &Path, url: &str, admin: &str) -> anyhow::Result<Config> {
+    two_tenants_with(dir, url, admin, "max_messages_per_second = 50", "", "")
+}
+
+/// Tenants `slow` (events.a.>, pipeline `a`) and `fast` (events.b.>,
+/// pipeline `b`) with these `limits` and pipeline lines.
+fn two_tenants_with(
+    dir: &Path,
+    url: &str,
+    admin: &str,
+    slow_limits: &str,
+    fast_limits: &str,
+    pipeline: &str,
+) -> anyhow::Result<Config> {
     let text = format!(
         r#"
 [nats]
@@ -27,10 +40,11 @@ subjects = ["dlq.>"]
 
 [tenant.slow]
 consume = ["events.a.>"]
-limits = {{ max_messages_per_second = 50 }}
+limits = {{ {slow_limits} }}
 
 [tenant.fast]
 consume = ["events.b.>"]
+limits = {{ {fast_limits} }}
 
 [plugin.pa]
 path = "{plugin}"
@@ -46,6 +60,7 @@ streams = ["EVENTS"]
 filter_subjects = ["events.a.>"]
 plugin = "pa"
 batch_max_wait = "20ms"
+{pipeline}
 
 [[pipeline]]
 name = "b"
@@ -53,6 +68,7 @@ streams = ["EVENTS"]
 filter_subjects = ["events.b.>"]
 plugin = "pb"
 batch_max_wait = "20ms"
+{pipeline}
 "#,
         cache = dir.join("cache").display(),
         plugin = plugins::TEST_NOOP,
@@ -180,5 +196,42 @@ async fn capability_calls_and_errors_are_counted() -> anyhow::Result<()> {
         )),
         "the missing bucket is an error: {metrics}"
     );
+    host.stop().await
+}
+
+/// `limits.cpu_share`: two tenants computing at once get CPU in proportion
+/// to their shares (1 and 3), read from the per-tenant CPU metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_tenants_get_cpu_by_their_shares() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let admin = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
+    let config = two_tenants_with(
+        dir.path(),
+        &nats.url(),
+        &admin,
+        "cpu_share = 1",
+        "cpu_share = 3",
+        "batch = 1\nconcurrency = 1",
+    )?;
+    let mut host = start(config);
+    let h = tokio::time::timeout(WAIT, &mut host.handle).await??;
+    let (a, b) = (h.stats["a"].clone(), h.stats["b"].clone());
+    let js = js(&nats).await?;
+    let work: Vec<&str> = vec!["spin:40"; 400];
+    publish(&js, "events.a.x", &work).await?;
+    publish(&js, "events.b.x", &work).await?;
+    // Both compute for a while, side by side.
+    eventually(WAIT, "both tenants computing", || async {
+        Ok(b.cpu_seconds.get() > 2.0 && a.cpu_seconds.get() > 0.2)
+    })
+    .await?;
+    let (cpu_a, cpu_b) = (a.cpu_seconds.get(), b.cpu_seconds.get());
+    assert!(
+        cpu_b >= 1.8 * cpu_a,
+        "share 3 against share 1: b used {cpu_b:.2} s, a {cpu_a:.2} s"
+    );
+    let (_, body) = jetplug_tests::http_get(&admin, "/v1/tenants").await?;
+    assert!(body.contains(r#""cpu_share":3"#), "{body}");
     host.stop().await
 }
