@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::bench::{cluster, dispatch, env::Env, indexer, languages, throughput};
+use crate::bench::{cluster, dispatch, env::Env, indexer, languages, tenants, throughput};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,6 +16,9 @@ pub struct Args {
     #[command(flatten)]
     common: Common,
 }
+
+/// `max_messages_per_second` of the flooding tenant in `bench tenants`.
+const TENANT_QUOTA: u32 = 200;
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
@@ -33,6 +36,9 @@ enum What {
     /// On a 3-node cluster (--cluster): native vs jetplug on an R3 stream,
     /// one host vs two.
     Cluster,
+    /// Tenant isolation: a tenant's msg/s alone and beside a tenant flooding
+    /// at 10× its quota with a CPU-heavy plugin.
+    Tenants,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,7 +172,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let needs_nats = all || matches!(what, What::Throughput | What::Indexer | What::Languages);
+    let needs_nats = all
+        || matches!(
+            what,
+            What::Throughput | What::Indexer | What::Languages | What::Tenants
+        );
     let env = if needs_nats {
         Some(Env::new(&c.nats, &c.plugins).await?)
     } else {
@@ -326,6 +336,41 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None,
             ));
         }
+    }
+
+    if let Some(env) = &env
+        && (all || matches!(what, What::Tenants))
+    {
+        let r = tenants::run(
+            env,
+            tenants::Settings {
+                count: c.count,
+                batch: c.batch,
+                concurrency: c.concurrency,
+                quota: TENANT_QUOTA,
+                repeat: c.repeat,
+            },
+        )
+        .await?;
+        rows.push(row(
+            "tenant alone (no-op plugin)",
+            format!("{:.0} msg/s", r.alone_per_sec),
+            "",
+            None,
+        ));
+        let ratio = r.beside_per_sec / r.alone_per_sec.max(1e-9);
+        rows.push(row(
+            "tenant beside one flooding at 10× its quota, CPU-heavy",
+            format!("{:.0} msg/s = {ratio:.2} of alone", r.beside_per_sec),
+            "≥ 0.90 of alone",
+            Some(ratio >= 0.9),
+        ));
+        rows.push(row(
+            "flooding tenant held to its quota (past its 1 s burst)",
+            format!("{:.0} msg/s (quota {})", r.flood_per_sec, r.quota),
+            "≤ quota",
+            Some(r.flood_per_sec <= f64::from(r.quota) * 1.1),
+        ));
     }
 
     if all || matches!(what, What::Cluster) {

@@ -1,0 +1,145 @@
+//! Tenant isolation: tenant B's throughput (no-op plugin) alone, then
+//! beside tenant A flooding at 10× its `max_messages_per_second` with a
+//! CPU-heavy plugin; the ratio B beside / B alone, and A's achieved rate
+//! against its quota. Both tenants have `cpu_share = 1`.
+
+use std::time::Duration;
+
+use super::env::{self, Env};
+
+/// Settings for [`run`].
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Messages for tenant B per run.
+    pub count: u64,
+    pub batch: u32,
+    pub concurrency: u32,
+    /// Tenant A's `max_messages_per_second`.
+    pub quota: u32,
+    /// Runs of each measurement; medians are reported.
+    pub repeat: u32,
+}
+
+/// What [`run`] measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub alone_per_sec: f64,
+    pub beside_per_sec: f64,
+    /// Tenant A's messages per second while B ran beside it, past the one
+    /// second's burst its token bucket starts with.
+    pub flood_per_sec: f64,
+    pub quota: u32,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+fn body(env: &Env, s: &Settings, with_a: bool) -> String {
+    let mut text = format!(
+        r#"
+[[stream]]
+name = "BENCH_T"
+subjects = ["bench_t.>"]
+
+[tenant.b]
+consume = ["bench_t.b.>"]
+limits = {{ cpu_share = 1 }}
+
+[tenant.a]
+consume = ["bench_t.a.>"]
+limits = {{ max_messages_per_second = {quota}, cpu_share = 1 }}
+
+[plugin.noop]
+path = "{noop}"
+tenant = "b"
+
+[[pipeline]]
+name = "b"
+streams = ["BENCH_T"]
+filter_subjects = ["bench_t.b.>"]
+plugin = "noop"
+batch = {batch}
+batch_max_wait = "5ms"
+concurrency = {concurrency}
+"#,
+        quota = s.quota,
+        noop = env.plugin("test_noop.wasm").display(),
+        batch = s.batch,
+        concurrency = s.concurrency,
+    );
+    if with_a {
+        text.push_str(&format!(
+            r#"
+[plugin.heavy]
+path = "{noop}"
+tenant = "a"
+
+[[pipeline]]
+name = "a"
+streams = ["BENCH_T"]
+filter_subjects = ["bench_t.a.>"]
+plugin = "heavy"
+batch = 10
+concurrency = {concurrency}
+"#,
+            noop = env.plugin("test_noop.wasm").display(),
+            concurrency = s.concurrency,
+        ));
+    }
+    text
+}
+
+pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
+    let (mut alone, mut beside, mut flood) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..s.repeat.max(1) {
+        for with_a in [false, true] {
+            let name = if with_a {
+                "tenants-beside"
+            } else {
+                "tenants-alone"
+            };
+            let (path, config) = env.config(name, "cache", &body(env, &s, with_a))?;
+            env.fresh_streams(&config).await?;
+            let hidden = indicatif::ProgressBar::hidden();
+            // B first: its messages are stream sequences 1..=count, which
+            // is what its consumer's ack floor is compared with.
+            env.publish("bench_t.b.x", s.count, |_| vec![b'x'; 256], &hidden)
+                .await?;
+            if with_a {
+                // Ten times what the quota lets through while B runs.
+                let flood_n = u64::from(s.quota) * 10 * 30;
+                env.publish("bench_t.a.x", flood_n, |_| b"spin:2".to_vec(), &hidden)
+                    .await?;
+            }
+            let bar = env::bar(s.count, &format!("tenant b {name} ({})", round + 1));
+            let host = env.spawn_host(&path, &format!("{name}.log"))?;
+            let run = env::wait_acked(
+                &env.js,
+                "BENCH_T",
+                "jetplug-b-BENCH_T",
+                s.count,
+                TIMEOUT,
+                &bar,
+            )
+            .await?;
+            bar.finish_and_clear();
+            if with_a {
+                let took = run.done.duration_since(host.started).as_secs_f64();
+                let done_a =
+                    env::scrape_sum(&config, "jetplug_messages_total", &["pipeline=\"a\""]).await?;
+                // Past the bucket's first second's worth (its burst).
+                let past_burst = (done_a - f64::from(s.quota)).max(0.0);
+                flood.push(past_burst / took.max(1e-3));
+                beside.push(run.rate(s.count));
+            } else {
+                alone.push(run.rate(s.count));
+            }
+            host.stop()?;
+        }
+    }
+    Ok(Report {
+        alone_per_sec: super::median(alone),
+        beside_per_sec: super::median(beside),
+        flood_per_sec: super::median(flood),
+        quota: s.quota,
+    })
+}
