@@ -105,8 +105,9 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
             env.publish("bench_t.b.x", s.count, |_| vec![b'x'; 256], &hidden)
                 .await?;
             if with_a {
-                // Ten times what the quota lets through while B runs.
-                let flood_n = u64::from(s.quota) * 10 * 30;
+                // A backlog as large as B's: far more than the quota lets
+                // through while B runs (at least 10× its rate).
+                let flood_n = s.count.max(u64::from(s.quota) * 10);
                 env.publish("bench_t.a.x", flood_n, |_| b"spin:2".to_vec(), &hidden)
                     .await?;
             }
