@@ -109,8 +109,8 @@ async fn a_slow_key_does_not_stall_the_other_keys() -> anyhow::Result<()> {
     let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, extra)?);
     let stats = host.stats().await?;
     let js = js(&nats).await?;
-    // Key `slow`: 10 messages of 300 ms each (3 s in all, one at a time).
-    let slow: Vec<String> = (0..10).map(|_| "sleep:300".to_owned()).collect();
+    // Key `slow`: 10 messages of 500 ms each (5 s in all, one at a time).
+    let slow: Vec<String> = (0..10).map(|_| "sleep:500".to_owned()).collect();
     let slow: Vec<&str> = slow.iter().map(String::as_str).collect();
     publish(&js, "events.slow.x", &slow).await?;
     // Ten other keys, 20 quick messages each, in order per key.
