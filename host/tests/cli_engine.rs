@@ -285,18 +285,18 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
         Ok(http_get(&addr, "/metrics")
             .await?
             .1
-            .contains(r#"jetplug_messages_total{pipeline="main",outcome="ack"} 3"#))
+            .contains(r#"jetplug_messages_total{tenant="default",plugin="noop",pipeline="main",outcome="ack"} 3"#))
     })
     .await?;
     let (_, m) = http_get(&addr, "/metrics").await?;
     let hash = jetplug::engine::cache::content_hash(&std::fs::read(plugins::TEST_NOOP)?);
     for want in [
-        r#"jetplug_dead_letters_total{pipeline="main",reason="term"} 1"#.to_owned(),
-        r#"jetplug_messages_total{pipeline="main",outcome="dead_letter"} 1"#.to_owned(),
-        r#"jetplug_breaker_state{pipeline="main"} 0"#.to_owned(),
+        r#"jetplug_dead_letters_total{tenant="default",plugin="noop",pipeline="main",reason="term"} 1"#.to_owned(),
+        r#"jetplug_messages_total{tenant="default",plugin="noop",pipeline="main",outcome="dead_letter"} 1"#.to_owned(),
+        r#"jetplug_breaker_state{tenant="default",plugin="noop",pipeline="main"} 0"#.to_owned(),
         format!(r#"jetplug_plugin_info{{plugin="noop",tenant="default",hash="{hash}"}} 1"#),
-        r#"jetplug_batch_duration_seconds_count{pipeline="main"}"#.to_owned(),
-        r#"jetplug_plugin_paused_seconds_total{pipeline="main"}"#.to_owned(),
+        r#"jetplug_batch_duration_seconds_count{tenant="default",plugin="noop",pipeline="main"}"#.to_owned(),
+        r#"jetplug_plugin_paused_seconds_total{tenant="default",plugin="noop",pipeline="main"}"#.to_owned(),
     ] {
         assert!(m.contains(&want), "missing {want} in\n{m}");
     }

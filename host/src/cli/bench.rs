@@ -366,7 +366,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(ratio >= 0.9),
         ));
         rows.push(row(
-            "flooding tenant held to its quota (past its 1 s burst)",
+            "flooding tenant held to its quota (sustained)",
             format!("{:.0} msg/s (quota {})", r.flood_per_sec, r.quota),
             "≤ quota",
             Some(r.flood_per_sec <= f64::from(r.quota) * 1.1),

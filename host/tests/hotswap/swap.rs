@@ -108,7 +108,7 @@ async fn swap_under_load(new: &str, new_reason: &str) -> anyhow::Result<()> {
         "published after the swap, handled by v1: {late_v1:?}"
     );
 
-    let dead = r#"jetplug_messages_total{pipeline="main",outcome="dead_letter"}"#;
+    let dead = r#"jetplug_messages_total{tenant="default",plugin="p",pipeline="main",outcome="dead_letter"}"#;
     assert_eq!(metric(&admin, dead).await?, n, "settled exactly once each");
     assert_eq!(
         metric(
