@@ -85,6 +85,9 @@ fn positive_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Attempts at creating the DLQ reader before giving up.
+const READER_ATTEMPTS: u32 = 5;
+
 /// How long to wait for the next dead letter before taking the DLQ as read.
 const READ_IDLE: Duration = Duration::from_secs(2);
 
@@ -168,7 +171,8 @@ impl Dlq {
             .get_stream(name)
             .await
             .with_context(|| format!("stream `{name}`"))?;
-        if stream.info().await?.state.messages == 0 {
+        let stored = stream.info().await?.state.messages;
+        if stored == 0 {
             return Ok(Dlq {
                 name: name.into(),
                 stream,
@@ -177,23 +181,43 @@ impl Dlq {
                 done: true,
             });
         }
-        let mut consumer = stream
-            .create_consumer(consumer::pull::Config {
-                ack_policy: consumer::AckPolicy::None,
-                filter_subject: filter.unwrap_or_default().to_owned(),
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .context("creating a reader on the DLQ")?;
+        // A light reader (one replica, in memory), retried for a while: on
+        // a cluster the stream may be between leaders.
+        let reader = consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            filter_subject: filter.unwrap_or_default().to_owned(),
+            inactive_threshold: Duration::from_secs(30),
+            num_replicas: 1,
+            memory_storage: true,
+            ..Default::default()
+        };
+        let mut attempt = 0;
+        let mut consumer = loop {
+            attempt += 1;
+            match stream.create_consumer(reader.clone()).await {
+                Ok(c) => break c,
+                Err(e) if attempt < READER_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "creating a DLQ reader failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context(format!(
+                        "creating a reader on the DLQ ({READER_ATTEMPTS} attempts)"
+                    )));
+                }
+            }
+        };
+        // A new consumer on a cluster may not know its pending count yet:
+        // then the stream's count bounds the progress bar, and reading goes
+        // on until the last message says nothing is left (or none comes).
         let pending = consumer.info().await?.num_pending;
         let messages = consumer.stream().messages().await?;
         Ok(Dlq {
             name: name.into(),
             stream,
             messages: Some(messages),
-            total: (pending > 0).then_some(pending),
-            done: pending == 0,
+            total: Some(if pending > 0 { pending } else { stored }),
+            done: false,
         })
     }
 

@@ -61,8 +61,7 @@ async fn settle(js: &async_nats::jetstream::Context, p: Pending) -> anyhow::Resu
         // "No responders" is either a mistake (no stream captures the
         // subject: say so at once) or a stream between two leaders (retry).
         if error.kind() == PublishErrorKind::StreamNotFound
-            && js.stream_by_subject(subject.as_str()).await.is_err()
-            && js.query_account().await.is_ok()
+            && no_stream_captures(js, subject.as_str()).await
         {
             anyhow::bail!("no stream captures `{subject}`: declare one in [[stream]]");
         }
@@ -172,4 +171,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the server says, for sure, that no stream captures `subject`
+/// (not merely that it could not answer, as while a leader is elected).
+async fn no_stream_captures(js: &async_nats::jetstream::Context, subject: &str) -> bool {
+    use async_nats::jetstream::context::GetStreamByNameErrorKind;
+    matches!(
+        js.stream_by_subject(subject).await.map_err(|e| e.kind()),
+        Err(GetStreamByNameErrorKind::NotFound)
+    )
 }
