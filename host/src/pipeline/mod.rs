@@ -226,6 +226,16 @@ pub struct Pipeline {
     pub keepalive: Arc<keepalive::KeepAlive>,
 }
 
+/// Hands messages the host holds but will not run back to JetStream (a
+/// NAK with `delay`), so this or another host takes them soon.
+pub(crate) async fn hand_back(msgs: &[jetstream::Message], delay: Duration) {
+    for m in msgs {
+        let _ = m
+            .ack_with(async_nats::jetstream::AckKind::Nak(Some(delay)))
+            .await;
+    }
+}
+
 /// Where pulled messages go: the workers' shared channel, or the queue by
 /// key of an ordered pipeline.
 enum Out {

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use async_nats::{Client, StatusCode, Subject, Subscriber};
 use futures::{FutureExt, StreamExt};
 
@@ -277,11 +277,7 @@ impl Puller {
     pub async fn release(mut self) {
         self.take_in_ready();
         for (msgs, _guard) in self.buffered.drain(..) {
-            for m in msgs {
-                let _ = m
-                    .ack_with(AckKind::Nak(Some(Duration::from_millis(100))))
-                    .await;
-            }
+            super::hand_back(&msgs, Duration::from_millis(100)).await;
         }
     }
 }

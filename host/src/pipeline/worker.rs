@@ -173,9 +173,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
 
 /// Shutting down while holding messages: hand them back soon.
 async fn hand_back(delivered: &[jetstream::Message]) {
-    for m in delivered {
-        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-    }
+    super::hand_back(delivered, Duration::from_secs(1)).await;
 }
 
 /// Settles the messages the plugin acked or terminated while a downstream
