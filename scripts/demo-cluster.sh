@@ -62,9 +62,8 @@ say "starting two hosts (logs: .local/demo-cluster/host-a.log, host-b.log)"
 host_pids+=($!)
 "$jetplug" run --config "$demo/host-b.toml" >"$demo/host-b.log" 2>&1 &
 host_pids+=($!)
-for log in host-a host-b; do
-  for _ in $(seq 200); do [ "$(grep -c consuming "$demo/$log.log" || true)" -ge 6 ] && break; sleep 0.1; done
-done
+wait_consuming "${host_pids[0]}" "$demo/host-a.log" 6
+wait_consuming "${host_pids[1]}" "$demo/host-b.log" 6
 
 leader_of() {  # the node leading stream $1, from the monitoring endpoints
   local port

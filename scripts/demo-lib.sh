@@ -11,6 +11,13 @@ service_pids=()  # nats-server processes this script started: SIGTERM
 pg_started=0
 
 cleanup() {
+  local status=$?
+  # A failed demo shows the end of each host's log (CI keeps only the output).
+  if [ "$status" -ne 0 ]; then
+    for log in "$demo"/host*.log; do
+      [ -f "$log" ] && { echo "== the end of ${log#"$root"/}" >&2; tail -30 "$log" >&2; }
+    done
+  fi
   for pid in "${host_pids[@]}"; do
     if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; wait "$pid" || true; fi
   done
@@ -18,6 +25,25 @@ cleanup() {
   if [ "$pg_started" -eq 1 ]; then
     kill -INT "$(head -1 "$demo/pg/data/postmaster.pid" 2>/dev/null)" 2>/dev/null || true
   fi
+}
+
+# Waits until host $1 (a pid) logs `consuming` for $3 consumers in log $2.
+# A host that exits or is not consuming within 3 minutes (a fresh machine
+# compiles the plugins first) fails the demo with the end of its log.
+wait_consuming() {
+  local pid=$1 log=$2 want=$3
+  for _ in $(seq 1800); do
+    [ "$(grep -c consuming "$log" || true)" -ge "$want" ] && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "error: the host exited before consuming; the end of ${log#"$root"/}:" >&2
+      tail -40 "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "error: the host is not consuming after 3 minutes; the end of ${log#"$root"/}:" >&2
+  tail -40 "$log" >&2
+  exit 1
 }
 
 sql() { psql -h 127.0.0.1 -p 54321 -U postgres -Atc "$1" 2>/dev/null; }

@@ -37,7 +37,7 @@ say "jetplug check"
 say "starting the host (log: .local/demo/host.log)"
 "$jetplug" run --config "$config" >"$demo/host.log" 2>&1 &
 host_pids+=($!)
-for _ in $(seq 100); do [ "$(grep -c consuming "$demo/host.log" || true)" -ge 6 ] && break; sleep 0.1; done
+wait_consuming "${host_pids[0]}" "$demo/host.log" 6
 
 say "publishing $count sample events (every ${every}th malformed)"
 "$jetplug" publish --config "$config" --count "$count" --malformed-every "$every"
