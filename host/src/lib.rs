@@ -28,6 +28,7 @@ pub mod replay;
 pub mod scaffold;
 pub mod settle;
 pub mod subject;
+pub mod telemetry;
 pub mod units;
 pub mod wit;
 

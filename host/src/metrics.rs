@@ -84,6 +84,11 @@ impl Metrics {
             }};
         }
         reg!(
+            "trace_spans",
+            "Spans for trace export, by outcome (exported, dropped: the queue was full, failed: the collector refused or did not answer)",
+            crate::telemetry::SPANS.clone(),
+        );
+        reg!(
             "messages",
             "Messages settled, by tenant, plugin, pipeline and outcome (ack, retry, dead_letter, skipped)",
             m.messages.clone(),

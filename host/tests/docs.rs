@@ -243,6 +243,7 @@ fn every_config_key_is_documented() -> TestResult {
         "[host]",
         "[admin]",
         "[engine]",
+        "[telemetry]",
         "[[stream]]",
         "[plugin.p]",
         "[plugin.p.grants]",

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
 use wasmtime::component::{HasData, Linker};
 
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
@@ -62,7 +63,7 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 
 impl kv::Host for KvState {
     async fn get(&mut self, bucket: String, key: String) -> Result<Option<Entry>, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self.downstream.call(Capability::Kv, "get", &bucket);
         let r: Result<Option<Entry>, CapabilityError> = async move {
             self.check(&bucket)?;
             let store = self.backends.bucket(&bucket).await?;
@@ -74,8 +75,9 @@ impl kv::Host for KvState {
                 _ => Ok(None),
             }
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Kv, r)
+        call.end(r)
     }
 
     async fn put(
@@ -84,25 +86,27 @@ impl kv::Host for KvState {
         key: String,
         value: Vec<u8>,
     ) -> Result<u64, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self.downstream.call(Capability::Kv, "put", &bucket);
         let r: Result<u64, CapabilityError> = async move {
             self.check(&bucket)?;
             let store = self.backends.bucket(&bucket).await?;
             store.put(key, value.into()).await.map_err(unavailable)
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Kv, r)
+        call.end(r)
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> Result<(), CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self.downstream.call(Capability::Kv, "delete", &bucket);
         let r: Result<(), CapabilityError> = async move {
             self.check(&bucket)?;
             let store = self.backends.bucket(&bucket).await?;
             store.delete(key).await.map_err(unavailable)
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Kv, r)
+        call.end(r)
     }
 
     async fn compare_and_set(
@@ -112,7 +116,9 @@ impl kv::Host for KvState {
         value: Vec<u8>,
         expected: Option<u64>,
     ) -> Result<u64, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self
+            .downstream
+            .call(Capability::Kv, "compare_and_set", &bucket);
         let r: Result<u64, CapabilityError> = async move {
             self.check(&bucket)?;
             let store = self.backends.bucket(&bucket).await?;
@@ -139,8 +145,9 @@ impl kv::Host for KvState {
                 }
             }
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Kv, r)
+        call.end(r)
     }
 }
 

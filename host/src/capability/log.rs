@@ -73,6 +73,8 @@ pub struct LogState {
     /// Log calls in the current `handle` call, and the most allowed.
     calls: u32,
     max_calls: u32,
+    /// The running call's span: each line is also an event on it.
+    trace: crate::telemetry::CallTrace,
 }
 
 /// The trap raised when one call logs more lines than `log_lines_per_batch`.
@@ -85,8 +87,15 @@ pub struct LogFlood {
 impl LogState {
     /// Lines come out of `budget`; more than `per_batch` calls in one
     /// `handle` trap with [`LogFlood`].
-    pub fn new(plugin: &str, tenant: &str, budget: Arc<LogBudget>, per_batch: u32) -> Self {
+    pub fn new(
+        plugin: &str,
+        tenant: &str,
+        budget: Arc<LogBudget>,
+        per_batch: u32,
+        trace: crate::telemetry::CallTrace,
+    ) -> Self {
         LogState {
+            trace,
             plugin: plugin.to_owned(),
             tenant: tenant.to_owned(),
             budget,
@@ -153,6 +162,7 @@ impl log::Host for LogState {
             message.push('…');
         }
         let (plugin, tenant) = (&self.plugin, &self.tenant);
+        self.trace.log(level_name(level), &message);
         match level {
             Level::Trace => tracing::trace!(target: "plugin", plugin, tenant, "{message}"),
             Level::Debug => tracing::debug!(target: "plugin", plugin, tenant, "{message}"),
@@ -161,6 +171,16 @@ impl log::Host for LogState {
             Level::Error => tracing::error!(target: "plugin", plugin, tenant, "{message}"),
         }
         Ok(())
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
     }
 }
 
@@ -219,14 +239,14 @@ mod tests {
                 .finish(),
         );
         let budget = LogBudget::new(5);
-        let mut state = LogState::new("p", "t", budget.clone(), 100);
+        let mut state = LogState::new("p", "t", budget.clone(), 100, Default::default());
         for i in 0..50 {
             state.log(Level::Info, format!("line {i}"))?;
         }
         assert!(state.dropped() >= 44, "dropped {}", state.dropped());
         // A fresh instance of the same plugin (after a crash) shares the
         // budget: it gets no new burst.
-        let mut fresh = LogState::new("p", "t", budget, 100);
+        let mut fresh = LogState::new("p", "t", budget, 100, Default::default());
         let before = fresh.dropped();
         for i in 0..5 {
             fresh.log(Level::Info, format!("again {i}"))?;
@@ -237,7 +257,7 @@ mod tests {
 
     #[test]
     fn too_many_lines_in_one_call_trap_as_a_flood() -> wasmtime::Result<()> {
-        let mut state = LogState::new("p", "t", LogBudget::new(5), 10);
+        let mut state = LogState::new("p", "t", LogBudget::new(5), 10, Default::default());
         for i in 0..10 {
             state.log(Level::Debug, format!("line {i}"))?;
         }

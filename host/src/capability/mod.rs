@@ -86,6 +86,8 @@ pub struct Downstream(std::sync::Arc<Counts>);
 
 #[derive(Debug, Default)]
 struct Counts {
+    /// The span the running call's capability calls hang under.
+    trace: crate::telemetry::CallTrace,
     unavailable: AtomicU32,
     calls: [AtomicU64; 4],
     errors: [[AtomicU64; 5]; 4],
@@ -120,6 +122,21 @@ pub struct Usage {
 }
 
 impl Downstream {
+    /// The running call's trace (set by the instance around each call).
+    pub fn trace(&self) -> &crate::telemetry::CallTrace {
+        &self.0.trace
+    }
+
+    /// Starts one capability call: its span (a child of the plugin call's
+    /// span; nothing with export off) and, at [`CapCall::end`], its count.
+    pub fn call(&self, cap: Capability, op: &'static str, target: &str) -> CapCall {
+        CapCall {
+            span: self.0.trace.capability(cap.name(), op, target),
+            downstream: self.clone(),
+            cap,
+        }
+    }
+
     /// Passes `r` through, counting the call and its error, if any.
     pub fn track<T>(
         &self,
@@ -152,6 +169,32 @@ impl Downstream {
             }
         }
         u
+    }
+}
+
+/// One capability call in progress (see [`Downstream::call`]).
+#[derive(Debug)]
+pub struct CapCall {
+    downstream: Downstream,
+    span: tracing::Span,
+    cap: Capability,
+}
+
+impl CapCall {
+    /// The call's span: instrument the call's future with it.
+    pub fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    /// Counts the call's outcome (and marks its span failed on error).
+    pub fn end<T>(
+        self,
+        r: Result<T, crate::bindings::CapabilityError>,
+    ) -> Result<T, crate::bindings::CapabilityError> {
+        if let Err(e) = &r {
+            crate::telemetry::context::fail(&self.span, &format_args!("{e:?}"));
+        }
+        self.downstream.track(self.cap, r)
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 
+use tracing::Instrument;
 use wasmtime::component::{HasData, Linker};
 
 use super::{Backends, Capability, Downstream, Grants, denied};
@@ -65,7 +66,10 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 
 impl publish::Host for PublishState {
     async fn publish(&mut self, msg: Outgoing) -> Result<Receipt, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self
+            .downstream
+            .call(Capability::Publish, "publish", &msg.subject);
+        let span = call.span();
         let r: Result<Receipt, CapabilityError> = async move {
             self.check(&msg)?;
             let js = self.backends.js()?;
@@ -81,6 +85,7 @@ impl publish::Host for PublishState {
             if let Some(id) = &msg.message_id {
                 headers.insert("Nats-Msg-Id", id.as_str());
             }
+            crate::telemetry::context::inject(&span, &mut headers);
             let payload: bytes::Bytes = msg.payload.into();
             let mut delay = Duration::from_millis(50);
             let mut last = String::new();
@@ -117,8 +122,9 @@ impl publish::Host for PublishState {
                 msg.subject
             )))
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Publish, r)
+        call.end(r)
     }
 }
 

@@ -93,7 +93,29 @@ pub fn main() -> ExitCode {
         _ => "warn",
     };
     let json = cli.log_json || cli.log_format == LogFormat::Json;
-    init_tracing(cli.log.as_deref().unwrap_or(default_level), json);
+    // `run` reads its configuration first: its [telemetry] section decides
+    // whether spans are exported.
+    let mut config = None;
+    if let Command::Run(args) = &cli.command {
+        match run::load(args) {
+            Ok(c) => config = Some(c),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(EXIT_ERROR);
+            }
+        }
+    }
+    let telemetry = match init_tracing(
+        cli.log.as_deref().unwrap_or(default_level),
+        json,
+        config.as_ref().map(|c| &c.telemetry),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,7 +128,10 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => match config {
+                Some(config) => run::run(args, config).await,
+                None => Ok(ExitCode::from(EXIT_ERROR)),
+            },
             Command::Bench(args) => bench::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Streams(args) => streams::run(args).await,
@@ -120,6 +145,10 @@ pub fn main() -> ExitCode {
             Command::Wit(args) => wit::run(args).await,
         }
     });
+    drop(runtime);
+    if let Some(t) = telemetry {
+        t.shutdown(std::time::Duration::from_secs(5));
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -144,22 +173,45 @@ pub(crate) async fn connect_once(
     Ok(js)
 }
 
-fn init_tracing(filter: &str, json: bool) {
+/// Logs to stderr (filtered by `filter`), and spans to an OTLP collector
+/// when `telemetry` has an endpoint.
+fn init_tracing(
+    filter: &str,
+    json: bool,
+    telemetry: Option<&crate::config::TelemetryConfig>,
+) -> Result<Option<crate::telemetry::Telemetry>, crate::telemetry::TelemetryError> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("warning: invalid --log filter `{filter}` ({e}); using `warn`");
         tracing_subscriber::EnvFilter::new("warn")
     });
+    // The spans made for trace export stay out of the log lines.
+    let filter = match format!("{}=off", crate::telemetry::TARGET).parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     // Colour codes only for a person at a terminal, not in files or pipes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let fmt = if json {
+        fmt.json().boxed()
     } else {
-        builder.init();
-    }
+        fmt.boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    let (otel, telemetry) = match telemetry {
+        Some(config) => match crate::telemetry::layer(config)? {
+            Some((layer, t)) => (Some(layer), Some(t)),
+            None => (None, None),
+        },
+        None => (None, None),
+    };
+    registry.with(otel).init();
+    Ok(telemetry)
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).

@@ -17,8 +17,13 @@ pub struct Args {
     config: PathBuf,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+/// Reads and validates the configuration (before logging starts: its
+/// `[telemetry]` section is part of the logging setup).
+pub fn load(args: &Args) -> anyhow::Result<Config> {
+    Ok(Config::load(&args.config)?)
+}
+
+pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     host::run(config, shutdown, |_| {})

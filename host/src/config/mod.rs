@@ -9,6 +9,7 @@ mod pipeline;
 mod plugin;
 mod resources;
 mod stream;
+mod telemetry;
 mod tenants;
 mod units;
 mod validate;
@@ -26,6 +27,7 @@ pub use pipeline::{
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
 pub use resources::{BucketConfig, DatabaseConfig, TenantConfig, TenantLimits};
 pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};
+pub use telemetry::{OtlpProtocol, TelemetryConfig};
 pub use units::{Dur, Size};
 
 use crate::engine::EngineSettings;
@@ -42,6 +44,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     #[serde(default, rename = "stream")]
     pub streams: Vec<StreamConfig>,
     #[serde(default, rename = "plugin")]

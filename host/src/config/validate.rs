@@ -14,6 +14,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         reason,
     };
     nats(config).map_err(|(k, r)| invalid(k, r))?;
+    config.telemetry.check().map_err(|(k, r)| invalid(k, r))?;
     if config.engine.max_instances == 0 {
         return Err(invalid(
             "engine.max_instances".into(),

@@ -14,6 +14,7 @@ use crate::deadletter::{DeadLetter, addressed_to};
 use crate::jetstream::convert;
 use crate::plugin::PluginInstance;
 use crate::settle::{self, Action};
+use crate::telemetry::context::BatchTrace;
 
 /// Messages pulled together, handed to one worker; kept alive (+WPI) until
 /// the guard is dropped after settling.
@@ -80,6 +81,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     if msgs.is_empty() {
         return;
     }
+    let trace = BatchTrace::start(&p.cfg.name, &p.cfg.plugin, &msgs);
     let mut msgs: Arc<[Message]> = msgs.into();
     let mut _slot = None;
     let held_since = std::time::Instant::now();
@@ -99,7 +101,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         let started = std::time::Instant::now();
         // A hot swap takes effect here, between batches.
         instance.follow(&p.plugin);
-        let outcome = instance.handle(msgs.clone()).await;
+        let outcome = instance.handle_traced(msgs.clone(), trace.call()).await;
         p.stats.batch_took(started.elapsed());
         p.stats.paused(instance.last_call_paused());
         p.stats.used(instance.last_call_usage());
@@ -145,6 +147,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
             .map(|(d, m)| settle::for_decision(d, m.delivered, max, &p.backoff))
             .collect(),
         Err(e) => {
+            trace.failed(&e);
             p.stats.batch_failed(e.kind());
             tracing::warn!(pipeline = %p.cfg.name, plugin = %instance.plugin().name(), error = %e, kind = e.kind(),
                 messages = msgs.len(), "batch failed; retrying with backoff");
@@ -166,7 +169,8 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
             actions
         }
     };
-    for ((js_msg, msg), action) in delivered.iter().zip(msgs.iter()).zip(actions) {
+    for (i, ((js_msg, msg), action)) in delivered.iter().zip(msgs.iter()).zip(actions).enumerate() {
+        trace.decided(i, action.kind());
         settle_one(p, js_msg, msg, action).await;
     }
 }

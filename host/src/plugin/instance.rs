@@ -181,6 +181,16 @@ impl PluginInstance {
         &mut self,
         batch: impl Into<Arc<[Message]>>,
     ) -> Result<Vec<Decision>, BatchError> {
+        self.handle_traced(batch, None).await
+    }
+
+    /// [`handle`](Self::handle), with the plugin's capability calls and log
+    /// lines recorded under `trace` (see [`crate::telemetry`]).
+    pub async fn handle_traced(
+        &mut self,
+        batch: impl Into<Arc<[Message]>>,
+        trace: Option<tracing::Span>,
+    ) -> Result<Vec<Decision>, BatchError> {
         let plugin = self.plugin.clone();
         let fresh = self.live.is_none();
         let call = Call {
@@ -189,6 +199,7 @@ impl PluginInstance {
             batch: batch.into(),
             reuse: self.reuse,
             meter: self.meter.clone(),
+            trace,
         };
         // The epoch interrupts wasm code; this outer limit also bounds time
         // spent in host calls (a hung downstream). A fresh instance runs
@@ -229,6 +240,7 @@ struct Call {
     batch: Arc<[Message]>,
     reuse: bool,
     meter: Arc<CallMeter>,
+    trace: Option<tracing::Span>,
 }
 
 /// What a call leaves behind: the instance to reuse (none after a failure:
@@ -309,6 +321,7 @@ async fn run(call: Call) -> Done {
         batch,
         reuse,
         meter,
+        trace,
     } = call;
     let (mut live, instantiated) = match live {
         Some(live) => (live, false),
@@ -326,7 +339,14 @@ async fn run(call: Call) -> Done {
             }
         },
     };
+    let traced = trace.is_some();
+    if traced {
+        live.store.data().downstream.trace().set(trace);
+    }
     let result = call_handle(&plugin, &mut live, &batch).await;
+    if traced {
+        live.store.data().downstream.trace().set(None);
+    }
     let downstream = live.store.data().downstream.take();
     let usage = live.store.data().downstream.take_usage();
     let memory = live.store.data().limiter.used();

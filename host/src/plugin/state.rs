@@ -68,6 +68,7 @@ impl PluginState {
                 &spec.tenant,
                 log_budget,
                 spec.limits.log_lines_per_batch,
+                downstream.trace().clone(),
             ),
             publish: PublishState::new(grants.clone(), backends.clone(), downstream.clone()),
             sql: SqlState::new(grants.clone(), backends.clone(), downstream.clone()),

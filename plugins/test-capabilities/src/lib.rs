@@ -13,6 +13,8 @@
 //! - `kv-put|BUCKET|KEY|VALUE` → `ok:<revision>`; `kv-get|BUCKET|KEY` →
 //!   `ok:<value>:<revision>` or `none`; `kv-cas|BUCKET|KEY|VALUE|REV` (REV
 //!   `none` = must not exist) → `ok:<revision>`; `kv-del|BUCKET|KEY` → `ok`;
+//! - `all|DB|SUBJECT|BUCKET` → logs a line, `select 1`, publishes to
+//!   SUBJECT, puts `key` in BUCKET → `ok` (every capability in one call);
 //! - `ambient`: tries files, environment and sockets → `fs=.. env=.. net=..`;
 //! - anything else is logged and acked.
 
@@ -117,6 +119,13 @@ fn command(f: &[&str]) -> Result<String, Error> {
                 .map(|r| format!("ok:{r}"))
         }
         "kv-del" => kv::delete(arg(1), arg(2)).map(|()| "ok".into()),
+        "all" => {
+            log::log(log::Level::Info, "all: sql, publish, kv");
+            sql::execute(arg(1), "select 1", &[])?;
+            publish::publish(&outgoing(arg(2), None))?;
+            kv::put(arg(3), "key", b"v")?;
+            Ok("ok".into())
+        }
         other => Ok(format!("unknown command {other}")),
     }
 }

@@ -12,6 +12,7 @@ mod values;
 use std::sync::Arc;
 
 use deadpool_postgres::Object;
+use tracing::Instrument;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::{Backends, Capability, Downstream, Grants, denied};
@@ -180,13 +181,14 @@ impl sql::Host for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<u64, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self.downstream.call(Capability::Sql, "execute", &database);
         let r: Result<u64, CapabilityError> = async move {
             let client = self.client(&database).await?;
             execute_on(&client, &statement, &params).await
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Sql, r)
+        call.end(r)
     }
 
     async fn query(
@@ -195,13 +197,14 @@ impl sql::Host for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<Rows, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self.downstream.call(Capability::Sql, "query", &database);
         let r: Result<Rows, CapabilityError> = async move {
             let client = self.client(&database).await?;
             query_on(&client, &statement, &params).await
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Sql, r)
+        call.end(r)
     }
 
     async fn execute_batch(
@@ -210,7 +213,9 @@ impl sql::Host for SqlState {
         statement: String,
         param_rows: Vec<Vec<Value>>,
     ) -> Result<u64, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self
+            .downstream
+            .call(Capability::Sql, "execute_batch", &database);
         let r: Result<u64, CapabilityError> = async move {
             let client = self.client(&database).await?;
             let mut tx = Transaction {
@@ -230,12 +235,13 @@ impl sql::Host for SqlState {
             tx.client.take();
             Ok(total)
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Sql, r)
+        call.end(r)
     }
 
     async fn begin(&mut self, database: String) -> Result<Resource<Transaction>, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self.downstream.call(Capability::Sql, "begin", &database);
         let r: Result<Resource<Transaction>, CapabilityError> = async move {
             let client = self.client(&database).await?;
             client.batch_execute("BEGIN").await.map_err(pg_error)?;
@@ -246,8 +252,9 @@ impl sql::Host for SqlState {
                 })
                 .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Sql, r)
+        call.end(r)
     }
 }
 
@@ -258,14 +265,17 @@ impl sql::HostTransaction for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<u64, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self
+            .downstream
+            .call(Capability::Sql, "execute", "transaction");
         let r: Result<u64, CapabilityError> = async move {
             let tx = self.transaction(&tx)?;
             let client = open(tx)?;
             execute_on(client, &statement, &params).await
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Sql, r)
+        call.end(r)
     }
 
     async fn query(
@@ -274,18 +284,23 @@ impl sql::HostTransaction for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<Rows, CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self
+            .downstream
+            .call(Capability::Sql, "query", "transaction");
         let r: Result<Rows, CapabilityError> = async move {
             let tx = self.transaction(&tx)?;
             let client = open(tx)?;
             query_on(client, &statement, &params).await
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Sql, r)
+        call.end(r)
     }
 
     async fn commit(&mut self, tx: Resource<Transaction>) -> Result<(), CapabilityError> {
-        let downstream = self.downstream.clone();
+        let call = self
+            .downstream
+            .call(Capability::Sql, "commit", "transaction");
         let r: Result<(), CapabilityError> = async move {
             let mut tx = self
                 .table
@@ -296,8 +311,9 @@ impl sql::HostTransaction for SqlState {
             tx.client.take();
             Ok(())
         }
+        .instrument(call.span())
         .await;
-        downstream.track(Capability::Sql, r)
+        call.end(r)
     }
 
     async fn drop(&mut self, tx: Resource<Transaction>) -> wasmtime::Result<()> {
