@@ -167,12 +167,17 @@ pub async fn run(
             .map(|(n, t)| (n.clone(), t.limits.clone()))
             .collect(),
     });
-    if let Some(addr) = config.admin.address {
+    if let Some(crate::config::AdminAddr(addr)) = config.admin.address {
         let listener = admin::bind(addr)
             .await
             .map_err(|source| HostError::Admin { addr, source })?;
         tracing::info!(%addr, "admin server listening");
-        tokio::spawn(admin::serve(listener, admin.clone(), shutdown.clone()));
+        tokio::spawn(admin::serve(
+            listener,
+            admin.clone(),
+            config.admin.token.clone(),
+            shutdown.clone(),
+        ));
     }
 
     let swapper = Arc::new(Swapper::new(

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod quota;
+pub mod redact;
 pub mod replay;
 pub mod scaffold;
 pub mod settle;

@@ -263,7 +263,7 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
     let config = noop_config(dir.path(), &nats.url(), "")?;
     let addr = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
     let mut cfg = jetplug::config::Config::load(Path::new(&config))?;
-    cfg.admin.address = Some(addr.parse()?);
+    cfg.admin.address = Some(jetplug::config::AdminAddr(addr.parse()?));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let host = tokio::spawn(jetplug::host::run(cfg, shutdown.clone(), |_| {}));
 

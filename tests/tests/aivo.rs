@@ -25,7 +25,7 @@ fn aivo_config(nats: &NatsServer, pg: &Postgres, cache: &Path) -> anyhow::Result
         .databases
         .get_mut("events")
         .context("events database")?
-        .url = pg.url();
+        .url = Some(jetplug::config::Secret::new(pg.url()));
     Ok(config)
 }
 

@@ -61,9 +61,9 @@ impl Rig {
         let databases = BTreeMap::from([(
             "main".to_owned(),
             DatabaseConfig {
-                url: pg.url(),
                 pool_size: 2,
                 timeout: Dur(Duration::from_secs(2)),
+                ..DatabaseConfig::new(pg.url())
             },
         )]);
         let backends = Backends::with_databases(&databases)?;

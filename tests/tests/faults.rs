@@ -61,7 +61,7 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     config.nats.url = nats.url().as_str().into();
     config.engine.cache_dir = Some(cache.path().to_path_buf());
     let db = config.databases.get_mut("events").context("events db")?;
-    db.url = pg.url();
+    db.url = Some(jetplug::config::Secret::new(pg.url()));
     db.timeout = Dur(Duration::from_millis(500));
     for p in &mut config.pipelines {
         p.batch = 50;
@@ -179,7 +179,7 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
     config.nats.url = nats.url().as_str().into();
     config.nats.reconnect_delay = Dur(Duration::from_millis(200));
     config.engine.cache_dir = Some(cache.path().to_path_buf());
-    config.databases.get_mut("events").context("events db")?.url = pg.url();
+    config.databases.get_mut("events").context("events db")?.url = Some(jetplug::config::Secret::new(pg.url()));
     for p in &mut config.pipelines {
         p.batch = 50;
         p.ack_wait = Dur(Duration::from_secs(3));

@@ -39,18 +39,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// Serves until `shutdown`. With a `token`, every endpoint but `/healthz`
+/// and `/readyz` (probes) answers 401 without `Authorization: Bearer TOKEN`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
+    token: Option<crate::config::Secret>,
     shutdown: CancellationToken,
 ) {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/pipelines", get(pipelines))
         .route("/v1/plugins", get(plugins))
         .route("/v1/tenants", get(tenants::tenants))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            guard(token.clone(), req, next)
+        }));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
         .with_state(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -58,6 +66,42 @@ pub async fn serve(
     if let Err(e) = result {
         tracing::error!(error = %e, "admin server failed");
     }
+}
+
+/// Lets a request through when no token is set or it carries the token.
+async fn guard(
+    token: Option<crate::config::Secret>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required (Authorization: Bearer <admin.token>)\n",
+        )
+            .into_response()
+    }
+}
+
+/// Compares without stopping at the first difference (no timing hint).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {

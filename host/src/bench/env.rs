@@ -288,7 +288,7 @@ pub async fn scrape_sum(
         .admin
         .address
         .context("the benchmark config has an admin address")?;
-    let text = crate::admin::client::get(addr, "/metrics").await?;
+    let text = crate::admin::client::get(addr.0, "/metrics", config.admin.token.as_ref()).await?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with(metric) && label_values.iter().any(|v| l.contains(v)))

@@ -56,8 +56,7 @@ impl Backends {
                 name: name.clone(),
                 reason,
             };
-            let pg: tokio_postgres::Config =
-                db.url.parse().map_err(|e| err(format!("bad url: {e}")))?;
+            let pg = db.pg_config().map_err(|e| err(format!("url: {e}")))?;
             let manager = Manager::from_config(
                 pg,
                 tokio_postgres::NoTls,

@@ -87,6 +87,10 @@ pub fn definition() -> clap::Command {
 
 /// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
+    // Panic messages are masked like everything else the host prints.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{}", crate::redact::text(&info.to_string()));
+    }));
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Run(_) => "info",
@@ -100,7 +104,7 @@ pub fn main() -> ExitCode {
         match run::load(args) {
             Ok(c) => config = Some(c),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::redact::text(&format!("{e:#}")));
                 return ExitCode::from(EXIT_ERROR);
             }
         }
@@ -152,7 +156,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::redact::text(&format!("{e:#}")));
             ExitCode::from(EXIT_ERROR)
         }
     }
@@ -194,9 +198,10 @@ fn init_tracing(
     };
     // Colour codes only for a person at a terminal, not in files or pipes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Secrets are masked in every line, whoever logged it.
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::redact::Writer(std::io::stderr()));
     let fmt = if json {
         fmt.json().boxed()
     } else {

@@ -166,16 +166,21 @@ fn describe(ann: &Announcement) -> String {
 }
 
 async fn list(t: Target) -> anyhow::Result<ExitCode> {
-    let addr = match t.admin {
-        Some(a) => a,
-        None => Config::load(&t.config)?.admin.address.with_context(|| {
-            format!(
-                "{} has no [admin] address; give --admin",
-                t.config.display()
-            )
-        })?,
+    // The token comes from the configuration when it can be read.
+    let config = match t.admin {
+        Some(_) => Config::load(&t.config).ok(),
+        None => Some(Config::load(&t.config)?),
     };
-    let body = crate::admin::client::get(addr, "/v1/plugins").await?;
+    let addr = match (t.admin, config.as_ref().and_then(|c| c.admin.address)) {
+        (Some(a), _) => a,
+        (None, Some(a)) => a.0,
+        (None, None) => anyhow::bail!(
+            "{} has no [admin] address; give --admin",
+            t.config.display()
+        ),
+    };
+    let token = config.as_ref().and_then(|c| c.admin.token.as_ref());
+    let body = crate::admin::client::get(addr, "/v1/plugins", token).await?;
     if t.json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);

@@ -8,6 +8,7 @@ mod nats;
 mod pipeline;
 mod plugin;
 mod resources;
+pub mod secret;
 mod stream;
 mod telemetry;
 mod tenants;
@@ -25,6 +26,8 @@ pub use pipeline::{
     BackoffConfig, BreakerConfig, DeliverPolicy, Ordering, PIN_GROUP, PipelineConfig,
 };
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
+pub use secret::Secret;
+
 pub use resources::{BucketConfig, DatabaseConfig, TenantConfig, TenantLimits};
 pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};
 pub use telemetry::{OtlpProtocol, TelemetryConfig};
@@ -92,8 +95,40 @@ impl Default for HostConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Listen address, e.g. `127.0.0.1:9090` (default: no admin server).
-    pub address: Option<std::net::SocketAddr>,
+    /// Listen address: `"9090"` (loopback, `127.0.0.1:9090`) or
+    /// `"HOST:PORT"` (default: no admin server). A non-loopback address
+    /// needs `token`, or `allow_unauthenticated = true`.
+    #[serde(default)]
+    pub address: Option<AdminAddr>,
+    /// Bearer token every endpoint but `/healthz` and `/readyz` requires
+    /// (a [`Secret`]).
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A file holding the token, instead of `token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Serve a non-loopback address without a token (default false).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+/// The admin server's address; a bare port means loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub std::net::SocketAddr);
+
+impl<'de> Deserialize<'de> for AdminAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let t = text.trim().trim_start_matches(':');
+        if let Ok(port) = t.parse::<u16>() {
+            return Ok(AdminAddr(std::net::SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        t.parse().map(AdminAddr).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a port (`9090`, loopback) or an address (`127.0.0.1:9090`)"
+            ))
+        })
+    }
 }
 
 /// `[engine]`: the wasm engine shared by all plugins.
@@ -215,6 +250,13 @@ impl Config {
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
         let mut config = parse_toml(text, path)?;
         config.resolve_paths(base);
+        config
+            .read_secret_files()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                reason,
+            })?;
         config.expand_tenant_templates();
         validate::validate(&config, path)?;
         Ok(config)
@@ -285,6 +327,39 @@ impl Config {
         if let Some(p) = self.engine.cache_dir.as_mut() {
             resolve(p);
         }
+        let n = &mut self.nats;
+        for p in [
+            &mut n.token_file,
+            &mut n.password_file,
+            &mut n.nkey_seed_file,
+            &mut n.tls_cert,
+            &mut n.tls_key,
+            &mut self.admin.token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
+        for db in self.databases.values_mut() {
+            for p in [&mut db.url_file, &mut db.password_file].into_iter().flatten() {
+                resolve(p);
+            }
+        }
+    }
+
+    /// Reads the secrets given as `*_file` keys.
+    fn read_secret_files(&mut self) -> Result<(), (String, String)> {
+        use secret::from_file;
+        let n = &mut self.nats;
+        from_file(&mut n.token, &n.token_file, "nats.token")?;
+        from_file(&mut n.password, &n.password_file, "nats.password")?;
+        from_file(&mut self.admin.token, &self.admin.token_file, "admin.token")?;
+        for (name, db) in self.databases.iter_mut() {
+            from_file(&mut db.url, &db.url_file, &format!("database.{name}.url"))?;
+            from_file(&mut db.password, &db.password_file, &format!("database.{name}.password"))?;
+        }
+        Ok(())
     }
 }
 

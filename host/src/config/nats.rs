@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::secret::Secret;
 use super::units::Dur;
 use std::time::Duration;
 
@@ -14,12 +15,29 @@ pub struct NatsConfig {
     /// Server URL(s): one string (a comma-separated list allowed) or a list
     /// (default `nats://127.0.0.1:4222`).
     pub url: ServerList,
-    /// Authentication token.
-    pub token: Option<String>,
+    /// Authentication token (a [`Secret`]: `"${ENV}"` works).
+    pub token: Option<Secret>,
+    /// A file holding the token, instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// User name, with `password`.
+    pub user: Option<String>,
+    /// Password of `user` (a [`Secret`]).
+    pub password: Option<Secret>,
+    /// A file holding the password, instead of `password`.
+    pub password_file: Option<PathBuf>,
+    /// A file holding an NKey user seed (`SU…`).
+    pub nkey_seed_file: Option<PathBuf>,
     /// A `.creds` file (JWT + NKey).
     pub credentials: Option<PathBuf>,
-    /// A PEM file of CA certificates to trust for TLS.
+    /// A PEM file of CA certificates to trust for TLS (default: the system's).
     pub tls_ca: Option<PathBuf>,
+    /// A PEM client certificate for mutual TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Refuse to talk to a server without TLS (default false; `tls://`
+    /// URLs and `tls_ca`/`tls_cert` also use TLS).
+    pub tls_required: bool,
     /// Time limit of one connection attempt (default 5s).
     pub connect_timeout: Dur,
     /// Startup connection attempts before giving up; 0 = never give up (default 0).
@@ -41,8 +59,16 @@ impl Default for NatsConfig {
         NatsConfig {
             url: ServerList::from("nats://127.0.0.1:4222"),
             token: None,
+            token_file: None,
+            user: None,
+            password: None,
+            password_file: None,
+            nkey_seed_file: None,
             credentials: None,
             tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
             connect_timeout: Dur(Duration::from_secs(5)),
             connect_attempts: 0,
             connect_delay: Dur(Duration::from_secs(2)),
@@ -75,20 +101,25 @@ impl<'de> Deserialize<'de> for ServerList {
             One(String),
             Many(Vec<String>),
         }
-        match Raw::deserialize(d).map_err(|_| {
+        let list = match Raw::deserialize(d).map_err(|_| {
             serde::de::Error::custom("expected a URL string or a list of URL strings")
         })? {
-            Raw::One(s) => Ok(ServerList::from(s.as_str())),
-            Raw::Many(v) => Ok(ServerList(
-                v.into_iter().map(|u| u.trim().to_owned()).collect(),
-            )),
+            Raw::One(s) => ServerList::from(s.as_str()),
+            Raw::Many(v) => ServerList(v.into_iter().map(|u| u.trim().to_owned()).collect()),
+        };
+        // A password in a server URL is a secret.
+        for u in &list.0 {
+            crate::redact::register_url(u);
         }
+        Ok(list)
     }
 }
 
 impl std::fmt::Display for ServerList {
+    /// The URLs, with any password in them masked.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join(","))
+        let urls: Vec<_> = self.0.iter().map(|u| crate::redact::url(u)).collect();
+        f.write_str(&urls.join(","))
     }
 }
 

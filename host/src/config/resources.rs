@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::secret::Secret;
 use super::stream::Storage;
 use super::units::{Dur, Size};
 
@@ -10,8 +11,19 @@ use super::units::{Dur, Size};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `postgres://user:password@host:port/db` (or key=value form).
-    pub url: String,
+    /// `postgres://user:password@host:port/db` (or key=value form); a
+    /// [`Secret`]: `"${DATABASE_URL}"` works.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// A file holding the URL, instead of `url`.
+    #[serde(default)]
+    pub url_file: Option<std::path::PathBuf>,
+    /// The password, when the URL does not carry it (a [`Secret`]).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the password, instead of `password`.
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
     /// Connections kept in the pool (default 8).
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
@@ -19,6 +31,36 @@ pub struct DatabaseConfig {
     /// past it the plugin gets `unavailable`.
     #[serde(default = "default_db_timeout")]
     pub timeout: Dur,
+}
+
+impl DatabaseConfig {
+    /// A database at `url`, every other key at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseConfig {
+            url: Some(Secret::new(url)),
+            url_file: None,
+            password: None,
+            password_file: None,
+            pool_size: default_pool_size(),
+            timeout: default_db_timeout(),
+        }
+    }
+
+    /// The connection settings: the URL, with `password` applied.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, String> {
+        let url = self.url.as_ref().ok_or("no `url` (or `url_file`) given")?;
+        let mut pg: tokio_postgres::Config = url.expose().parse().map_err(|_| {
+            "is not a PostgreSQL connection string (postgres://user@host:port/db)".to_owned()
+        })?;
+        if let Some(p) = &self.password {
+            pg.password(p.expose());
+        }
+        // A password written in the URL is a secret too.
+        if let Some(p) = pg.get_password() {
+            crate::redact::register(&String::from_utf8_lossy(p));
+        }
+        Ok(pg)
+    }
 }
 
 fn default_pool_size() -> usize {

@@ -15,6 +15,20 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
     };
     nats(config).map_err(|(k, r)| invalid(k, r))?;
     config.telemetry.check().map_err(|(k, r)| invalid(k, r))?;
+    let admin = &config.admin;
+    if let Some(addr) = admin.address
+        && !addr.0.ip().is_loopback()
+        && admin.token.is_none()
+        && !admin.allow_unauthenticated
+    {
+        return Err(invalid(
+            "admin.address".into(),
+            format!(
+                "{} is reachable from other machines: set admin.token (or admin.token_file), or allow_unauthenticated = true to serve it open",
+                addr.0
+            ),
+        ));
+    }
     if config.engine.max_instances == 0 {
         return Err(invalid(
             "engine.max_instances".into(),
@@ -93,17 +107,14 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
     }
     for (name, db) in &config.databases {
         name_check(name).map_err(|r| invalid(format!("database.{name}"), r))?;
-        if db.url.trim().is_empty() {
+        if db.url.as_ref().is_none_or(|u| u.expose().trim().is_empty()) {
             return Err(invalid(
                 format!("database.{name}.url"),
-                "must not be empty".into(),
+                "must be given (or `url_file`) and not empty".into(),
             ));
         }
-        if db.url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(invalid(
-                format!("database.{name}.url"),
-                "is not a PostgreSQL connection string (postgres://user@host:port/db)".into(),
-            ));
+        if let Err(reason) = db.pg_config() {
+            return Err(invalid(format!("database.{name}.url"), reason));
         }
         if db.pool_size == 0 {
             return Err(invalid(
@@ -158,10 +169,43 @@ fn nats(config: &Config) -> Result<(), Problem> {
         };
         return Err(p(&key, &reason));
     }
-    if n.token.is_some() && n.credentials.is_some() {
-        return Err(p("token", "give either `token` or `credentials`, not both"));
+    let ways: Vec<&str> = [
+        ("token", n.token.is_some()),
+        ("user", n.user.is_some() || n.password.is_some()),
+        ("nkey_seed_file", n.nkey_seed_file.is_some()),
+        ("credentials", n.credentials.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, on)| on.then_some(k))
+    .collect();
+    if ways.len() > 1 {
+        return Err(p(
+            ways[1],
+            &format!(
+                "give one way to authenticate, not several ({})",
+                ways.join(", ")
+            ),
+        ));
     }
-    for (key, file) in [("credentials", &n.credentials), ("tls_ca", &n.tls_ca)] {
+    if n.user.is_some() != n.password.is_some() {
+        return Err(p(
+            if n.user.is_some() { "password" } else { "user" },
+            "`user` and `password` go together",
+        ));
+    }
+    if n.tls_cert.is_some() != n.tls_key.is_some() {
+        return Err(p(
+            if n.tls_cert.is_some() { "tls_key" } else { "tls_cert" },
+            "`tls_cert` and `tls_key` go together (a client certificate and its key)",
+        ));
+    }
+    for (key, file) in [
+        ("credentials", &n.credentials),
+        ("tls_ca", &n.tls_ca),
+        ("tls_cert", &n.tls_cert),
+        ("tls_key", &n.tls_key),
+        ("nkey_seed_file", &n.nkey_seed_file),
+    ] {
         if let Some(file) = file
             && !file.is_file()
         {
@@ -170,6 +214,9 @@ fn nats(config: &Config) -> Result<(), Problem> {
                 format!("file {} does not exist", file.display()),
             ));
         }
+    }
+    if let Some(file) = &n.nkey_seed_file {
+        crate::config::secret::nkey_seed(file).map_err(|r| p("nkey_seed_file", &r))?;
     }
     if n.connect_timeout.0.is_zero() {
         return Err(p("connect_timeout", "must be greater than zero"));

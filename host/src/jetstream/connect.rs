@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use async_nats::ConnectErrorKind;
 use async_nats::{Client, ConnectOptions, Event};
 
 use crate::config::NatsConfig;
@@ -86,6 +87,13 @@ pub enum ConnectError {
     },
     #[error("nats.url: server {index}: {reason}")]
     BadUrl { index: usize, reason: String },
+    /// The server refused who we are or how we talk: retrying cannot help.
+    #[error("{keys}: NATS at {url} refused the connection: {reason}")]
+    Refused {
+        keys: String,
+        url: String,
+        reason: String,
+    },
     #[error("cannot connect to NATS at {url} after {attempts} attempts: {last}")]
     GaveUp {
         url: String,
@@ -113,6 +121,13 @@ pub async fn connect(cfg: &NatsConfig, health: &Arc<Health>) -> Result<Client, C
             Err(e) => {
                 health.set_connected(false);
                 let last = e.to_string();
+                if let Some(keys) = refusal_keys(cfg, e.kind(), &last) {
+                    return Err(ConnectError::Refused {
+                        keys,
+                        url: cfg.url.to_string(),
+                        reason: last,
+                    });
+                }
                 if cfg.connect_attempts != 0 && attempt >= cfg.connect_attempts {
                     return Err(ConnectError::GaveUp {
                         url: cfg.url.to_string(),
@@ -128,6 +143,56 @@ pub async fn connect(cfg: &NatsConfig, health: &Arc<Health>) -> Result<Client, C
     }
 }
 
+/// The keys to look at when the server refused the connection for good
+/// (authentication or TLS); `None` for errors worth retrying (an outage).
+fn refusal_keys(cfg: &NatsConfig, kind: ConnectErrorKind, text: &str) -> Option<String> {
+    let set = |pairs: &[(&str, bool)]| {
+        let keys: Vec<String> = pairs
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| format!("nats.{k}"))
+            .collect();
+        if keys.is_empty() {
+            "nats (no credentials configured)".to_owned()
+        } else {
+            keys.join(" / ")
+        }
+    };
+    let auth = || {
+        set(&[
+            ("token", cfg.token.is_some()),
+            ("user", cfg.user.is_some()),
+            ("nkey_seed_file", cfg.nkey_seed_file.is_some()),
+            ("credentials", cfg.credentials.is_some()),
+        ])
+    };
+    let tls = || {
+        let keys = set(&[
+            ("tls_ca", cfg.tls_ca.is_some()),
+            ("tls_cert", cfg.tls_cert.is_some()),
+            ("tls_required", cfg.tls_required),
+        ]);
+        if keys.starts_with("nats (") {
+            "nats.tls_ca / nats.tls_cert".to_owned()
+        } else {
+            keys
+        }
+    };
+    let lower = text.to_ascii_lowercase();
+    match kind {
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => Some(auth()),
+        ConnectErrorKind::Tls => Some(tls()),
+        // A server that wants a client certificate ends the handshake with
+        // an alert, which can surface as an I/O error.
+        ConnectErrorKind::Io
+            if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") =>
+        {
+            Some(tls())
+        }
+        _ => None,
+    }
+}
+
 async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOptions, ConnectError> {
     let mut o = match &cfg.credentials {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -139,10 +204,29 @@ async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOption
         None => ConnectOptions::new(),
     };
     if let Some(token) = &cfg.token {
-        o = o.token(token.clone());
+        o = o.token(token.expose().to_owned());
+    }
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        o = o.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    if let Some(file) = &cfg.nkey_seed_file {
+        let seed = crate::config::secret::nkey_seed(file).map_err(|reason| {
+            ConnectError::Refused {
+                keys: "nats.nkey_seed_file".into(),
+                url: cfg.url.to_string(),
+                reason,
+            }
+        })?;
+        o = o.nkey(seed.expose().to_owned());
     }
     if let Some(ca) = &cfg.tls_ca {
         o = o.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    if cfg.tls_required {
+        o = o.require_tls(true);
     }
     let delay = cfg.reconnect_delay.0;
     let max_reconnects = match (cfg.reconnect, cfg.max_reconnect_attempts) {
