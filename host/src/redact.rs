@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(text("token=s3cr3t-value/x!"), "token=***!");
         assert_eq!(text("enc=s3cr3t-value%2Fx"), "enc=***");
         assert_eq!(text("nothing here"), "nothing here");
-        assert_eq!(url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(url("nats://h:4222"), "nats://h:4222");
         let mut out = Vec::new();
         Writer(&mut out).write_all(b"a s3cr3t-value/x b").ok();

@@ -91,6 +91,60 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
     let cases: &[(&str, &str, &str, &str)] = &[
         // (replace this, with this, expected key, expected words in reason)
         (
+            "connect_attempts = 3",
+            "connect_attempts = 3\n[admin]\naddress = \"0.0.0.0:9090\"",
+            "admin.address",
+            "set admin.token",
+        ),
+        (
+            "connect_attempts = 3",
+            "connect_attempts = 3\n[admin]\naddress = \"nine\"",
+            "admin.address",
+            "is not a port",
+        ),
+        (
+            "connect_attempts = 3",
+            "connect_attempts = 3\n[admin]\ntoken = \"a\"\ntoken_file = \"t\"",
+            "admin.token_file",
+            "not both",
+        ),
+        (
+            "connect_attempts = 3",
+            "connect_attempts = 3\ntoken = \"${JETPLUG_SURELY_UNSET_VAR}\"",
+            "nats.token",
+            "JETPLUG_SURELY_UNSET_VAR is not set",
+        ),
+        (
+            "connect_attempts = 3",
+            "connect_attempts = 3\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"",
+            "nats.user",
+            "one way to authenticate",
+        ),
+        (
+            "connect_attempts = 3",
+            "connect_attempts = 3\ntls_cert = \"c.pem\"",
+            "nats.tls_key",
+            "go together",
+        ),
+        (
+            "connect_attempts = 3",
+            "connect_attempts = 3\nnkey_seed_file = \"missing.nk\"",
+            "nats.nkey_seed_file",
+            "does not exist",
+        ),
+        (
+            "url = \"postgres://postgres@127.0.0.1:5432/events\"",
+            "pool_size = 2",
+            "database.main.url",
+            "must be given",
+        ),
+        (
+            "url = \"postgres://postgres@127.0.0.1:5432/events\"",
+            "url = \"postgres://postgres@h/e\"\npassword_file = \"nowhere\"",
+            "database.main.password_file",
+            "cannot read",
+        ),
+        (
             "max_age = \"30d\"",
             "max_age = \"a month\"",
             "stream[0].max_age",
@@ -223,6 +277,44 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
         assert!(msg.contains(reason), "{to}: {msg}");
         assert!(msg.contains("jetplug.toml"), "{msg}");
     }
+    Ok(())
+}
+
+#[test]
+fn admin_address_port_only_is_loopback_and_open_needs_saying_so() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let base = GOOD.replace(
+        "connect_attempts = 3",
+        "connect_attempts = 3\n[admin]\naddress = \"9091\"",
+    );
+    let c = load(dir.path(), &base)?;
+    assert_eq!(
+        c.admin.address.map(|a| a.0.to_string()).as_deref(),
+        Some("127.0.0.1:9091")
+    );
+    let open = GOOD.replace(
+        "connect_attempts = 3",
+        "connect_attempts = 3\n[admin]\naddress = \"0.0.0.0:9091\"\nallow_unauthenticated = true",
+    );
+    assert!(load(dir.path(), &open)?.admin.allow_unauthenticated);
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, "from-a-file-123\n")?;
+    let guarded = GOOD.replace(
+        "connect_attempts = 3",
+        &format!(
+            "connect_attempts = 3\n[admin]\naddress = \"0.0.0.0:9091\"\ntoken_file = {:?}",
+            file.display().to_string()
+        ),
+    );
+    let c = load(dir.path(), &guarded)?;
+    assert_eq!(
+        c.admin.token.as_ref().map(|t| t.expose()),
+        Some("from-a-file-123")
+    );
+    assert!(
+        !format!("{c:?}").contains("from-a-file-123"),
+        "Debug masks secrets"
+    );
     Ok(())
 }
 

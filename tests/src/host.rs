@@ -21,9 +21,21 @@ pub struct HostProcess {
 impl HostProcess {
     /// Starts `binary run --config config`, stderr to `log`.
     pub fn start(binary: &str, config: &Path, admin: String, log: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with_env(binary, config, admin, log, &[])
+    }
+
+    /// [`HostProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        binary: &str,
+        config: &Path,
+        admin: String,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()

@@ -4,8 +4,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GETs `path` from `addr` (`host:port`); returns the status code and body.
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    http_get_with(addr, path, None).await
+}
+
+/// [`http_get`] with `Authorization: Bearer TOKEN` when a token is given.
+pub async fn http_get_with(
+    addr: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
         .await?;
     let mut r = String::new();
     s.read_to_string(&mut r).await?;

@@ -8,6 +8,7 @@
 //!   on a free port, stoppable and restartable;
 //! - [`plugins`]: paths of the components built from `plugins/`.
 
+mod certs;
 mod configs;
 mod host;
 mod http;
@@ -15,9 +16,10 @@ mod nats;
 mod ports;
 mod postgres;
 
+pub use certs::{Issued, TestCa};
 pub use configs::noop_config;
 pub use host::HostProcess;
-pub use http::{http_get, wait_ready};
+pub use http::{http_get, http_get_with, wait_ready};
 pub use nats::{NatsCluster, NatsServer, stream_leader};
 pub use ports::free_port;
 pub use postgres::{Postgres, scalar};

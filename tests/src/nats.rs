@@ -123,8 +123,14 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until JetStream is ready.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with("").await
+    }
+
+    /// Starts a server with `extra` lines in its configuration (an
+    /// `authorization` or `tls` block, say).
+    pub async fn start_with(extra: &str) -> anyhow::Result<Self> {
         let store = tempfile::Builder::new().prefix("jetplug-nats-").tempdir()?;
-        let mut node = Node::new(store.path().to_path_buf(), free_port()?, String::new())?;
+        let mut node = Node::new(store.path().to_path_buf(), free_port()?, extra.to_owned())?;
         node.spawn()?;
         node.wait_ready(Duration::from_secs(20)).await?;
         Ok(NatsServer {

@@ -179,7 +179,8 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
     config.nats.url = nats.url().as_str().into();
     config.nats.reconnect_delay = Dur(Duration::from_millis(200));
     config.engine.cache_dir = Some(cache.path().to_path_buf());
-    config.databases.get_mut("events").context("events db")?.url = Some(jetplug::config::Secret::new(pg.url()));
+    config.databases.get_mut("events").context("events db")?.url =
+        Some(jetplug::config::Secret::new(pg.url()));
     for p in &mut config.pipelines {
         p.batch = 50;
         p.ack_wait = Dur(Duration::from_secs(3));

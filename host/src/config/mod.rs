@@ -121,7 +121,10 @@ impl<'de> Deserialize<'de> for AdminAddr {
         let text = String::deserialize(d)?;
         let t = text.trim().trim_start_matches(':');
         if let Ok(port) = t.parse::<u16>() {
-            return Ok(AdminAddr(std::net::SocketAddr::from(([127, 0, 0, 1], port))));
+            return Ok(AdminAddr(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                port,
+            ))));
         }
         t.parse().map(AdminAddr).map_err(|_| {
             serde::de::Error::custom(format!(
@@ -342,7 +345,10 @@ impl Config {
             resolve(p);
         }
         for db in self.databases.values_mut() {
-            for p in [&mut db.url_file, &mut db.password_file].into_iter().flatten() {
+            for p in [&mut db.url_file, &mut db.password_file]
+                .into_iter()
+                .flatten()
+            {
                 resolve(p);
             }
         }
@@ -357,7 +363,11 @@ impl Config {
         from_file(&mut self.admin.token, &self.admin.token_file, "admin.token")?;
         for (name, db) in self.databases.iter_mut() {
             from_file(&mut db.url, &db.url_file, &format!("database.{name}.url"))?;
-            from_file(&mut db.password, &db.password_file, &format!("database.{name}.password"))?;
+            from_file(
+                &mut db.password,
+                &db.password_file,
+                &format!("database.{name}.password"),
+            )?;
         }
         Ok(())
     }

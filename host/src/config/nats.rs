@@ -124,6 +124,17 @@ impl std::fmt::Display for ServerList {
 }
 
 impl ServerList {
+    /// Credentials written in a URL (`nats://user:password@host` or
+    /// `nats://token@host`), from the first URL that has them:
+    /// `(user or token, password)`.
+    pub fn credentials(&self) -> Option<(String, Option<Secret>)> {
+        self.0.iter().find_map(|u| {
+            let url = u.parse::<async_nats::ServerAddr>().ok()?;
+            let user = url.username().filter(|s| !s.is_empty())?.to_owned();
+            Some((user, url.password().map(Secret::new)))
+        })
+    }
+
     /// The servers as addresses for the client; the first that does not
     /// parse is returned as (index, reason).
     pub fn addrs(&self) -> Result<Vec<async_nats::ServerAddr>, (usize, String)> {

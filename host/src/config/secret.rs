@@ -52,7 +52,9 @@ fn from_text(text: &str) -> Result<Secret, String> {
         return Ok(Secret::new(text));
     };
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!("`${{{name}}}` is not an environment variable reference (letters, digits and `_`)"));
+        return Err(format!(
+            "`${{{name}}}` is not an environment variable reference (letters, digits and `_`)"
+        ));
     }
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
@@ -75,7 +77,11 @@ pub fn from_file(
     if value.is_some() {
         return Err((
             format!("{key}_file"),
-            format!("give either `{}` or `{}_file`, not both", last(key), last(key)),
+            format!(
+                "give either `{}` or `{}_file`, not both",
+                last(key),
+                last(key)
+            ),
         ));
     }
     *value = Some(read(path).map_err(|r| (format!("{key}_file"), r))?);
@@ -103,7 +109,10 @@ pub fn nkey_seed(file: &Path) -> Result<Secret, String> {
     let seed = Secret::new(seed.expose().trim());
     match nkeys::KeyPair::from_seed(seed.expose()) {
         Ok(k) if k.key_pair_type() == nkeys::KeyPairType::User => Ok(seed),
-        Ok(_) => Err(format!("{} holds an NKey seed that is not a user seed (`SU…`)", file.display())),
+        Ok(_) => Err(format!(
+            "{} holds an NKey seed that is not a user seed (`SU…`)",
+            file.display()
+        )),
         Err(e) => Err(format!("{} is not a valid NKey seed: {e}", file.display())),
     }
 }
@@ -123,9 +132,17 @@ mod tests {
     fn reads_the_environment() {
         // SAFETY-free: a variable only this test uses.
         let name = "JETPLUG_TEST_SECRET_ENV_7F3A";
-        assert!(from_text(&format!("${{{name}}}")).unwrap_err().contains("not set"));
+        assert!(
+            from_text(&format!("${{{name}}}"))
+                .expect_err("refused")
+                .contains("not set")
+        );
         assert_eq!(from_text("plain").map(|s| s.0), Ok("plain".into()));
-        assert!(from_text("${bad-name}").unwrap_err().contains("not an environment"));
+        assert!(
+            from_text("${bad-name}")
+                .expect_err("refused")
+                .contains("not an environment")
+        );
     }
 
     #[test]
@@ -136,11 +153,11 @@ mod tests {
         let mut v = None;
         from_file(&mut v, &Some(f.clone()), "nats.token").map_err(|e| e.1)?;
         assert_eq!(v.as_ref().map(Secret::expose), Some("from-file"));
-        let err = from_file(&mut v, &Some(f), "nats.token").unwrap_err();
+        let err = from_file(&mut v, &Some(f), "nats.token").expect_err("refused");
         assert_eq!(err.0, "nats.token_file");
         let mut none = None;
         let missing = from_file(&mut none, &Some(dir.path().join("nope")), "admin.token");
-        assert!(missing.unwrap_err().1.contains("cannot read"));
+        assert!(missing.expect_err("refused").1.contains("cannot read"));
         Ok(())
     }
 }

@@ -195,7 +195,11 @@ fn nats(config: &Config) -> Result<(), Problem> {
     }
     if n.tls_cert.is_some() != n.tls_key.is_some() {
         return Err(p(
-            if n.tls_cert.is_some() { "tls_key" } else { "tls_cert" },
+            if n.tls_cert.is_some() {
+                "tls_key"
+            } else {
+                "tls_cert"
+            },
             "`tls_cert` and `tls_key` go together (a client certificate and its key)",
         ));
     }

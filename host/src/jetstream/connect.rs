@@ -160,6 +160,7 @@ fn refusal_keys(cfg: &NatsConfig, kind: ConnectErrorKind, text: &str) -> Option<
     };
     let auth = || {
         set(&[
+            ("url (credentials in it)", cfg.url.credentials().is_some()),
             ("token", cfg.token.is_some()),
             ("user", cfg.user.is_some()),
             ("nkey_seed_file", cfg.nkey_seed_file.is_some()),
@@ -185,7 +186,15 @@ fn refusal_keys(cfg: &NatsConfig, kind: ConnectErrorKind, text: &str) -> Option<
         // A server that wants a client certificate ends the handshake with
         // an alert, which can surface as an I/O error.
         ConnectErrorKind::Io
-            if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") =>
+            if [
+                "certificate",
+                "handshake",
+                "tls",
+                "corrupt message",
+                "alert",
+            ]
+            .iter()
+            .any(|w| lower.contains(w)) =>
         {
             Some(tls())
         }
@@ -209,14 +218,25 @@ async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOption
     if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
         o = o.user_and_password(user.clone(), password.expose().to_owned());
     }
+    // Credentials in the URL, unless keys give them (the client library
+    // does not read them from the URL itself).
+    let keyed = cfg.token.is_some()
+        || cfg.user.is_some()
+        || cfg.nkey_seed_file.is_some()
+        || cfg.credentials.is_some();
+    if !keyed && let Some((user, password)) = cfg.url.credentials() {
+        o = match password {
+            Some(p) => o.user_and_password(user, p.expose().to_owned()),
+            None => o.token(user),
+        };
+    }
     if let Some(file) = &cfg.nkey_seed_file {
-        let seed = crate::config::secret::nkey_seed(file).map_err(|reason| {
-            ConnectError::Refused {
+        let seed =
+            crate::config::secret::nkey_seed(file).map_err(|reason| ConnectError::Refused {
                 keys: "nats.nkey_seed_file".into(),
                 url: cfg.url.to_string(),
                 reason,
-            }
-        })?;
+            })?;
         o = o.nkey(seed.expose().to_owned());
     }
     if let Some(ca) = &cfg.tls_ca {

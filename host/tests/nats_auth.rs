@@ -1,0 +1,294 @@
+//! NATS authentication and TLS against real nats-servers that require them
+//! (certificates made here with rcgen): token, user/password, NKey seed,
+//! TLS with server verification, mutual TLS and `tls_required`. A refusal
+//! (wrong credentials, wrong CA, missing client certificate, bad seed) ends
+//! the start with an error naming the key to check — the host does not
+//! retry it forever like an outage.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use jetplug::config::Config;
+use jetplug::jetstream::{self, Health};
+use jetplug_tests::{NatsServer, TestCa, output_text};
+
+/// Longer than any refusal takes; a start that retries runs into it.
+const REFUSAL_WITHIN: Duration = Duration::from_secs(20);
+
+/// Connects with the `[nats]` section `nats` (retrying forever, as `run`
+/// does by default): Ok, or the error's text.
+async fn connect(dir: &Path, nats: &str) -> Result<(), String> {
+    let path = dir.join("jetplug.toml");
+    let text = format!("[nats]\n{nats}\n");
+    std::fs::write(&path, &text).map_err(|e| e.to_string())?;
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let health = Health::new();
+    let attempt = jetstream::connect(&config.nats, &health);
+    match tokio::time::timeout(REFUSAL_WITHIN, attempt).await {
+        Err(_) => Err("still retrying: a refusal was treated as an outage".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(client)) => {
+            // The connection works for real: a JetStream request answers.
+            async_nats::jetstream::new(client)
+                .query_account()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn refused(r: Result<(), String>, key: &str) {
+    match r {
+        Ok(()) => panic!("connected, but `{key}` is wrong"),
+        Err(e) => assert!(e.contains(key), "the error names `{key}`: {e}"),
+    }
+}
+
+fn quoted(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+#[tokio::test]
+async fn token_and_user_password() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let token = NatsServer::start_with("authorization { token: \"t0ken-abc-123\" }").await?;
+    let url = format!("url = \"{}\"", token.url());
+    connect(dir.path(), &format!("{url}\ntoken = \"t0ken-abc-123\""))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let file = dir.path().join("token");
+    std::fs::write(&file, "t0ken-abc-123\n")?;
+    connect(
+        dir.path(),
+        &format!("{url}\ntoken_file = {}", quoted(&file)),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    refused(
+        connect(dir.path(), &format!("{url}\ntoken = \"wrong-token\"")).await,
+        "nats.token",
+    );
+    refused(connect(dir.path(), &url).await, "no credentials configured");
+
+    let users =
+        NatsServer::start_with("authorization { user: \"app\", password: \"pw-12345-xyz\" }")
+            .await?;
+    let url = format!("url = \"{}\"", users.url());
+    connect(
+        dir.path(),
+        &format!("{url}\nuser = \"app\"\npassword = \"pw-12345-xyz\""),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    refused(
+        connect(
+            dir.path(),
+            &format!("{url}\nuser = \"app\"\npassword = \"nope-nope\""),
+        )
+        .await,
+        "nats.user",
+    );
+    // Half a pair is a configuration error, before anything connects.
+    refused(
+        connect(dir.path(), &format!("{url}\nuser = \"app\"")).await,
+        "nats.password",
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn nkey_seed_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = NatsServer::start_with(&format!(
+        "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}",
+        user.public_key()
+    ))
+    .await?;
+    let url = format!("url = \"{}\"", server.url());
+    let good = dir.path().join("user.nk");
+    std::fs::write(&good, format!("{seed}\n"))?;
+    connect(
+        dir.path(),
+        &format!("{url}\nnkey_seed_file = {}", quoted(&good)),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+
+    // Another user's seed: the server refuses it.
+    let other = dir.path().join("other.nk");
+    let other_seed = nkeys::KeyPair::new_user()
+        .seed()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::write(&other, other_seed)?;
+    refused(
+        connect(
+            dir.path(),
+            &format!("{url}\nnkey_seed_file = {}", quoted(&other)),
+        )
+        .await,
+        "nats.nkey_seed_file",
+    );
+    // Not a seed at all: the configuration is refused.
+    let bad = dir.path().join("bad.nk");
+    std::fs::write(&bad, "SUNOTASEED")?;
+    let err = connect(
+        dir.path(),
+        &format!("{url}\nnkey_seed_file = {}", quoted(&bad)),
+    )
+    .await;
+    refused(err.clone(), "nats.nkey_seed_file");
+    assert!(
+        err.err()
+            .unwrap_or_default()
+            .contains("not a valid NKey seed")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_server_verification_and_tls_required() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new("jetplug test CA")?;
+    let server_cert = ca.issue("server", &["localhost", "127.0.0.1"])?;
+    let server = NatsServer::start_with(&format!(
+        "tls {{ cert_file: {}, key_file: {} }}",
+        quoted(&server_cert.cert),
+        quoted(&server_cert.key)
+    ))
+    .await?;
+    let url = format!("url = \"tls://127.0.0.1:{}\"", server.port());
+    connect(
+        dir.path(),
+        &format!(
+            "{url}\ntls_ca = {}\ntls_required = true",
+            quoted(&ca.ca_file())
+        ),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    // A CA that did not sign the server's certificate.
+    let stranger = TestCa::new("another CA")?;
+    refused(
+        connect(
+            dir.path(),
+            &format!("{url}\ntls_ca = {}", quoted(&stranger.ca_file())),
+        )
+        .await,
+        "nats.tls_ca",
+    );
+    // A plain server when TLS is required.
+    let plain = NatsServer::start().await?;
+    refused(
+        connect(
+            dir.path(),
+            &format!("url = \"{}\"\ntls_required = true", plain.url()),
+        )
+        .await,
+        "nats.tls_required",
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn mutual_tls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new("jetplug test CA")?;
+    let server_cert = ca.issue("server", &["localhost", "127.0.0.1"])?;
+    let client = ca.issue("client", &["jetplug-host"])?;
+    let server = NatsServer::start_with(&format!(
+        "tls {{ cert_file: {}, key_file: {}, ca_file: {}, verify: true }}",
+        quoted(&server_cert.cert),
+        quoted(&server_cert.key),
+        quoted(&ca.ca_file())
+    ))
+    .await?;
+    let base = format!(
+        "url = \"tls://127.0.0.1:{}\"\ntls_ca = {}",
+        server.port(),
+        quoted(&ca.ca_file())
+    );
+    connect(
+        dir.path(),
+        &format!(
+            "{base}\ntls_cert = {}\ntls_key = {}",
+            quoted(&client.cert),
+            quoted(&client.key)
+        ),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    // No client certificate: the server ends the handshake.
+    refused(connect(dir.path(), &base).await, "nats.tls");
+    // A client certificate from a CA the server does not trust.
+    let stranger = TestCa::new("another CA")?.issue("client", &["intruder"])?;
+    refused(
+        connect(
+            dir.path(),
+            &format!(
+                "{base}\ntls_cert = {}\ntls_key = {}",
+                quoted(&stranger.cert),
+                quoted(&stranger.key)
+            ),
+        )
+        .await,
+        "nats.tls",
+    );
+    Ok(())
+}
+
+/// `jetplug run` ends (exit 1) on a refused token, naming the key, though
+/// it is told to retry the connection forever; a token from the
+/// environment works with a one-shot command.
+#[tokio::test]
+async fn run_ends_on_a_refusal_and_reads_the_token_from_the_environment() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start_with("authorization { token: \"env-t0ken-777\" }").await?;
+    let path = dir.path().join("jetplug.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[nats]\nurl = \"{}\"\ntoken = \"${{JETPLUG_TEST_TOKEN}}\"\nconnect_attempts = 0\n\n[[stream]]\nname = \"EVENTS\"\nsubjects = [\"events.>\"]\n",
+            server.url()
+        ),
+    )?;
+    let jetplug = |token: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_jetplug"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("JETPLUG_TEST_TOKEN", token)
+            .output()
+    };
+    let ok = jetplug("env-t0ken-777", &["streams", "apply"])?;
+    assert!(ok.status.success(), "{}", output_text(&ok));
+    let started = std::time::Instant::now();
+    let wrong = jetplug("wrong-t0ken-000", &["run"])?;
+    let text = output_text(&wrong);
+    assert_eq!(wrong.status.code(), Some(1), "{text}");
+    assert!(text.contains("nats.token"), "{text}");
+    assert!(
+        started.elapsed() < REFUSAL_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !text.contains("wrong-t0ken-000"),
+        "the token is masked: {text}"
+    );
+    // Unset: a configuration error naming the variable.
+    let unset = Command::new(env!("CARGO_BIN_EXE_jetplug"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("JETPLUG_TEST_TOKEN")
+        .output()?;
+    let text = output_text(&unset);
+    assert!(
+        text.contains("nats.token") && text.contains("JETPLUG_TEST_TOKEN is not set"),
+        "{text}"
+    );
+    Ok(())
+}
