@@ -184,6 +184,76 @@ async fn compiled_components_are_cached_across_restarts() -> TestResult {
     Ok(())
 }
 
+/// Native code is loaded from the cache only if this host wrote it: a
+/// tampered entry, an entry written by another host (another key), a
+/// directory others may write and a key others may read are not trusted.
+#[tokio::test]
+async fn the_cache_loads_only_what_this_host_wrote() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let rt = runtime(Some(dir.path().into()))?;
+    let first = plugin::load(&rt, spec(plugins::TEST_NOOP))?;
+    assert_eq!(first.cache_outcome(), CacheOutcome::Stored);
+    let entry = rt.cache().ok_or("cache enabled")?.entry_path(first.hash());
+    let key = dir.path().join(".host-key");
+    assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+
+    // Tampered: one byte of the code changed, same length.
+    let mut bytes = std::fs::read(&entry)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&entry, &bytes)?;
+    let again = plugin::load(&rt, spec(plugins::TEST_NOOP))?;
+    assert_eq!(
+        again.cache_outcome(),
+        CacheOutcome::Stored,
+        "recompiled, not loaded"
+    );
+    let mut inst = PluginInstance::new(Arc::new(again));
+    assert!(matches!(
+        inst.handle([msg("x")]).await?[..],
+        [Decision::Ack]
+    ));
+    assert_eq!(
+        plugin::load(&rt, spec(plugins::TEST_NOOP))?.cache_outcome(),
+        CacheOutcome::Hit
+    );
+
+    // Foreign: a valid entry from another host's cache (another key).
+    let other = tempfile::tempdir()?;
+    let other_rt = runtime(Some(other.path().into()))?;
+    plugin::load(&other_rt, spec(plugins::TEST_NOOP))?;
+    let foreign = other_rt
+        .cache()
+        .ok_or("cache enabled")?
+        .entry_path(first.hash());
+    std::fs::copy(&foreign, &entry)?;
+    assert_eq!(
+        plugin::load(&rt, spec(plugins::TEST_NOOP))?.cache_outcome(),
+        CacheOutcome::Stored
+    );
+
+    // A key file others can read: the cache is off (compiled, nothing read).
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    let rt2 = runtime(Some(dir.path().into()))?;
+    assert_eq!(
+        plugin::load(&rt2, spec(plugins::TEST_NOOP))?.cache_outcome(),
+        CacheOutcome::Compiled
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+
+    // A directory others can write: off too, and nothing is written there.
+    let open = tempfile::tempdir()?;
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777))?;
+    let rt3 = runtime(Some(open.path().into()))?;
+    assert_eq!(
+        plugin::load(&rt3, spec(plugins::TEST_NOOP))?.cache_outcome(),
+        CacheOutcome::Compiled
+    );
+    assert_eq!(std::fs::read_dir(open.path())?.count(), 0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn bench_dispatch_reports_every_figure() -> TestResult {
     let r =
