@@ -23,11 +23,25 @@ pub struct Postgres {
     dir: TempDir,
     bin: PathBuf,
     run_as: Option<String>,
+    /// TCP connections must use TLS (`hostssl`); the test's own client
+    /// goes through the Unix socket.
+    tls: bool,
 }
 
 impl Postgres {
     /// Runs `initdb`, starts the server and waits until it accepts queries.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    /// A server with `ssl = on` presenting `server` (certificate and key),
+    /// accepting TCP connections only over TLS; [`Postgres::connect`] uses
+    /// the Unix socket.
+    pub async fn start_tls(server: &crate::Issued) -> anyhow::Result<Self> {
+        Self::start_inner(Some(server)).await
+    }
+
+    async fn start_inner(tls: Option<&crate::Issued>) -> anyhow::Result<Self> {
         let bin = find_program("PG_BIN", "postgres", &debian_bin_dirs())?
             .parent()
             .map(Path::to_path_buf)
@@ -40,9 +54,13 @@ impl Postgres {
             dir,
             bin,
             run_as,
+            tls: tls.is_some(),
         };
         pg.prepare_dirs()?;
         pg.initdb().await?;
+        if let Some(server) = tls {
+            pg.enable_tls(server)?;
+        }
         let mut pg = pg;
         pg.spawn().await?;
         Ok(pg)
@@ -59,7 +77,16 @@ impl Postgres {
 
     /// A connected client; its connection task runs on the current runtime.
     pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await?;
+        let url = if self.tls {
+            format!(
+                "host={} port={} user=postgres dbname=postgres",
+                self.dir.path().join("run").display(),
+                self.port
+            )
+        } else {
+            self.url()
+        };
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -131,6 +158,40 @@ impl Postgres {
             }
             None => Command::new(exe),
         }
+    }
+
+    /// Installs the server certificate and allows TCP only over TLS.
+    fn enable_tls(&self, server: &crate::Issued) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data();
+        std::fs::copy(&server.cert, data.join("server.crt"))?;
+        std::fs::copy(&server.key, data.join("server.key"))?;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )?;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )?;
+        if let Some(user) = &self.run_as {
+            let status = std::process::Command::new("chown")
+                .arg("-R")
+                .arg(format!("{user}:"))
+                .arg(&data)
+                .status()?;
+            if !status.success() {
+                bail!("chown {user} {} failed", data.display());
+            }
+        }
+        Ok(())
     }
 
     async fn initdb(&self) -> anyhow::Result<()> {

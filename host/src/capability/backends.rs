@@ -57,13 +57,14 @@ impl Backends {
                 reason,
             };
             let pg = db.pg_config().map_err(|e| err(format!("url: {e}")))?;
-            let manager = Manager::from_config(
-                pg,
-                tokio_postgres::NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let recycling = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let tls = super::pg_tls::connector(db).map_err(|(k, r)| err(format!("{k}: {r}")))?;
+            let manager = match tls {
+                Some(tls) => Manager::from_config(pg, tls, recycling),
+                None => Manager::from_config(pg, tokio_postgres::NoTls, recycling),
+            };
             let t = Some(db.timeout.0);
             let pool = Pool::builder(manager)
                 .max_size(db.pool_size)

@@ -9,6 +9,7 @@ pub mod backends;
 pub mod grants;
 pub mod kv;
 pub mod log;
+pub mod pg_tls;
 pub mod publish;
 pub mod sql;
 

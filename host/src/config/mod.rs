@@ -28,7 +28,7 @@ pub use pipeline::{
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
 pub use secret::Secret;
 
-pub use resources::{BucketConfig, DatabaseConfig, TenantConfig, TenantLimits};
+pub use resources::{BucketConfig, DatabaseConfig, SslMode, TenantConfig, TenantLimits};
 pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};
 pub use telemetry::{OtlpProtocol, TelemetryConfig};
 pub use units::{Dur, Size};

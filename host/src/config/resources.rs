@@ -24,6 +24,20 @@ pub struct DatabaseConfig {
     /// A file holding the password, instead of `password`.
     #[serde(default)]
     pub password_file: Option<std::path::PathBuf>,
+    /// TLS to the server: `disable` (default), `require` (encrypted, the
+    /// certificate not checked), `verify-ca` (signed by `sslrootcert`) or
+    /// `verify-full` (and issued for the host connected to).
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM CA certificates to verify the server with (verify-ca/verify-full).
+    #[serde(default)]
+    pub sslrootcert: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that ask for one (with `sslkey`).
+    #[serde(default)]
+    pub sslcert: Option<std::path::PathBuf>,
+    /// The PEM private key of `sslcert`.
+    #[serde(default)]
+    pub sslkey: Option<std::path::PathBuf>,
     /// Connections kept in the pool (default 8).
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
@@ -41,6 +55,10 @@ impl DatabaseConfig {
             url_file: None,
             password: None,
             password_file: None,
+            sslmode: SslMode::default(),
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
             pool_size: default_pool_size(),
             timeout: default_db_timeout(),
         }
@@ -55,12 +73,28 @@ impl DatabaseConfig {
         if let Some(p) = &self.password {
             pg.password(p.expose());
         }
+        // `sslmode` here decides, not the URL's: no silent fallback to plaintext.
+        pg.ssl_mode(match self.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
         // A password written in the URL is a secret too.
         if let Some(p) = pg.get_password() {
             crate::redact::register(&String::from_utf8_lossy(p));
         }
         Ok(pg)
     }
+}
+
+/// How a database connection uses TLS (libpq's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    #[default]
+    Disable,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 fn default_pool_size() -> usize {

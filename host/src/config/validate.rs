@@ -116,6 +116,9 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         if let Err(reason) = db.pg_config() {
             return Err(invalid(format!("database.{name}.url"), reason));
         }
+        if let Err((key, reason)) = crate::capability::pg_tls::check(db) {
+            return Err(invalid(format!("database.{name}.{key}"), reason));
+        }
         if db.pool_size == 0 {
             return Err(invalid(
                 format!("database.{name}.pool_size"),

@@ -80,10 +80,9 @@ impl SqlState {
             .and_then(|()| self.backends.database(database).cloned());
         let database = database.to_owned();
         async move {
-            pool?
-                .get()
-                .await
-                .map_err(|e| CapabilityError::Unavailable(format!("database `{database}`: {e}")))
+            pool?.get().await.map_err(|e| {
+                CapabilityError::Unavailable(format!("database `{database}`: {}", chain(&e)))
+            })
         }
     }
 
@@ -95,6 +94,21 @@ impl SqlState {
             .get_mut(tx)
             .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))
     }
+}
+
+/// An error and its causes, `a: b: c` (a pool error alone says only
+/// "db error"; the server's reason is in its source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text = format!("{text}: {t}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Maps a PostgreSQL error to what the plugin sees.
