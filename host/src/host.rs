@@ -101,6 +101,7 @@ async fn follow_deploys(
     let bucket = &config.host.deploy_bucket;
     match Fleet::open(js, bucket).await {
         Ok(fleet) => {
+            let fleet = fleet.trusting(config.host.trusted());
             let files = loaded
                 .iter()
                 .map(|(n, p)| (n.clone(), p.spec().path.clone()))

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::engine::Runtime;
 use crate::hotswap::fleet::{Announcement, Fleet};
 use crate::hotswap::short;
+use crate::hotswap::signing;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,8 +35,28 @@ enum Action {
         name: String,
         /// The new component (.wasm).
         file: PathBuf,
+        /// Sign it with this key (`jetplug plugin keygen`); without it, a
+        /// `FILE.sig` made by `plugin sign` is used when there is one.
+        #[arg(long)]
+        key: Option<PathBuf>,
         #[command(flatten)]
         fleet: FleetArgs,
+    },
+    /// Make a signing key pair: the secret key goes to FILE (mode 0600), the
+    /// public key (for `host.trusted_keys`) is printed.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a component with a key from `plugin keygen`: writes FILE.sig,
+    /// which `plugin deploy` sends along (sign offline, deploy elsewhere).
+    Sign {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The secret key file.
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Return plugin NAME to the version it ran before the last deploy
     /// (past the first deploy: the file the configuration names).
@@ -75,7 +96,14 @@ struct Target {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.action {
         Action::List(t) => list(t).await,
-        Action::Deploy { name, file, fleet } => deploy(&name, &file, &fleet).await,
+        Action::Deploy {
+            name,
+            file,
+            key,
+            fleet,
+        } => deploy(&name, &file, key.as_deref(), &fleet).await,
+        Action::Keygen { out } => keygen(&out),
+        Action::Sign { file, key } => sign(&file, &key),
         Action::Rollback { name, fleet } => {
             let (_, f) = open(&name, &fleet).await?;
             let ann = f.rollback(&name).await?;
@@ -102,7 +130,95 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn deploy(name: &str, file: &std::path::Path, args: &FleetArgs) -> anyhow::Result<ExitCode> {
+fn keygen(out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (secret, public) = signing::generate().map_err(anyhow::Error::msg)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing key is never overwritten)",
+                out.display()
+            )
+        })?;
+    writeln!(f, "{secret}").with_context(|| format!("cannot write {}", out.display()))?;
+    println!("secret key written to {} (keep it private)", out.display());
+    println!("public key (for host.trusted_keys):");
+    println!("{public}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(file: &std::path::Path, key: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let key = signing::load_key(key).map_err(anyhow::Error::msg)?;
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("cannot read plugin file {}", file.display()))?;
+    let sig = signing::sign(&key, &crate::engine::cache::content_hash(&bytes));
+    let out = sig_path(file);
+    std::fs::write(&out, serde_json::to_string_pretty(&sig)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "signed {} with {}: {}",
+        file.display(),
+        sig.key,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sig_path(file: &std::path::Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+/// The signature to deploy `bytes` with: made with `key`, or read from
+/// `FILE.sig`; checked against the configuration's `trusted_keys` so a
+/// version every host would refuse is refused here.
+fn signature_for(
+    config: &Config,
+    file: &std::path::Path,
+    bytes: &[u8],
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<signing::Signature>> {
+    let hash = crate::engine::cache::content_hash(bytes);
+    let sig = match key {
+        Some(k) => Some(signing::sign(
+            &signing::load_key(k).map_err(anyhow::Error::msg)?,
+            &hash,
+        )),
+        None => {
+            let path = sig_path(file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Some(
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a signature file", path.display()))?,
+                ),
+                Err(_) => None,
+            }
+        }
+    };
+    let trusted = config.host.trusted();
+    if !trusted.is_empty()
+        && let Err(refusal) = signing::verify(&trusted, &hash, sig.as_ref())
+    {
+        bail!(
+            "{} would be refused by hosts using this configuration: {refusal} (sign it with `--key`)",
+            file.display()
+        );
+    }
+    Ok(sig)
+}
+
+async fn deploy(
+    name: &str,
+    file: &std::path::Path,
+    key: Option<&std::path::Path>,
+    args: &FleetArgs,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let pc = plugin_config(&config, name, &args.config)?;
     let bytes = std::fs::read(file)
@@ -119,8 +235,9 @@ async fn deploy(name: &str, file: &std::path::Path, args: &FleetArgs) -> anyhow:
         crate::capability::Backends::offline(),
     )
     .with_context(|| format!("{} is not a valid new version of `{name}`", file.display()))?;
+    let signature = signature_for(&config, file, &bytes, key)?;
     let (_, fleet) = open(name, args).await?;
-    let ann = fleet.deploy(name, &bytes).await?;
+    let ann = fleet.deploy(name, &bytes, signature).await?;
     println!("deployed plugin `{name}`: {}", describe(&ann));
     println!("running hosts swap to it within seconds; check with `jetplug plugin list`");
     Ok(ExitCode::SUCCESS)

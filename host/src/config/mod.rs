@@ -79,6 +79,20 @@ pub struct HostConfig {
     /// distributes versions to every host (default `jetplug-plugins`;
     /// `""` turns fleet deploys off).
     pub deploy_bucket: String,
+    /// Public keys (`ed25519:BASE64`) of which one must have signed a
+    /// deployed version before this host runs it (default: none, any
+    /// deployed version runs).
+    pub trusted_keys: Vec<String>,
+}
+
+impl HostConfig {
+    /// The parsed `trusted_keys` (validated when the config loads).
+    pub fn trusted(&self) -> Vec<crate::hotswap::signing::TrustedKey> {
+        self.trusted_keys
+            .iter()
+            .filter_map(|k| crate::hotswap::signing::TrustedKey::parse(k).ok())
+            .collect()
+    }
 }
 
 impl Default for HostConfig {
@@ -87,6 +101,7 @@ impl Default for HostConfig {
             shutdown_timeout: Dur(Duration::from_secs(30)),
             watch_plugins: true,
             deploy_bucket: crate::hotswap::fleet::DEFAULT_BUCKET.to_owned(),
+            trusted_keys: Vec::new(),
         }
     }
 }

@@ -56,6 +56,10 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             ),
         ));
     }
+    for (i, k) in config.host.trusted_keys.iter().enumerate() {
+        crate::hotswap::signing::TrustedKey::parse(k)
+            .map_err(|r| invalid(format!("host.trusted_keys[{i}]"), r))?;
+    }
     let bucket = &config.host.deploy_bucket;
     if let Some(c) = bucket
         .chars()

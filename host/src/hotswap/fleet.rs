@@ -24,6 +24,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Swapper;
+use super::signing::{self, Signature, TrustedKey};
 use crate::engine::cache;
 
 /// Default name of the Object Store and KV buckets.
@@ -41,6 +42,9 @@ pub enum Announcement {
         object: String,
         size: u64,
         deployed_at: String,
+        /// Who signed it (see [`super::signing`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<Signature>,
     },
     /// The file the host's configuration names.
     File { deployed_at: String },
@@ -111,6 +115,8 @@ pub struct Fleet {
     bucket: String,
     kv: kv::Store,
     objects: object_store::ObjectStore,
+    /// With keys, only versions one of them signed are run.
+    trusted: Vec<TrustedKey>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -155,11 +161,24 @@ impl Fleet {
             bucket: bucket.to_owned(),
             kv,
             objects,
+            trusted: Vec::new(),
         })
     }
 
-    /// Stores `bytes` (if not stored yet) and announces them as `plugin`'s version.
-    pub async fn deploy(&self, plugin: &str, bytes: &[u8]) -> Result<Announcement, FleetError> {
+    /// Runs only versions signed by one of `keys` (none: any version).
+    pub fn trusting(mut self, keys: Vec<TrustedKey>) -> Self {
+        self.trusted = keys;
+        self
+    }
+
+    /// Stores `bytes` (if not stored yet) and announces them as `plugin`'s
+    /// version, with `signature` when the deployer signed it.
+    pub async fn deploy(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        signature: Option<Signature>,
+    ) -> Result<Announcement, FleetError> {
         check_name(plugin)?;
         let hash = cache::content_hash(bytes);
         let object = format!("{plugin}/{hash}");
@@ -180,6 +199,7 @@ impl Fleet {
             object,
             size: bytes.len() as u64,
             deployed_at: String::new(),
+            signature,
         }
         .stamped();
         self.announce(plugin, &ann).await?;
@@ -363,13 +383,26 @@ impl Fleet {
         ann: &Announcement,
     ) {
         let (bytes, origin) = match ann {
-            Announcement::Store { hash, object, .. } => {
+            Announcement::Store {
+                hash,
+                object,
+                signature,
+                ..
+            } => {
                 let running = swapper.slots().get(name).map(|s| s.current());
                 if running.is_some_and(|p| p.hash() == hash) {
                     return;
                 }
+                let origin = PathBuf::from(format!("nats:{}/{object}", self.bucket));
+                if !self.trusted.is_empty()
+                    && let Err(refusal) = signing::verify(&self.trusted, hash, signature.as_ref())
+                {
+                    swapper.refuse(name, &origin, &refusal);
+                    return;
+                }
+                // `fetch` checks the bytes against `hash`, the signed value.
                 match self.fetch(object, hash).await {
-                    Ok(b) => (b, PathBuf::from(format!("nats:{}/{object}", self.bucket))),
+                    Ok(b) => (b, origin),
                     Err(e) => {
                         tracing::error!(plugin = %name, error = %e,
                             "cannot fetch the announced plugin version; the running version stays");
@@ -424,6 +457,7 @@ mod tests {
             object: "p/ab".into(),
             size: 3,
             deployed_at: "t".into(),
+            signature: None,
         };
         let json = serde_json::to_string(&a).expect("serialize");
         assert!(json.contains(r#""source":"store""#), "{json}");

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod fleet;
+pub mod signing;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -109,6 +110,17 @@ impl Swapper {
         let origin = spec.path.clone();
         let result = self.try_swap(name, None, |_| spec.clone()).await;
         self.record(name, &origin, result)
+    }
+
+    /// Counts and logs a version refused before it was offered (a deploy
+    /// without a trusted signature); the running version stays.
+    pub fn refuse(&self, name: &str, origin: &std::path::Path, refusal: &signing::Refusal) {
+        tracing::error!(plugin = %name, origin = %origin.display(), reason = %refusal,
+            "deployed plugin version refused; the running version stays");
+        self.metrics
+            .plugin_swaps
+            .get_or_create(&labels(&[("plugin", name), ("outcome", refusal.kind())]))
+            .inc();
     }
 
     fn record(

@@ -193,4 +193,5 @@ pub(crate) fn jetplug(args: &[&str]) -> std::io::Result<Output> {
 
 mod config_edits;
 mod fleet;
+mod signed;
 mod swap;
