@@ -79,6 +79,7 @@ impl Rig {
                 publish: vec!["out.>".into(), "nowhere.>".into()],
                 sql: vec!["main".into()],
                 kv: vec!["state".into(), "missing".into()],
+                sql_role: None,
             },
             ..PluginSpec::new("caps", plugins::TEST_CAPABILITIES)
         };

@@ -42,6 +42,7 @@ async fn encrypted(runtime: &Arc<Runtime>, db: DatabaseConfig) -> anyhow::Result
             publish: vec!["out.>".into()],
             sql: vec!["db".into()],
             kv: vec!["state".into()],
+            sql_role: None,
         },
         ..PluginSpec::new("caps", plugins::TEST_CAPABILITIES)
     };

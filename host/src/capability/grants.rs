@@ -23,6 +23,11 @@ pub struct Grants {
     /// KV bucket names the plugin may use.
     #[serde(default)]
     pub kv: Vec<String>,
+    /// A PostgreSQL role the plugin's statements run under (`SET ROLE` on
+    /// its connections, reset before anyone else uses them), so its SQL has
+    /// exactly that role's rights.
+    #[serde(default)]
+    pub sql_role: Option<String>,
 }
 
 fn default_log() -> bool {
@@ -36,6 +41,7 @@ impl Default for Grants {
             publish: Vec::new(),
             sql: Vec::new(),
             kv: Vec::new(),
+            sql_role: None,
         }
     }
 }
@@ -49,6 +55,7 @@ impl Grants {
             publish: vec![">".into()],
             sql: vec!["*".into()],
             kv: vec!["*".into()],
+            sql_role: None,
         }
     }
 

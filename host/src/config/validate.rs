@@ -108,6 +108,14 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             subject_pattern(pattern)
                 .map_err(|r| invalid(key(&format!("grants.publish[{j}]")), r))?;
         }
+        if let Some(role) = &p.grants.sql_role
+            && (role.trim().is_empty() || p.grants.sql.is_empty())
+        {
+            return Err(invalid(
+                key("grants.sql_role"),
+                "names the role the plugin's SQL runs under: give a role name, and databases in `grants.sql`".into(),
+            ));
+        }
     }
     for (name, db) in &config.databases {
         name_check(name).map_err(|r| invalid(format!("database.{name}"), r))?;

@@ -28,13 +28,55 @@ use values::Param;
 #[derive(Debug)]
 pub struct Transaction {
     database: String,
-    client: Option<Object>,
+    client: Option<Conn>,
 }
 
 impl Drop for Transaction {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            drop(Object::take(client));
+        if let Some(mut conn) = self.client.take() {
+            conn.close();
+        }
+    }
+}
+
+/// A pooled connection. Under the plugin's `sql_role` it goes back to the
+/// pool only after `RESET ROLE` succeeded; dropped otherwise (a call cut
+/// short, an error), it is closed, so no one else ever runs under the role.
+#[derive(Debug)]
+struct Conn {
+    obj: Option<Object>,
+    role: bool,
+}
+
+impl Conn {
+    fn get(&self) -> Result<&Object, CapabilityError> {
+        self.obj
+            .as_ref()
+            .ok_or_else(|| CapabilityError::Other("no connection".into()))
+    }
+
+    /// Back to the pool (the role reset first).
+    async fn release(mut self) {
+        if self.role
+            && let Some(o) = self.obj.as_ref()
+            && o.batch_execute("RESET ROLE").await.is_ok()
+        {
+            self.role = false;
+        }
+    }
+
+    /// Closed, not returned to the pool.
+    fn close(&mut self) {
+        if let Some(o) = self.obj.take() {
+            drop(Object::take(o));
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.role {
+            self.close();
         }
     }
 }
@@ -70,20 +112,68 @@ impl SqlState {
         }
     }
 
-    /// A pooled connection (the state is not borrowed across the wait).
+    /// A pooled connection (the state is not borrowed across the wait),
+    /// under the plugin's `sql_role` when it has one.
     fn client(
         &self,
         database: &str,
-    ) -> impl Future<Output = Result<Object, CapabilityError>> + Send + use<> {
+    ) -> impl Future<Output = Result<Conn, CapabilityError>> + Send + use<> {
         let pool = self
             .check(database)
             .and_then(|()| self.backends.database(database).cloned());
         let database = database.to_owned();
+        let role = self.grants.sql_role.clone();
         async move {
-            pool?.get().await.map_err(|e| {
+            let obj = pool?.get().await.map_err(|e| {
                 CapabilityError::Unavailable(format!("database `{database}`: {}", chain(&e)))
-            })
+            })?;
+            let conn = Conn {
+                obj: Some(obj),
+                role: role.is_some(),
+            };
+            if let Some(role) = role {
+                conn.get()?
+                    .batch_execute(&format!("SET ROLE {}", quote_ident(&role)))
+                    .await
+                    .map_err(|e| {
+                        denied(format_args!("cannot run as role `{role}`: {}", chain(&e)))
+                    })?;
+            }
+            Ok(conn)
         }
+    }
+
+    /// Under a `sql_role`, statements that would leave the role are refused
+    /// (`RESET ROLE`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `set_config('role', …)`).
+    fn check_statement(&self, statement: &str) -> Result<(), CapabilityError> {
+        if self.grants.sql_role.is_none() {
+            return Ok(());
+        }
+        let flat: String = statement
+            .to_ascii_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let leaves = [
+            "reset role",
+            "set role",
+            "set local role",
+            "set session role",
+            "session authorization",
+            "set_config('role'",
+            "set_config( 'role'",
+            "reset all",
+            "discard all",
+        ]
+        .iter()
+        .any(|w| flat.contains(w));
+        if leaves {
+            return Err(denied(format_args!(
+                "statements that change the role are not allowed for a plugin running under sql_role `{}`",
+                self.grants.sql_role.as_deref().unwrap_or("")
+            )));
+        }
+        Ok(())
     }
 
     fn transaction(
@@ -94,6 +184,11 @@ impl SqlState {
             .get_mut(tx)
             .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))
     }
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// An error and its causes, `a: b: c` (a pool error alone says only
@@ -119,6 +214,10 @@ fn pg_error(e: tokio_postgres::Error) -> CapabilityError {
             Some(d) => format!("{} ({code}): {d}", db.message()),
             None => format!("{} ({code})", db.message()),
         };
+        // insufficient_privilege: outside the rights of the plugin's role.
+        if code == "42501" {
+            return CapabilityError::AccessDenied(text);
+        }
         let retryable = code.starts_with("08")
             || code.starts_with("53")
             || code.starts_with("57P")
@@ -197,8 +296,11 @@ impl sql::Host for SqlState {
     ) -> Result<u64, CapabilityError> {
         let call = self.downstream.call(Capability::Sql, "execute", &database);
         let r: Result<u64, CapabilityError> = async move {
-            let client = self.client(&database).await?;
-            execute_on(&client, &statement, &params).await
+            self.check_statement(&statement)?;
+            let conn = self.client(&database).await?;
+            let r = execute_on(conn.get()?, &statement, &params).await;
+            conn.release().await;
+            r
         }
         .instrument(call.span())
         .await;
@@ -213,8 +315,11 @@ impl sql::Host for SqlState {
     ) -> Result<Rows, CapabilityError> {
         let call = self.downstream.call(Capability::Sql, "query", &database);
         let r: Result<Rows, CapabilityError> = async move {
-            let client = self.client(&database).await?;
-            query_on(&client, &statement, &params).await
+            self.check_statement(&statement)?;
+            let conn = self.client(&database).await?;
+            let r = query_on(conn.get()?, &statement, &params).await;
+            conn.release().await;
+            r
         }
         .instrument(call.span())
         .await;
@@ -231,14 +336,13 @@ impl sql::Host for SqlState {
             .downstream
             .call(Capability::Sql, "execute_batch", &database);
         let r: Result<u64, CapabilityError> = async move {
-            let client = self.client(&database).await?;
+            self.check_statement(&statement)?;
+            let conn = self.client(&database).await?;
             let mut tx = Transaction {
                 database,
-                client: Some(client),
+                client: Some(conn),
             };
-            let Some(client) = tx.client.as_ref() else {
-                return Err(CapabilityError::Other("no connection".into()));
-            };
+            let client = open(&tx)?;
             client.batch_execute("BEGIN").await.map_err(pg_error)?;
             let mut total = 0;
             for row in &param_rows {
@@ -246,7 +350,9 @@ impl sql::Host for SqlState {
                 total += execute_on(client, &statement, row).await?;
             }
             client.batch_execute("COMMIT").await.map_err(pg_error)?;
-            tx.client.take();
+            if let Some(conn) = tx.client.take() {
+                conn.release().await;
+            }
             Ok(total)
         }
         .instrument(call.span())
@@ -257,12 +363,12 @@ impl sql::Host for SqlState {
     async fn begin(&mut self, database: String) -> Result<Resource<Transaction>, CapabilityError> {
         let call = self.downstream.call(Capability::Sql, "begin", &database);
         let r: Result<Resource<Transaction>, CapabilityError> = async move {
-            let client = self.client(&database).await?;
-            client.batch_execute("BEGIN").await.map_err(pg_error)?;
+            let conn = self.client(&database).await?;
+            conn.get()?.batch_execute("BEGIN").await.map_err(pg_error)?;
             self.table
                 .push(Transaction {
                     database,
-                    client: Some(client),
+                    client: Some(conn),
                 })
                 .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
         }
@@ -283,6 +389,7 @@ impl sql::HostTransaction for SqlState {
             .downstream
             .call(Capability::Sql, "execute", "transaction");
         let r: Result<u64, CapabilityError> = async move {
+            self.check_statement(&statement)?;
             let tx = self.transaction(&tx)?;
             let client = open(tx)?;
             execute_on(client, &statement, &params).await
@@ -302,6 +409,7 @@ impl sql::HostTransaction for SqlState {
             .downstream
             .call(Capability::Sql, "query", "transaction");
         let r: Result<Rows, CapabilityError> = async move {
+            self.check_statement(&statement)?;
             let tx = self.transaction(&tx)?;
             let client = open(tx)?;
             query_on(client, &statement, &params).await
@@ -322,7 +430,9 @@ impl sql::HostTransaction for SqlState {
                 .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))?;
             let client = open(&tx)?;
             client.batch_execute("COMMIT").await.map_err(pg_error)?;
-            tx.client.take();
+            if let Some(conn) = tx.client.take() {
+                conn.release().await;
+            }
             Ok(())
         }
         .instrument(call.span())
@@ -332,22 +442,26 @@ impl sql::HostTransaction for SqlState {
 
     async fn drop(&mut self, tx: Resource<Transaction>) -> wasmtime::Result<()> {
         let mut tx = self.table.delete(tx)?;
-        if let Some(client) = tx.client.as_ref()
+        if let Some(client) = tx.client.as_ref().and_then(|c| c.get().ok())
             && client.batch_execute("ROLLBACK").await.is_ok()
+            && let Some(conn) = tx.client.take()
         {
-            tx.client.take();
+            conn.release().await;
         }
         Ok(())
     }
 }
 
 fn open(tx: &Transaction) -> Result<&Object, CapabilityError> {
-    tx.client.as_ref().ok_or_else(|| {
-        CapabilityError::Invalid(format!(
-            "transaction on `{}` is already finished",
-            tx.database
-        ))
-    })
+    tx.client
+        .as_ref()
+        .and_then(|c| c.obj.as_ref())
+        .ok_or_else(|| {
+            CapabilityError::Invalid(format!(
+                "transaction on `{}` is already finished",
+                tx.database
+            ))
+        })
 }
 
 #[cfg(test)]

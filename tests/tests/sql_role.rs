@@ -1,0 +1,133 @@
+//! Narrower SQL grants: a plugin whose `grants.sql_role` names a PostgreSQL
+//! role runs its statements under that role (`SET ROLE`), so it can do
+//! exactly what the role may — a statement outside its rights is
+//! `access-denied` — and cannot leave the role. Its connections are reset
+//! before anyone else uses them: a plugin without a role, sharing a pool of
+//! one connection, keeps its own rights.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jetplug::capability::{Backends, Grants};
+use jetplug::config::DatabaseConfig;
+use jetplug::engine::{EngineSettings, Runtime};
+use jetplug::plugin::{self, PluginInstance, PluginSpec};
+use jetplug::{Decision, Message};
+use jetplug_tests::{Postgres, plugins};
+
+fn msg(payload: &str) -> Message {
+    Message {
+        stream: "T".into(),
+        consumer: "c".into(),
+        subject: "t.x".into(),
+        headers: vec![],
+        payload: payload.as_bytes().to_vec(),
+        stream_seq: 1,
+        delivered: 1,
+        published_at_ms: 0,
+        tenant: "default".into(),
+    }
+}
+
+async fn ask(instance: &mut PluginInstance, payload: &str) -> anyhow::Result<String> {
+    match instance.handle([msg(payload)]).await?.pop() {
+        Some(Decision::Term(r)) => Ok(r),
+        other => anyhow::bail!("unexpected decision {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_runs_under_its_role_and_cannot_leave_it() -> anyhow::Result<()> {
+    let pg = Postgres::start().await?;
+    let db = pg.connect().await?;
+    db.batch_execute(
+        "create table allowed (v int); create table forbidden (v int);
+         create role indexer_writer nologin;
+         grant insert on allowed to indexer_writer;",
+    )
+    .await?;
+    // One connection: both plugins use the same one, in turn.
+    let databases = BTreeMap::from([(
+        "db".to_owned(),
+        DatabaseConfig {
+            pool_size: 1,
+            ..DatabaseConfig::new(pg.url())
+        },
+    )]);
+    let backends = Backends::with_databases(&databases)?;
+    let runtime = Arc::new(Runtime::new(EngineSettings {
+        max_instances: 4,
+        cache_dir: None,
+        ..EngineSettings::default()
+    })?);
+    let load = |role: Option<&str>| -> anyhow::Result<PluginInstance> {
+        let spec = PluginSpec {
+            grants: Grants {
+                log: true,
+                publish: vec!["out.>".into()],
+                sql: vec!["db".into()],
+                kv: vec!["state".into()],
+                sql_role: role.map(str::to_owned),
+            },
+            ..PluginSpec::new("caps", plugins::TEST_CAPABILITIES)
+        };
+        Ok(PluginInstance::new(Arc::new(plugin::load_with(
+            &runtime,
+            spec,
+            backends.clone(),
+        )?)))
+    };
+    let mut writer = load(Some("indexer_writer"))?;
+    let mut admin = load(None)?;
+
+    assert_eq!(
+        ask(&mut writer, "sql-exec|db|insert into allowed values (1)").await?,
+        "ok:1"
+    );
+    let denied = ask(&mut writer, "sql-exec|db|insert into forbidden values (1)").await?;
+    assert!(
+        denied.starts_with("access-denied") && denied.contains("permission denied"),
+        "{denied}"
+    );
+    let current = ask(
+        &mut writer,
+        "sql-exec|db|select 1 where current_user = 'indexer_writer'",
+    )
+    .await?;
+    assert_eq!(current, "ok:1", "statements run as the role");
+    for escape in [
+        "sql-exec|db|RESET ROLE",
+        "sql-exec|db|set  role postgres",
+        "sql-exec|db|select set_config('role', 'postgres', false)",
+        "sql-exec|db|SET SESSION AUTHORIZATION postgres",
+    ] {
+        let got = ask(&mut writer, escape).await?;
+        assert!(got.starts_with("access-denied"), "{escape}: {got}");
+    }
+    // In a transaction too.
+    let tx = ask(&mut writer, "sql-tx|db|commit").await?;
+    assert!(
+        tx.starts_with("access-denied"),
+        "create table is outside the role: {tx}"
+    );
+
+    // The same (only) connection, now for a plugin without a role.
+    assert_eq!(
+        ask(&mut admin, "sql-exec|db|insert into forbidden values (2)").await?,
+        "ok:1"
+    );
+    assert_eq!(
+        ask(
+            &mut admin,
+            "sql-exec|db|select 1 where current_user = 'postgres'"
+        )
+        .await?,
+        "ok:1"
+    );
+    let n: i64 = db
+        .query_one("select count(*) from forbidden", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 1, "only the plugin without a role wrote there");
+    Ok(())
+}
