@@ -292,3 +292,130 @@ async fn run_ends_on_a_refusal_and_reads_the_token_from_the_environment() -> any
     );
     Ok(())
 }
+
+/// A JWT for `claims`, signed by `issuer` (the NATS JWT v2 encoding).
+fn jwt(issuer: &nkeys::KeyPair, claims: serde_json::Value) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64.encode(serde_json::to_vec(&claims)?);
+    let signing_input = format!("{header}.{body}");
+    let sig = issuer
+        .sign(signing_input.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(format!("{signing_input}.{}", b64.encode(sig)))
+}
+
+fn claims(name: &str, iss: &str, sub: &str, nats: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "jti": format!("{name}{sub}").chars().take(52).collect::<String>(),
+        "iat": 1_700_000_000u64,
+        "iss": iss,
+        "name": name,
+        "sub": sub,
+        "nats": nats,
+    })
+}
+
+/// A `.creds` file for a new user of `account`.
+fn creds(dir: &Path, file: &str, account: &nkeys::KeyPair) -> anyhow::Result<std::path::PathBuf> {
+    let user = nkeys::KeyPair::new_user();
+    let token = jwt(
+        account,
+        claims(
+            "jetplug",
+            &account.public_key(),
+            &user.public_key(),
+            serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+        ),
+    )?;
+    let seed = user.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = dir.join(file);
+    std::fs::write(
+        &path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// `.creds` (JWT + NKey) against a server in operator mode, its account
+/// preloaded: a user of that account gets in; one of an unknown account and
+/// a file that is not a creds file are refused naming `nats.credentials`.
+#[tokio::test]
+async fn creds_file_in_operator_mode() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let op_jwt = jwt(
+        &operator,
+        claims(
+            "op",
+            &operator.public_key(),
+            &operator.public_key(),
+            serde_json::json!({"type": "operator", "version": 2, "system_account": system.public_key()}),
+        ),
+    )?;
+    let sys_jwt = jwt(
+        &operator,
+        claims(
+            "SYS",
+            &operator.public_key(),
+            &system.public_key(),
+            serde_json::json!({"limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1}, "type": "account", "version": 2}),
+        ),
+    )?;
+    let limits = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let acc_jwt = jwt(
+        &operator,
+        claims(
+            "acc",
+            &operator.public_key(),
+            &account.public_key(),
+            serde_json::json!({"limits": limits, "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2}),
+        ),
+    )?;
+    let server = NatsServer::start_with(&format!(
+        "operator: {op_jwt}\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {sys}: {sys_jwt}\n  {acc}: {acc_jwt}\n}}\n",
+        sys = system.public_key(),
+        acc = account.public_key()
+    ))
+    .await?;
+    let url = format!("url = \"{}\"", server.url());
+    let good = creds(dir.path(), "good.creds", &account)?;
+    connect(
+        dir.path(),
+        &format!("{url}\ncredentials = {}", quoted(&good)),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+
+    let stranger = creds(dir.path(), "stranger.creds", &nkeys::KeyPair::new_account())?;
+    refused(
+        connect(
+            dir.path(),
+            &format!("{url}\ncredentials = {}", quoted(&stranger)),
+        )
+        .await,
+        "nats.credentials",
+    );
+    let junk = dir.path().join("junk.creds");
+    std::fs::write(&junk, "not a creds file")?;
+    refused(
+        connect(
+            dir.path(),
+            &format!("{url}\ncredentials = {}", quoted(&junk)),
+        )
+        .await,
+        "nats.credentials",
+    );
+    Ok(())
+}

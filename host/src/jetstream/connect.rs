@@ -79,7 +79,7 @@ impl Health {
 /// The host could not connect and was configured to give up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot read NATS credentials file {path}: {source}")]
+    #[error("nats.credentials: cannot use the credentials file {path}: {source}")]
     Credentials {
         path: String,
         #[source]
