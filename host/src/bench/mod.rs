@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod env;
 pub mod indexer;
 pub mod languages;
+pub mod latency;
 pub mod tenants;
 pub mod throughput;
 

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::bench::{cluster, dispatch, env::Env, indexer, languages, tenants, throughput};
+use crate::bench::{cluster, dispatch, env::Env, indexer, languages, latency, tenants, throughput};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,6 +28,9 @@ enum What {
     Dispatch,
     /// Native async-nats consumer vs jetplug + no-op plugin; cold start; host RSS.
     Throughput,
+    /// Publish → plugin → republish latency (p50/p90/p99) with default batch
+    /// settings, at a low and a high rate.
+    Latency,
     /// Postgres indexer rows/s vs COPY, alone and beside hostile plugins.
     Indexer,
     /// The same no-op and parse-JSON handlers in Rust, Python and JavaScript:
@@ -79,6 +82,9 @@ struct Common {
     /// the machine's noise), or a list of loop, membomb, panic, flood.
     #[arg(long, global = true, default_value = "all", value_parser = hostiles)]
     hostile: Hostiles,
+    /// Messages per rate in the latency benchmark.
+    #[arg(long, global = true, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    latency_count: u64,
     /// Messages per batch for the indexer.
     #[arg(long, global = true, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     index_batch: u32,
@@ -175,7 +181,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let needs_nats = all
         || matches!(
             what,
-            What::Throughput | What::Indexer | What::Languages | What::Tenants
+            What::Throughput | What::Latency | What::Indexer | What::Languages | What::Tenants
         );
     let env = if needs_nats {
         Some(Env::new(&c.nats, &c.plugins).await?)
@@ -235,6 +241,40 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "",
             None,
         ));
+    }
+    if let Some(env) = &env
+        && (all || matches!(what, What::Latency))
+    {
+        let points = latency::run(
+            env,
+            latency::Settings {
+                count: c.latency_count,
+                rates: [100, 5000],
+            },
+        )
+        .await?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        for p in points {
+            let low = p.rate <= 100;
+            rows.push(row(
+                &format!(
+                    "latency publish → plugin → republish at {} msg/s (default batching)",
+                    p.rate
+                ),
+                format!(
+                    "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+                    ms(p.p50),
+                    ms(p.p90),
+                    ms(p.p99)
+                ),
+                if low {
+                    "p50 ≤ 5 ms, p99 ≤ 15 ms"
+                } else {
+                    ""
+                },
+                low.then(|| ms(p.p50) <= 5.0 && ms(p.p99) <= 15.0),
+            ));
+        }
     }
     if let Some(env) = &env
         && (all || matches!(what, What::Indexer))

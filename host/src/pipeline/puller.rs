@@ -6,7 +6,10 @@
 //! pipeline takes arrivals in whenever it waits (for a worker, for room,
 //! for the breaker), so nothing sits unseen in the inbox while its
 //! `ack_wait` runs out. A request the server forgot (no message or idle
-//! heartbeat for three heartbeats) counts as ended.
+//! heartbeat for three heartbeats) counts as ended. A batch waits to fill
+//! only while the server says more messages are waiting (each message
+//! carries the consumer's pending count): low latency when quiet, full
+//! batches under load.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -52,6 +55,10 @@ pub struct Puller {
     heard: Instant,
     /// Why pulling on this binding cannot go on, once known.
     error: Option<String>,
+    /// Whether the server had more messages waiting for this consumer when
+    /// it sent the last one (its `pending` count): only then is a batch
+    /// worth waiting for.
+    backlog: bool,
     keepalive: Arc<KeepAlive>,
 }
 
@@ -105,6 +112,7 @@ impl Puller {
             count: 0,
             heard: Instant::now(),
             error: None,
+            backlog: false,
             keepalive,
         })
     }
@@ -214,6 +222,9 @@ impl Puller {
             }
         }
         let got = !msgs.is_empty();
+        if let Some(last) = msgs.last() {
+            self.backlog = last.info().is_ok_and(|i| i.pending > 0);
+        }
         if got {
             let guard = self.keepalive.track(&msgs);
             self.count += msgs.len();
@@ -230,16 +241,24 @@ impl Puller {
         }
     }
 
-    /// Up to `size` messages: waits for the first, then up to `max_wait`
-    /// for more while an open request may bring them. Empty when the open
-    /// request ended without any; the error ends pulling on this binding.
+    /// Up to `size` messages: waits for the first, then — only while the
+    /// server has more waiting (a backlog) — up to `max_wait` for more
+    /// while an open request may bring them. Without a backlog a batch goes
+    /// at once with what has arrived, so a quiet pipeline does not wait for
+    /// batches to fill; under load batches fill. Empty when the open request
+    /// ended without any; the error ends pulling on this binding.
     pub async fn collect(&mut self, size: usize, max_wait: Duration) -> (Pulled, Option<String>) {
         self.take_in_ready();
         if self.count == 0 && self.outstanding > 0 && self.error.is_none() {
             self.arrive().await;
         }
         let deadline = tokio::time::Instant::now() + max_wait;
-        while self.error.is_none() && self.count > 0 && self.count < size && self.outstanding > 0 {
+        while self.error.is_none()
+            && self.backlog
+            && self.count > 0
+            && self.count < size
+            && self.outstanding > 0
+        {
             if tokio::time::timeout_at(deadline, self.arrive())
                 .await
                 .is_err()
