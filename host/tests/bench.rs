@@ -31,6 +31,8 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
                     "400",
                     "--batches",
                     "20",
+                    "--latency-count",
+                    "50",
                     "--nats",
                     &nats,
                 ])
@@ -63,6 +65,14 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
             "ms",
         ),
         ("host peak RSS (throughput run)", "MiB"),
+        (
+            "latency publish → plugin → republish at 100 msg/s (default batching)",
+            "ms",
+        ),
+        (
+            "latency publish → plugin → republish at 5000 msg/s (default batching)",
+            "ms",
+        ),
         ("postgres-indexer, sustained", "rows/s"),
         ("plain COPY of the same rows (reference)", "rows/s"),
         ("postgres-indexer beside hostile plugins", "rows/s"),

@@ -43,7 +43,7 @@ subjects = ["lat.out"]
 [plugin.forward]
 path = "{plugin}"
 grants = {{ publish = ["lat.out"] }}
-config = {{ mode = "forward", to = "lat.out" }}
+config = {{ to = "lat.out" }}
 
 # Default batch settings: what a user gets without tuning.
 [[pipeline]]
@@ -51,7 +51,7 @@ name = "forward"
 streams = ["LAT_IN"]
 plugin = "forward"
 "#,
-        plugin = env.plugin("bench_rust.wasm").display(),
+        plugin = env.plugin("bench_forward.wasm").display(),
     )
 }
 

@@ -262,7 +262,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     p.rate
                 ),
                 format!(
-                    "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+                    "{:.1} ms p50, {:.1} ms p90, {:.1} ms p99",
                     ms(p.p50),
                     ms(p.p90),
                     ms(p.p99)

@@ -7,33 +7,25 @@ use jetplug_sdk::{Config, ConfigError, Decision, Message, Plugin};
 
 struct Bench {
     parse: bool,
-    forward: Option<String>,
 }
 
 impl Plugin for Bench {
     fn init(config: &Config) -> Result<Self, ConfigError> {
-        config.deny_unknown(&["mode", "to"])?;
-        let (parse, forward) = match config.get_or("mode", "noop") {
-            "noop" => (false, None),
-            "json" => (true, None),
-            "forward" => (false, Some(config.require("to")?.to_owned())),
+        config.deny_unknown(&["mode"])?;
+        let parse = match config.get_or("mode", "noop") {
+            "noop" => false,
+            "json" => true,
             other => {
                 return Err(ConfigError::key(
                     "mode",
-                    format!("`{other}`: use noop, json or forward"),
+                    format!("`{other}`: use noop or json"),
                 ));
             }
         };
-        Ok(Bench { parse, forward })
+        Ok(Bench { parse })
     }
 
     fn handle(&mut self, msg: &Message) -> Decision {
-        if let Some(to) = &self.forward {
-            return match jetplug_sdk::publish::bytes(to, msg.payload.clone()) {
-                Ok(_) => Decision::ack(),
-                Err(_) => Decision::retry_after(std::time::Duration::from_millis(100)),
-            };
-        }
         if !self.parse {
             return Decision::ack();
         }
