@@ -115,8 +115,9 @@ impl ComponentCache {
 
     /// The file that holds (or will hold) the component with this content hash.
     pub fn entry_path(&self, content_hash: &str) -> PathBuf {
+        // `-m1`: entries carry a MAC (older, unsigned entries are not read).
         self.dir
-            .join(format!("{content_hash}-{}.cwasm", self.engine_key))
+            .join(format!("{content_hash}-{}-m1.cwasm", self.engine_key))
     }
 
     /// Loads the compiled component from the cache, or compiles `wasm` and
