@@ -111,6 +111,27 @@ plugin = "caps"
     Ok(path)
 }
 
+/// A `jetplug run` with `[telemetry]` set to `telemetry`, ready; its admin
+/// address and a JetStream context.
+async fn start_host(
+    dir: &Path,
+    nats: &NatsServer,
+    pg: &Postgres,
+    telemetry: &str,
+) -> anyhow::Result<(HostProcess, String, jetstream::Context)> {
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let path = config(dir, &nats.url(), &pg.url(), &admin, telemetry)?;
+    let host = HostProcess::start(
+        env!("CARGO_BIN_EXE_jetplug"),
+        &path,
+        admin.clone(),
+        dir.join("host.log"),
+    )?;
+    host.ready().await?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    Ok((host, admin, js))
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -193,24 +214,15 @@ async fn spans_follow_the_producer_through_the_plugin_into_published_messages() 
     let received = Received::default();
     let endpoint = receiver(received.clone()).await?;
     let dir = tempfile::tempdir()?;
-    let admin = format!("127.0.0.1:{}", free_port()?);
-    let path = config(
+    let (host, admin, js) = start_host(
         dir.path(),
-        &nats.url(),
-        &pg.url(),
-        &admin,
+        &nats,
+        &pg,
         &format!(
             "endpoint = \"{endpoint}\"\nservice_name = \"trace-test\"\nresource = {{ \"deployment.environment\" = \"test\" }}"
         ),
-    )?;
-    let host = HostProcess::start(
-        env!("CARGO_BIN_EXE_jetplug"),
-        &path,
-        admin.clone(),
-        dir.path().join("host.log"),
-    )?;
-    host.ready().await?;
-    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    )
+    .await?;
     let payload = "all|db|out.x|cache";
 
     // Three traced messages and one without trace context, then (alone) a
@@ -362,22 +374,13 @@ async fn an_unresponsive_collector_neither_slows_nor_fails_messages() -> anyhow:
         }
     });
     let dir = tempfile::tempdir()?;
-    let admin = format!("127.0.0.1:{}", free_port()?);
-    let path = config(
+    let (host, admin, js) = start_host(
         dir.path(),
-        &nats.url(),
-        &pg.url(),
-        &admin,
+        &nats,
+        &pg,
         &format!("endpoint = \"{endpoint}\"\nqueue_size = 16\nexport_timeout = \"30s\""),
-    )?;
-    let host = HostProcess::start(
-        env!("CARGO_BIN_EXE_jetplug"),
-        &path,
-        admin.clone(),
-        dir.path().join("host.log"),
-    )?;
-    host.ready().await?;
-    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    )
+    .await?;
     let count = 300;
     for n in 0..count {
         publish_traced(

@@ -4,30 +4,16 @@
 //! with compare-and-set, and every call checked against the grant.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use jetplug::capability::{Backends, Grants};
 use jetplug::config::{BucketConfig, DatabaseConfig, Dur, Size, Storage};
-use jetplug::engine::{EngineSettings, Runtime};
-use jetplug::plugin::{self, PluginInstance, PluginSpec};
-use jetplug::{Decision, Message};
-use jetplug_tests::{NatsServer, Postgres, plugins};
+use jetplug::plugin::PluginInstance;
+use jetplug_tests::{NatsServer, Postgres};
 
-fn msg(payload: &str) -> Message {
-    Message {
-        stream: "T".into(),
-        consumer: "c".into(),
-        subject: "t.x".into(),
-        headers: vec![],
-        payload: payload.as_bytes().to_vec(),
-        stream_seq: 1,
-        delivered: 1,
-        published_at_ms: 0,
-        tenant: "default".into(),
-    }
-}
+#[path = "support/caps.rs"]
+mod support;
 
 struct Rig {
     instance: PluginInstance,
@@ -68,24 +54,15 @@ impl Rig {
         )]);
         let backends = Backends::with_databases(&databases)?;
         backends.set_nats(js.clone());
-        let runtime = Arc::new(Runtime::new(EngineSettings {
-            max_instances: 4,
-            cache_dir: None,
-            ..EngineSettings::default()
-        })?);
-        let spec = PluginSpec {
-            grants: Grants {
-                log: true,
-                publish: vec!["out.>".into(), "nowhere.>".into()],
-                sql: vec!["main".into()],
-                kv: vec!["state".into(), "missing".into()],
-                sql_role: None,
-            },
-            ..PluginSpec::new("caps", plugins::TEST_CAPABILITIES)
+        let grants = Grants {
+            log: true,
+            publish: vec!["out.>".into(), "nowhere.>".into()],
+            sql: vec!["main".into()],
+            kv: vec!["state".into(), "missing".into()],
+            sql_role: None,
         };
-        let plugin = plugin::load_with(&runtime, spec, backends)?;
         Ok(Rig {
-            instance: PluginInstance::new(Arc::new(plugin)),
+            instance: support::caps(&support::runtime()?, grants, backends)?,
             pg,
             nats,
             js,
@@ -94,11 +71,7 @@ impl Rig {
 
     /// Runs one command and returns the plugin's report.
     async fn ask(&mut self, payload: &str) -> anyhow::Result<String> {
-        match self.instance.handle([msg(payload)]).await?.pop() {
-            Some(Decision::Term(r)) => Ok(r),
-            Some(Decision::Ack) => Ok("ack".into()),
-            other => anyhow::bail!("unexpected decision {other:?}"),
-        }
+        support::ask(&mut self.instance, payload).await
     }
 }
 

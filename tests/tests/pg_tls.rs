@@ -12,47 +12,28 @@ use std::sync::Arc;
 
 use jetplug::capability::{Backends, Grants};
 use jetplug::config::{DatabaseConfig, SslMode};
-use jetplug::engine::{EngineSettings, Runtime};
-use jetplug::plugin::{self, PluginInstance, PluginSpec};
-use jetplug::{Decision, Message};
-use jetplug_tests::{Postgres, TestCa, plugins};
+use jetplug::engine::Runtime;
+use jetplug_tests::{Postgres, TestCa};
 
-fn msg(payload: &str) -> Message {
-    Message {
-        stream: "T".into(),
-        consumer: "c".into(),
-        subject: "t.x".into(),
-        headers: vec![],
-        payload: payload.as_bytes().to_vec(),
-        stream_seq: 1,
-        delivered: 1,
-        published_at_ms: 0,
-        tenant: "default".into(),
-    }
-}
+#[path = "support/caps.rs"]
+mod support;
+use support::{ask, caps};
 
 /// Runs `select … where ssl` through the plugin's `sql` capability on a
 /// database set up as `db`: `Ok("ok:1")` on an encrypted connection, the
 /// capability's error otherwise.
 async fn encrypted(runtime: &Arc<Runtime>, db: DatabaseConfig) -> anyhow::Result<String> {
     let backends = Backends::with_databases(&BTreeMap::from([("db".to_owned(), db)]))?;
-    let spec = PluginSpec {
-        grants: Grants {
-            log: true,
-            publish: vec!["out.>".into()],
-            sql: vec!["db".into()],
-            kv: vec!["state".into()],
-            sql_role: None,
-        },
-        ..PluginSpec::new("caps", plugins::TEST_CAPABILITIES)
+    let grants = Grants {
+        log: true,
+        publish: vec!["out.>".into()],
+        sql: vec!["db".into()],
+        kv: vec!["state".into()],
+        sql_role: None,
     };
-    let plugin = plugin::load_with(runtime, spec, backends)?;
-    let mut instance = PluginInstance::new(Arc::new(plugin));
+    let mut instance = caps(runtime, grants, backends)?;
     let query = "sql-exec|db|select 1 from pg_stat_ssl where pid = pg_backend_pid() and ssl";
-    match instance.handle([msg(query)]).await?.pop() {
-        Some(Decision::Term(r)) => Ok(r),
-        other => anyhow::bail!("unexpected decision {other:?}"),
-    }
+    ask(&mut instance, query).await
 }
 
 fn db(url: String, mode: SslMode, ca: Option<&Path>) -> DatabaseConfig {
@@ -70,11 +51,7 @@ async fn sslmodes_against_a_server_that_requires_tls() -> anyhow::Result<()> {
     // Issued for the address only: `localhost` is not its name.
     let server = ca.issue("pg", &["127.0.0.1"])?;
     let pg = Postgres::start_tls(&server).await?;
-    let runtime = Arc::new(Runtime::new(EngineSettings {
-        max_instances: 8,
-        cache_dir: None,
-        ..EngineSettings::default()
-    })?);
+    let runtime = support::runtime()?;
     let by_ip = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
     let by_name = format!("postgres://postgres@localhost:{}/postgres", pg.port());
     let ca_file = ca.ca_file();

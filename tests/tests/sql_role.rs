@@ -6,35 +6,14 @@
 //! one connection, keeps its own rights.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use jetplug::capability::{Backends, Grants};
 use jetplug::config::DatabaseConfig;
-use jetplug::engine::{EngineSettings, Runtime};
-use jetplug::plugin::{self, PluginInstance, PluginSpec};
-use jetplug::{Decision, Message};
-use jetplug_tests::{Postgres, plugins};
+use jetplug_tests::Postgres;
 
-fn msg(payload: &str) -> Message {
-    Message {
-        stream: "T".into(),
-        consumer: "c".into(),
-        subject: "t.x".into(),
-        headers: vec![],
-        payload: payload.as_bytes().to_vec(),
-        stream_seq: 1,
-        delivered: 1,
-        published_at_ms: 0,
-        tenant: "default".into(),
-    }
-}
-
-async fn ask(instance: &mut PluginInstance, payload: &str) -> anyhow::Result<String> {
-    match instance.handle([msg(payload)]).await?.pop() {
-        Some(Decision::Term(r)) => Ok(r),
-        other => anyhow::bail!("unexpected decision {other:?}"),
-    }
-}
+#[path = "support/caps.rs"]
+mod support;
+use support::{ask, caps};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_runs_under_its_role_and_cannot_leave_it() -> anyhow::Result<()> {
@@ -55,27 +34,16 @@ async fn a_plugin_runs_under_its_role_and_cannot_leave_it() -> anyhow::Result<()
         },
     )]);
     let backends = Backends::with_databases(&databases)?;
-    let runtime = Arc::new(Runtime::new(EngineSettings {
-        max_instances: 4,
-        cache_dir: None,
-        ..EngineSettings::default()
-    })?);
-    let load = |role: Option<&str>| -> anyhow::Result<PluginInstance> {
-        let spec = PluginSpec {
-            grants: Grants {
-                log: true,
-                publish: vec!["out.>".into()],
-                sql: vec!["db".into()],
-                kv: vec!["state".into()],
-                sql_role: role.map(str::to_owned),
-            },
-            ..PluginSpec::new("caps", plugins::TEST_CAPABILITIES)
+    let runtime = support::runtime()?;
+    let load = |role: Option<&str>| {
+        let grants = Grants {
+            log: true,
+            publish: vec!["out.>".into()],
+            sql: vec!["db".into()],
+            kv: vec!["state".into()],
+            sql_role: role.map(str::to_owned),
         };
-        Ok(PluginInstance::new(Arc::new(plugin::load_with(
-            &runtime,
-            spec,
-            backends.clone(),
-        )?)))
+        caps(&runtime, grants, backends.clone())
     };
     let mut writer = load(Some("indexer_writer"))?;
     let mut admin = load(None)?;
