@@ -37,7 +37,7 @@ pub enum CacheOutcome {
 /// The default cache directory: `$JETPLUG_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/jetplug/components`, else `~/.cache/jetplug/components`.
 pub fn default_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("JETPLUG_CACHE_DIR") {
+    if let Some(dir) = std::env::var_os("JETPLUG_CACHE_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
