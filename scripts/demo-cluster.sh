@@ -35,7 +35,7 @@ routes="nats-route://127.0.0.1:6222,nats-route://127.0.0.1:6223,nats-route://127
 declare -A node_pid
 start_node() {
   local n=$1 port=$((4221 + $1))
-  nats-server -js -n "n$n" -a 127.0.0.1 -p "$port" -m "$((8221 + n))" -sd "$demo/n$n" \
+  nats-server -c "$(nats_conf "$demo/n$n")" -n "n$n" -a 127.0.0.1 -p "$port" -m "$((8221 + n))" \
     --cluster_name aivo --cluster "nats://127.0.0.1:$((6221 + n))" --routes "$routes" \
     >>"$demo/n$n.log" 2>&1 &
   node_pid[$n]=$!

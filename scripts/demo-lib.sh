@@ -46,6 +46,17 @@ wait_consuming() {
   exit 1
 }
 
+# A nats-server config file for store dir $1: JetStream limits generous
+# enough for the AIVO streams, whose max_bytes (42 GB in all) JetStream
+# reserves against the server's limit — by default 75% of the free disk,
+# which a CI machine may not have ("insufficient storage resources").
+# Writes DIR/server.conf and prints its path.
+nats_conf() {
+  mkdir -p "$1"
+  printf 'jetstream {\n  store_dir: "%s"\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}\n' "$1" >"$1/server.conf"
+  echo "$1/server.conf"
+}
+
 sql() { psql -h 127.0.0.1 -p 54321 -U postgres -Atc "$1" 2>/dev/null; }
 
 # PostgreSQL on 54321 under $demo/pg, unless one is already running there.

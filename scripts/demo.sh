@@ -24,7 +24,7 @@ if listening 4222; then
   say "nats-server: already running on 4222, reusing it"
 else
   say "starting nats-server on 4222 (store: .local/demo/nats)"
-  nats-server -js -a 127.0.0.1 -p 4222 -sd "$demo/nats" >"$demo/nats.log" 2>&1 &
+  nats-server -c "$(nats_conf "$demo/nats")" -a 127.0.0.1 -p 4222 >"$demo/nats.log" 2>&1 &
   service_pids+=($!)
   for _ in $(seq 50); do listening 4222 && break; sleep 0.1; done
 fi
