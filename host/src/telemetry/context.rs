@@ -31,6 +31,9 @@ impl CallTrace {
 
     /// A span for one capability call, child of the call's span.
     pub fn capability(&self, capability: &'static str, op: &'static str, target: &str) -> Span {
+        if !enabled() {
+            return Span::none();
+        }
         let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let Some(parent) = guard.as_ref().filter(|s| !s.is_disabled()) else {
             return Span::none();
@@ -42,6 +45,9 @@ impl CallTrace {
 
     /// A plugin's log line, as an event on the call's span.
     pub fn log(&self, level: &'static str, message: &str) {
+        if !enabled() {
+            return;
+        }
         let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(span) = guard.as_ref().filter(|s| !s.is_disabled()) {
             span.add_event(
