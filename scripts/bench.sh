@@ -8,6 +8,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 export PATH="$root/.local/venv/bin:$PATH"
 
+# nats-py for the Python consumer beside jetplug (pinned; into .local/venv).
+NATS_PY_VERSION="2.16.0"
+if ! "$root/.local/venv/bin/python3" -c "import nats" 2>/dev/null; then
+  echo "bench: installing nats-py $NATS_PY_VERSION into .local/venv"
+  "$root/.local/venv/bin/pip" install --quiet --disable-pip-version-check "nats-py==$NATS_PY_VERSION"
+fi
+export JETPLUG_BENCH_PYTHON="$root/.local/venv/bin/python3"
+
 work="$root/.local/bench"
 rm -rf "$work"; mkdir -p "$work/pg/run"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -51,4 +59,5 @@ for p in "${cluster_ports[@]}"; do for _ in $(seq 100); do listening "$p" && bre
 sleep 2  # the cluster elects its JetStream meta leader
 
 ./target/release/jetplug bench --nats "nats://127.0.0.1:$nats_port" \
-  --postgres "postgres://postgres@127.0.0.1:$pg_port/postgres" --cluster "$cluster_urls" "$@"
+  --postgres "postgres://postgres@127.0.0.1:$pg_port/postgres" --cluster "$cluster_urls" \
+  --record "$root/target/bench/latest.json" "$@"

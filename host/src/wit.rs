@@ -4,21 +4,45 @@
 //!
 //! Compatibility rule: the WIT is the product's public API. Any change to it
 //! bumps the package version; the host keeps loading components built
-//! against every version it has shipped (listed in [`SHIPPED`]).
+//! against every version it has shipped (listed in [`SHIPPED`]). Additions
+//! bump the patch version (as WASI does): wasmtime links a component built
+//! against `0.1.0` to the host's `0.1.1` interfaces by semver, so older
+//! components load unchanged. Earlier packages are kept in `wit/<version>/`.
 
 use std::path::{Path, PathBuf};
 
 /// The package the host implements today.
-pub const PACKAGE: &str = "jetplug:plugin@0.1.0";
+pub const PACKAGE: &str = "jetplug:plugin@0.1.1";
 
 /// The world every plugin targets.
 pub const WORLD: &str = "event-plugin";
 
 /// Every package version the host has shipped and still loads, oldest first.
-pub const SHIPPED: &[&str] = &["0.1.0"];
+pub const SHIPPED: &[&str] = &["0.1.0", "0.1.1"];
 
 /// The WIT files of the current package: (file name, contents).
 pub const FILES: &[(&str, &str)] = &[("world.wit", include_str!("../../wit/world.wit"))];
+
+/// The WIT files of every earlier shipped package: (version, file name, contents).
+pub const EARLIER: &[(&str, &str, &str)] = &[(
+    "0.1.0",
+    "world.wit",
+    include_str!("../../wit/0.1.0/world.wit"),
+)];
+
+/// The WIT files of the package `version` (current or earlier); `None` for
+/// a version the host never shipped.
+pub fn files(version: &str) -> Option<Vec<(&'static str, &'static str)>> {
+    if Some(version) == PACKAGE.rsplit('@').next() {
+        return Some(FILES.to_vec());
+    }
+    let files: Vec<_> = EARLIER
+        .iter()
+        .filter(|(v, _, _)| *v == version)
+        .map(|(_, name, text)| (*name, *text))
+        .collect();
+    (!files.is_empty()).then_some(files)
+}
 
 /// Why the WIT could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -76,5 +100,19 @@ mod tests {
         let version = PACKAGE.rsplit('@').next().unwrap_or_default();
         assert_eq!(SHIPPED.last().copied(), Some(version));
         assert!(world.contains(&format!("world {WORLD} ")));
+    }
+
+    #[test]
+    fn every_shipped_version_has_its_files() {
+        for version in SHIPPED {
+            let files = files(version).expect("a shipped version has its WIT");
+            assert!(
+                files
+                    .iter()
+                    .any(|(_, t)| t.contains(&format!("package jetplug:plugin@{version};"))),
+                "{version}"
+            );
+        }
+        assert!(files("9.9.9").is_none());
     }
 }

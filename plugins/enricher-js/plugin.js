@@ -11,7 +11,7 @@
 //
 // Config: `prefix` (default `enriched`), `pass_mark` (default 50).
 
-import { publish } from 'jetplug:plugin/publish@0.1.0';
+import { publish } from 'jetplug:plugin/publish@0.1.1';
 import { Plugin, exportPlugin, ack, retry, term, jsonPayload, warn, idempotencyKey } from '../../sdk/js/jetplug.js';
 
 class Enricher extends Plugin {

@@ -14,15 +14,15 @@
 //   export const handler = exportPlugin(Hello);
 //
 // Capabilities are imports of the WIT package, e.g.
-// `import { publish } from 'jetplug:plugin/publish@0.1.0';`, available when
+// `import { publish } from 'jetplug:plugin/publish@0.1.1';`, available when
 // the plugin's world (wit/plugin.wit) imports them: list there only what the
 // plugin is granted. A failed call throws an error whose `payload` is the
 // WIT error, e.g. `{ tag: 'unavailable', val: '...' }`.
 // This module itself imports `log` only.
 //
-// Targets the WIT package jetplug:plugin@0.1.0 (`jetplug wit` prints it).
+// Targets the WIT package jetplug:plugin@0.1.1 (`jetplug wit` prints it).
 
-import { log as hostLog } from 'jetplug:plugin/log@0.1.0';
+import { log as hostLog } from 'jetplug:plugin/log@0.1.1';
 
 // --- decisions ---------------------------------------------------------------
 

@@ -23,7 +23,7 @@ imports them; list there only what the plugin is granted. They raise
 ``componentize_py_types.Err`` carrying a ``wit_world.imports.types.Error``.
 This module itself uses ``log`` only.
 
-Targets the WIT package jetplug:plugin@0.1.0 (``jetplug wit`` prints it).
+Targets the WIT package jetplug:plugin@0.1.1 (``jetplug wit`` prints it).
 """
 
 import json as _json

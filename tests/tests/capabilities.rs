@@ -17,6 +17,7 @@ mod support;
 
 struct Rig {
     instance: PluginInstance,
+    backends: std::sync::Arc<Backends>,
     pg: Postgres,
     nats: NatsServer,
     js: jetstream::Context,
@@ -62,7 +63,8 @@ impl Rig {
             sql_role: None,
         };
         Ok(Rig {
-            instance: support::caps(&support::runtime()?, grants, backends)?,
+            instance: support::caps(&support::runtime()?, grants, backends.clone())?,
+            backends,
             pg,
             nats,
             js,
@@ -110,6 +112,81 @@ async fn sql_values_transactions_and_errors() -> anyhow::Result<()> {
     assert!(
         denied.starts_with("access-denied") && denied.contains("billing"),
         "{denied}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_insert_rows_bulk_loads_all_or_nothing_and_skips_known_keys() -> anyhow::Result<()> {
+    let mut rig = Rig::start().await?;
+    assert_eq!(rig.ask("sql-bulk-roundtrip|main").await?, "ok");
+    assert_eq!(
+        rig.ask("sql-bulk|main|bulk_probe|0|1000|skip").await?,
+        "ok:1000"
+    );
+    // Half of these are there already: skipped and not counted.
+    assert_eq!(
+        rig.ask("sql-bulk|main|bulk_probe|500|1500|skip").await?,
+        "ok:500"
+    );
+    // Without skip, one known key fails the whole call and none of it stays.
+    let dup = rig.ask("sql-bulk|main|bulk_probe|1400|1600|fail").await?;
+    assert!(
+        dup.starts_with("invalid: duplicate key value") && dup.contains("23505"),
+        "{dup}"
+    );
+    let db = rig.pg.connect().await?;
+    let (rows, keys, max, at): (i64, i64, i64, f64) = {
+        let r = db
+            .query_one(
+                "select count(*), count(distinct k), max(k), extract(epoch from max(at))::float8 from bulk_probe",
+                &[],
+            )
+            .await?;
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!((rows, keys, max, at), (1500, 1500, 1499, 1499.0));
+    // The connection that failed is not handed out half-used: the next call works.
+    assert_eq!(
+        rig.ask("sql-bulk|main|bulk_probe|1500|1600|fail").await?,
+        "ok:100"
+    );
+
+    let missing = rig.ask("sql-bulk|main|no_such_table|0|1|skip").await?;
+    assert!(
+        missing.starts_with("invalid:") && missing.contains("no_such_table"),
+        "{missing}"
+    );
+    let bad_name = rig.ask("sql-bulk|main|a.b.c|0|1|skip").await?;
+    assert!(bad_name.contains("`name` or `schema.name`"), "{bad_name}");
+    let denied = rig.ask("sql-bulk|billing|bulk_probe|0|1|skip").await?;
+    assert!(
+        denied.starts_with("access-denied") && denied.contains("billing"),
+        "{denied}"
+    );
+    Ok(())
+}
+
+/// A component built against the first WIT package (sql@0.1.0) calls into
+/// the current host's `sql` for real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_built_against_wit_0_1_0_uses_sql() -> anyhow::Result<()> {
+    let rig = Rig::start().await?;
+    let spec = jetplug::plugin::PluginSpec {
+        grants: Grants {
+            sql: vec!["main".into()],
+            ..Grants::default()
+        },
+        ..jetplug::plugin::PluginSpec::new("frozen", jetplug_tests::plugins::TEST_WIT_0_1_0)
+    };
+    let plugin = jetplug::plugin::load_with(&support::runtime()?, spec, rig.backends.clone())?;
+    let mut frozen = PluginInstance::new(std::sync::Arc::new(plugin));
+    assert_eq!(support::ask(&mut frozen, "sql:main").await?, "ack");
+    // An ungranted database is refused by the host: the plugin retries.
+    let missing = frozen.handle([support::msg("sql:nowhere")]).await?;
+    assert!(
+        matches!(missing[..], [jetplug::Decision::Retry(_)]),
+        "{missing:?}"
     );
     Ok(())
 }

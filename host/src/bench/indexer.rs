@@ -16,6 +16,8 @@ use super::env::{self, Env};
 pub struct Settings {
     pub count: u64,
     pub batch: u32,
+    /// Workers of the indexer pipeline.
+    pub concurrency: u32,
     pub postgres_url: String,
     /// Rounds of a run alone then one beside the hostile plugins; medians
     /// reported.
@@ -92,6 +94,9 @@ impl Hostile {
 pub struct Report {
     pub indexer_rows_per_sec: f64,
     pub copy_rows_per_sec: f64,
+    /// `COPY` of the same rows in the indexer's batch size, one transaction
+    /// per batch (the commit granularity settling after a write needs).
+    pub copy_batched_rows_per_sec: f64,
     pub beside_hostile_rows_per_sec: f64,
     /// Each round's rate beside hostile plugins over its rate alone (the
     /// two runs of a round are taken back to back, so a slow spell of the
@@ -139,12 +144,13 @@ plugin = "indexer"
 batch = {batch}
 batch_max_wait = "5ms"
 max_ack_pending = {pending}
-concurrency = 2
+concurrency = {concurrency}
 "#,
         url = s.postgres_url,
         indexer = env.plugin("postgres_indexer.wasm").display(),
         batch = s.batch,
-        pending = s.batch * 4,
+        pending = s.batch * s.concurrency * 2,
+        concurrency = s.concurrency,
     );
     if hostile && !s.hostile.is_empty() {
         b.push_str("\n[[stream]]\nname = \"BENCH_HOSTILE\"\nsubjects = [\"hostile.>\"]\n");
@@ -236,49 +242,58 @@ async fn index(
     Ok((run.rate(s.count), hostile_failures as u64))
 }
 
-/// `COPY` of the same rows into a table like the indexer's.
-async fn copy(s: &Settings, pg: &tokio_postgres::Client) -> anyhow::Result<f64> {
+/// `COPY` of the same rows into a table like the indexer's, in transactions
+/// of `per_tx` rows (all of them in one when `per_tx` ≥ the count).
+async fn copy(s: &Settings, pg: &mut tokio_postgres::Client, per_tx: u64) -> anyhow::Result<f64> {
     let copy_table = format!("{TABLE}_copy");
     pg.batch_execute(&format!(
         "DROP TABLE IF EXISTS {copy_table}; CREATE TABLE {copy_table} (LIKE {TABLE} INCLUDING ALL)"
     ))
     .await?;
     let started = Instant::now();
-    let sink = pg
-        .copy_in(&format!(
-            "COPY {copy_table} (stream, stream_seq, subject, domain, entity, action, payload, headers, published_at) FROM STDIN"
-        ))
-        .await?;
-    futures::pin_mut!(sink);
-    let mut buf = bytes::BytesMut::new();
-    for i in 0..s.count {
-        let payload = String::from_utf8_lossy(&event(i)).into_owned();
-        buf.extend_from_slice(
-            format!("BENCH_IDX\t{}\t{SUBJECT}\tlearning\tlesson\tcompleted\t{payload}\t{{}}\t2026-11-22 00:00:00+00\n", i + 1)
-                .as_bytes(),
-        );
-        if buf.len() > 1 << 20 {
-            sink.send(buf.split().freeze()).await?;
+    let mut written = 0;
+    let per_tx = per_tx.max(1);
+    for first in (0..s.count).step_by(per_tx as usize) {
+        let tx = pg.transaction().await?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY {copy_table} (stream, stream_seq, subject, domain, entity, action, payload, headers, published_at) FROM STDIN"
+            ))
+            .await?;
+        futures::pin_mut!(sink);
+        let mut buf = bytes::BytesMut::new();
+        for i in first..(first + per_tx).min(s.count) {
+            let payload = String::from_utf8_lossy(&event(i)).into_owned();
+            buf.extend_from_slice(
+                format!("BENCH_IDX\t{}\t{SUBJECT}\tlearning\tlesson\tcompleted\t{payload}\t{{}}\t2026-11-22 00:00:00+00\n", i + 1)
+                    .as_bytes(),
+            );
+            if buf.len() > 1 << 20 {
+                sink.send(buf.split().freeze()).await?;
+            }
         }
+        sink.send(buf.split().freeze()).await?;
+        written += sink.finish().await?;
+        tx.commit().await?;
     }
-    sink.send(buf.split().freeze()).await?;
-    let rows = sink.finish().await?;
     let took = started.elapsed();
-    anyhow::ensure!(rows == s.count, "COPY wrote {rows} rows");
+    anyhow::ensure!(written == s.count, "COPY wrote {written} rows");
     pg.batch_execute(&format!("DROP TABLE {copy_table}"))
         .await?;
     Ok(s.count as f64 / took.as_secs_f64().max(1e-9))
 }
 
 pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
-    let pg = db(&s.postgres_url).await?;
+    let mut pg = db(&s.postgres_url).await?;
     let (mut alone, mut beside, mut hostile_ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut copy_rows_per_sec, mut hostile_failed_batches) = (0.0, 0);
+    let (mut copy_rows_per_sec, mut copy_batched_rows_per_sec) = (0.0, 0.0);
+    let mut hostile_failed_batches = 0;
     for round in 0..s.repeat.max(1) {
         let rate_alone = index(env, s, &pg, false).await?.0;
         alone.push(rate_alone);
         if round == 0 {
-            copy_rows_per_sec = copy(s, &pg).await?;
+            copy_rows_per_sec = copy(s, &mut pg, s.count).await?;
+            copy_batched_rows_per_sec = copy(s, &mut pg, u64::from(s.batch)).await?;
         }
         let (rate, failed) = index(env, s, &pg, true).await?;
         beside.push(rate);
@@ -292,6 +307,7 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
     Ok(Report {
         indexer_rows_per_sec,
         copy_rows_per_sec,
+        copy_batched_rows_per_sec,
         beside_hostile_rows_per_sec,
         hostile_ratios,
         hostile_failed_batches,

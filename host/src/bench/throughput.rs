@@ -1,10 +1,13 @@
 //! End to end: a native async-nats consumer (the baseline: pull, ack each
 //! message, nothing else) against jetplug running the no-op plugin, over
-//! the same stream, message count, batch size and consumer settings. Also
-//! cold start to the first message and the host's memory.
+//! the same stream, message count, batch size and consumer settings, and
+//! beside them the same consumer written with nats-py (what a Python team
+//! would run without jetplug). Also cold start to the first message and the
+//! host's memory.
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::StreamExt;
 
 use super::env::{self, Env};
@@ -27,6 +30,8 @@ pub struct Settings {
 pub struct Report {
     pub native_per_sec: f64,
     pub jetplug_per_sec: f64,
+    /// The nats-py consumer's msg/s, or why it did not run.
+    pub natspy_per_sec: Result<f64, String>,
     pub cold_start_compile: Duration,
     pub cold_start_cached: Duration,
     pub host_peak_rss: Option<u64>,
@@ -106,12 +111,21 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
     // consumers every time); the medians are reported.
     let (mut pc, sc) = noop_on(&config, "BENCH")?;
     let (mut native_rates, mut jetplug_rates) = (Vec::new(), Vec::new());
+    let mut natspy_rates = Ok(Vec::new());
     let mut host_peak_rss = None;
     for round in 0..s.repeat.max(1) {
         pc.name = format!("native{round}");
         native_rates.push(native(env, &pc, &sc, s).await?);
         let stream = env.js.get_stream("BENCH").await?;
         let _ = stream.delete_consumer(&pc.consumer_name("BENCH")).await;
+        if let Ok(rates) = &mut natspy_rates {
+            pc.name = format!("natspy{round}");
+            match natspy(env, &pc, &sc, s).await? {
+                Ok(rate) => rates.push(rate),
+                Err(why) => natspy_rates = Err(why),
+            }
+            let _ = stream.delete_consumer(&pc.consumer_name("BENCH")).await;
+        }
         let _ = stream.delete_consumer("jetplug-noop-BENCH").await;
         // jetplug: the same messages through the no-op plugin, host in its own process.
         let bar = env::bar(s.count, "jetplug + no-op plugin");
@@ -135,6 +149,7 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
     Ok(Report {
         native_per_sec: super::median(native_rates),
         jetplug_per_sec: super::median(jetplug_rates),
+        natspy_per_sec: natspy_rates.map(super::median),
         cold_start_compile: cold[0],
         cold_start_cached: cold[1],
         host_peak_rss,
@@ -200,4 +215,54 @@ pub(crate) async fn native(
     task.await??;
     bar.finish_and_clear();
     Ok(run.rate(count))
+}
+
+/// The nats-py consumer's script, written next to the run's configs.
+const NATSPY_SCRIPT: &str = include_str!("py/natspy_consumer.py");
+
+/// One run of the nats-py consumer over the whole stream (the same consumer
+/// settings as the native one), or why it cannot run: the interpreter is
+/// `$JETPLUG_BENCH_PYTHON` or `python3`, and needs nats-py (`make bench`
+/// installs it into .local/venv).
+pub(crate) async fn natspy(
+    env: &Env,
+    pc: &crate::config::PipelineConfig,
+    sc: &crate::config::StreamConfig,
+    s: Settings,
+) -> anyhow::Result<Result<f64, String>> {
+    let python = std::env::var("JETPLUG_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = tokio::process::Command::new(&python)
+        .args(["-c", "import nats"])
+        .output()
+        .await;
+    match probe {
+        Ok(out) if out.status.success() => {}
+        _ => {
+            return Ok(Err(format!(
+                "skipped: `{python}` cannot import nats (nats-py; `make bench` installs it)"
+            )));
+        }
+    }
+    let script = env.dir.path().join("natspy_consumer.py");
+    std::fs::write(&script, NATSPY_SCRIPT)?;
+    let durable = pc.consumer_name(&sc.name);
+    env.js
+        .get_stream(&sc.name)
+        .await?
+        .create_consumer(consumer::config(pc, sc))
+        .await?;
+    let bar = env::bar(s.count, "nats-py consumer");
+    let mut child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([&env.nats_url, &sc.name, &durable])
+        .args([s.count.to_string(), s.batch.to_string()])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {python}"))?;
+    let run = env::wait_acked(&env.js, &sc.name, &durable, s.count, TIMEOUT, &bar).await?;
+    let status = child.wait().await?;
+    anyhow::ensure!(status.success(), "the nats-py consumer failed: {status}");
+    bar.finish_and_clear();
+    Ok(Ok(run.rate(s.count)))
 }

@@ -18,8 +18,15 @@ use crate::capability::{self, Backends, Capability};
 use crate::engine::Runtime;
 use crate::engine::cache::{self, CacheOutcome};
 
-/// The export every plugin must provide.
-pub const HANDLER_EXPORT: &str = "jetplug:plugin/handler@0.1.0";
+/// The export every plugin must provide (at the current version; a
+/// component built against an earlier shipped version exports that one).
+pub const HANDLER_EXPORT: &str = "jetplug:plugin/handler@0.1.1";
+
+/// Whether `name` is the handler export of a shipped WIT version.
+fn is_handler_export(name: &str) -> bool {
+    name.strip_prefix("jetplug:plugin/handler@")
+        .is_some_and(|v| crate::wit::SHIPPED.contains(&v))
+}
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +58,11 @@ pub enum LoadError {
     },
     #[error(
         "plugin `{plugin}` imports `{import}`, which jetplug does not provide \
-         (available: jetplug:plugin/{{log,publish,sql,kv}}@0.1.0 and wasi:*@0.2)"
+         (available: jetplug:plugin/{{log,publish,sql,kv}}@0.1.0 to 0.1.1 and wasi:*@0.2)"
     )]
     UnknownImport { plugin: String, import: String },
     #[error(
-        "plugin `{plugin}` ({}) does not implement the world jetplug:plugin/event-plugin@0.1.0: {reason}",
+        "plugin `{plugin}` ({}) does not implement the world jetplug:plugin/event-plugin (0.1.0 to 0.1.1): {reason}",
         path.display()
     )]
     NotAPlugin {
@@ -275,7 +282,7 @@ fn check_exports(
         .exports(runtime.engine())
         .map(|(name, _)| name.to_owned())
         .collect();
-    if exports.iter().any(|e| e == HANDLER_EXPORT) {
+    if exports.iter().any(|e| is_handler_export(e)) {
         return Ok(());
     }
     let found = if exports.is_empty() {

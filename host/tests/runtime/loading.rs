@@ -281,8 +281,10 @@ async fn loads_a_component_built_against_every_shipped_wit_version() -> TestResu
     let rt = runtime(None)?;
     for version in jetplug::wit::SHIPPED {
         let component = match *version {
-            // Every plugin in plugins/ is built against 0.1.0 today.
-            "0.1.0" => plugins::TEST_NOOP,
+            // Frozen at the first contract (wit/0.1.0), imports sql@0.1.0.
+            "0.1.0" => plugins::TEST_WIT_0_1_0,
+            // Every other plugin in plugins/ is built against the current one.
+            "0.1.1" => plugins::TEST_NOOP,
             other => return Err(format!("no test component built against WIT {other}").into()),
         };
         let bytes = std::fs::read(component)?;
@@ -291,7 +293,14 @@ async fn loads_a_component_built_against_every_shipped_wit_version() -> TestResu
             text.contains(&format!("jetplug:plugin/handler@{version}")),
             "{component} is not built against {version}"
         );
-        let mut inst = instance(&rt, spec(component))?;
+        if *version == "0.1.0" {
+            assert!(text.contains("jetplug:plugin/sql@0.1.0"), "{component}");
+        }
+        let mut spec = spec(component);
+        // The frozen component imports `sql@0.1.0`: linked to the host's
+        // current `sql` by semver.
+        spec.grants.sql = vec!["events".into()];
+        let mut inst = instance(&rt, spec)?;
         let d = inst.handle([msg("ok")]).await?;
         assert!(matches!(d[..], [Decision::Ack]), "{version}: {d:?}");
     }

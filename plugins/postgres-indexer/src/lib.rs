@@ -1,5 +1,5 @@
 //! The Postgres indexer: writes every event of a batch to the `events` table
-//! in one statement (one transaction), idempotent on the event's origin
+//! in one bulk load (`sql.insert-rows`: COPY, one transaction), idempotent on the event's origin
 //! (stream, stream_seq where it was first stored), so neither a redelivered
 //! nor a redriven message ever adds a row. `stream`, `stream_seq` and
 //! `published_at` are the origin's.
@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use jetplug_sdk::sql::{self, Value};
+use jetplug_sdk::sql::{self, OnConflict, Value};
 use jetplug_sdk::{Config, ConfigError, Decision, Error, Message, Plugin, log};
 
 struct Indexer {
@@ -42,10 +42,17 @@ impl Plugin for Indexer {
 
     fn handle_batch(&mut self, batch: &[Message]) -> Vec<Decision> {
         let mut decisions: Vec<Option<Decision>> = vec![None; batch.len()];
-        let mut rows = Vec::with_capacity(batch.len());
+        // The rows to write and, in the same order, their messages' indexes.
+        let (mut at, mut rows) = (
+            Vec::with_capacity(batch.len()),
+            Vec::with_capacity(batch.len()),
+        );
         for (i, m) in batch.iter().enumerate() {
             match row(m) {
-                Ok(r) => rows.push((i, r)),
+                Ok(r) => {
+                    at.push(i);
+                    rows.push(r);
+                }
                 Err(reason) => decisions[i] = Some(Decision::term(reason)),
             }
         }
@@ -54,13 +61,13 @@ impl Plugin for Indexer {
                 return retry_all(batch.len(), &e);
             }
             match self.insert(&rows) {
-                Ok(()) => rows
+                Ok(()) => at
                     .iter()
-                    .for_each(|(i, _)| decisions[*i] = Some(Decision::ack())),
+                    .for_each(|i| decisions[*i] = Some(Decision::ack())),
                 Err(Error::Invalid(_)) => {
                     // Find the rows the database rejects; write the others.
-                    for (i, r) in &rows {
-                        decisions[*i] = Some(match self.insert(&[(*i, r.clone())]) {
+                    for (i, r) in at.iter().zip(rows) {
+                        decisions[*i] = Some(match self.insert(&[r]) {
                             Ok(()) => Decision::ack(),
                             Err(Error::Invalid(m)) => {
                                 Decision::term(format!("rejected by the database: {m}"))
@@ -87,37 +94,46 @@ fn retry_all(n: usize, e: &Error) -> Vec<Decision> {
     vec![Decision::retry(); n]
 }
 
-/// One event as a JSON object of the table's columns (text), or why it
-/// cannot be indexed. The payload is checked to be JSON and embedded as it
-/// is, without being parsed into a tree and written out again.
-fn row(m: &Message) -> Result<String, String> {
+/// One event as the table's column values, or why it cannot be indexed.
+/// The payload is checked to be JSON and passed on as it is, without being
+/// parsed into a tree and written out again.
+fn row(m: &Message) -> Result<Vec<Value>, String> {
     let text = m.text().map_err(|e| e.to_string())?;
-    let payload: &serde_json::value::RawValue =
+    let _: &serde_json::value::RawValue =
         serde_json::from_str(text).map_err(|e| format!("payload is not JSON: {e}"))?;
     let mut parts = m.subject.splitn(3, '.');
-    let domain = parts.next().unwrap_or("");
-    let entity = parts.next().unwrap_or("");
-    let action = parts.next().unwrap_or("");
+    let mut part = || Value::Text(parts.next().unwrap_or("").to_owned());
+    let (domain, entity, action) = (part(), part(), part());
     let headers: BTreeMap<&str, &str> = m
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
     let origin = m.origin();
-    Ok(format!(
-        r#"{{"stream":{},"stream_seq":{},"subject":{},"domain":{},"entity":{},"action":{},"payload":{},"headers":{},"published_at_ms":{}}}"#,
-        s(&origin.stream),
-        origin.sequence,
-        s(&m.subject),
-        s(domain),
-        s(entity),
-        s(action),
-        payload.get(),
-        serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into()),
-        origin.published_at_ms,
-    ))
+    Ok(vec![
+        Value::Text(origin.stream.clone()),
+        Value::Int(origin.sequence as i64),
+        Value::Text(m.subject.clone()),
+        domain,
+        entity,
+        action,
+        Value::Json(text.to_owned()),
+        Value::Json(serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into())),
+        Value::Timestamp(origin.published_at_ms.saturating_mul(1000)),
+    ])
 }
+
+const COLUMNS: [&str; 9] = [
+    "stream",
+    "stream_seq",
+    "subject",
+    "domain",
+    "entity",
+    "action",
+    "payload",
+    "headers",
+    "published_at",
+];
 
 impl Indexer {
     fn ensure_schema(&mut self) -> Result<(), Error> {
@@ -157,29 +173,19 @@ impl Indexer {
         Ok(())
     }
 
-    /// One statement for the whole batch: the rows travel as one JSON array
-    /// (a single parameter) that PostgreSQL expands with `jsonb_to_recordset`,
-    /// which is far cheaper to bind and parse than thousands of parameters.
-    fn insert(&self, rows: &[(usize, String)]) -> Result<(), Error> {
-        let mut json = String::with_capacity(rows.len() * 256);
-        json.push('[');
-        for (n, (_, r)) in rows.iter().enumerate() {
-            if n > 0 {
-                json.push(',');
-            }
-            json.push_str(r);
-        }
-        json.push(']');
-        let stmt = format!(
-            "INSERT INTO {} (stream, stream_seq, subject, domain, entity, action, payload, headers, published_at) \
-             SELECT stream, stream_seq, subject, domain, entity, action, payload, headers, \
-                    to_timestamp(published_at_ms / 1000.0) \
-             FROM jsonb_to_recordset($1::text::jsonb) AS r(stream text, stream_seq bigint, subject text, \
-                  domain text, entity text, action text, payload jsonb, headers jsonb, published_at_ms bigint) \
-             ON CONFLICT (stream, stream_seq) DO NOTHING",
-            self.table
-        );
-        sql::execute(&self.database, &stmt, &[Value::Text(json)]).map(|_| ())
+    /// The whole batch in one call: `COPY` into a staging table and one
+    /// `INSERT … ON CONFLICT (stream, stream_seq) DO NOTHING`, in one
+    /// transaction, so an event already indexed (redelivered, redriven) adds
+    /// no row.
+    fn insert(&self, rows: &[Vec<Value>]) -> Result<(), Error> {
+        sql::insert_rows(
+            &self.database,
+            &self.table,
+            &COLUMNS,
+            rows,
+            &OnConflict::Skip(vec!["stream".into(), "stream_seq".into()]),
+        )
+        .map(|_| ())
     }
 }
 

@@ -9,6 +9,11 @@
 //! - `sql-tx|DB|commit` / `sql-tx|DB|drop` → insert into `tx_probe` in a
 //!   transaction, then commit or drop it → `ok`;
 //! - `sql-batch|DB|N` → insert N rows into `batch_probe` in one call → `ok:<rows>`;
+//! - `sql-bulk|DB|TABLE|FROM|TO|skip|fail` → `insert-rows` of keys FROM..TO
+//!   (columns `k`, `doc`, `at`) into TABLE (created as `bulk_probe` is),
+//!   duplicates skipped or failing → `ok:<rows inserted>`;
+//! - `sql-bulk-roundtrip|DB` → every value type (and text full of tabs,
+//!   newlines and backslashes) through `insert-rows` and back → `ok`;
 //! - `publish|SUBJECT|ID` → `ok:<stream>:<seq>:<duplicate>`;
 //! - `kv-put|BUCKET|KEY|VALUE` → `ok:<revision>`; `kv-get|BUCKET|KEY` →
 //!   `ok:<value>:<revision>` or `none`; `kv-cas|BUCKET|KEY|VALUE|REV` (REV
@@ -103,6 +108,33 @@ fn command(f: &[&str]) -> Result<String, Error> {
             sql::execute_batch(db, "insert into batch_probe values ($1)", &rows)
                 .map(|n| format!("ok:{n}"))
         }
+        "sql-bulk" => {
+            let (db, table) = (arg(1), arg(2));
+            if table == "bulk_probe" {
+                sql::execute(
+                    db,
+                    "create table if not exists bulk_probe (id bigserial primary key, k int8 not null unique, doc jsonb not null, at timestamptz not null)",
+                    &[],
+                )?;
+            }
+            let (from, to): (i64, i64) = (arg(3).parse().unwrap_or(0), arg(4).parse().unwrap_or(0));
+            let rows: Vec<Vec<Value>> = (from..to)
+                .map(|k| {
+                    vec![
+                        Value::Int(k),
+                        Value::Json(format!(r#"{{"k":{k}}}"#)),
+                        Value::Timestamp(k * 1_000_000),
+                    ]
+                })
+                .collect();
+            let on_conflict = match arg(5) {
+                "skip" => sql::OnConflict::Skip(vec!["k".into()]),
+                _ => sql::OnConflict::Fail,
+            };
+            let columns = ["k", "doc", "at"].map(String::from);
+            sql::insert_rows(db, table, &columns, &rows, &on_conflict).map(|n| format!("ok:{n}"))
+        }
+        "sql-bulk-roundtrip" => bulk_roundtrip(arg(1)),
         "publish" => {
             let id = Some(arg(2)).filter(|s| !s.is_empty());
             publish::publish(&outgoing(arg(1), id))
@@ -166,6 +198,56 @@ fn roundtrip(db: &str) -> Result<String, Error> {
         Ok("ok".into())
     } else {
         Ok(format!("mismatch: sent {values:?}, got {got:?}"))
+    }
+}
+
+/// Writes every value type with `insert-rows` (COPY text) and reads it back.
+fn bulk_roundtrip(db: &str) -> Result<String, Error> {
+    sql::execute(
+        db,
+        "create table if not exists bulk_roundtrip (b bool, i int8, n int4, f float8, t text, by bytea, j jsonb, ts timestamptz, z text)",
+        &[],
+    )?;
+    let values = vec![
+        Value::Boolean(false),
+        Value::Int(i64::MIN),
+        Value::Int(-7),
+        Value::Float(-0.1),
+        Value::Text("tab\there\nnewline\r back\\slash \\. é \u{1F600}".into()),
+        Value::Bytes(vec![0, 9, 10, 92, 255]),
+        Value::Json(r#"{"s":"a\tb\nc","n":[1,2.5]}"#.into()),
+        Value::Timestamp(-86_400_000_001),
+        Value::Null,
+    ];
+    let columns = ["b", "i", "n", "f", "t", "by", "j", "ts", "z"].map(String::from);
+    let n = sql::insert_rows(
+        db,
+        "public.bulk_roundtrip",
+        &columns,
+        std::slice::from_ref(&values),
+        &sql::OnConflict::Fail,
+    )?;
+    if n != 1 {
+        return Ok(format!("inserted {n} rows"));
+    }
+    let rows = sql::query(
+        db,
+        "select b, i, n, f, t, by, j, ts, z from bulk_roundtrip limit 1",
+        &[],
+    )?;
+    let got = rows.rows.first().cloned().unwrap_or_default();
+    // jsonb keeps the document, not its spelling: keys come back sorted.
+    let want: Vec<Value> = values
+        .into_iter()
+        .map(|v| match v {
+            Value::Json(_) => Value::Json(r#"{"n":[1,2.5],"s":"a\tb\nc"}"#.into()),
+            v => v,
+        })
+        .collect();
+    if format!("{got:?}") == format!("{want:?}") {
+        Ok("ok".into())
+    } else {
+        Ok(format!("mismatch: sent {want:?}, got {got:?}"))
     }
 }
 

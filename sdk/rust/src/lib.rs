@@ -29,7 +29,7 @@
 //! jetplug_sdk::export!(Hello);
 //! ```
 //!
-//! The crate targets the WIT package `jetplug:plugin@0.1.0` (`jetplug wit`
+//! The crate targets the WIT package `jetplug:plugin@0.1.1` (`jetplug wit`
 //! prints it); a component built with it loads in every host that ships
 //! that version.
 

@@ -4,7 +4,7 @@
 
 use crate::Error;
 use crate::bindings::jetplug::plugin::sql as raw;
-pub use crate::bindings::jetplug::plugin::sql::{Rows, Value};
+pub use crate::bindings::jetplug::plugin::sql::{OnConflict, Rows, Value};
 
 /// Runs one statement on `database`; returns the number of rows affected.
 pub fn execute(database: &str, statement: &str, params: &[Value]) -> Result<u64, Error> {
@@ -23,6 +23,28 @@ pub fn execute_batch(
     param_rows: &[Vec<Value>],
 ) -> Result<u64, Error> {
     raw::execute_batch(database, statement, param_rows).map_err(Error::from)
+}
+
+/// Bulk-loads `rows` (one value per entry of `columns`) into `table` with
+/// `COPY`, through a temporary staging table and one `INSERT … SELECT`, in
+/// one transaction: the fastest way to write a whole batch. With
+/// [`OnConflict::Skip`] rows whose key is already there are skipped, which
+/// makes the write idempotent. Returns the rows inserted. (WIT 0.1.1.)
+///
+/// ```ignore
+/// let rows = vec![vec![Value::Text("LEARNING".into()), Value::Int(7)]];
+/// sql::insert_rows("events", "events", &["stream", "stream_seq"], &rows,
+///     &OnConflict::Skip(vec!["stream".into(), "stream_seq".into()]))?;
+/// ```
+pub fn insert_rows(
+    database: &str,
+    table: &str,
+    columns: &[&str],
+    rows: &[Vec<Value>],
+    on_conflict: &OnConflict,
+) -> Result<u64, Error> {
+    let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+    raw::insert_rows(database, table, &columns, rows, on_conflict).map_err(Error::from)
 }
 
 /// Starts a transaction on `database`; dropped without [`Transaction::commit`]

@@ -7,6 +7,7 @@
 //! deadlock), comes back as `unavailable` so the plugin retries and the
 //! breaker sees it. Never a trap.
 
+mod bulk;
 mod values;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::{Backends, Capability, Downstream, Grants, denied};
 use crate::bindings::CapabilityError;
-use crate::bindings::jetplug::plugin::sql::{self, Rows, Value};
+use crate::bindings::jetplug::plugin::sql::{self, OnConflict, Rows, Value};
 use crate::plugin::PluginState;
 use values::Param;
 
@@ -354,6 +355,47 @@ impl sql::Host for SqlState {
                 conn.release().await;
             }
             Ok(total)
+        }
+        .instrument(call.span())
+        .await;
+        call.end(r)
+    }
+
+    async fn insert_rows(
+        &mut self,
+        database: String,
+        table: String,
+        columns: Vec<String>,
+        rows: Vec<Vec<Value>>,
+        on_conflict: OnConflict,
+    ) -> Result<u64, CapabilityError> {
+        let call = self
+            .downstream
+            .call(Capability::Sql, "insert_rows", &database);
+        let r: Result<u64, CapabilityError> = async move {
+            let plan = bulk::plan(
+                &table,
+                &columns,
+                &on_conflict,
+                self.grants.sql_role.as_deref(),
+            )?;
+            let conn = self.client(&database).await?;
+            if rows.is_empty() {
+                conn.release().await;
+                return Ok(0);
+            }
+            let mut tx = Transaction {
+                database,
+                client: Some(conn),
+            };
+            let client = open(&tx)?;
+            // On error `tx` is dropped: its connection is closed, rolling back.
+            let inserted = bulk::run(client, &plan, columns.len(), &rows).await?;
+            client.batch_execute("COMMIT").await.map_err(pg_error)?;
+            if let Some(conn) = tx.client.take() {
+                conn.release().await;
+            }
+            Ok(inserted)
         }
         .instrument(call.span())
         .await;

@@ -1,0 +1,311 @@
+//! `sql.insert-rows`: bulk load through `COPY`.
+//!
+//! Why: a batch written as one statement still makes PostgreSQL parse and
+//! plan every row's values (or a JSON document holding them); `COPY` streams
+//! rows in its text format, which the server reads column by column with no
+//! planning at all. Plain `COPY` cannot skip rows that are already there,
+//! though, and idempotent writes (one row per event, however often it is
+//! delivered) need exactly that. So rows go into a per-session temporary
+//! staging table first, and one `INSERT … SELECT … ON CONFLICT DO NOTHING`
+//! moves them — all in one transaction, so the call is all or nothing.
+
+use std::fmt::Write as _;
+
+use bytes::BytesMut;
+use deadpool_postgres::Object;
+use futures::SinkExt;
+use sha2::{Digest, Sha256};
+
+use super::{Value, pg_error, quote_ident};
+use crate::bindings::CapabilityError;
+use crate::bindings::jetplug::plugin::sql::OnConflict;
+
+/// Rows are sent to the server in chunks of about this many bytes.
+const CHUNK: usize = 256 * 1024;
+
+/// The statements of one `insert-rows` call, built from checked names.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Opens the transaction and creates the staging table if this
+    /// session does not have it yet (one round trip).
+    pub begin: String,
+    pub copy: String,
+    pub insert: String,
+}
+
+/// Checks the names and builds the statements. `role` (the plugin's
+/// `sql_role`) is part of the staging table's name: a pooled connection
+/// may serve plugins under different roles, and each needs a table it owns.
+pub(super) fn plan(
+    table: &str,
+    columns: &[String],
+    on_conflict: &OnConflict,
+    role: Option<&str>,
+) -> Result<Plan, CapabilityError> {
+    let invalid = |m: String| Err(CapabilityError::Invalid(m));
+    let parts: Vec<&str> = table.split('.').collect();
+    if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+        return invalid(format!("table `{table}`: expected `name` or `schema.name`"));
+    }
+    if columns.is_empty() {
+        return invalid(format!("insert into `{table}`: no columns named"));
+    }
+    for (i, c) in columns.iter().enumerate() {
+        if c.is_empty() {
+            return invalid(format!(
+                "insert into `{table}`: column {i} has an empty name"
+            ));
+        }
+        if columns[..i].contains(c) {
+            return invalid(format!(
+                "insert into `{table}`: column `{c}` is named twice"
+            ));
+        }
+    }
+    let target = parts
+        .iter()
+        .map(|p| quote_ident(p))
+        .collect::<Vec<_>>()
+        .join(".");
+    let cols = columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let conflict = match on_conflict {
+        OnConflict::Fail => String::new(),
+        OnConflict::Skip(keys) if keys.is_empty() => " ON CONFLICT DO NOTHING".to_owned(),
+        OnConflict::Skip(keys) => {
+            if let Some(k) = keys.iter().find(|k| k.is_empty()) {
+                return invalid(format!(
+                    "insert into `{table}`: empty conflict column `{k}`"
+                ));
+            }
+            let keys = keys
+                .iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(" ON CONFLICT ({keys}) DO NOTHING")
+        }
+    };
+    let mut hash = Sha256::new();
+    for part in [target.as_str(), cols.as_str(), role.unwrap_or("")] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    let digest = hash.finalize();
+    let stage = format!(
+        "pg_temp.jetplug_stage_{}",
+        digest[..8].iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    );
+    Ok(Plan {
+        // The session keeps the table; `ON COMMIT DELETE ROWS` empties it at
+        // every commit, so each call starts from an empty stage.
+        begin: format!(
+            "BEGIN; SET LOCAL client_min_messages = warning; \
+             CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS \
+             SELECT {cols} FROM {target} WITH NO DATA"
+        ),
+        copy: format!("COPY {stage} ({cols}) FROM STDIN"),
+        insert: format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}{conflict}"),
+    })
+}
+
+/// Opens a transaction on `client` and runs `plan` with `rows` in it;
+/// returns the rows inserted. The caller commits (or, on error, closes the
+/// connection, which rolls back).
+pub(super) async fn run(
+    client: &Object,
+    plan: &Plan,
+    width: usize,
+    rows: &[Vec<Value>],
+) -> Result<u64, CapabilityError> {
+    if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != width) {
+        return Err(CapabilityError::Invalid(format!(
+            "row {i} has {} values for {width} columns",
+            row.len()
+        )));
+    }
+    client.batch_execute(&plan.begin).await.map_err(pg_error)?;
+    let sink = client.copy_in(plan.copy.as_str()).await.map_err(pg_error)?;
+    futures::pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(CHUNK + 4096);
+    for row in rows {
+        encode_row(row, &mut buf);
+        if buf.len() >= CHUNK {
+            sink.send(buf.split().freeze()).await.map_err(pg_error)?;
+        }
+    }
+    if !buf.is_empty() {
+        sink.send(buf.split().freeze()).await.map_err(pg_error)?;
+    }
+    sink.finish().await.map_err(pg_error)?;
+    let insert = client
+        .prepare_cached(&plan.insert)
+        .await
+        .map_err(pg_error)?;
+    client.execute(&insert, &[]).await.map_err(pg_error)
+}
+
+/// One row in `COPY` text format: tab-separated, `\N` for null, newline.
+fn encode_row(row: &[Value], out: &mut BytesMut) {
+    let mut line = String::with_capacity(256);
+    for (i, v) in row.iter().enumerate() {
+        if i > 0 {
+            line.push('\t');
+        }
+        encode_value(v, &mut line);
+    }
+    line.push('\n');
+    out.extend_from_slice(line.as_bytes());
+}
+
+fn encode_value(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("\\N"),
+        Value::Boolean(b) => out.push(if *b { 't' } else { 'f' }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(f) if f.is_nan() => out.push_str("NaN"),
+        Value::Float(f) if f.is_infinite() => {
+            out.push_str(if *f > 0.0 { "Infinity" } else { "-Infinity" })
+        }
+        Value::Float(f) => {
+            let _ = write!(out, "{f:?}");
+        }
+        Value::Text(s) | Value::Json(s) => escape(s, out),
+        // bytea hex input (`\x…`), its backslash escaped for COPY.
+        Value::Bytes(b) => {
+            out.push_str("\\\\x");
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+        }
+        Value::Timestamp(us) => timestamp(*us, out),
+    }
+}
+
+/// Backslash, tab, newline and carriage return escaped as `COPY` text wants.
+fn escape(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Microseconds since the epoch as an ISO 8601 UTC timestamp.
+fn timestamp(us: i64, out: &mut String) {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000) {
+        Ok(t) => {
+            let _ = write!(
+                out,
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.microsecond()
+            );
+        }
+        // Out of `time`'s range (±9999 years): PostgreSQL rejects it too.
+        Err(_) => {
+            let _ = write!(out, "out of range: {us} µs");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(row: &[Value]) -> String {
+        let mut b = BytesMut::new();
+        encode_row(row, &mut b);
+        String::from_utf8(b.to_vec()).expect("COPY text is UTF-8")
+    }
+
+    #[test]
+    fn values_are_encoded_as_copy_text() {
+        let row = [
+            Value::Null,
+            Value::Boolean(true),
+            Value::Int(-42),
+            Value::Float(0.1),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Text("a\tb\nc\\d\re".into()),
+            Value::Json(r#"{"k":"v\n"}"#.into()),
+            Value::Bytes(vec![0, 255]),
+            Value::Timestamp(1_700_000_000_123_456),
+            Value::Timestamp(-1),
+        ];
+        assert_eq!(
+            line(&row),
+            "\\N\tt\t-42\t0.1\t-Infinity\ta\\tb\\nc\\\\d\\re\t{\"k\":\"v\\\\n\"}\t\\\\x00ff\t\
+             2023-11-14 22:13:20.123456+00\t1969-12-31 23:59:59.999999+00\n"
+        );
+    }
+
+    #[test]
+    fn plans_quote_names_and_name_the_conflict_columns() {
+        let cols = vec!["stream".to_owned(), "seq".to_owned()];
+        let p = plan(
+            "app.events",
+            &cols,
+            &OnConflict::Skip(vec!["stream".into(), "seq".into()]),
+            None,
+        )
+        .expect("valid names");
+        assert!(
+            p.copy.starts_with("COPY pg_temp.jetplug_stage_"),
+            "{}",
+            p.copy
+        );
+        assert!(
+            p.insert.starts_with(r#"INSERT INTO "app"."events" ("stream", "seq") SELECT "stream", "seq" FROM pg_temp.jetplug_stage_"#),
+            "{}",
+            p.insert
+        );
+        assert!(
+            p.insert
+                .ends_with(r#" ON CONFLICT ("stream", "seq") DO NOTHING"#)
+        );
+        let fail = plan("events", &cols, &OnConflict::Fail, None).expect("valid");
+        assert!(!fail.insert.contains("ON CONFLICT"));
+        // A role gets a staging table of its own.
+        let role = plan("app.events", &cols, &OnConflict::Fail, Some("r")).expect("valid");
+        assert_ne!(role.copy, p.copy);
+        // A quote in a name stays inside the identifier.
+        let odd = plan(r#"we"ird"#, &cols, &OnConflict::Fail, None).expect("valid");
+        assert!(odd.insert.contains(r#""we""ird""#), "{}", odd.insert);
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_what_is_wrong() {
+        let cols = vec!["a".to_owned()];
+        for (table, columns, want) in [
+            ("a.b.c", cols.clone(), "`name` or `schema.name`"),
+            ("", cols.clone(), "`name` or `schema.name`"),
+            ("t", vec![], "no columns"),
+            ("t", vec!["a".into(), "a".into()], "`a` is named twice"),
+            ("t", vec!["".into()], "empty name"),
+        ] {
+            let err = plan(table, &columns, &OnConflict::Fail, None).expect_err(table);
+            assert!(
+                matches!(&err, CapabilityError::Invalid(m) if m.contains(want)),
+                "{table}: {err:?}"
+            );
+        }
+    }
+}
