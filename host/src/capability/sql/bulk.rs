@@ -6,8 +6,14 @@
 //! planning at all. Plain `COPY` cannot skip rows that are already there,
 //! though, and idempotent writes (one row per event, however often it is
 //! delivered) need exactly that. So rows go into a per-session temporary
-//! staging table first, and one `INSERT … SELECT … ON CONFLICT DO NOTHING`
-//! moves them — all in one transaction, so the call is all or nothing.
+//! staging table first, and one `INSERT … SELECT` moves them — all in one
+//! transaction, so the call is all or nothing.
+//!
+//! Skipping known keys is optimistic: the plain `INSERT` runs first, under a
+//! savepoint, and only if it hits a unique violation is it rolled back to
+//! the savepoint and run again with `ON CONFLICT DO NOTHING`. Known keys are
+//! rare (redeliveries, redrives) and `ON CONFLICT`'s speculative insertion
+//! costs PostgreSQL a fifth more per row every time.
 
 use std::fmt::Write as _;
 
@@ -15,6 +21,7 @@ use bytes::BytesMut;
 use deadpool_postgres::Object;
 use futures::SinkExt;
 use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
 
 use super::{Value, pg_error, quote_ident};
 use crate::bindings::CapabilityError;
@@ -30,7 +37,11 @@ pub(super) struct Plan {
     /// session does not have it yet (one round trip).
     pub begin: String,
     pub copy: String,
+    /// The plain move (a known key fails it).
     pub insert: String,
+    /// With `skip`: the move that skips known keys, run after the plain
+    /// one failed on one.
+    pub insert_skipping: Option<String>,
 }
 
 /// Checks the names and builds the statements. `role` (the plugin's
@@ -73,8 +84,8 @@ pub(super) fn plan(
         .collect::<Vec<_>>()
         .join(", ");
     let conflict = match on_conflict {
-        OnConflict::Fail => String::new(),
-        OnConflict::Skip(keys) if keys.is_empty() => " ON CONFLICT DO NOTHING".to_owned(),
+        OnConflict::Fail => None,
+        OnConflict::Skip(keys) if keys.is_empty() => Some(" ON CONFLICT DO NOTHING".to_owned()),
         OnConflict::Skip(keys) => {
             if let Some(k) = keys.iter().find(|k| k.is_empty()) {
                 return invalid(format!(
@@ -86,7 +97,7 @@ pub(super) fn plan(
                 .map(|k| quote_ident(k))
                 .collect::<Vec<_>>()
                 .join(", ");
-            format!(" ON CONFLICT ({keys}) DO NOTHING")
+            Some(format!(" ON CONFLICT ({keys}) DO NOTHING"))
         }
     };
     let mut hash = Sha256::new();
@@ -111,7 +122,9 @@ pub(super) fn plan(
              SELECT {cols} FROM {target} WITH NO DATA"
         ),
         copy: format!("COPY {stage} ({cols}) FROM STDIN"),
-        insert: format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}{conflict}"),
+        insert: format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}"),
+        insert_skipping: conflict
+            .map(|c| format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}{c}")),
     })
 }
 
@@ -144,11 +157,28 @@ pub(super) async fn run(
         sink.send(buf.split().freeze()).await.map_err(pg_error)?;
     }
     sink.finish().await.map_err(pg_error)?;
-    let insert = client
-        .prepare_cached(&plan.insert)
+    let Some(skipping) = &plan.insert_skipping else {
+        return execute(client, &plan.insert).await.map_err(pg_error);
+    };
+    client
+        .batch_execute("SAVEPOINT jetplug_bulk")
         .await
         .map_err(pg_error)?;
-    client.execute(&insert, &[]).await.map_err(pg_error)
+    match execute(client, &plan.insert).await {
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT jetplug_bulk")
+                .await
+                .map_err(pg_error)?;
+            execute(client, skipping).await.map_err(pg_error)
+        }
+        r => r.map_err(pg_error),
+    }
+}
+
+async fn execute(client: &Object, statement: &str) -> Result<u64, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(statement).await?;
+    client.execute(&stmt, &[]).await
 }
 
 /// One row in `COPY` text format: tab-separated, `\N` for null, newline.
@@ -277,12 +307,12 @@ mod tests {
             "{}",
             p.insert
         );
-        assert!(
-            p.insert
-                .ends_with(r#" ON CONFLICT ("stream", "seq") DO NOTHING"#)
-        );
+        assert!(!p.insert.contains("ON CONFLICT"));
+        let skipping = p.insert_skipping.as_deref().unwrap_or_default();
+        assert!(skipping.starts_with(&p.insert), "{skipping}");
+        assert!(skipping.ends_with(r#" ON CONFLICT ("stream", "seq") DO NOTHING"#));
         let fail = plan("events", &cols, &OnConflict::Fail, None).expect("valid");
-        assert!(!fail.insert.contains("ON CONFLICT"));
+        assert_eq!(fail.insert_skipping, None);
         // A role gets a staging table of its own.
         let role = plan("app.events", &cols, &OnConflict::Fail, Some("r")).expect("valid");
         assert_ne!(role.copy, p.copy);
