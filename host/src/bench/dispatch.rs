@@ -31,7 +31,8 @@ pub struct DispatchReport {
     pub cold_start_cached: Duration,
 }
 
-fn message(i: usize, payload: &[u8]) -> Message {
+/// A benchmark message (`traceparent` header, `payload`).
+pub(crate) fn message(i: usize, payload: &[u8]) -> Message {
     Message {
         stream: "BENCH".into(),
         consumer: "bench".into(),

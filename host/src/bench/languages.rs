@@ -29,10 +29,21 @@ pub struct Row {
     pub per_sec: f64,
     pub compile: Duration,
     pub cached: Duration,
+    /// Resident memory per further live instance (no-op handler, after one
+    /// batch), when it could be read.
+    pub instance_rss: Option<u64>,
 }
+
+/// Instances measured beside the first for the memory per instance (the
+/// cold-start runtime holds 8).
+const EXTRA_INSTANCES: usize = 6;
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 const MODES: [&str; 2] = ["noop", "json"];
+
+/// A JSON event like those the pipelines get.
+const EVENT: &[u8] =
+    br#"{"student":"s-1","seq":1,"score":7,"tags":["a","b"],"note":"a short JSON event"}"#;
 
 fn body(path: &std::path::Path, mode: &str, batch: u32, concurrency: u32) -> String {
     format!(
@@ -67,7 +78,13 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut published = false;
     for (language, path) in &s.plugins {
-        let (compile, cached, _) = dispatch::cold_start(PluginSpec::new("bench", path)).await?;
+        let (compile, cached, plugin) =
+            dispatch::cold_start(PluginSpec::new("bench", path)).await?;
+        let batch: std::sync::Arc<[crate::Message]> = (0..s.batch)
+            .map(|i| dispatch::message(i as usize, EVENT))
+            .collect();
+        let instance_rss = super::memory::per_instance(&plugin, &batch, EXTRA_INSTANCES).await?;
+        drop(plugin);
         for mode in MODES {
             let name = format!("lang-{}-{mode}", language.to_lowercase());
             let (cfg_path, config) = env.config(
@@ -121,6 +138,7 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
                 per_sec: run.rate(s.count),
                 compile,
                 cached,
+                instance_rss,
             });
         }
     }

@@ -9,6 +9,7 @@ pub mod env;
 pub mod indexer;
 pub mod languages;
 pub mod latency;
+pub mod memory;
 pub mod record;
 pub mod tenants;
 pub mod throughput;

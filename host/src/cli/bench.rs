@@ -250,10 +250,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             None,
         ));
         rows.push(row(
-            "host peak RSS (throughput run)",
-            r.host_peak_rss
-                .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
-                .unwrap_or_else(|| "n/a".into()),
+            "host peak RSS (throughput run: backlog, max_ack_pending 1000 full)",
+            r.host_peak_rss.map(mib).unwrap_or_else(|| "n/a".into()),
             "",
             None,
         ));
@@ -401,10 +399,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             rows.push(row(
                 &format!("{} plugin, {}", l.language, l.handler),
                 format!(
-                    "{:.0} msg/s; cold start {:.0} ms compiling / {:.0} ms cached",
+                    "{:.0} msg/s; cold start {:.0} ms compiling / {:.0} ms cached; {} per instance",
                     l.per_sec,
                     l.compile.as_secs_f64() * 1e3,
-                    l.cached.as_secs_f64() * 1e3
+                    l.cached.as_secs_f64() * 1e3,
+                    l.instance_rss.map(mib).unwrap_or_else(|| "n/a".into()),
                 ),
                 "",
                 None,
@@ -575,6 +574,11 @@ fn print_changes(before: &record::Run, now: &record::Run) {
             .unwrap_or_default();
         println!("  {:<w$}  {} → {}{pct}", c.what, c.before, c.now);
     }
+}
+
+/// Bytes in MiB, one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// Cores and CPU model, for the record.

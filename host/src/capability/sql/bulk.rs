@@ -17,7 +17,7 @@
 
 use std::fmt::Write as _;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use deadpool_postgres::Object;
 use futures::SinkExt;
 use sha2::{Digest, Sha256};
@@ -146,15 +146,16 @@ pub(super) async fn run(
     client.batch_execute(&plan.begin).await.map_err(pg_error)?;
     let sink = client.copy_in(plan.copy.as_str()).await.map_err(pg_error)?;
     futures::pin_mut!(sink);
-    let mut buf = BytesMut::with_capacity(CHUNK + 4096);
+    let mut text = String::with_capacity(CHUNK + 4096);
     for row in rows {
-        encode_row(row, &mut buf);
-        if buf.len() >= CHUNK {
-            sink.send(buf.split().freeze()).await.map_err(pg_error)?;
+        encode_row(row, &mut text);
+        if text.len() >= CHUNK {
+            let chunk = std::mem::replace(&mut text, String::with_capacity(CHUNK + 4096));
+            sink.send(Bytes::from(chunk)).await.map_err(pg_error)?;
         }
     }
-    if !buf.is_empty() {
-        sink.send(buf.split().freeze()).await.map_err(pg_error)?;
+    if !text.is_empty() {
+        sink.send(Bytes::from(text)).await.map_err(pg_error)?;
     }
     sink.finish().await.map_err(pg_error)?;
     let Some(skipping) = &plan.insert_skipping else {
@@ -182,16 +183,14 @@ async fn execute(client: &Object, statement: &str) -> Result<u64, tokio_postgres
 }
 
 /// One row in `COPY` text format: tab-separated, `\N` for null, newline.
-fn encode_row(row: &[Value], out: &mut BytesMut) {
-    let mut line = String::with_capacity(256);
+fn encode_row(row: &[Value], out: &mut String) {
     for (i, v) in row.iter().enumerate() {
         if i > 0 {
-            line.push('\t');
+            out.push('\t');
         }
-        encode_value(v, &mut line);
+        encode_value(v, out);
     }
-    line.push('\n');
-    out.extend_from_slice(line.as_bytes());
+    out.push('\n');
 }
 
 fn encode_value(v: &Value, out: &mut String) {
@@ -220,17 +219,23 @@ fn encode_value(v: &Value, out: &mut String) {
     }
 }
 
-/// Backslash, tab, newline and carriage return escaped as `COPY` text wants.
+/// Backslash, tab, newline and carriage return escaped as `COPY` text
+/// wants; the runs between them are copied whole.
 fn escape(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        out.push_str(esc);
+        from = i + 1;
     }
+    out.push_str(&s[from..]);
 }
 
 /// Microseconds since the epoch as an ISO 8601 UTC timestamp.
@@ -261,9 +266,9 @@ mod tests {
     use super::*;
 
     fn line(row: &[Value]) -> String {
-        let mut b = BytesMut::new();
-        encode_row(row, &mut b);
-        String::from_utf8(b.to_vec()).expect("COPY text is UTF-8")
+        let mut text = String::new();
+        encode_row(row, &mut text);
+        text
     }
 
     #[test]
