@@ -86,7 +86,9 @@ pub async fn cold_start(
 ) -> anyhow::Result<(Duration, Duration, Arc<plugin::Plugin>)> {
     let cache = tempfile::tempdir()?;
     let settings = EngineSettings {
-        max_instances: 8,
+        // Room for the memory benchmark's instances: a Python or JS
+        // component holds a dozen core instances each.
+        max_instances: 32,
         cache_dir: Some(cache.path().to_path_buf()),
         ..EngineSettings::default()
     };

@@ -34,8 +34,7 @@ pub struct Row {
     pub instance_rss: Option<u64>,
 }
 
-/// Instances measured beside the first for the memory per instance (the
-/// cold-start runtime holds 8).
+/// Instances measured beside the first for the memory per instance.
 const EXTRA_INSTANCES: usize = 6;
 
 const TIMEOUT: Duration = Duration::from_secs(600);
