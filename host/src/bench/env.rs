@@ -191,6 +191,8 @@ impl Drop for HostProcess {
 /// `n` were.
 #[derive(Debug, Clone, Copy)]
 pub struct Run {
+    /// When the wait began (the host had just been started).
+    pub started: Instant,
     pub first_delivery: Instant,
     pub first_ack: Instant,
     /// When the ack floor passed a tenth of the messages, and its value then.
@@ -206,8 +208,15 @@ impl Run {
         let (at, floor) = self.warm;
         let took = self.done.duration_since(at).as_secs_f64();
         if took < 1e-3 {
-            let all = self.done.duration_since(self.first_delivery).as_secs_f64();
-            return n as f64 / all.max(1e-9);
+            // The run was not watched while it went (a poll answered late):
+            // count from the first delivery seen, or from the start of the
+            // wait if even that came with the end (start-up included, so the
+            // figure is low rather than absurd).
+            let mut all = self.done.duration_since(self.first_delivery).as_secs_f64();
+            if all < 1e-3 {
+                all = self.done.duration_since(self.started).as_secs_f64();
+            }
+            return n as f64 / all.max(1e-3);
         }
         n.saturating_sub(floor) as f64 / took
     }
@@ -256,6 +265,7 @@ pub async fn wait_acked(
                 let done = Instant::now();
                 let first_ack = first_ack.unwrap_or(done);
                 return Ok(Run {
+                    started: start,
                     first_delivery: first_delivery.unwrap_or(first_ack),
                     first_ack,
                     warm: warm.unwrap_or((first_ack, 0)),
@@ -306,4 +316,30 @@ pub fn bar(n: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(what.to_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Run;
+
+    #[test]
+    fn a_run_seen_only_at_its_end_is_timed_from_the_start_of_the_wait() {
+        let started = Instant::now();
+        let done = started + Duration::from_secs(2);
+        let unseen = Run {
+            started,
+            first_delivery: done,
+            first_ack: done,
+            warm: (done, 1000),
+            done,
+        };
+        assert!((unseen.rate(1000) - 500.0).abs() < 1e-6);
+        let watched = Run {
+            warm: (started + Duration::from_secs(1), 100),
+            ..unseen
+        };
+        assert!((watched.rate(1000) - 900.0).abs() < 1e-6);
+    }
 }
