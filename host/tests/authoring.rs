@@ -164,9 +164,22 @@ fn wit_out_writes_the_exact_package() -> TestResult {
     let written = std::fs::read_to_string(out_dir.join("world.wit"))?;
     let source = std::fs::read_to_string(root().join("wit/world.wit"))?;
     assert_eq!(written, source);
-    assert!(written.contains("package jetplug:plugin@0.1.0;"));
+    assert!(written.contains(&format!("package {};", jetplug::wit::PACKAGE)));
     let printed = jetplug(&["wit"], tmp.path())?;
     assert_eq!(String::from_utf8_lossy(&printed.stdout), source);
+    // An earlier shipped version, as kept in wit/<version>/.
+    let first = jetplug(&["wit", "--version", "0.1.0"], tmp.path())?;
+    assert!(first.status.success(), "{}", output_text(&first));
+    let kept = std::fs::read_to_string(root().join("wit/0.1.0/world.wit"))?;
+    assert_eq!(String::from_utf8_lossy(&first.stdout), kept);
+    assert!(kept.contains("package jetplug:plugin@0.1.0;"));
+    let unknown = jetplug(&["wit", "--version", "0.0.9"], tmp.path())?;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        output_text(&unknown).contains("has not shipped that WIT version (it has: 0.1.0, 0.1.1)"),
+        "{}",
+        output_text(&unknown)
+    );
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! `dispatch` needs no servers; `throughput`, `indexer` and `languages` run against a
 //! local nats-server (and PostgreSQL), with the host as a child process.
 
+pub mod aivo;
 pub mod cluster;
 pub mod dispatch;
 pub mod env;

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use std::process::ExitCode;
 
 use crate::bench::{
-    cluster, dispatch, env::Env, indexer, languages, latency, record, tenants, throughput,
+    aivo, cluster, dispatch, env::Env, indexer, languages, latency, record, tenants, throughput,
 };
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +37,9 @@ enum What {
     Latency,
     /// Postgres indexer rows/s vs COPY, alone and beside hostile plugins.
     Indexer,
+    /// The AIVO topology end to end: events/s from publish to indexed and
+    /// counted, with the example's pipeline settings.
+    Aivo,
     /// The same no-op and parse-JSON handlers in Rust, Python and JavaScript:
     /// msg/s through the host, cold start compiling / cached.
     Languages,
@@ -185,7 +188,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let needs_nats = all
         || matches!(
             what,
-            What::Throughput | What::Latency | What::Indexer | What::Languages | What::Tenants
+            What::Throughput
+                | What::Latency
+                | What::Indexer
+                | What::Aivo
+                | What::Languages
+                | What::Tenants
         );
     let env = if needs_nats {
         Some(Env::new(&c.nats, &c.plugins).await?)
@@ -367,6 +375,34 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ),
                     "≥ 0.90 of alone",
                     Some(ratio >= 0.9),
+                ));
+            }
+        }
+    }
+
+    if let Some(env) = &env
+        && (all || matches!(what, What::Aivo))
+    {
+        let what = "AIVO end to end: published → indexed and counted";
+        match &c.postgres {
+            None => rows.push(row(what, "skipped (give --postgres URL)".into(), "", None)),
+            Some(url) => {
+                let r = aivo::run(
+                    env,
+                    &aivo::Settings {
+                        count: c.count,
+                        postgres_url: url.clone(),
+                    },
+                )
+                .await?;
+                rows.push(row(
+                    what,
+                    format!(
+                        "{:.0} events/s ({} indexed, {} counted)",
+                        r.events_per_sec, r.indexed, r.counted
+                    ),
+                    "",
+                    None,
                 ));
             }
         }
