@@ -1,6 +1,7 @@
 //! `jetplug bench` end to end with small counts against a real nats-server
 //! and PostgreSQL: every figure is produced and is a number (the figures
-//! themselves are for the README, not for assertions).
+//! themselves are for the README, not for assertions), and `--record`
+//! writes a run and compares the next one with it.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,8 +19,11 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
     let guest = Path::new(plugins::BENCH_PY)
         .parent()
         .ok_or_else(|| anyhow::anyhow!("guest plugin dir"))?;
+    let tmp = tempfile::tempdir()?;
+    let record = tmp.path().join("bench/latest.json");
     let out = tokio::task::spawn_blocking({
         let (nats, pg, dir, guest) = (nats.url(), pg.url(), dir.to_path_buf(), guest.to_path_buf());
+        let record = record.clone();
         let urls = cluster.urls();
         move || {
             Command::new(env!("CARGO_BIN_EXE_jetplug"))
@@ -41,6 +45,8 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
                 .arg("--guest-plugins")
                 .arg(guest)
                 .args(["--cluster", &urls])
+                .arg("--record")
+                .arg(&record)
                 .output()
         }
     })
@@ -64,7 +70,10 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
             "cold start to first message, compiled-component cache",
             "ms",
         ),
-        ("host peak RSS (throughput run)", "MiB"),
+        (
+            "host peak RSS (throughput run: backlog, max_ack_pending 1000 full)",
+            "MiB",
+        ),
         (
             "latency publish → plugin → republish at 100 msg/s (default batching)",
             "ms",
@@ -74,14 +83,25 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
             "ms",
         ),
         ("postgres-indexer, sustained", "rows/s"),
-        ("plain COPY of the same rows (reference)", "rows/s"),
+        (
+            "plain COPY of the same rows, one transaction (reference)",
+            "rows/s",
+        ),
+        (
+            "COPY in the indexer's batches, a transaction each (2000)",
+            "rows/s",
+        ),
+        (
+            "AIVO end to end: published → indexed and counted",
+            "events/s",
+        ),
         ("postgres-indexer beside hostile plugins", "rows/s"),
-        ("Rust plugin, no-op", "msg/s"),
-        ("Rust plugin, parse JSON", "msg/s"),
-        ("Python plugin, no-op", "msg/s"),
-        ("Python plugin, parse JSON", "msg/s"),
-        ("JavaScript plugin, no-op", "msg/s"),
-        ("JavaScript plugin, parse JSON", "msg/s"),
+        ("Rust plugin, no-op", "MiB per instance"),
+        ("Rust plugin, parse JSON", "MiB per instance"),
+        ("Python plugin, no-op", "MiB per instance"),
+        ("Python plugin, parse JSON", "MiB per instance"),
+        ("JavaScript plugin, no-op", "MiB per instance"),
+        ("JavaScript plugin, parse JSON", "MiB per instance"),
         ("R3 stream: native async-nats consumer", "msg/s"),
         ("R3 stream: jetplug + no-op plugin, one host", "msg/s"),
         ("R3 stream: jetplug + no-op plugin, two hosts", "msg/s"),
@@ -104,5 +124,32 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
         assert!(value > 0.0, "{line}");
         assert!(line.contains(unit), "{line}");
     }
+    // nats-py is installed by `make bench`, not by `make test`: a number, or
+    // why not.
+    let natspy = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("nats-py consumer"))
+        .unwrap_or_else(|| panic!("no nats-py line in\n{text}"));
+    assert!(
+        natspy.contains(" msg/s (jetplug: ") || natspy.contains("skipped: "),
+        "{natspy}"
+    );
+
+    // The record holds every line; a second run is compared with it.
+    let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record)?)?;
+    let lines = first["lines"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(lines >= 25, "{first}");
+    let again = Command::new(env!("CARGO_BIN_EXE_jetplug"))
+        .args(["bench", "dispatch", "--batches", "20", "--plugins"])
+        .arg(dir)
+        .arg("--record")
+        .arg(&record)
+        .output()?;
+    let again_text = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{again_text}");
+    assert!(
+        again_text.contains("change against the previous run") && again_text.contains(" µs → "),
+        "{again_text}"
+    );
     Ok(())
 }

@@ -339,7 +339,7 @@ impl sql::Host for SqlState {
         let r: Result<u64, CapabilityError> = async move {
             self.check_statement(&statement)?;
             let conn = self.client(&database).await?;
-            let mut tx = Transaction {
+            let tx = Transaction {
                 database,
                 client: Some(conn),
             };
@@ -350,10 +350,7 @@ impl sql::Host for SqlState {
                 // On error `tx` is dropped: its connection is closed, rolling back.
                 total += execute_on(client, &statement, row).await?;
             }
-            client.batch_execute("COMMIT").await.map_err(pg_error)?;
-            if let Some(conn) = tx.client.take() {
-                conn.release().await;
-            }
+            commit(tx).await?;
             Ok(total)
         }
         .instrument(call.span())
@@ -384,17 +381,14 @@ impl sql::Host for SqlState {
                 conn.release().await;
                 return Ok(0);
             }
-            let mut tx = Transaction {
+            let tx = Transaction {
                 database,
                 client: Some(conn),
             };
             let client = open(&tx)?;
             // On error `tx` is dropped: its connection is closed, rolling back.
             let inserted = bulk::run(client, &plan, columns.len(), &rows).await?;
-            client.batch_execute("COMMIT").await.map_err(pg_error)?;
-            if let Some(conn) = tx.client.take() {
-                conn.release().await;
-            }
+            commit(tx).await?;
             Ok(inserted)
         }
         .instrument(call.span())
@@ -466,16 +460,11 @@ impl sql::HostTransaction for SqlState {
             .downstream
             .call(Capability::Sql, "commit", "transaction");
         let r: Result<(), CapabilityError> = async move {
-            let mut tx = self
+            let tx = self
                 .table
                 .delete(tx)
                 .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))?;
-            let client = open(&tx)?;
-            client.batch_execute("COMMIT").await.map_err(pg_error)?;
-            if let Some(conn) = tx.client.take() {
-                conn.release().await;
-            }
-            Ok(())
+            commit(tx).await
         }
         .instrument(call.span())
         .await;
@@ -492,6 +481,16 @@ impl sql::HostTransaction for SqlState {
         }
         Ok(())
     }
+}
+
+/// Commits `tx` and hands its connection back to the pool (on error the
+/// connection is closed with `tx`, which rolls back).
+async fn commit(mut tx: Transaction) -> Result<(), CapabilityError> {
+    open(&tx)?.batch_execute("COMMIT").await.map_err(pg_error)?;
+    if let Some(conn) = tx.client.take() {
+        conn.release().await;
+    }
+    Ok(())
 }
 
 fn open(tx: &Transaction) -> Result<&Object, CapabilityError> {
