@@ -21,8 +21,11 @@ async fn a_plugin_runs_under_its_role_and_cannot_leave_it() -> anyhow::Result<()
     let db = pg.connect().await?;
     db.batch_execute(
         "create table allowed (v int); create table forbidden (v int);
+         create table bulk_allowed (k int8 unique, doc jsonb, at timestamptz);
+         create table bulk_forbidden (like bulk_allowed including all);
          create role indexer_writer nologin;
-         grant insert on allowed to indexer_writer;",
+         grant insert on allowed to indexer_writer;
+         grant insert, select (k) on bulk_allowed to indexer_writer;",
     )
     .await?;
     // One connection: both plugins use the same one, in turn.
@@ -72,6 +75,19 @@ async fn a_plugin_runs_under_its_role_and_cannot_leave_it() -> anyhow::Result<()
         let got = ask(&mut writer, escape).await?;
         assert!(got.starts_with("access-denied"), "{escape}: {got}");
     }
+    // Bulk loads run under the role too: its staging table is its own; the
+    // target needs INSERT, and skipping known keys SELECT on the key columns
+    // (PostgreSQL checks it for ON CONFLICT).
+    assert_eq!(
+        ask(&mut writer, "sql-bulk|db|bulk_allowed|0|100|skip").await?,
+        "ok:100"
+    );
+    assert_eq!(
+        ask(&mut writer, "sql-bulk|db|bulk_allowed|50|150|skip").await?,
+        "ok:50"
+    );
+    let bulk_denied = ask(&mut writer, "sql-bulk|db|bulk_forbidden|0|1|fail").await?;
+    assert!(bulk_denied.starts_with("access-denied"), "{bulk_denied}");
     // In a transaction too.
     let tx = ask(&mut writer, "sql-tx|db|commit").await?;
     assert!(
