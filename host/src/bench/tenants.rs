@@ -1,7 +1,10 @@
 //! Tenant isolation: tenant B's throughput (no-op plugin) alone, then
 //! beside tenant A flooding at 10× its `max_messages_per_second` with a
 //! CPU-heavy plugin; the ratio B beside / B alone, and A's achieved rate
-//! against its quota. Both tenants have `cpu_share = 1`.
+//! against its quota. Both tenants have `cpu_share = 1`. The heavy plugin
+//! computes 2 ms per message by the clock (`burn:2`), so the load is the
+//! same on any machine (a loop count was 0.75 ms on one VM and 2 ms on
+//! another).
 
 use std::time::Duration;
 
@@ -110,7 +113,7 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
                 // A backlog as large as B's: far more than the quota lets
                 // through while B runs (at least 10× its rate).
                 let flood_n = s.count.max(u64::from(s.quota) * 10);
-                env.publish("bench_t.a.x", flood_n, |_| b"spin:2".to_vec(), &hidden)
+                env.publish("bench_t.a.x", flood_n, |_| b"burn:2".to_vec(), &hidden)
                     .await?;
             }
             let bar = env::bar(s.count, &format!("tenant b {name} ({})", round + 1));

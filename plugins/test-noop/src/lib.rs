@@ -1,7 +1,9 @@
 //! The no-op plugin: acks everything unless the payload asks otherwise.
 //! `retry` → retry with host backoff, `retry:MS` → retry after MS ms,
 //! `term:REASON` → terminate, `sleep:MS` → sleep MS milliseconds then ack,
-//! `spin:N` → compute for N million loop rounds then ack (CPU, not waiting).
+//! `spin:N` → compute for N million loop rounds then ack (CPU, not waiting),
+//! `burn:MS` → compute for MS milliseconds by the clock then ack (the same
+//! CPU time on any machine).
 //! Config `fail_init = <message>` makes `init` fail.
 
 wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
@@ -39,6 +41,16 @@ fn decide(payload: &[u8]) -> Decision {
         let mut x: u64 = 0;
         for _ in 0..rounds {
             x = std::hint::black_box(x.wrapping_add(1));
+        }
+        Decision::Ack
+    } else if let Some(ms) = text.strip_prefix("burn:") {
+        let until =
+            std::time::Instant::now() + std::time::Duration::from_millis(ms.parse().unwrap_or(0));
+        let mut x: u64 = 0;
+        while std::time::Instant::now() < until {
+            for _ in 0..1000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         }
         Decision::Ack
     } else if let Some(reason) = text.strip_prefix("term:") {
