@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 /// The package the host implements today.
 pub const PACKAGE: &str = "jetplug:plugin@0.1.1";
 
+/// The version part of [`PACKAGE`].
+pub const VERSION: &str = "0.1.1";
+
 /// The world every plugin targets.
 pub const WORLD: &str = "event-plugin";
 
@@ -33,7 +36,7 @@ pub const EARLIER: &[(&str, &str, &str)] = &[(
 /// The WIT files of the package `version` (current or earlier); `None` for
 /// a version the host never shipped.
 pub fn files(version: &str) -> Option<Vec<(&'static str, &'static str)>> {
-    if Some(version) == PACKAGE.rsplit('@').next() {
+    if version == VERSION {
         return Some(FILES.to_vec());
     }
     let files: Vec<_> = EARLIER
@@ -51,15 +54,6 @@ pub struct WriteError {
     pub path: PathBuf,
     #[source]
     pub source: std::io::Error,
-}
-
-/// Writes the WIT package into `dir` (created if missing); returns the files
-/// written.
-pub fn write_to(dir: &Path) -> Result<Vec<PathBuf>, WriteError> {
-    write_files(
-        dir,
-        FILES.iter().map(|(name, text)| ((*name).to_owned(), *text)),
-    )
 }
 
 /// Writes `(relative path, contents)` pairs below `dir`, creating folders
@@ -97,8 +91,8 @@ mod tests {
             world.contains(&format!("package {PACKAGE};")),
             "world.wit does not declare {PACKAGE}"
         );
-        let version = PACKAGE.rsplit('@').next().unwrap_or_default();
-        assert_eq!(SHIPPED.last().copied(), Some(version));
+        assert_eq!(PACKAGE, format!("jetplug:plugin@{VERSION}"));
+        assert_eq!(SHIPPED.last().copied(), Some(VERSION));
         assert!(world.contains(&format!("world {WORLD} ")));
     }
 

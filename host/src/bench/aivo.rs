@@ -112,10 +112,7 @@ fn in_schema(url: &str) -> String {
 }
 
 pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
-    let (pg, conn) = tokio_postgres::connect(&s.postgres_url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {}: {e}", s.postgres_url))?;
-    tokio::spawn(conn);
+    let pg = super::indexer::db(&s.postgres_url).await?;
     pg.batch_execute(&format!(
         "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}"
     ))

@@ -164,7 +164,8 @@ concurrency = {concurrency}
     b
 }
 
-async fn db(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+/// A connection to the benchmark's PostgreSQL.
+pub(super) async fn db(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {url}: {e}"))?;

@@ -35,6 +35,7 @@ pub async fn per_instance(
     batch: &Arc<[Message]>,
     extra: usize,
 ) -> anyhow::Result<Option<u64>> {
+    let extra = extra.max(1);
     let mut live = Vec::with_capacity(extra + 1);
     let mut first = PluginInstance::new(plugin.clone());
     first.handle(batch.clone()).await?;
@@ -42,14 +43,14 @@ pub async fn per_instance(
     let Some(before) = rss() else {
         return Ok(None);
     };
-    for _ in 0..extra.max(1) {
+    for _ in 0..extra {
         let mut inst = PluginInstance::new(plugin.clone());
         inst.handle(batch.clone()).await?;
         live.push(inst);
     }
     let after = rss().unwrap_or(before);
     drop(live);
-    Ok(Some(after.saturating_sub(before) / extra.max(1) as u64))
+    Ok(Some(after.saturating_sub(before) / extra as u64))
 }
 
 #[cfg(test)]

@@ -111,19 +111,20 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
     // consumers every time); the medians are reported.
     let (mut pc, sc) = noop_on(&config, "BENCH")?;
     let (mut native_rates, mut jetplug_rates) = (Vec::new(), Vec::new());
-    let mut natspy_rates = Ok(Vec::new());
+    let natspy_with = natspy_setup(env).await?;
+    let mut natspy_rates = natspy_with
+        .as_ref()
+        .map(|_| Vec::new())
+        .map_err(Clone::clone);
     let mut host_peak_rss = None;
     for round in 0..s.repeat.max(1) {
         pc.name = format!("native{round}");
         native_rates.push(native(env, &pc, &sc, s).await?);
         let stream = env.js.get_stream("BENCH").await?;
         let _ = stream.delete_consumer(&pc.consumer_name("BENCH")).await;
-        if let Ok(rates) = &mut natspy_rates {
+        if let (Ok(with), Ok(rates)) = (&natspy_with, &mut natspy_rates) {
             pc.name = format!("natspy{round}");
-            match natspy(env, &pc, &sc, s).await? {
-                Ok(rate) => rates.push(rate),
-                Err(why) => natspy_rates = Err(why),
-            }
+            rates.push(natspy(env, with, &pc, &sc, s).await?);
             let _ = stream.delete_consumer(&pc.consumer_name("BENCH")).await;
         }
         let _ = stream.delete_consumer("jetplug-noop-BENCH").await;
@@ -220,31 +221,34 @@ pub(crate) async fn native(
 /// The nats-py consumer's script, written next to the run's configs.
 const NATSPY_SCRIPT: &str = include_str!("py/natspy_consumer.py");
 
-/// One run of the nats-py consumer over the whole stream (the same consumer
-/// settings as the native one), or why it cannot run: the interpreter is
-/// `$JETPLUG_BENCH_PYTHON` or `python3`, and needs nats-py (`make bench`
-/// installs it into .local/venv).
-pub(crate) async fn natspy(
-    env: &Env,
-    pc: &crate::config::PipelineConfig,
-    sc: &crate::config::StreamConfig,
-    s: Settings,
-) -> anyhow::Result<Result<f64, String>> {
+/// The interpreter and script for the nats-py consumer, or why it cannot
+/// run: the interpreter is `$JETPLUG_BENCH_PYTHON` or `python3`, and needs
+/// nats-py (`make bench` installs it into .local/venv). Checked once a run.
+async fn natspy_setup(env: &Env) -> anyhow::Result<Result<(String, std::path::PathBuf), String>> {
     let python = std::env::var("JETPLUG_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = tokio::process::Command::new(&python)
         .args(["-c", "import nats"])
         .output()
         .await;
-    match probe {
-        Ok(out) if out.status.success() => {}
-        _ => {
-            return Ok(Err(format!(
-                "skipped: `{python}` cannot import nats (nats-py; `make bench` installs it)"
-            )));
-        }
+    if !matches!(probe, Ok(out) if out.status.success()) {
+        return Ok(Err(format!(
+            "skipped: `{python}` cannot import nats (nats-py; `make bench` installs it)"
+        )));
     }
     let script = env.dir.path().join("natspy_consumer.py");
     std::fs::write(&script, NATSPY_SCRIPT)?;
+    Ok(Ok((python, script)))
+}
+
+/// One run of the nats-py consumer over the whole stream (the same consumer
+/// settings as the native one).
+pub(crate) async fn natspy(
+    env: &Env,
+    (python, script): &(String, std::path::PathBuf),
+    pc: &crate::config::PipelineConfig,
+    sc: &crate::config::StreamConfig,
+    s: Settings,
+) -> anyhow::Result<f64> {
     let durable = pc.consumer_name(&sc.name);
     env.js
         .get_stream(&sc.name)
@@ -252,8 +256,8 @@ pub(crate) async fn natspy(
         .create_consumer(consumer::config(pc, sc))
         .await?;
     let bar = env::bar(s.count, "nats-py consumer");
-    let mut child = tokio::process::Command::new(&python)
-        .arg(&script)
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
         .args([&env.nats_url, &sc.name, &durable])
         .args([s.count.to_string(), s.batch.to_string()])
         .stdout(std::process::Stdio::null())
@@ -264,5 +268,5 @@ pub(crate) async fn natspy(
     let status = child.wait().await?;
     anyhow::ensure!(status.success(), "the nats-py consumer failed: {status}");
     bar.finish_and_clear();
-    Ok(Ok(run.rate(s.count)))
+    Ok(run.rate(s.count))
 }

@@ -22,8 +22,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let current = wit::PACKAGE.rsplit('@').next().unwrap_or_default();
-    let version = args.version.as_deref().unwrap_or(current);
+    let version = args.version.as_deref().unwrap_or(wit::VERSION);
     let Some(files) = wit::files(version) else {
         anyhow::bail!(
             "--version {version}: this host has not shipped that WIT version (it has: {})",
