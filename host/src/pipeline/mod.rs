@@ -327,6 +327,12 @@ impl Pipeline {
             } else {
                 self.cfg.batch as usize
             };
+            // Messages asked for per pull request (see `puller::window`).
+            let window = if careful > 0 {
+                1
+            } else {
+                puller::window(&self.cfg)
+            };
             let disconnects = self.health.disconnects();
             let opts = if self.cfg.exclusive {
                 // Pulls must be renewed well within the pin timeout, or the
@@ -373,12 +379,12 @@ impl Pipeline {
                 }
                 // An open breaker: ask for nothing more until it lets a probe through.
                 let paused = self.pull_paused();
-                if paused.is_none() && puller.outstanding() + puller.buffered() <= pull / 2 {
+                if paused.is_none() && puller.outstanding() + puller.buffered() <= window / 2 {
                     // A tenant over its rate waits here, before pulling.
                     let want = match &self.tenant_rate {
-                        None => pull,
+                        None => window,
                         Some(rate) => {
-                            let want = pull.min(rate.capacity()).max(1);
+                            let want = window.min(rate.capacity()).max(1);
                             let waiting = std::time::Instant::now();
                             let stop = loop {
                                 tokio::select! {
