@@ -173,10 +173,9 @@ impl Indexer {
         Ok(())
     }
 
-    /// The whole batch in one call: `COPY` into a staging table and one
-    /// `INSERT … ON CONFLICT (stream, stream_seq) DO NOTHING`, in one
-    /// transaction, so an event already indexed (redelivered, redriven) adds
-    /// no row.
+    /// The whole batch in one call: `COPY` in one transaction, skipping
+    /// known `(stream, stream_seq)`, so an event already indexed
+    /// (redelivered, redriven) adds no row.
     fn insert(&self, rows: &[Vec<Value>]) -> Result<(), Error> {
         sql::insert_rows(
             &self.database,

@@ -26,10 +26,10 @@ pub fn execute_batch(
 }
 
 /// Bulk-loads `rows` (one value per entry of `columns`) into `table` with
-/// `COPY`, through a temporary staging table and one `INSERT … SELECT`, in
-/// one transaction: the fastest way to write a whole batch. With
-/// [`OnConflict::Skip`] rows whose key is already there are skipped, which
-/// makes the write idempotent. Returns the rows inserted. (WIT 0.1.1.)
+/// `COPY`, in one transaction: the fastest way to write a whole batch. With
+/// [`OnConflict::Skip`] rows whose key is already there are skipped (the
+/// host then goes through a staging table and `ON CONFLICT DO NOTHING`),
+/// which makes the write idempotent. Returns the rows inserted. (WIT 0.1.1.)
 ///
 /// ```ignore
 /// let rows = vec![vec![Value::Text("LEARNING".into()), Value::Int(7)]];

@@ -3,17 +3,18 @@
 //! Why: a batch written as one statement still makes PostgreSQL parse and
 //! plan every row's values (or a JSON document holding them); `COPY` streams
 //! rows in its text format, which the server reads column by column with no
-//! planning at all. Plain `COPY` cannot skip rows that are already there,
-//! though, and idempotent writes (one row per event, however often it is
-//! delivered) need exactly that. So rows go into a per-session temporary
-//! staging table first, and one `INSERT … SELECT` moves them — all in one
+//! planning at all. The rows go straight into the target table, in one
 //! transaction, so the call is all or nothing.
 //!
-//! Skipping known keys is optimistic: the plain `INSERT` runs first, under a
-//! savepoint, and only if it hits a unique violation is it rolled back to
-//! the savepoint and run again with `ON CONFLICT DO NOTHING`. Known keys are
-//! rare (redeliveries, redrives) and `ON CONFLICT`'s speculative insertion
-//! costs PostgreSQL a fifth more per row every time.
+//! Plain `COPY` cannot skip rows that are already there, though, and
+//! idempotent writes (one row per event, however often it is delivered) need
+//! exactly that. Skipping known keys is optimistic: the `COPY` runs under a
+//! savepoint, and only if it hits a unique violation is it rolled back and
+//! the same rows sent again into a per-session temporary staging table, from
+//! which one `INSERT … SELECT … ON CONFLICT DO NOTHING` moves them. Known
+//! keys are rare (redeliveries, redrives); staging every batch cost
+//! PostgreSQL twice the writes, and `ON CONFLICT`'s speculative insertion a
+//! fifth more per row.
 
 use std::fmt::Write as _;
 
@@ -33,15 +34,19 @@ const CHUNK: usize = 256 * 1024;
 /// The statements of one `insert-rows` call, built from checked names.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Plan {
-    /// Opens the transaction and creates the staging table if this
-    /// session does not have it yet (one round trip).
-    pub begin: String,
+    /// Rows straight into the target table.
     pub copy: String,
-    /// The plain move (a known key fails it).
+    /// With `skip`: what runs after `copy` failed on a known key.
+    pub skipping: Option<Skipping>,
+}
+
+/// The way round a known key: stage the rows, move the new ones.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Skipping {
+    /// Creates the staging table if this session does not have it yet.
+    pub stage: String,
+    pub copy: String,
     pub insert: String,
-    /// With `skip`: the move that skips known keys, run after the plain
-    /// one failed on one.
-    pub insert_skipping: Option<String>,
 }
 
 /// Checks the names and builds the statements. `role` (the plugin's
@@ -114,17 +119,18 @@ pub(super) fn plan(
         })
     );
     Ok(Plan {
-        // The session keeps the table; `ON COMMIT DELETE ROWS` empties it at
-        // every commit, so each call starts from an empty stage.
-        begin: format!(
-            "BEGIN; SET LOCAL client_min_messages = warning; \
-             CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS \
-             SELECT {cols} FROM {target} WITH NO DATA"
-        ),
-        copy: format!("COPY {stage} ({cols}) FROM STDIN"),
-        insert: format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}"),
-        insert_skipping: conflict
-            .map(|c| format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}{c}")),
+        copy: format!("COPY {target} ({cols}) FROM STDIN"),
+        skipping: conflict.map(|c| Skipping {
+            // The session keeps the table; `ON COMMIT DELETE ROWS` empties it
+            // at every commit, so each call starts from an empty stage.
+            stage: format!(
+                "SET LOCAL client_min_messages = warning; \
+                 CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS \
+                 SELECT {cols} FROM {target} WITH NO DATA"
+            ),
+            copy: format!("COPY {stage} ({cols}) FROM STDIN"),
+            insert: format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}{c}"),
+        }),
     })
 }
 
@@ -143,43 +149,62 @@ pub(super) async fn run(
             row.len()
         )));
     }
-    client.batch_execute(&plan.begin).await.map_err(pg_error)?;
-    let sink = client.copy_in(plan.copy.as_str()).await.map_err(pg_error)?;
-    futures::pin_mut!(sink);
-    let mut text = String::with_capacity(CHUNK + 4096);
-    for row in rows {
-        encode_row(row, &mut text);
-        if text.len() >= CHUNK {
-            let chunk = std::mem::replace(&mut text, String::with_capacity(CHUNK + 4096));
-            sink.send(Bytes::from(chunk)).await.map_err(pg_error)?;
-        }
-    }
-    if !text.is_empty() {
-        sink.send(Bytes::from(text)).await.map_err(pg_error)?;
-    }
-    sink.finish().await.map_err(pg_error)?;
-    let Some(skipping) = &plan.insert_skipping else {
-        return execute(client, &plan.insert).await.map_err(pg_error);
+    let chunks = encode(rows);
+    let Some(skipping) = &plan.skipping else {
+        client.batch_execute("BEGIN").await.map_err(pg_error)?;
+        return copy(client, &plan.copy, &chunks).await.map_err(pg_error);
     };
     client
-        .batch_execute("SAVEPOINT jetplug_bulk")
+        .batch_execute("BEGIN; SAVEPOINT jetplug_bulk")
         .await
         .map_err(pg_error)?;
-    match execute(client, &plan.insert).await {
+    match copy(client, &plan.copy, &chunks).await {
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            client
-                .batch_execute("ROLLBACK TO SAVEPOINT jetplug_bulk")
+            let stage = format!("ROLLBACK TO SAVEPOINT jetplug_bulk; {}", skipping.stage);
+            client.batch_execute(&stage).await.map_err(pg_error)?;
+            copy(client, &skipping.copy, &chunks)
                 .await
                 .map_err(pg_error)?;
-            execute(client, skipping).await.map_err(pg_error)
+            let insert = client
+                .prepare_cached(&skipping.insert)
+                .await
+                .map_err(pg_error)?;
+            client.execute(&insert, &[]).await.map_err(pg_error)
         }
         r => r.map_err(pg_error),
     }
 }
 
-async fn execute(client: &Object, statement: &str) -> Result<u64, tokio_postgres::Error> {
-    let stmt = client.prepare_cached(statement).await?;
-    client.execute(&stmt, &[]).await
+/// Streams `chunks` into `COPY … FROM STDIN`; returns the rows copied.
+async fn copy(
+    client: &Object,
+    statement: &str,
+    chunks: &[Bytes],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = client.copy_in(statement).await?;
+    futures::pin_mut!(sink);
+    for chunk in chunks {
+        sink.feed(chunk.clone()).await?;
+    }
+    sink.finish().await
+}
+
+/// The rows in `COPY` text format, in chunks of about [`CHUNK`] bytes (kept,
+/// so that the rows can be sent again into the staging table).
+fn encode(rows: &[Vec<Value>]) -> Vec<Bytes> {
+    let mut chunks = Vec::new();
+    let mut text = String::with_capacity(CHUNK + 4096);
+    for row in rows {
+        encode_row(row, &mut text);
+        if text.len() >= CHUNK {
+            let full = std::mem::replace(&mut text, String::with_capacity(CHUNK + 4096));
+            chunks.push(Bytes::from(full));
+        }
+    }
+    if !text.is_empty() {
+        chunks.push(Bytes::from(text));
+    }
+    chunks
 }
 
 /// One row in `COPY` text format: tab-separated, `\N` for null, newline.
@@ -302,28 +327,30 @@ mod tests {
             None,
         )
         .expect("valid names");
+        assert_eq!(p.copy, r#"COPY "app"."events" ("stream", "seq") FROM STDIN"#);
+        let skipping = p.skipping.expect("skip plans a way round known keys");
         assert!(
-            p.copy.starts_with("COPY pg_temp.jetplug_stage_"),
+            skipping.copy.starts_with("COPY pg_temp.jetplug_stage_"),
             "{}",
-            p.copy
+            skipping.copy
         );
         assert!(
-            p.insert.starts_with(r#"INSERT INTO "app"."events" ("stream", "seq") SELECT "stream", "seq" FROM pg_temp.jetplug_stage_"#),
+            skipping.insert.starts_with(r#"INSERT INTO "app"."events" ("stream", "seq") SELECT "stream", "seq" FROM pg_temp.jetplug_stage_"#),
             "{}",
-            p.insert
+            skipping.insert
         );
-        assert!(!p.insert.contains("ON CONFLICT"));
-        let skipping = p.insert_skipping.as_deref().unwrap_or_default();
-        assert!(skipping.starts_with(&p.insert), "{skipping}");
-        assert!(skipping.ends_with(r#" ON CONFLICT ("stream", "seq") DO NOTHING"#));
+        assert!(skipping.insert.ends_with(r#" ON CONFLICT ("stream", "seq") DO NOTHING"#));
+        assert!(skipping.stage.contains("ON COMMIT DELETE ROWS"));
         let fail = plan("events", &cols, &OnConflict::Fail, None).expect("valid");
-        assert_eq!(fail.insert_skipping, None);
+        assert_eq!(fail.skipping, None);
         // A role gets a staging table of its own.
-        let role = plan("app.events", &cols, &OnConflict::Fail, Some("r")).expect("valid");
-        assert_ne!(role.copy, p.copy);
+        let skip = OnConflict::Skip(vec![]);
+        let own = plan("app.events", &cols, &skip, Some("r")).expect("valid");
+        let shared = plan("app.events", &cols, &skip, None).expect("valid");
+        assert_ne!(own.skipping, shared.skipping);
         // A quote in a name stays inside the identifier.
         let odd = plan(r#"we"ird"#, &cols, &OnConflict::Fail, None).expect("valid");
-        assert!(odd.insert.contains(r#""we""ird""#), "{}", odd.insert);
+        assert!(odd.copy.contains(r#""we""ird""#), "{}", odd.copy);
     }
 
     #[test]
