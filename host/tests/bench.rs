@@ -33,6 +33,8 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
                     "400",
                     "--index-count",
                     "400",
+                    "--index-batch",
+                    "100",
                     "--batches",
                     "20",
                     "--latency-count",
@@ -88,7 +90,7 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
             "rows/s",
         ),
         (
-            "COPY in the indexer's batches, a transaction each (2000)",
+            "COPY in the indexer's batches, a transaction each (100)",
             "rows/s",
         ),
         (
