@@ -94,7 +94,7 @@ struct Common {
     latency_count: u64,
     /// Messages per batch for the indexer (a bulk sink: large batches make
     /// fewer, larger transactions).
-    #[arg(long, global = true, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, global = true, default_value_t = 8000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     index_batch: u32,
     /// Workers of the indexer pipeline (its `concurrency`); its
     /// `max_ack_pending` is batch × workers × 2.
