@@ -327,7 +327,10 @@ mod tests {
             None,
         )
         .expect("valid names");
-        assert_eq!(p.copy, r#"COPY "app"."events" ("stream", "seq") FROM STDIN"#);
+        assert_eq!(
+            p.copy,
+            r#"COPY "app"."events" ("stream", "seq") FROM STDIN"#
+        );
         let skipping = p.skipping.expect("skip plans a way round known keys");
         assert!(
             skipping.copy.starts_with("COPY pg_temp.jetplug_stage_"),
@@ -339,7 +342,11 @@ mod tests {
             "{}",
             skipping.insert
         );
-        assert!(skipping.insert.ends_with(r#" ON CONFLICT ("stream", "seq") DO NOTHING"#));
+        assert!(
+            skipping
+                .insert
+                .ends_with(r#" ON CONFLICT ("stream", "seq") DO NOTHING"#)
+        );
         assert!(skipping.stage.contains("ON COMMIT DELETE ROWS"));
         let fail = plan("events", &cols, &OnConflict::Fail, None).expect("valid");
         assert_eq!(fail.skipping, None);
