@@ -38,6 +38,11 @@ pub struct Report {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the native consumer waits for a message before it opens its
+/// pull stream again.
+const NATIVE_STALL: Duration = Duration::from_secs(5);
+/// How often it may do so in one run.
+const NATIVE_REOPEN: u32 = 5;
 
 /// A jetplug.toml body: `stream` and a `noop` pipeline on it.
 fn body(env: &Env, stream: &str, batch: u32, concurrency: u32) -> String {
@@ -189,31 +194,51 @@ pub(crate) async fn native(
         .create_consumer(consumer::config(pc, sc))
         .await?;
     let (count, batch) = (s.count, s.batch as usize);
-    let task = tokio::spawn(async move {
-        let mut messages = c.stream().max_messages_per_batch(batch).messages().await?;
-        let mut n = 0;
-        while n < count {
-            let Some(m) = messages.next().await else {
-                break;
-            };
-            m.map_err(|e| anyhow::anyhow!("{e}"))?
-                .ack()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            n += 1;
+    let mut task = tokio::spawn(async move {
+        let (mut n, mut reopened) = (0, 0);
+        loop {
+            // A pull stream that fails or goes quiet is opened again (the
+            // durable consumer keeps the progress): on a fresh clustered
+            // consumer a pull request can be lost while it elects a leader,
+            // and the stream then waited for ever.
+            let mut messages = c.stream().max_messages_per_batch(batch).messages().await?;
+            while n < count {
+                let m = match tokio::time::timeout(NATIVE_STALL, messages.next()).await {
+                    Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "native consumer: pull stream failed; reopening");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                };
+                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                n += 1;
+            }
+            if n >= count {
+                return anyhow::Ok(());
+            }
+            reopened += 1;
+            anyhow::ensure!(
+                reopened <= NATIVE_REOPEN,
+                "the native consumer stalled {reopened} times after {n} of {count} messages"
+            );
         }
-        anyhow::Ok(())
     });
-    let run = env::wait_acked(
-        &env.js,
-        &sc.name,
-        &pc.consumer_name(&sc.name),
-        count,
-        TIMEOUT,
-        &bar,
-    )
-    .await?;
-    task.await??;
+    let durable = pc.consumer_name(&sc.name);
+    let wait = env::wait_acked(&env.js, &sc.name, &durable, count, TIMEOUT, &bar);
+    tokio::pin!(wait);
+    // A failed consumer ends the wait at once instead of at the timeout.
+    let run = tokio::select! {
+        run = &mut wait => {
+            let run = run?;
+            task.await??;
+            run
+        }
+        done = &mut task => {
+            done??;
+            wait.await?
+        }
+    };
     bar.finish_and_clear();
     Ok(run.rate(count))
 }
