@@ -11,11 +11,17 @@
 
 use std::path::{Path, PathBuf};
 
+macro_rules! version {
+    () => {
+        "0.1.1"
+    };
+}
+
 /// The package the host implements today.
-pub const PACKAGE: &str = "jetplug:plugin@0.1.1";
+pub const PACKAGE: &str = concat!("jetplug:plugin@", version!());
 
 /// The version part of [`PACKAGE`].
-pub const VERSION: &str = "0.1.1";
+pub const VERSION: &str = version!();
 
 /// The world every plugin targets.
 pub const WORLD: &str = "event-plugin";

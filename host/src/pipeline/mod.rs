@@ -322,16 +322,12 @@ impl Pipeline {
                 sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
                 continue;
             }
-            let pull = if careful > 0 {
-                1
+            // Messages per batch, and asked for per pull request (see
+            // `puller::window`): one at a time while being careful.
+            let (pull, window) = if careful > 0 {
+                (1, 1)
             } else {
-                self.cfg.batch as usize
-            };
-            // Messages asked for per pull request (see `puller::window`).
-            let window = if careful > 0 {
-                1
-            } else {
-                puller::window(&self.cfg)
+                (self.cfg.batch as usize, puller::window(&self.cfg))
             };
             let disconnects = self.health.disconnects();
             let opts = if self.cfg.exclusive {

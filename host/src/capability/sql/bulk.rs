@@ -150,16 +150,14 @@ pub(super) async fn run(
         )));
     }
     let chunks = encode(rows);
-    let Some(skipping) = &plan.skipping else {
-        client.batch_execute("BEGIN").await.map_err(pg_error)?;
-        return copy(client, &plan.copy, &chunks).await.map_err(pg_error);
+    let begin = if plan.skipping.is_some() {
+        "BEGIN; SAVEPOINT jetplug_bulk"
+    } else {
+        "BEGIN"
     };
-    client
-        .batch_execute("BEGIN; SAVEPOINT jetplug_bulk")
-        .await
-        .map_err(pg_error)?;
-    match copy(client, &plan.copy, &chunks).await {
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+    client.batch_execute(begin).await.map_err(pg_error)?;
+    match (copy(client, &plan.copy, &chunks).await, &plan.skipping) {
+        (Err(e), Some(skipping)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             let stage = format!("ROLLBACK TO SAVEPOINT jetplug_bulk; {}", skipping.stage);
             client.batch_execute(&stage).await.map_err(pg_error)?;
             copy(client, &skipping.copy, &chunks)
@@ -171,7 +169,7 @@ pub(super) async fn run(
                 .map_err(pg_error)?;
             client.execute(&insert, &[]).await.map_err(pg_error)
         }
-        r => r.map_err(pg_error),
+        (r, _) => r.map_err(pg_error),
     }
 }
 
