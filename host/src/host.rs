@@ -120,6 +120,9 @@ pub async fn run(
     shutdown: CancellationToken,
     on_start: impl FnOnce(HostHandle),
 ) -> Result<(), HostError> {
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let runtime = Arc::new(Runtime::new(config.engine.settings())?);
     // Tenants' CPU shares, when any tenant sets one (the others get 1).
     if config

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub paused_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     pub dead_letters: Family<Labels, Counter>,
     pub dead_letter_failures: Family<Labels, Counter>,
+    pub dead_letters_held: Family<Labels, Gauge>,
+    pub pull_requests_lost: Family<Labels, Counter>,
     pub held_batches: Family<Labels, Counter>,
     pub held_expired: Family<Labels, Counter>,
     pub breaker_state: Family<Labels, Gauge>,
@@ -57,6 +59,8 @@ impl Metrics {
             paused_seconds: Family::default(),
             dead_letters: Family::default(),
             dead_letter_failures: Family::default(),
+            dead_letters_held: Family::default(),
+            pull_requests_lost: Family::default(),
             held_batches: Family::default(),
             held_expired: Family::default(),
             breaker_state: Family::default(),
@@ -116,8 +120,18 @@ impl Metrics {
         );
         reg!(
             "dead_letter_failures",
-            "Dead letters the route did not take (the original is retried)",
+            "Attempts to store a dead letter that the route did not take (the message is held and tried again)",
             m.dead_letter_failures.clone(),
+        );
+        reg!(
+            "dead_letters_held",
+            "Messages held now because their dead letter cannot be stored (alert when above 0)",
+            m.dead_letters_held.clone(),
+        );
+        reg!(
+            "pull_requests_lost",
+            "Pull requests the server never answered (lost in a leader change or while a consumer settled), asked again",
+            m.pull_requests_lost.clone(),
         );
         reg!(
             "held_batches",
@@ -241,6 +255,8 @@ pub fn reason_kind(reason: &str) -> &'static str {
         "retries-exhausted"
     } else if reason.starts_with("undeliverable") {
         "undeliverable"
+    } else if reason.starts_with("no decision") {
+        "no-decision"
     } else if reason.starts_with("max deliveries") {
         "max-deliveries"
     } else {
@@ -265,6 +281,10 @@ mod tests {
         assert_eq!(reason_kind("memory-limit: ..."), "memory-limit");
         assert_eq!(reason_kind("retries exhausted: ..."), "retries-exhausted");
         assert_eq!(reason_kind("max deliveries (5) reached"), "max-deliveries");
+        assert_eq!(
+            reason_kind("no decision on the last delivery (5 of 5): ..."),
+            "no-decision"
+        );
         assert_eq!(reason_kind("payload is not JSON"), "term");
     }
 

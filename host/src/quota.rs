@@ -3,7 +3,6 @@
 //! messages, so a tenant over its rate waits instead of pulling — no
 //! message fails, waits unsettled or spends a delivery because of it.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Tokens and when they were last counted (pure logic; callers pass time).
@@ -49,36 +48,36 @@ impl Bucket {
     }
 }
 
-/// A tenant's `limits.max_messages_per_second`.
+/// A tenant's `limits.max_messages_per_second`. Takers are served in
+/// the order they came (a fair lock held while waiting), so a puller that
+/// asks for many tokens is not starved by one that takes a few as they
+/// refill.
 #[derive(Debug)]
 pub struct RateLimit {
-    bucket: Mutex<Bucket>,
+    bucket: tokio::sync::Mutex<Bucket>,
+    capacity: usize,
 }
 
 impl RateLimit {
     pub fn new(per_second: u32) -> Self {
+        let bucket = Bucket::new(per_second, Instant::now());
         RateLimit {
-            bucket: Mutex::new(Bucket::new(per_second, Instant::now())),
+            capacity: bucket.capacity(),
+            bucket: tokio::sync::Mutex::new(bucket),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
-        self.bucket.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The most one pull may ask for.
     pub fn capacity(&self) -> usize {
-        self.lock().capacity()
+        self.capacity
     }
 
-    /// Waits until `n` tokens (at most the capacity) are taken. Cancel-safe:
-    /// tokens are taken only when it returns.
+    /// Waits its turn, then until `n` tokens (at most the capacity) are
+    /// taken. Cancel-safe: tokens are taken only when it returns (keep the
+    /// future to keep the turn).
     pub async fn take(&self, n: usize) {
-        loop {
-            let wait = match self.lock().try_take(n, Instant::now()) {
-                Ok(()) => return,
-                Err(wait) => wait,
-            };
+        let mut bucket = self.bucket.lock().await;
+        while let Err(wait) = bucket.try_take(n, Instant::now()) {
             tokio::time::sleep(wait).await;
         }
     }
@@ -120,5 +119,25 @@ mod tests {
             Ok(()),
             "a take is capped at the capacity"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_take_is_not_starved_by_small_ones() {
+        let rate = std::sync::Arc::new(RateLimit::new(200));
+        rate.take(200).await; // empty
+        let small = {
+            let rate = rate.clone();
+            tokio::spawn(async move {
+                loop {
+                    rate.take(1).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Taking tokens one by one as they refill kept a take of 100 waiting
+        // forever; in turn it is served within about half a second.
+        let served = tokio::time::timeout(Duration::from_secs(10), rate.take(100)).await;
+        small.abort();
+        assert!(served.is_ok(), "a take of 100 starved behind takes of 1");
     }
 }

@@ -5,6 +5,8 @@
 //! dead letter then +TERM. A failed batch retries every message with backoff;
 //! on the last allowed delivery a message that would be retried is
 //! dead-lettered instead, so nothing loops forever and nothing is dropped.
+//! A delivery past the last one (the host's spare, see
+//! `jetstream::consumer`) is dead-lettered without running the plugin.
 
 use std::time::Duration;
 
@@ -58,6 +60,20 @@ pub fn for_decision(
     }
 }
 
+/// Whether `delivered` is the host's spare delivery: past the last one the
+/// plugin may see, so the last one ended without a decision.
+pub fn is_spare(delivered: u32, max_deliver: u32) -> bool {
+    delivered > max_deliver
+}
+
+/// The action for a message on the spare delivery: its dead letter.
+pub fn for_spare(delivered: u32, max_deliver: u32) -> Action {
+    Action::DeadLetter(format!(
+        "no decision on the last delivery ({max_deliver} of {max_deliver}): the host holding it \
+         stopped, crashed or lost its connection before settling it (delivery {delivered})"
+    ))
+}
+
 /// The action for a message whose batch failed (trap, deadline, ...).
 pub fn for_failure(
     error: &BatchError,
@@ -102,6 +118,14 @@ mod tests {
             for_decision(&Decision::Term("bad".into()), 1, 5, &B),
             Action::DeadLetter("bad".into())
         );
+    }
+
+    #[test]
+    fn the_spare_delivery_is_dead_lettered() {
+        assert!(!is_spare(5, 5));
+        assert!(is_spare(6, 5));
+        assert!(matches!(for_spare(6, 5),
+            Action::DeadLetter(r) if r.starts_with("no decision on the last delivery (5 of 5)")));
     }
 
     #[test]

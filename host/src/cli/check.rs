@@ -21,6 +21,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = Arc::new(Runtime::new(config.engine.settings())?);
     let backends = crate::capability::Backends::with_databases(&config.databases)?;
     let plugins = host::load_plugins(&config, &runtime, &backends).await?;
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
+    }
     println!(
         "{}: ok ({} streams, {} plugins loaded, {} pipelines)",
         args.config.display(),

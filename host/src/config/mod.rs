@@ -24,6 +24,7 @@ use serde::Deserialize;
 pub use nats::{NatsConfig, ServerList};
 pub use pipeline::{
     BackoffConfig, BreakerConfig, DeliverPolicy, Ordering, PIN_GROUP, PipelineConfig,
+    dead_letter_subject,
 };
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
 pub use secret::Secret;
@@ -261,6 +262,12 @@ impl Config {
         let mut config = Config::parse(&text, path, base)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
+    }
+
+    /// What is allowed but probably a mistake, one line each (shown by
+    /// `jetplug check`, logged by `jetplug run`).
+    pub fn warnings(&self) -> Vec<String> {
+        validate::warnings(self)
     }
 
     /// Parses and validates TOML `text`; `path` names it in errors, `base`

@@ -202,6 +202,18 @@ impl PipelineConfig {
     pub fn consumer_name(&self, stream: &str) -> String {
         format!("jetplug-{}-{}", self.name, stream)
     }
+
+    /// Where the built-in dead-letter route publishes this pipeline's dead
+    /// letters from `stream`.
+    pub fn dead_letter_subject(&self, stream: &str) -> String {
+        dead_letter_subject(stream, &self.name)
+    }
+}
+
+/// The built-in dead-letter route's subject: `dlq.<stream>.<pipeline>`
+/// (lowercase stream).
+pub fn dead_letter_subject(stream: &str, pipeline: &str) -> String {
+    format!("dlq.{}.{pipeline}", stream.to_lowercase())
 }
 
 #[cfg(test)]

@@ -73,6 +73,15 @@ pub struct StreamConfig {
     pub compression: Compression,
 }
 
+impl StreamConfig {
+    /// Whether a message published to `subject` is stored in this stream.
+    pub fn captures(&self, subject: &str) -> bool {
+        self.subjects
+            .iter()
+            .any(|pattern| crate::subject::matches(pattern, subject))
+    }
+}
+
 fn default_duplicate_window() -> Dur {
     Dur(std::time::Duration::from_secs(120))
 }

@@ -173,6 +173,29 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
 
 type Problem = (String, String);
 
+/// What is allowed but probably wrong: publish grants that match no
+/// declared stream (a publish there fails unless a stream declared
+/// elsewhere captures it).
+pub(super) fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, p) in &config.plugins {
+        for (j, grant) in p.grants.publish.iter().enumerate() {
+            let stored = config.streams.iter().any(|s| {
+                s.subjects
+                    .iter()
+                    .any(|ss| crate::subject::overlaps(grant, ss))
+            });
+            if !stored {
+                out.push(format!(
+                    "plugin.{name}.grants.publish[{j}]: `{grant}` matches no declared stream's \
+                     subjects; publishes there fail unless a stream declared elsewhere captures them"
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn nats(config: &Config) -> Result<(), Problem> {
     let n = &config.nats;
     let p = |k: &str, r: &str| (format!("nats.{k}"), r.to_owned());
@@ -376,6 +399,22 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
             "dead_letter",
             format!("plugin `{dl}` is not declared as [plugin.{dl}]"),
         );
+    }
+    if p.dead_letter.is_none() {
+        for s in &p.streams {
+            let subject = p.dead_letter_subject(s);
+            if !config.streams.iter().any(|st| st.captures(&subject)) {
+                return e(
+                    "dead_letter",
+                    format!(
+                        "pipeline `{}` dead-letters messages from `{s}` to `{subject}`, which no \
+                         declared stream captures, so they could never be stored: declare a stream \
+                         with subjects = [\"dlq.>\"] (or name a dead-letter plugin in `dead_letter`)",
+                        p.name
+                    ),
+                );
+            }
+        }
     }
     match (p.deliver, p.start_sequence, &p.start_time) {
         (DeliverPolicy::ByStartSequence, None, _) => {

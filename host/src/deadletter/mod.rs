@@ -120,7 +120,7 @@ impl DeadLetter {
 
     /// The built-in route's subject: `dlq.<stream>.<pipeline>` (lowercase stream).
     pub fn default_subject(&self) -> String {
-        format!("dlq.{}.{}", self.stream.to_lowercase(), self.pipeline)
+        crate::config::dead_letter_subject(&self.stream, &self.pipeline)
     }
 
     /// The message a dead-letter plugin receives: the original subject,

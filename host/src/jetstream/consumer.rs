@@ -5,6 +5,13 @@
 //! the configured settings (a deleted consumer restarts from its deliver
 //! policy). An `exclusive` pipeline's consumer has a pinned-client
 //! priority group: the server delivers to one pulling host at a time.
+//!
+//! The server is told one delivery more than the pipeline's `max_deliver`
+//! (see [`server_max_deliver`]): the last delivery the plugin may see is
+//! still `max_deliver`, and the spare one is the host's. A message whose
+//! last delivery ended without a decision (the host stopped, crashed or
+//! lost it) comes back once more, and the host dead-letters it then
+//! instead of JetStream dropping it with only an advisory to say so.
 
 use std::time::Duration;
 
@@ -46,11 +53,17 @@ pub fn config(pipeline: &PipelineConfig, stream: &StreamConfig) -> consumer::pul
         deliver_policy,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: pipeline.ack_wait.0,
-        max_deliver: i64::from(pipeline.max_deliver),
+        max_deliver: server_max_deliver(pipeline.max_deliver),
         max_ack_pending: i64::from(pipeline.max_ack_pending),
         filter_subjects: filters_for(pipeline, stream),
         ..Default::default()
     }
+}
+
+/// The `max_deliver` the server is given: the pipeline's, plus the
+/// host's spare delivery.
+pub fn server_max_deliver(max_deliver: u32) -> i64 {
+    i64::from(max_deliver) + 1
 }
 
 /// The pipeline's filter subjects that can match something in `stream`.

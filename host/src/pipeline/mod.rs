@@ -50,6 +50,10 @@ pub struct Stats {
     /// Redriven messages addressed to other pipelines, acked unrun.
     pub skipped: Counter,
     pub dead_letter_failures: Counter,
+    /// Messages held now because their dead letter could not be stored.
+    pub dead_letters_held: Gauge,
+    /// Pull requests that got no answer (lost by the server) and were made again.
+    pub pull_requests_lost: Counter,
     /// Batches held (not settled) because the breaker opened on a downstream outage.
     pub held_batches: Counter,
     /// Batches held past `breaker.max_hold`, back to retry accounting.
@@ -99,6 +103,8 @@ impl Stats {
             dead_lettered: outcome("dead_letter"),
             skipped: outcome("skipped"),
             dead_letter_failures: metrics.dead_letter_failures.get_or_create_owned(&p),
+            dead_letters_held: metrics.dead_letters_held.get_or_create_owned(&p),
+            pull_requests_lost: metrics.pull_requests_lost.get_or_create_owned(&p),
             held_batches: metrics.held_batches.get_or_create_owned(&p),
             held_expired: metrics.held_expired.get_or_create_owned(&p),
             breaker_state: metrics.breaker_state.get_or_create_owned(&p),
@@ -268,15 +274,23 @@ impl Pipeline {
             period,
             keepalive_stop.clone(),
         ));
+        // Advisories are listened to until the last batch is settled.
+        let listen_stop = CancellationToken::new();
+        let mut listeners = JoinSet::new();
         for stream in streams {
             tasks.spawn(
                 self.clone()
                     .watch_consumer(stream.name.clone(), shutdown.clone()),
             );
             tasks.spawn(self.clone().consume(stream.clone(), shutdown.clone()));
-            tasks.spawn(self.clone().listen_max_deliveries(stream, shutdown.clone()));
+            listeners.spawn(
+                self.clone()
+                    .listen_max_deliveries(stream, listen_stop.clone()),
+            );
         }
         while tasks.join_next().await.is_some() {}
+        listen_stop.cancel();
+        while listeners.join_next().await.is_some() {}
         keepalive_stop.cancel();
         let _ = keepalive.await;
     }
@@ -382,9 +396,12 @@ impl Pipeline {
                         Some(rate) => {
                             let want = window.min(rate.capacity()).max(1);
                             let waiting = std::time::Instant::now();
+                            // One take, kept across arrivals, keeps its turn.
+                            let take = rate.take(want);
+                            tokio::pin!(take);
                             let stop = loop {
                                 tokio::select! {
-                                    _ = rate.take(want) => break false,
+                                    _ = &mut take => break false,
                                     _ = shutdown.cancelled() => break true,
                                     _ = puller.arrive() => {}
                                 }
@@ -392,7 +409,7 @@ impl Pipeline {
                             self.stats.throttled(waiting.elapsed());
                             if stop {
                                 self.health.consumer_lost();
-                                puller.release().await;
+                                self.run_the_rest(puller, &out).await;
                                 break 'outer;
                             }
                             want
@@ -402,6 +419,7 @@ impl Pipeline {
                         tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                             "cannot pull; re-binding the consumer");
                         self.health.consumer_lost();
+                        self.run_the_rest(puller, &out).await;
                         sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
                         continue 'outer;
                     }
@@ -430,10 +448,11 @@ impl Pipeline {
                         },
                     }
                 };
+                Stats::add(&self.stats.pull_requests_lost, puller.take_forgotten());
                 let (pulled, error) = match next {
                     Next::Stop => {
                         self.health.consumer_lost();
-                        puller.release().await;
+                        self.run_the_rest(puller, &out).await;
                         break 'outer;
                     }
                     Next::Disconnected => {
@@ -449,6 +468,7 @@ impl Pipeline {
                         }
                         careful = CAREFUL_BATCHES * self.cfg.batch as usize;
                         self.health.consumer_lost();
+                        self.run_the_rest(puller, &out).await;
                         continue 'outer;
                     }
                     Next::Paused => continue,
@@ -465,7 +485,7 @@ impl Pipeline {
                         tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name,
                             "back to full batches");
                         self.health.consumer_lost();
-                        puller.release().await;
+                        self.run_the_rest(puller, &out).await;
                         continue 'outer;
                     }
                 }
@@ -473,6 +493,7 @@ impl Pipeline {
                     self.health.consumer_lost();
                     tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                         "message stream interrupted; re-binding the consumer");
+                    self.run_the_rest(puller, &out).await;
                     sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
                     continue 'outer;
                 }
@@ -485,6 +506,20 @@ impl Pipeline {
         }
         while workers.join_next().await.is_some() {}
         tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name, "stopped");
+    }
+
+    /// Leaving a binding (stopping, re-binding): what was taken in is handed
+    /// to the workers, not dropped or handed back, so it keeps its
+    /// delivery and its place before newer messages of its key. What
+    /// arrives meanwhile goes the same way; the subscription ends here.
+    async fn run_the_rest(&self, mut puller: Puller, out: &Out) {
+        loop {
+            let rest = puller.take_all();
+            if rest.messages.is_empty() || !self.dispatch(rest, out, &mut puller).await {
+                break;
+            }
+        }
+        puller.release().await;
     }
 
     /// Updates the consumer's pending / ack-pending gauges every few seconds.
@@ -650,18 +685,43 @@ impl Pipeline {
             a.reason()
         };
         let dl = DeadLetter::from_message(&self.cfg.name, &msg, reason);
-        match self.route.send(&dl).await {
-            Ok(()) => {
-                self.stats.dead_letter(&dl.reason);
-                tracing::warn!(pipeline = %self.cfg.name, stream = %a.stream, seq = a.stream_seq,
-                    reason = %dl.reason, "dead-lettered");
+        self.store_dead_letter(&dl).await;
+    }
+
+    /// Hands `dl` to the route until it is stored: a route that fails
+    /// holds the message (its deliveries are not spent; the keep-alive
+    /// goes on), retried with the pipeline's backoff, counted in
+    /// `dead_letter_failures` and `dead_letters_held`. True once stored;
+    /// false if the host is stopping first.
+    pub(crate) async fn store_dead_letter(&self, dl: &DeadLetter) -> bool {
+        let mut attempt = 0u32;
+        let stored = loop {
+            match self.route.send(dl).await {
+                Ok(()) => break true,
+                Err(e) => {
+                    attempt += 1;
+                    Stats::add(&self.stats.dead_letter_failures, 1);
+                    if attempt == 1 {
+                        self.stats.dead_letters_held.inc();
+                    }
+                    tracing::error!(pipeline = %self.cfg.name, stream = %dl.stream, seq = dl.sequence,
+                        attempt, error = %e,
+                        "dead letter not stored; holding the message and trying again");
+                    if sleep_or_cancel(self.backoff.delay(attempt), &self.shutdown).await {
+                        break false;
+                    }
+                }
             }
-            Err(e) => {
-                Stats::add(&self.stats.dead_letter_failures, 1);
-                tracing::error!(pipeline = %self.cfg.name, stream = %a.stream, seq = a.stream_seq, error = %e,
-                    "dead letter could not be delivered");
-            }
+        };
+        if attempt > 0 {
+            self.stats.dead_letters_held.dec();
         }
+        if stored {
+            self.stats.dead_letter(&dl.reason);
+            tracing::warn!(pipeline = %self.cfg.name, stream = %dl.stream, seq = dl.sequence,
+                reason = %dl.reason, "dead-lettered");
+        }
+        stored
     }
 }
 

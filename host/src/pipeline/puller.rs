@@ -7,7 +7,13 @@
 //! pipeline takes arrivals in whenever it waits (for a worker, for room,
 //! for the breaker), so nothing sits unseen in the inbox while its
 //! `ack_wait` runs out. A request the server forgot (no message or idle
-//! heartbeat for three heartbeats) counts as ended. A batch waits to fill
+//! heartbeat for two heartbeats) counts as ended and is asked again. While
+//! an answer is due — on a fresh binding (a new clustered consumer may
+//! lose the first requests while it settles) and while the server has a
+//! backlog — requests ask for a quick heartbeat ([`QUICK_HEARTBEAT`]), so
+//! a lost one is noticed within about a second; an idle pipeline asks for
+//! the slow one and costs the server little. A new consumer leader (its
+//! `LEADER_ELECTED` advisory) forgets every open request at once. A batch waits to fill
 //! only while the server says more messages are waiting (each message
 //! carries the consumer's pending count): low latency when quiet, full
 //! batches under load.
@@ -38,12 +44,17 @@ fn window_of(batch: u32, concurrency: u32, max_ack_pending: u32) -> usize {
     window.min((max_ack_pending as usize).max(batch))
 }
 
+/// The idle heartbeat asked for while an answer is due: a request with no
+/// word for two of them was lost.
+pub const QUICK_HEARTBEAT: Duration = Duration::from_millis(500);
+
 /// How requests are made.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
     /// How long the server keeps a request open.
     pub expires: Duration,
-    /// Idle heartbeat asked of the server while a request is open.
+    /// Idle heartbeat asked of the server while a request is open and the
+    /// pipeline is idle (see [`QUICK_HEARTBEAT`] for the other times).
     pub heartbeat: Duration,
     /// Priority group of a pinned-client consumer (`exclusive`).
     pub group: Option<String>,
@@ -61,7 +72,15 @@ pub struct Puller {
     subject: String,
     inbox: Subject,
     sub: Subscriber,
+    /// The consumer's `LEADER_ELECTED` advisories.
+    leader: Subscriber,
     opts: PullOptions,
+    /// The heartbeat asked for in the last request.
+    heartbeat: Duration,
+    /// Whether anything was heard on this binding yet.
+    answered: bool,
+    /// Requests given up as lost.
+    forgotten: u64,
     /// Messages the open requests may still deliver.
     outstanding: usize,
     /// The pin id given to this client (exclusive pipelines).
@@ -116,7 +135,17 @@ impl Puller {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| format!("subscribing the pull inbox: {e}"))?;
+        let leader = client
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}"
+            ))
+            .await
+            .map_err(|e| format!("subscribing leader advisories: {e}"))?;
         Ok(Puller {
+            leader,
+            heartbeat: opts.heartbeat,
+            answered: false,
+            forgotten: 0,
             client: client.clone(),
             js: js.clone(),
             subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
@@ -139,6 +168,11 @@ impl Puller {
         self.outstanding
     }
 
+    /// Requests given up as lost on this binding (counted, then reset).
+    pub fn take_forgotten(&mut self) -> u64 {
+        std::mem::take(&mut self.forgotten)
+    }
+
     /// Messages taken in and not yet collected.
     pub fn buffered(&self) -> usize {
         self.count
@@ -146,10 +180,16 @@ impl Puller {
 
     /// Asks the server for up to `n` messages.
     pub async fn request(&mut self, n: usize) -> Result<(), String> {
+        // An answer is due on a fresh binding and under a backlog.
+        self.heartbeat = if !self.answered || self.backlog {
+            QUICK_HEARTBEAT.min(self.opts.heartbeat)
+        } else {
+            self.opts.heartbeat
+        };
         let body = serde_json::to_vec(&Request {
             batch: n,
             expires: self.opts.expires,
-            idle_heartbeat: self.opts.heartbeat,
+            idle_heartbeat: self.heartbeat,
             group: self.opts.group.as_deref(),
             id: self.pin.clone(),
         })
@@ -175,9 +215,19 @@ impl Puller {
             if self.outstanding == 0 || self.error.is_some() {
                 return std::future::pending().await;
             }
-            match tokio::time::timeout(self.opts.heartbeat, self.sub.next()).await {
+            let next = tokio::select! {
+                m = tokio::time::timeout(self.heartbeat, self.sub.next()) => m,
+                Some(_) = self.leader.next() => {
+                    // A new leader knows nothing of the open requests.
+                    tracing::debug!(subject = %self.subject, "consumer leader changed; asking again");
+                    self.outstanding = 0;
+                    return;
+                }
+            };
+            match next {
                 Ok(Some(m)) => {
                     self.heard = Instant::now();
+                    self.answered = true;
                     if self.take_in(m) {
                         return;
                     }
@@ -187,8 +237,11 @@ impl Puller {
                     return;
                 }
                 Err(_) => {
-                    // Three heartbeats without a word: the server forgot it.
-                    if self.heard.elapsed() >= 3 * self.opts.heartbeat {
+                    // Two heartbeats without a word: the server lost it.
+                    if self.heard.elapsed() >= 2 * self.heartbeat {
+                        tracing::debug!(subject = %self.subject, silent = ?self.heard.elapsed(),
+                            "pull request unanswered; asking again");
+                        self.forgotten += 1;
                         self.outstanding = 0;
                         return;
                     }
@@ -254,6 +307,7 @@ impl Puller {
     fn take_in_ready(&mut self) {
         while let Some(Some(m)) = self.sub.next().now_or_never() {
             self.heard = Instant::now();
+            self.answered = true;
             self.take_in(m);
         }
     }
@@ -306,6 +360,13 @@ impl Puller {
         }
         self.count -= out.messages.len();
         out
+    }
+
+    /// Everything taken in and not yet collected (stopping: it is run,
+    /// not handed back, so no delivery is spent on it).
+    pub fn take_all(&mut self) -> Pulled {
+        self.take_in_ready();
+        self.take(self.count)
     }
 
     /// Hands back what was taken in and not collected (stopping): a NAK

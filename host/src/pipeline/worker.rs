@@ -70,6 +70,11 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
                         "settling a skipped redrive failed; JetStream will redeliver it");
                 }
             }
+            // The spare delivery: the last one ended without a decision.
+            Some(pm) if settle::is_spare(pm.delivered, p.cfg.max_deliver) => {
+                let action = settle::for_spare(pm.delivered, p.cfg.max_deliver);
+                settle_one(p, &m, &pm, action).await;
+            }
             Some(pm) => {
                 msgs.push(pm);
                 delivered.push(m);
@@ -86,6 +91,9 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     let mut _slot = None;
     let held_since = std::time::Instant::now();
     let mut holds = 0u32;
+    // A hot swap takes effect here, between batches: a held batch is run
+    // again on the version it started with (docs/hotswap.md).
+    instance.follow(&p.plugin);
     let outcome = loop {
         _slot = None;
         if !wait_for_breaker(p).await {
@@ -99,8 +107,6 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         };
         Stats::add(&p.stats.batches, 1);
         let started = std::time::Instant::now();
-        // A hot swap takes effect here, between batches.
-        instance.follow(&p.plugin);
         let outcome = instance.handle_traced(msgs.clone(), trace.call()).await;
         p.stats.batch_took(started.elapsed());
         p.stats.paused(instance.last_call_paused());
@@ -282,23 +288,14 @@ async fn settle_one(p: &Pipeline, js_msg: &jetstream::Message, msg: &Message, ac
         }
         Action::DeadLetter(reason) => {
             let dl = DeadLetter::from_message(&p.cfg.name, msg, reason);
-            match p.route.send(&dl).await {
-                Ok(()) => {
-                    p.stats.dead_letter(&dl.reason);
-                    tracing::warn!(pipeline = %p.cfg.name, stream = %msg.stream, seq = msg.stream_seq,
-                        reason = %dl.reason, "dead-lettered");
-                    js_msg.ack_with(AckKind::Term).await
-                }
-                Err(e) => {
-                    // Keep the original: it is retried (or caught from the
-                    // MAX_DELIVERIES advisory) rather than lost.
-                    Stats::add(&p.stats.dead_letter_failures, 1);
-                    tracing::error!(pipeline = %p.cfg.name, stream = %msg.stream, seq = msg.stream_seq,
-                        error = %e, "dead letter not delivered; the message will be retried");
-                    js_msg
-                        .ack_with(AckKind::Nak(Some(p.backoff.delay(msg.delivered))))
-                        .await
-                }
+            if p.store_dead_letter(&dl).await {
+                js_msg.ack_with(AckKind::Term).await
+            } else {
+                // Stopping with its dead letter unstored: back to JetStream,
+                // which redelivers it (on the spare delivery at the latest).
+                js_msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
             }
         }
     };
