@@ -253,6 +253,13 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
             "last token",
         ),
         (
+            "subjects = [\"dlq.>\"]",
+            "subjects = [\"deadletters.>\"]",
+            "pipeline[0].dead_letter",
+            "pipeline `indexer` dead-letters messages from `LEARNING` to `dlq.learning.indexer`, \
+             which no declared stream captures",
+        ),
+        (
             "[database.main]",
             "[engine]\nslow_lane_nice = 25\n\n[database.main]",
             "engine.slow_lane_nice",
@@ -277,6 +284,22 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
         assert!(msg.contains(reason), "{to}: {msg}");
         assert!(msg.contains("jetplug.toml"), "{msg}");
     }
+    Ok(())
+}
+
+#[test]
+fn publish_grants_that_match_no_stream_are_warned_about() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    assert!(load(dir.path(), GOOD)?.warnings().is_empty());
+    let text = GOOD.replacen("publish = [\"dlq.>\"]", "publish = [\"orders.>\"]", 1);
+    let warnings = load(dir.path(), &text)?.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "plugin.indexer.grants.publish[0]: `orders.>` matches no declared stream's subjects"
+        ),
+        "{warnings:?}"
+    );
     Ok(())
 }
 

@@ -1,6 +1,5 @@
 //! The host's life beside NATS: graceful shutdown, NATS down at start or
-//! restarted mid-stream, a deleted consumer, the MAX_DELIVERIES advisory,
-//! stream reconciliation.
+//! restarted mid-stream, a deleted consumer, stream reconciliation.
 
 use super::rig::*;
 
@@ -125,48 +124,6 @@ async fn deleted_consumer_is_recreated() -> anyhow::Result<()> {
     })
     .await?;
     eventually(WAIT, "all settled", || async { all_settled(&js, 2).await }).await?;
-    host.stop().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timed_out_last_delivery_is_dead_lettered_from_the_advisory() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let cfg = config(
-        dir.path(),
-        &nats.url(),
-        plugins::TEST_NOOP,
-        "ack_wait = \"1s\"\nmax_deliver = 1",
-    )?;
-    let js = js(&nats).await?;
-    // Simulate a host that took the message's only delivery and died.
-    jetplug::jetstream::streams::reconcile(&js, &cfg.streams).await?;
-    let stream = js.get_stream("EVENTS").await?;
-    let pc = cfg.pipeline("main").context("pipeline")?;
-    let sc = cfg.stream("EVENTS").context("stream")?;
-    let c = stream
-        .create_consumer(jetplug::jetstream::consumer::config(pc, sc))
-        .await?;
-    publish(&js, "events.a", &["lost"]).await?;
-    let mut batch = c.fetch().max_messages(1).messages().await?;
-    let taken = batch
-        .next()
-        .await
-        .context("no delivery")?
-        .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
-    assert_eq!(&taken.payload[..], b"lost");
-    drop(batch);
-
-    let mut host = start(cfg);
-    let stats = host.stats().await?;
-    eventually(WAIT, "dead letter from the advisory", || async {
-        Ok(dlq_messages(&js).await?.len() == 1)
-    })
-    .await?;
-    let dlq = dlq_messages(&js).await?;
-    assert!(header(&dlq[0], "Jetplug-Reason").contains("max deliveries (1)"));
-    assert_eq!(&dlq[0].payload[..], b"lost");
-    assert_eq!(Stats::get(&stats.dead_lettered), 1);
     host.stop().await
 }
 

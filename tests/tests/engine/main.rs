@@ -6,4 +6,5 @@ mod decisions;
 mod flow;
 mod lifecycle;
 mod rig;
+mod stranded;
 mod tenants;
