@@ -52,14 +52,31 @@ export function text(msg) {
   }
 }
 
-/** The payload parsed as JSON. */
-export function jsonPayload(msg) {
+/**
+ * The payload parsed as JSON; with `required` field names, it must be an
+ * object holding each of them. A parse error says `payload is not JSON: …`,
+ * a shape error `payload JSON has the wrong shape: …`.
+ */
+export function jsonPayload(msg, required = []) {
   const body = text(msg);
+  let value;
   try {
-    return JSON.parse(body);
+    value = JSON.parse(body);
   } catch (e) {
     throw new PayloadError(`payload is not JSON: ${e.message ?? e}`);
   }
+  if (required.length > 0) {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      const got = value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
+      throw new PayloadError(`payload JSON has the wrong shape: expected an object, got ${got}`);
+    }
+    for (const name of required) {
+      if (!(name in value)) {
+        throw new PayloadError(`payload JSON has the wrong shape: missing field \`${name}\``);
+      }
+    }
+  }
+  return value;
 }
 
 /** The first value of header `name` (exact, then ignoring case). */

@@ -76,14 +76,24 @@ def text(msg):
         raise PayloadError(f"payload is not UTF-8 text: {e}") from None
 
 
-def json_payload(msg):
-    """The payload parsed as JSON."""
+def json_payload(msg, required=()):
+    """The payload parsed as JSON; with ``required`` field names, it must be
+    an object holding each of them. A parse error says ``payload is not
+    JSON: ...``, a shape error ``payload JSON has the wrong shape: ...``."""
     try:
-        return _json.loads(text(msg))
+        value = _json.loads(text(msg))
     except ValueError as e:
         if isinstance(e, PayloadError):
             raise
         raise PayloadError(f"payload is not JSON: {e}") from None
+    if required:
+        if not isinstance(value, dict):
+            raise PayloadError(
+                f"payload JSON has the wrong shape: expected an object, got {type(value).__name__}")
+        for name in required:
+            if name not in value:
+                raise PayloadError(f"payload JSON has the wrong shape: missing field `{name}`")
+    return value
 
 
 def header(msg, name, default=None):

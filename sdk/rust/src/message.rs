@@ -49,8 +49,11 @@ pub struct Origin {
 pub enum PayloadError {
     /// The payload is not UTF-8 text.
     NotUtf8(String),
-    /// The payload is not JSON of the expected shape.
+    /// The payload is not JSON (a syntax error, or it ends early).
     Json(String),
+    /// The payload is JSON, but not of the expected shape (a missing
+    /// field, a value of another type).
+    Shape(String),
 }
 
 impl std::fmt::Display for PayloadError {
@@ -58,6 +61,7 @@ impl std::fmt::Display for PayloadError {
         match self {
             PayloadError::NotUtf8(e) => write!(f, "payload is not UTF-8 text: {e}"),
             PayloadError::Json(e) => write!(f, "payload is not JSON: {e}"),
+            PayloadError::Shape(e) => write!(f, "payload JSON has the wrong shape: {e}"),
         }
     }
 }
@@ -73,7 +77,10 @@ impl Message {
     /// The payload parsed as JSON into `T` (any serde type, or
     /// `serde_json::Value`). The error says why, ready for a `term` reason.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        serde_json::from_slice(&self.payload).map_err(|e| PayloadError::Json(e.to_string()))
+        serde_json::from_slice(&self.payload).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => PayloadError::Shape(e.to_string()),
+            _ => PayloadError::Json(e.to_string()),
+        })
     }
 
     /// The first value of header `name` (exact name first, then ignoring
@@ -189,8 +196,16 @@ mod tests {
         let missing = message(br#"{"x":1}"#, &[]);
         let err = missing.json::<Event>().err().map(|e| e.to_string());
         assert!(
+            err.as_deref().is_some_and(
+                |e| e.starts_with("payload JSON has the wrong shape: missing field `student`")
+            ),
+            "{err:?}"
+        );
+        let broken = message(br#"{"student":"#, &[]);
+        let err = broken.json::<Event>().err().map(|e| e.to_string());
+        assert!(
             err.as_deref()
-                .is_some_and(|e| e.starts_with("payload is not JSON") && e.contains("student")),
+                .is_some_and(|e| e.starts_with("payload is not JSON")),
             "{err:?}"
         );
         let binary = message(&[0xff, 0xfe], &[]);
