@@ -77,6 +77,16 @@ impl Breaker {
         self.state
     }
 
+    /// The state as seen from outside at `now`: an open breaker whose
+    /// interval has passed lets the next batch through as a probe, so it
+    /// reads half-open even while an idle pipeline has not run one yet.
+    pub fn shown(&self, now: Instant) -> State {
+        match self.state {
+            State::Open { until, interval } if until <= now => State::HalfOpen { interval },
+            s => s,
+        }
+    }
+
     /// State changes so far.
     pub fn transitions(&self) -> u64 {
         self.transitions
@@ -231,5 +241,22 @@ mod tests {
             b.record(later, false);
         }
         assert_eq!(b.record(later, true), None, "earlier failures expired");
+    }
+
+    #[test]
+    fn an_open_breaker_past_its_interval_shows_half_open() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerConfig {
+            consecutive_failures: 1,
+            ..BreakerConfig::default()
+        });
+        b.record(t0, true);
+        assert_eq!(b.shown(t0).name(), "open");
+        assert_eq!(b.shown(t0 + Duration::from_secs(3600)).name(), "half-open");
+        assert_eq!(
+            b.state().name(),
+            "open",
+            "the state itself moves on a permit"
+        );
     }
 }

@@ -142,11 +142,7 @@ async fn pipelines(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::V
             ps.iter()
                 .map(|p| {
                     let st = &p.stats;
-                    let breaker = match st.breaker_state.get() {
-                        1 => "open",
-                        2 => "half-open",
-                        _ => "closed",
-                    };
+                    let breaker = p.breaker_shown().name();
                     json!({
                         "name": p.cfg.name,
                         "streams": p.cfg.streams,

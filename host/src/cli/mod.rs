@@ -104,7 +104,7 @@ pub fn main() -> ExitCode {
         match run::load(args) {
             Ok(c) => config = Some(c),
             Err(e) => {
-                eprintln!("error: {}", crate::redact::text(&format!("{e:#}")));
+                eprintln!("error: {}", error_text(&e));
                 return ExitCode::from(EXIT_ERROR);
             }
         }
@@ -156,10 +156,28 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", crate::redact::text(&format!("{e:#}")));
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// An error and its causes on one line, redacted. A cause whose text its
+/// parent already shows (errors that print their source in their own
+/// message) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    crate::redact::text(&out).into_owned()
 }
 
 /// Connects for a one-shot command: a few attempts (not forever, unless the
@@ -229,4 +247,29 @@ pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot listen on {addr}: {source}")]
+    struct Listen {
+        addr: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = anyhow::Error::new(Listen {
+            addr: "127.0.0.1:9090",
+            source: io,
+        })
+        .context("cannot run jetplug.toml");
+        assert_eq!(
+            super::error_text(&e),
+            "cannot run jetplug.toml: cannot listen on 127.0.0.1:9090: Address already in use"
+        );
+    }
 }

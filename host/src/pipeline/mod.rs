@@ -522,10 +522,22 @@ impl Pipeline {
         puller.release().await;
     }
 
-    /// Updates the consumer's pending / ack-pending gauges every few seconds.
+    /// The breaker's state as shown outside (admin API, metrics).
+    pub fn breaker_shown(&self) -> crate::breaker::State {
+        self.breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shown(std::time::Instant::now())
+    }
+
+    /// Updates the consumer's pending / ack-pending gauges every few
+    /// seconds, and the breaker's (which an idle pipeline does not move).
     async fn watch_consumer(self: Arc<Self>, stream: String, shutdown: CancellationToken) {
         let name = self.cfg.consumer_name(&stream);
         loop {
+            self.stats
+                .breaker_state
+                .set(i64::from(self.breaker_shown().code()));
             if let Ok(s) = self.js.get_stream_no_info(&stream).await
                 && let Ok(info) = s.consumer_info(&name).await
             {
