@@ -423,3 +423,114 @@ fn the_dashboard_queries_real_metrics() -> TestResult {
     }
     Ok(())
 }
+
+/// The rows of the first Markdown table after `heading` in `text`
+/// (header and separator rows skipped).
+fn table_after<'a>(text: &'a str, heading: &str) -> Vec<&'a str> {
+    let Some(start) = text.find(heading) else {
+        return Vec::new();
+    };
+    text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .collect()
+}
+
+/// The cell `n` (from 0) of a table row, trimmed.
+fn cell(row: &str, n: usize) -> &str {
+    row.split('|').nth(n + 1).map(str::trim).unwrap_or("")
+}
+
+/// Every figure reads the same everywhere it is cited: the README's table
+/// rows are the latest run's in docs/performance.md, the README's Status
+/// cites only figures of that run, and the per-language figures in
+/// docs/plugins/README.md are the run's.
+#[test]
+fn figures_read_the_same_everywhere() -> TestResult {
+    let read = |p: &str| std::fs::read_to_string(root().join(p));
+    let (readme, perf, plugins) = (
+        read("README.md")?,
+        read("docs/performance.md")?,
+        read("docs/plugins/README.md")?,
+    );
+    let latest = table_after(&perf, "## Latest run");
+    assert!(
+        latest.len() > 10,
+        "docs/performance.md: no latest-run table"
+    );
+    let readme_rows = table_after(&readme, "## Performance");
+    assert!(!readme_rows.is_empty(), "README: no performance table");
+    for row in &readme_rows {
+        assert!(
+            latest.contains(row),
+            "README row not in docs/performance.md's latest run: {row}"
+        );
+    }
+    let status = &readme[readme.find("**Status.**").ok_or("no Status")?..];
+    let status = &status[..status.find("\n\n").unwrap_or(status.len())];
+    for figure in status
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|w| w.contains('.') && w.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|w| w.trim_end_matches('.'))
+    {
+        assert!(
+            latest.iter().any(|r| r.contains(figure)),
+            "README Status cites {figure}, which the latest run does not hold"
+        );
+    }
+    let row = |measure: &str| {
+        latest
+            .iter()
+            .find(|r| cell(r, 0) == measure)
+            .map(|r| cell(r, 1))
+            .ok_or_else(|| format!("no `{measure}` row in the latest run"))
+    };
+    let number = |text: &str, before: &str| -> Option<String> {
+        let end = text.find(before)?;
+        let digits: String = text[..end]
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        Some(digits.chars().rev().collect())
+    };
+    let cells = |label: &str| {
+        plugins
+            .lines()
+            .find(|l| l.starts_with(&format!("| {label}")))
+            .map(|l| (1..=3).map(|i| cell(l, i).to_owned()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let cold = cells("cold start");
+    let through = cells("through the host");
+    assert_eq!(cold.len(), 3, "docs/plugins/README.md: no cold start row");
+    assert_eq!(
+        through.len(),
+        3,
+        "docs/plugins/README.md: no throughput row"
+    );
+    for (i, lang) in ["Rust", "Python", "JavaScript"].into_iter().enumerate() {
+        let noop = row(&format!("{lang} plugin, no-op"))?;
+        let json = row(&format!("{lang} plugin, parse JSON"))?;
+        let compiling = number(noop, " ms compiling").ok_or("compiling")?;
+        let cached = number(noop, " ms cached").ok_or("cached")?;
+        let want_cold = format!("{compiling} ms / {cached} ms");
+        assert_eq!(
+            cold[i], want_cold,
+            "{lang} cold start in docs/plugins/README.md"
+        );
+        let want = format!(
+            "{} / {} msg/s",
+            number(noop, " msg/s").ok_or("msg/s")?,
+            number(json, " msg/s").ok_or("msg/s")?
+        );
+        assert_eq!(
+            through[i], want,
+            "{lang} throughput in docs/plugins/README.md"
+        );
+    }
+    Ok(())
+}
