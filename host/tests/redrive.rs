@@ -357,3 +357,110 @@ async fn redrive_filters_dry_runs_and_resumes_after_a_kill() -> anyhow::Result<(
     assert_eq!(froms.len(), N, "none stored twice");
     Ok(())
 }
+
+/// Publishes a dead letter as the built-in route would, from `pipeline`.
+async fn dead_letter(
+    js: &jetstream::Context,
+    pipeline: &str,
+    seq: u64,
+    payload: &str,
+) -> anyhow::Result<()> {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in [
+        ("Jetplug-Original-Subject", "events.a".to_owned()),
+        ("Jetplug-Original-Stream", "EVENTS".to_owned()),
+        ("Jetplug-Original-Sequence", seq.to_string()),
+        ("Jetplug-Pipeline", pipeline.to_owned()),
+        ("Jetplug-Deliveries", "1".to_owned()),
+        ("Jetplug-Reason", "term:failed".to_owned()),
+    ] {
+        h.insert(k, v.as_str());
+    }
+    js.publish_with_headers(
+        format!("dlq.events.{pipeline}"),
+        h,
+        payload.as_bytes().to_vec().into(),
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
+/// A dead letter of a pipeline that is no longer in the config (renamed or
+/// removed) would be skipped by every pipeline: redrive refuses it and keeps
+/// it in the DLQ; `--to` re-addresses it to a pipeline that is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_to_a_pipeline_not_in_the_config_is_refused_or_readdressed() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    jetplug::jetstream::streams::reconcile(&js, &Config::load(Path::new(&config))?.streams).await?;
+    dead_letter(&js, "renamed-away", 1, "orphan").await?;
+
+    let out = jetplug(&["dlq", "redrive", "--config", &config])?;
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("cannot redrive DLQ #1: its pipeline `renamed-away` is not in")
+            && t.contains("it stays in the DLQ"),
+        "{t}"
+    );
+    assert_eq!(count(&js, "DLQ").await?, 1, "not removed");
+    assert_eq!(count(&js, "EVENTS").await?, 0, "not republished");
+
+    let out = jetplug(&["dlq", "redrive", "--config", &config, "--to", "nope"])?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--to nope: no pipeline `nope`"),
+        "{}",
+        text(&out)
+    );
+
+    let out = jetplug(&["dlq", "redrive", "--config", &config, "--to", "main"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count(&js, "DLQ").await?, 0);
+    let events = js.get_stream("EVENTS").await?;
+    let m = events.get_raw_message(1).await?;
+    assert_eq!(&m.payload[..], b"orphan");
+    assert_eq!(
+        m.headers.get("Jetplug-Redrive-To").map(|v| v.as_str()),
+        Some("main")
+    );
+    Ok(())
+}
+
+/// A redriven message that fails again is dead-lettered again while the
+/// redrive still runs: the run redrives only what was in the DLQ when it
+/// started, so it cannot chase its own new dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redrive_run_does_not_redrive_what_failed_again_during_it() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    jetplug::jetstream::streams::reconcile(&js, &Config::load(Path::new(&config))?.streams).await?;
+    for seq in 1..=4 {
+        dead_letter(&js, "main", seq, "term:fails again").await?;
+    }
+    // A host whose plugin terminates each redriven message at once.
+    let shutdown = CancellationToken::new();
+    let host = tokio::spawn(jetplug::host::run(
+        Config::load(Path::new(&config))?,
+        shutdown.clone(),
+        |_| {},
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = jetplug(&["dlq", "redrive", "--config", &config, "--rate", "4"])?;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("redriven 4 dead letters"), "{t}");
+    eventually(WAIT, "the four failed again", || async {
+        Ok(count(&js, "DLQ").await? == 4)
+    })
+    .await?;
+    shutdown.cancel();
+    host.await??;
+    Ok(())
+}

@@ -74,6 +74,10 @@ struct RedriveArgs {
     /// At most this many republishes per second (default: as fast as acknowledged).
     #[arg(long, value_parser = positive_rate)]
     rate: Option<f64>,
+    /// Address the dead letters to this pipeline instead of the one that
+    /// failed them (e.g. a pipeline renamed since; it must be in the config).
+    #[arg(long, value_name = "PIPELINE")]
+    to: Option<String>,
 }
 
 fn positive_rate(text: &str) -> Result<f64, String> {
@@ -115,7 +119,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     match redrive {
         None => list(&mut dlq, c, &selection).await,
-        Some(r) => redrive_all(&ctx, &mut dlq, r, &selection, total).await,
+        Some(r) => {
+            if let Some(to) = &r.to {
+                anyhow::ensure!(
+                    config.pipeline(to).is_some(),
+                    "--to {to}: no pipeline `{to}` in {}",
+                    c.config.display()
+                );
+            }
+            redrive_all(&ctx, &config, &mut dlq, r, &selection, total).await
+        }
     }
 }
 
@@ -158,6 +171,10 @@ struct Dlq {
     messages: Option<consumer::pull::Stream>,
     /// Dead letters under the filter when the reader was made; None if none.
     total: Option<u64>,
+    /// The DLQ's last sequence when the reader was made: dead letters
+    /// stored after it (a redriven message that failed again during this
+    /// run) are left for the next run.
+    last: u64,
     done: bool,
 }
 
@@ -171,13 +188,17 @@ impl Dlq {
             .get_stream(name)
             .await
             .with_context(|| format!("stream `{name}`"))?;
-        let stored = stream.info().await?.state.messages;
+        let (stored, last) = {
+            let state = &stream.info().await?.state;
+            (state.messages, state.last_sequence)
+        };
         if stored == 0 {
             return Ok(Dlq {
                 name: name.into(),
                 stream,
                 messages: None,
                 total: None,
+                last,
                 done: true,
             });
         }
@@ -217,6 +238,7 @@ impl Dlq {
             stream,
             messages: Some(messages),
             total: Some(if pending > 0 { pending } else { stored }),
+            last,
             done: false,
         })
     }
@@ -230,7 +252,11 @@ impl Dlq {
         };
         let msg = msg.map_err(|e| anyhow::anyhow!("reading the DLQ: {e}"))?;
         let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.done = info.pending == 0;
+        if info.stream_sequence > self.last {
+            self.done = true;
+            return Ok(None);
+        }
+        self.done = info.pending == 0 || info.stream_sequence == self.last;
         let headers: Vec<(String, String)> = msg
             .headers
             .iter()
@@ -296,8 +322,35 @@ fn describe(d: &Stored) -> String {
     )
 }
 
+/// Why no pipeline of `config` would run a redrive addressed to
+/// `pipeline` (empty: every pipeline) on `subject`, if none would.
+fn unrunnable(
+    config: &Config,
+    file: &std::path::Path,
+    pipeline: &str,
+    subject: &str,
+) -> Option<String> {
+    let file = file.display();
+    if pipeline.is_empty() || pipeline == "unknown" {
+        return (!config.pipelines.iter().any(|p| config.consumes(p, subject)))
+            .then(|| format!("no pipeline in {file} consumes `{subject}`"));
+    }
+    match config.pipeline(pipeline) {
+        None => Some(format!(
+            "its pipeline `{pipeline}` is not in {file}, so no pipeline would run it \
+             (add the pipeline back, or address it to another with --to PIPELINE)"
+        )),
+        Some(p) if !config.consumes(p, subject) => Some(format!(
+            "pipeline `{pipeline}` does not consume `{subject}` (streams {:?})",
+            p.streams
+        )),
+        Some(_) => None,
+    }
+}
+
 async fn redrive_all(
     ctx: &jetstream::Context,
+    config: &Config,
     dlq: &mut Dlq,
     args: &RedriveArgs,
     selection: &Selection,
@@ -323,7 +376,23 @@ async fn redrive_all(
             unselected += 1;
             continue;
         }
-        let r = match redrive::republish(&d.headers, &d.facts, &dlq.name, d.seq) {
+        let mut facts = d.facts.clone();
+        if let Some(to) = &args.to {
+            facts.pipeline = to.clone();
+        }
+        // Never removed from the DLQ before some pipeline will run it.
+        if let Some(why) = unrunnable(config, &args.common.config, &facts.pipeline, &facts.subject)
+        {
+            failed += 1;
+            bar.suspend(|| {
+                eprintln!(
+                    "cannot redrive {} #{}: {why}; it stays in the DLQ",
+                    dlq.name, d.seq
+                )
+            });
+            continue;
+        }
+        let r = match redrive::republish(&d.headers, &facts, &dlq.name, d.seq) {
             Ok(r) => r,
             Err(e) => {
                 failed += 1;

@@ -297,6 +297,19 @@ impl Config {
         self.pipelines.iter().find(|p| p.name == name)
     }
 
+    /// Whether pipeline `p` receives messages published to `subject`: one
+    /// of its streams stores them and its filters (if any) let them through.
+    pub fn consumes(&self, p: &PipelineConfig, subject: &str) -> bool {
+        p.streams
+            .iter()
+            .filter_map(|s| self.stream(s))
+            .any(|s| s.captures(subject))
+            && (p.filter_subjects.is_empty()
+                || p.filter_subjects
+                    .iter()
+                    .any(|f| crate::subject::matches(f, subject)))
+    }
+
     /// The tenant a plugin belongs to, if tenants are declared.
     pub fn tenant_of(&self, plugin: &str) -> Option<&TenantConfig> {
         self.plugins
