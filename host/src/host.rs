@@ -222,7 +222,7 @@ pub async fn run(
     // Streams and buckets first; keep trying while JetStream is not answering.
     loop {
         let provisioned = async {
-            jetstream::streams::reconcile(&js, &config.streams).await?;
+            jetstream::streams::reconcile(&js, &config.provisioned_streams()).await?;
             jetstream::buckets::ensure(&js, &config.buckets).await
         };
         match provisioned.await {
@@ -308,6 +308,7 @@ pub async fn run(
             breaker: std::sync::Mutex::new(crate::breaker::Breaker::new(pc.breaker)),
             shutdown: shutdown.clone(),
             keepalive: Default::default(),
+            advisory_stream: config.advisory_stream().map(|s| s.name),
         });
         stats.insert(pc.name.clone(), pipeline.stats.clone());
         running.push(pipeline.clone());

@@ -37,7 +37,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let config = Config::load(&target.config)?;
     let js = super::connect_once(&config.nats).await?;
-    let plans = streams::plan(&js, &config.streams).await?;
+    let plans = streams::plan(&js, &config.provisioned_streams()).await?;
     for plan in &plans {
         println!("{plan}");
         if apply {

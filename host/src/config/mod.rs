@@ -84,7 +84,16 @@ pub struct HostConfig {
     /// deployed version before this host runs it (default: none, any
     /// deployed version runs).
     pub trusted_keys: Vec<String>,
+    /// The stream that keeps the MAX_DELIVERIES advisories of the
+    /// pipelines' consumers, so that one emitted while no host runs is
+    /// dead-lettered when one starts (default `JETPLUG_ADVISORIES`; `""`
+    /// turns it off: advisories are then only heard live).
+    pub advisory_stream: String,
 }
+
+/// The subjects of the advisory stream: every consumer's MAX_DELIVERIES
+/// advisories in the account.
+pub const ADVISORY_SUBJECTS: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>";
 
 impl HostConfig {
     /// The parsed `trusted_keys` (validated when the config loads).
@@ -103,6 +112,7 @@ impl Default for HostConfig {
             watch_plugins: true,
             deploy_bucket: crate::hotswap::fleet::DEFAULT_BUCKET.to_owned(),
             trusted_keys: Vec::new(),
+            advisory_stream: "JETPLUG_ADVISORIES".to_owned(),
         }
     }
 }
@@ -290,6 +300,40 @@ impl Config {
     /// The stream declared under `name`.
     pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
         self.streams.iter().find(|s| s.name == name)
+    }
+
+    /// The advisory stream (`host.advisory_stream`), if on: kept a week,
+    /// with as many replicas as the most replicated declared stream.
+    pub fn advisory_stream(&self) -> Option<StreamConfig> {
+        let name = &self.host.advisory_stream;
+        (!name.is_empty()).then(|| StreamConfig {
+            name: name.clone(),
+            subjects: vec![ADVISORY_SUBJECTS.to_owned()],
+            retention: Retention::Limits,
+            storage: Storage::File,
+            discard: Discard::Old,
+            max_age: Dur(Duration::from_secs(7 * 86_400)),
+            max_bytes: Size(0),
+            max_messages: 1_000_000,
+            max_messages_per_subject: 0,
+            duplicate_window: Dur(Duration::from_secs(120)),
+            replicas: self
+                .streams
+                .iter()
+                .map(|s| s.replicas)
+                .max()
+                .unwrap_or(1)
+                .max(1),
+            compression: Compression::None,
+        })
+    }
+
+    /// Every stream the host provisions: the declared ones and the
+    /// advisory stream.
+    pub fn provisioned_streams(&self) -> Vec<StreamConfig> {
+        let mut all = self.streams.clone();
+        all.extend(self.advisory_stream());
+        all
     }
 
     /// The pipeline called `name`.

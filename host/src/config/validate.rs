@@ -70,6 +70,18 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             format!("`{bucket}` contains `{c}`; use ASCII letters, digits, `-` and `_`"),
         ));
     }
+    let advisories = &config.host.advisory_stream;
+    if !advisories.is_empty() {
+        name(advisories).map_err(|r| invalid("host.advisory_stream".into(), r))?;
+        if config.stream(advisories).is_some() {
+            return Err(invalid(
+                "host.advisory_stream".into(),
+                format!(
+                    "`{advisories}` is also declared in [[stream]]; give the host its own stream"
+                ),
+            ));
+        }
+    }
     let mut names = BTreeSet::new();
     for (i, s) in config.streams.iter().enumerate() {
         stream(s).map_err(|(k, r)| invalid(format!("stream[{i}].{k}"), r))?;

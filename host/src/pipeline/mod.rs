@@ -230,6 +230,9 @@ pub struct Pipeline {
     pub breaker: std::sync::Mutex<crate::breaker::Breaker>,
     pub shutdown: CancellationToken,
     pub keepalive: Arc<keepalive::KeepAlive>,
+    /// Where MAX_DELIVERIES advisories are kept (`host.advisory_stream`);
+    /// None: they are only heard live.
+    pub advisory_stream: Option<String>,
 }
 
 /// Hands messages the host holds but will not run back to JetStream (a
@@ -634,14 +637,88 @@ impl Pipeline {
         }
     }
 
-    /// Dead-letters messages whose last delivery timed out with no decision.
-    /// Every host of a fleet listens in one queue group per consumer, so
-    /// each advisory is handled (and counted) by exactly one host.
-    async fn listen_max_deliveries(
-        self: Arc<Self>,
-        stream: StreamConfig,
-        shutdown: CancellationToken,
+    /// Dead-letters messages whose spare delivery timed out with no
+    /// decision, from their MAX_DELIVERIES advisories: read from the
+    /// advisory stream through a durable consumer per pipeline consumer
+    /// (shared by the fleet, so each is handled once, also those emitted
+    /// while no host ran; acked once the dead letter is stored), or heard
+    /// live in one queue group per consumer when there is no such stream.
+    async fn listen_max_deliveries(self: Arc<Self>, stream: StreamConfig, stop: CancellationToken) {
+        match self.advisory_stream.clone() {
+            Some(kept) => self.follow_kept_advisories(&kept, &stream, &stop).await,
+            None => self.hear_advisories(&stream, &stop).await,
+        }
+    }
+
+    async fn follow_kept_advisories(
+        &self,
+        kept: &str,
+        stream: &StreamConfig,
+        stop: &CancellationToken,
     ) {
+        let consumer_name = self.cfg.consumer_name(&stream.name);
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(format!("{consumer_name}-advisories")),
+            description: Some(format!(
+                "jetplug: MAX_DELIVERIES advisories of {consumer_name}"
+            )),
+            filter_subject: deadletter::advisory::subject(&stream.name, &consumer_name),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            max_deliver: -1,
+            ..Default::default()
+        };
+        loop {
+            let messages = async {
+                let s = self.js.get_stream_no_info(kept).await?;
+                let c = s.create_consumer(config.clone()).await?;
+                Ok::<_, async_nats::Error>(c.stream().expires(PULL_EXPIRES).messages().await?)
+            };
+            let mut messages = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = messages => match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(stream = %kept, consumer = %consumer_name, error = %e,
+                            "cannot read kept advisories; retrying");
+                        if sleep_or_cancel(RESUBSCRIBE_DELAY, stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = messages.next() => m,
+                };
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::debug!(stream = %kept, error = %e, "advisory reader interrupted");
+                        break;
+                    }
+                    None => break,
+                };
+                let done = match deadletter::advisory::MaxDeliveries::parse(&msg.payload) {
+                    Ok(a) => self.dead_letter_from_advisory(&a).await,
+                    Err(e) => {
+                        tracing::warn!(subject = %msg.subject, error = %e, "unreadable MAX_DELIVERIES advisory");
+                        true
+                    }
+                };
+                if done && let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "acknowledging an advisory failed; it will be handled again");
+                }
+            }
+            if sleep_or_cancel(RESUBSCRIBE_DELAY, stop).await {
+                return;
+            }
+        }
+    }
+
+    async fn hear_advisories(&self, stream: &StreamConfig, shutdown: &CancellationToken) {
         let consumer_name = self.cfg.consumer_name(&stream.name);
         let subject = deadletter::advisory::subject(&stream.name, &consumer_name);
         let mut sub = loop {
@@ -650,7 +727,7 @@ impl Pipeline {
                 Ok(s) => break s,
                 Err(e) => {
                     tracing::warn!(%subject, error = %e, "cannot subscribe to advisories; retrying");
-                    if sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await {
+                    if sleep_or_cancel(RESUBSCRIBE_DELAY, shutdown).await {
                         return;
                     }
                 }
@@ -661,27 +738,31 @@ impl Pipeline {
                 _ = shutdown.cancelled() => return,
                 m = sub.next() => match m { Some(m) => m, None => return },
             };
-            let advisory = match deadletter::advisory::MaxDeliveries::parse(&msg.payload) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(%subject, error = %e, "unreadable MAX_DELIVERIES advisory");
-                    continue;
+            match deadletter::advisory::MaxDeliveries::parse(&msg.payload) {
+                Ok(a) => {
+                    self.dead_letter_from_advisory(&a).await;
                 }
-            };
-            self.dead_letter_from_advisory(&advisory).await;
+                Err(e) => {
+                    tracing::warn!(%subject, error = %e, "unreadable MAX_DELIVERIES advisory")
+                }
+            }
         }
     }
 
-    async fn dead_letter_from_advisory(&self, a: &deadletter::advisory::MaxDeliveries) {
-        let stored = match crate::jetstream::raw_get::get(&self.client, &a.stream, a.stream_seq)
-            .await
-        {
+    /// The dead letter of an advisory's message. True when done with the
+    /// advisory: stored, or the message is gone from its stream (then
+    /// there is nothing to store: logged, counted); false to try again.
+    async fn dead_letter_from_advisory(&self, a: &deadletter::advisory::MaxDeliveries) -> bool {
+        use crate::jetstream::raw_get::{self, RawGetError};
+        let stored = match raw_get::get(&self.client, &a.stream, a.stream_seq).await {
             Ok(m) => m,
             Err(e) => {
+                let gone = matches!(e, RawGetError::Api { .. });
                 tracing::error!(stream = %a.stream, seq = a.stream_seq, error = %e,
-                    "message reached max deliveries but cannot be read back; it is not dead-lettered");
+                    "message reached max deliveries but cannot be read back; it is not dead-lettered{}",
+                    if gone { "" } else { " yet (trying again)" });
                 Stats::add(&self.stats.dead_letter_failures, 1);
-                return;
+                return gone;
             }
         };
         let msg = crate::jetstream::convert::from_raw(
@@ -697,7 +778,7 @@ impl Pipeline {
             a.reason()
         };
         let dl = DeadLetter::from_message(&self.cfg.name, &msg, reason);
-        self.store_dead_letter(&dl).await;
+        self.store_dead_letter(&dl).await
     }
 
     /// Hands `dl` to the route until it is stored: a route that fails

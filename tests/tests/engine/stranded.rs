@@ -70,7 +70,9 @@ async fn a_last_delivery_without_a_decision_comes_back_and_is_dead_lettered() ->
 
 /// The second line: the spare delivery itself taken and never settled (a
 /// host died twice over). JetStream gives up and says so in a
-/// MAX_DELIVERIES advisory, which a running host turns into the dead letter.
+/// MAX_DELIVERIES advisory — emitted here while no host runs — which the
+/// advisory stream keeps until a host starts and turns it into the dead
+/// letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_delivery_that_timed_out_is_dead_lettered_from_the_advisory() -> anyhow::Result<()>
 {
@@ -83,11 +85,33 @@ async fn a_spare_delivery_that_timed_out_is_dead_lettered_from_the_advisory() ->
         "ack_wait = \"1s\"\nmax_deliver = 1",
     )?;
     let js = js(&nats).await?;
-    jetplug::jetstream::streams::reconcile(&js, &cfg.streams).await?;
+    jetplug::jetstream::streams::reconcile(&js, &cfg.provisioned_streams()).await?;
     publish(&js, "events.a", &["lost twice"]).await?;
     take_and_die(&js, &cfg, b"lost twice").await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     take_and_die(&js, &cfg, b"lost twice").await?;
+    // The server gives up when it next looks for something to deliver:
+    // another pull, with no host listening for the advisory.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let pc = cfg.pipeline("main").context("pipeline")?;
+    let c: PullConsumer = js
+        .get_stream("EVENTS")
+        .await?
+        .get_consumer(&pc.consumer_name("EVENTS"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut none = c
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await?;
+    assert!(none.next().await.is_none(), "given up, not delivered again");
+    eventually(WAIT, "the advisory kept, with no host running", || async {
+        let mut kept = js.get_stream("JETPLUG_ADVISORIES").await?;
+        Ok(kept.info().await?.state.messages == 1)
+    })
+    .await?;
 
     let mut host = start(cfg);
     let stats = host.stats().await?;
