@@ -146,5 +146,25 @@ async fn host_killed_mid_stream_and_restarted_is_exact() -> anyhow::Result<()> {
         100,
         "no duplicate dead letter"
     );
+    // Nothing stranded: every message each consumer passed is in its
+    // plugin's ledger or in the DLQ.
+    let out = Command::new(env!("CARGO_BIN_EXE_jetplug"))
+        .args(["doctor", "--config", &config])
+        .args([
+            "--ledger",
+            "indexer=events:select stream_seq from events where stream = $1",
+        ])
+        .args([
+            "--ledger",
+            "analytics=events:select stream_seq from event_counted where stream = $1",
+        ])
+        .output()?;
+    let text = jetplug_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("each handled or dead-lettered").count(),
+        6,
+        "every consumer checked: {text}"
+    );
     Ok(())
 }

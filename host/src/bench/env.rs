@@ -72,10 +72,17 @@ address = "127.0.0.1:{admin}"
 [engine]
 cache_dir = "{cache}"
 {body}
+{dlq}
 "#,
             url = self.nats_url,
             admin = free_port()?,
             cache = self.dir.path().join(cache).display(),
+            // Every pipeline's dead letters need a stream to go to.
+            dlq = if body.contains("\"dlq.>\"") {
+                ""
+            } else {
+                "[[stream]]\nname = \"BENCH_DLQ\"\nsubjects = [\"dlq.>\"]\n"
+            },
         );
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text)?;

@@ -4,6 +4,7 @@
 mod bench;
 mod check;
 mod dlq;
+mod doctor;
 mod new;
 mod plugin;
 mod publish;
@@ -59,6 +60,8 @@ enum Command {
     Bench(bench::Args),
     /// Validate a configuration and load its plugins, without connecting.
     Check(check::Args),
+    /// Find messages a pipeline's consumer passed without handling or dead-lettering them.
+    Doctor(doctor::Args),
     /// Show or apply the stream plan (create missing, reconcile drifted).
     Streams(streams::Args),
     /// Look at dead letters, or send them back to their original subjects.
@@ -138,6 +141,7 @@ pub fn main() -> ExitCode {
             },
             Command::Bench(args) => bench::run(args).await,
             Command::Check(args) => check::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::New(args) => new::run(args).await,

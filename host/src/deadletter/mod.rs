@@ -7,6 +7,7 @@
 //! original is retried later, so a dead letter is never lost on the way.
 
 pub mod advisory;
+pub mod doctor;
 pub mod origin;
 pub mod redrive;
 mod route;
