@@ -328,6 +328,8 @@ impl Pipeline {
         let consumer_name = self.cfg.consumer_name(&stream.name);
         // Messages still to pull one at a time after a connection loss.
         let mut careful = 0usize;
+        // An exclusive pipeline's pin id, kept across rebinds.
+        let mut pin = None;
         'outer: while !shutdown.is_cancelled() {
             let bound = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -370,6 +372,7 @@ impl Pipeline {
                 &consumer_name,
                 opts,
                 self.keepalive.clone(),
+                pin.take(),
             )
             .await;
             let mut puller = match started {
@@ -406,7 +409,7 @@ impl Pipeline {
                                 tokio::select! {
                                     _ = &mut take => break false,
                                     _ = shutdown.cancelled() => break true,
-                                    _ = puller.arrive() => {}
+                                    _ = puller.arrive_keeping_pin() => {}
                                 }
                             };
                             self.stats.throttled(waiting.elapsed());
@@ -422,7 +425,7 @@ impl Pipeline {
                         tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                             "cannot pull; re-binding the consumer");
                         self.health.consumer_lost();
-                        self.run_the_rest(puller, &out).await;
+                        pin = self.run_the_rest(puller, &out).await;
                         sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
                         continue 'outer;
                     }
@@ -435,7 +438,7 @@ impl Pipeline {
                             Some(wait) => {
                                 tokio::select! {
                                     _ = tokio::time::sleep(wait.min(PAUSE_CHECK)) => {}
-                                    _ = puller.arrive() => {}
+                                    _ = puller.arrive_keeping_pin() => {}
                                 }
                                 None
                             }
@@ -471,7 +474,7 @@ impl Pipeline {
                         }
                         careful = CAREFUL_BATCHES * self.cfg.batch as usize;
                         self.health.consumer_lost();
-                        self.run_the_rest(puller, &out).await;
+                        pin = self.run_the_rest(puller, &out).await;
                         continue 'outer;
                     }
                     Next::Paused => continue,
@@ -488,7 +491,7 @@ impl Pipeline {
                         tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name,
                             "back to full batches");
                         self.health.consumer_lost();
-                        self.run_the_rest(puller, &out).await;
+                        pin = self.run_the_rest(puller, &out).await;
                         continue 'outer;
                     }
                 }
@@ -496,7 +499,7 @@ impl Pipeline {
                     self.health.consumer_lost();
                     tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                         "message stream interrupted; re-binding the consumer");
-                    self.run_the_rest(puller, &out).await;
+                    pin = self.run_the_rest(puller, &out).await;
                     sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
                     continue 'outer;
                 }
@@ -515,14 +518,17 @@ impl Pipeline {
     /// to the workers, not dropped or handed back, so it keeps its
     /// delivery and its place before newer messages of its key. What
     /// arrives meanwhile goes the same way; the subscription ends here.
-    async fn run_the_rest(&self, mut puller: Puller, out: &Out) {
+    /// Returns the pin id the binding held.
+    async fn run_the_rest(&self, mut puller: Puller, out: &Out) -> Option<String> {
         loop {
             let rest = puller.take_all();
             if rest.messages.is_empty() || !self.dispatch(rest, out, &mut puller).await {
                 break;
             }
         }
+        let pin = puller.pin();
         puller.release().await;
+        pin
     }
 
     /// The breaker's state as shown outside (admin API, metrics).
@@ -602,7 +608,7 @@ impl Pipeline {
             let permit = loop {
                 tokio::select! {
                     p = sender.reserve() => break p,
-                    _ = puller.arrive() => {}
+                    _ = puller.arrive_keeping_pin() => {}
                 }
             };
             let Ok(permit) = permit else {
@@ -628,7 +634,7 @@ impl Pipeline {
                 loop {
                     tokio::select! {
                         _ = q.room() => break,
-                        _ = puller.arrive() => {}
+                        _ = puller.arrive_keeping_pin() => {}
                     }
                 }
                 q.push(messages);

@@ -85,6 +85,8 @@ pub struct Puller {
     outstanding: usize,
     /// The pin id given to this client (exclusive pipelines).
     pin: Option<String>,
+    /// When the last request went out.
+    last_request: Instant,
     buffered: VecDeque<(Vec<jetstream::Message>, Guard)>,
     count: usize,
     /// The last word from the server.
@@ -121,7 +123,8 @@ mod nanos {
 }
 
 impl Puller {
-    /// Subscribes an inbox for `consumer` of `stream`.
+    /// Subscribes an inbox for `consumer` of `stream`; `pin` is the pin id
+    /// an earlier binding held (exclusive pipelines keep it across rebinds).
     pub async fn start(
         js: &jetstream::Context,
         client: &Client,
@@ -129,6 +132,7 @@ impl Puller {
         consumer: &str,
         opts: PullOptions,
         keepalive: Arc<KeepAlive>,
+        pin: Option<String>,
     ) -> Result<Self, String> {
         let inbox = Subject::from(client.new_inbox());
         let sub = client
@@ -153,7 +157,8 @@ impl Puller {
             sub,
             opts,
             outstanding: 0,
-            pin: None,
+            pin,
+            last_request: Instant::now(),
             buffered: VecDeque::new(),
             count: 0,
             heard: Instant::now(),
@@ -166,6 +171,30 @@ impl Puller {
     /// Messages the open requests may still deliver (0: none open).
     pub fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    /// The pin id this client holds (exclusive pipelines).
+    pub fn pin(&self) -> Option<String> {
+        self.pin.clone()
+    }
+
+    /// When a pinned client must ask again to keep its pin (a request at
+    /// least every `expires`, a third of `pin_timeout`), also while it takes
+    /// nothing more in (breaker open, workers busy); None: not pinned.
+    pub fn pin_due(&self) -> Option<tokio::time::Instant> {
+        self.opts
+            .group
+            .as_ref()
+            .map(|_| tokio::time::Instant::from_std(self.last_request + self.opts.expires))
+    }
+
+    /// Keeps the pin: a request for one message if none went out for
+    /// `expires` (what it brings is kept alive like the rest).
+    pub async fn keep_pin(&mut self) -> Result<(), String> {
+        if self.opts.group.is_some() && self.last_request.elapsed() >= self.opts.expires {
+            self.request(1).await?;
+        }
+        Ok(())
     }
 
     /// Requests given up as lost on this binding (counted, then reset).
@@ -197,6 +226,7 @@ impl Puller {
         if self.outstanding == 0 {
             self.heard = Instant::now();
         }
+        self.last_request = Instant::now();
         self.outstanding += n;
         self.client
             .publish_with_reply(self.subject.clone(), self.inbox.clone(), body.into())
@@ -247,6 +277,21 @@ impl Puller {
                     }
                 }
             }
+        }
+    }
+
+    /// [`Self::arrive`], keeping a pinned client's pin meanwhile (for the
+    /// waits in which nothing more is asked for).
+    pub async fn arrive_keeping_pin(&mut self) {
+        let Some(due) = self.pin_due() else {
+            return self.arrive().await;
+        };
+        let renew = tokio::select! {
+            _ = self.arrive() => false,
+            _ = tokio::time::sleep_until(due) => true,
+        };
+        if renew && let Err(e) = self.keep_pin().await {
+            self.error = Some(e);
         }
     }
 

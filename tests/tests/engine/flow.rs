@@ -162,3 +162,54 @@ fn assert_in_order(dlq: &[async_nats::jetstream::message::StreamMessage], subjec
     assert_eq!(seen, sorted, "{subject} handled out of order");
     assert_eq!(seen.len(), n);
 }
+
+/// `exclusive` with a first batch that runs longer than `pin_timeout`: the
+/// host running it keeps asking (a request every third of `pin_timeout`)
+/// also while its worker is busy and its queue is full, so the pin stays
+/// with it and a standby host never handles a message meanwhile (which
+/// would break the stream's order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_pipeline_keeps_its_pin_through_a_slow_batch() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let extra = "exclusive = true\npin_timeout = \"1s\"\nack_wait = \"20s\"";
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut a = start(config(
+        dir_a.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        extra,
+    )?);
+    let stats_a = a.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["sleep:4000"]).await?;
+    eventually(WAIT, "the slow batch running on the first host", || async {
+        Ok(Stats::get(&stats_a.batches) == 1)
+    })
+    .await?;
+    let mut b = start(config(
+        dir_b.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        extra,
+    )?);
+    let stats_b = b.stats().await?;
+    // Enough batches to fill the first host's queue, then more after the
+    // pin would have timed out.
+    for _ in 0..3 {
+        publish(&js, "events.a", &["q"; 5]).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publish(&js, "events.a", &["q"; 5]).await?;
+    eventually(WAIT, "all 21 acked", || async {
+        Ok(Stats::get(&stats_a.acked) + Stats::get(&stats_b.acked) == 21)
+    })
+    .await?;
+    assert_eq!(
+        Stats::get(&stats_b.acked),
+        0,
+        "the standby host handled messages while the pinned one still ran"
+    );
+    a.stop().await?;
+    b.stop().await
+}
