@@ -144,10 +144,24 @@ impl Check<'_> {
             }
         };
         let mut problems = 0;
-        let floor = info.ack_floor.stream_sequence;
+        // What it passed: up to its ack floor, or — with nothing in flight
+        // (a message given up at max_deliver does not move the floor) —
+        // everything it delivered.
+        let quiet = info.num_ack_pending == 0;
+        let floor = if quiet {
+            info.delivered.stream_sequence
+        } else {
+            info.ack_floor.stream_sequence
+        };
         println!(
-            "{head}: passed up to #{floor}, {} waiting, {} unacknowledged",
-            info.num_pending, info.num_ack_pending
+            "{head}: passed up to #{floor}{}, {} waiting, {} unacknowledged",
+            if quiet {
+                ""
+            } else {
+                " (its ack floor: messages are in flight)"
+            },
+            info.num_pending,
+            info.num_ack_pending
         );
         if info.config.max_deliver != server_max_deliver(p.max_deliver) {
             problems += 1;
