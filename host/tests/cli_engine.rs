@@ -56,6 +56,22 @@ async fn check_validates_without_connecting() -> anyhow::Result<()> {
     let out = jetplug(&["check", "--config", &bad])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("stream[0].retention"), "{}", text(&out));
+
+    // A plugin whose init fails: named, and its reason said once.
+    let text_of = std::fs::read_to_string(&config)?.replace(
+        "[plugin.noop]",
+        "[plugin.noop]\nconfig = { fail_init = \"no table given\" }",
+    );
+    let failing = dir.path().join("failing.toml");
+    std::fs::write(&failing, text_of)?;
+    let out = jetplug(&["check", "--config", &failing.display().to_string()])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("plugin `noop`") && t.contains("no table given"),
+        "{t}"
+    );
+    assert_eq!(t.matches("no table given").count(), 1, "said once: {t}");
     Ok(())
 }
 

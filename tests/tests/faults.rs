@@ -2,7 +2,8 @@
 //! the breaker, which stops pulling and keeps what it holds alive (with an
 //! ack_wait of 1 s, not one message is redelivered), nothing from the outage
 //! reaches the dead-letter stream, and everything is indexed and counted
-//! exactly once after recovery.
+//! exactly once after recovery; `jetplug doctor`'s check finds nothing
+//! stranded after each fault.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -51,6 +52,44 @@ async fn redeliveries(js: &jetstream::Context) -> anyhow::Result<(u64, u64)> {
     Ok((redelivered, delivered))
 }
 
+/// What `jetplug doctor` checks, with the shipped plugins' ledgers: every
+/// message each writer's consumer passed is indexed / counted or
+/// dead-lettered (run with the host stopped: nothing in flight).
+async fn nothing_stranded(
+    js: &jetstream::Context,
+    config: &Config,
+    db: &tokio_postgres::Client,
+) -> anyhow::Result<()> {
+    for (pipeline, stream) in WRITERS {
+        let table = if pipeline == "indexer" {
+            "events"
+        } else {
+            "event_counted"
+        };
+        let rows = db
+            .query(
+                &format!("select stream_seq from {table} where stream = $1"),
+                &[&stream],
+            )
+            .await?;
+        let handled = rows
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect::<std::collections::BTreeSet<u64>>();
+        let p = config.pipeline(pipeline).context("pipeline")?;
+        let s = config.stream(stream).context("stream")?;
+        let e = jetplug::deadletter::doctor::examine(js, config, p, s, Some(handled)).await?;
+        let (checked, stranded) = e.checked.context("checked")?;
+        assert!(
+            stranded.is_empty(),
+            "{pipeline} on {stream}: stranded {stranded:?}"
+        );
+        assert!(!e.in_flight && checked > 0, "{pipeline} on {stream}: {e:?}");
+        assert_eq!(e.max_deliver, None, "the spare delivery is set");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
@@ -75,7 +114,7 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
 
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(host::run(config, shutdown.clone(), move |h| {
+    let task = tokio::spawn(host::run(config.clone(), shutdown.clone(), move |h| {
         let _ = tx.send(h);
     }));
     let handle = tokio::time::timeout(Duration::from_secs(30), rx).await??;
@@ -166,7 +205,7 @@ async fn postgres_outage_opens_the_breaker_and_loses_nothing() -> anyhow::Result
     );
     shutdown.cancel();
     task.await??;
-    Ok(())
+    nothing_stranded(&js, &config, &client).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +227,7 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(host::run(config, shutdown.clone(), |_| {}));
+    let task = tokio::spawn(host::run(config.clone(), shutdown.clone(), |_| {}));
 
     // The publisher retries through the outage; message ids make a retried
     // publish that had in fact been stored count once.
@@ -253,7 +292,7 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
     assert_eq!(js.get_stream("DLQ").await?.info().await?.state.messages, 0);
     shutdown.cancel();
     task.await??;
-    Ok(())
+    nothing_stranded(&js, &config, &db).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,9 +32,18 @@ impl Env {
             .await
             .with_context(|| format!("cannot connect to nats-server at {nats_url}"))?;
         let js = jetstream::new(client);
-        js.query_account().await.with_context(|| {
-            format!("{nats_url} does not answer JetStream requests (run nats-server with -js)")
-        })?;
+        // A cluster that has just started may still be electing its
+        // JetStream meta leader: ask for a while before giving up.
+        let mut attempt = 0;
+        while let Err(e) = js.query_account().await {
+            attempt += 1;
+            if attempt >= 30 {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "{nats_url} does not answer JetStream requests (run nats-server with -js)"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
         let plugins = std::path::absolute(plugins)?;
         for p in ["test_noop.wasm", "postgres_indexer.wasm"] {
             anyhow::ensure!(

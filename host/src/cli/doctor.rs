@@ -6,19 +6,14 @@
 //! letter. `--repair` dead-letters those (through the built-in route, to
 //! `dlq.<stream>.<pipeline>`), so `dlq redrive` runs them again.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 
 use crate::config::{Config, PipelineConfig, StreamConfig};
-use crate::deadletter::doctor::{self, Accounted, Passed};
-use crate::deadletter::redrive::Facts;
-use crate::deadletter::{DeadLetter, Route};
-use crate::jetstream::consumer::{filters_for, server_max_deliver};
+use crate::deadletter::doctor::{self, Examination};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -60,9 +55,6 @@ fn ledger(text: &str) -> Result<Ledger, String> {
     })
 }
 
-/// How long a reader waits for the next message before taking the stream as read.
-const READ_IDLE: Duration = Duration::from_secs(2);
-
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let file = args.config.display();
@@ -94,18 +86,33 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.pipeline.as_ref().is_some_and(|n| n != &p.name) {
             continue;
         }
+        let ledger = args.ledger.iter().find(|l| l.pipeline == p.name);
         for s in p.streams.iter().filter_map(|s| config.stream(s)) {
-            let ledger = args.ledger.iter().find(|l| l.pipeline == p.name);
-            let check = Check {
-                js: &js,
-                config: &config,
-                p,
-                s,
+            let handled = match ledger {
+                Some(l) => Some(handled(l, &backends, &s.name).await?),
+                None => None,
             };
-            problems += check
-                .run(ledger, &backends, args.repair)
+            let e = doctor::examine(&js, &config, p, s, handled)
                 .await
                 .with_context(|| format!("pipeline {}, stream {}", p.name, s.name))?;
+            let stranded = report(p, s, &e, &mut problems);
+            if !stranded.is_empty() {
+                if args.repair {
+                    doctor::repair(&js, &config, p, s, stranded).await?;
+                    println!(
+                        "  repaired: {} dead-lettered; run them again with jetplug dlq redrive --pipeline {}",
+                        stranded.len(),
+                        p.name
+                    );
+                } else {
+                    problems += 1;
+                    println!(
+                        "  recover: jetplug doctor --config FILE --pipeline {} --ledger … --repair \
+                         (dead-letters them), then jetplug dlq redrive --pipeline {}",
+                        p.name, p.name
+                    );
+                }
+            }
         }
     }
     if problems == 0 {
@@ -117,214 +124,91 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-struct Check<'a> {
-    js: &'a jetstream::Context,
-    config: &'a Config,
-    p: &'a PipelineConfig,
-    s: &'a StreamConfig,
+/// The origins the ledger holds for `stream`.
+async fn handled(
+    l: &Ledger,
+    backends: &crate::capability::Backends,
+    stream: &str,
+) -> anyhow::Result<BTreeSet<u64>> {
+    let pool = backends
+        .database(&l.database)
+        .map_err(|e| anyhow::anyhow!("database `{}`: {e:?}", l.database))?;
+    let db = pool
+        .get()
+        .await
+        .with_context(|| format!("connecting to database `{}` for the ledger", l.database))?;
+    let rows = db
+        .query(l.sql.as_str(), &[&stream])
+        .await
+        .with_context(|| format!("the ledger query of pipeline `{}`", l.pipeline))?;
+    rows.iter()
+        .map(|row| {
+            let seq: i64 = row
+                .try_get(0)
+                .context("the ledger query must return int8 sequences")?;
+            Ok(u64::try_from(seq).unwrap_or(0))
+        })
+        .collect()
 }
 
-impl Check<'_> {
-    /// Checks one consumer; the number of problems found (left unrepaired).
-    async fn run(
-        &self,
-        ledger: Option<&Ledger>,
-        backends: &crate::capability::Backends,
-        repair: bool,
-    ) -> anyhow::Result<usize> {
-        let (p, s) = (self.p, self.s);
-        let name = p.consumer_name(&s.name);
-        let head = format!("pipeline {}, stream {} ({name})", p.name, s.name);
-        let stream = self.js.get_stream(&s.name).await?;
-        let info = match stream.consumer_info(&name).await {
-            Ok(i) => i,
-            Err(_) => {
-                println!("{head}: no consumer yet (no host has run this pipeline)");
-                return Ok(0);
-            }
-        };
-        let mut problems = 0;
-        // What it passed: up to its ack floor, or — with nothing in flight
-        // (a message given up at max_deliver does not move the floor) —
-        // everything it delivered.
-        let quiet = info.num_ack_pending == 0;
-        let floor = if quiet {
-            info.delivered.stream_sequence
+/// Prints what was found; counts the problems other than stranded
+/// messages, and returns those.
+fn report<'a>(
+    p: &PipelineConfig,
+    s: &StreamConfig,
+    e: &'a Examination,
+    problems: &mut usize,
+) -> &'a [u64] {
+    let head = format!("pipeline {}, stream {} ({})", p.name, s.name, e.consumer);
+    if !e.exists {
+        println!("{head}: no consumer yet (no host has run this pipeline)");
+        return &[];
+    }
+    println!(
+        "{head}: passed up to #{}{}, {} waiting, {} unacknowledged",
+        e.passed_up_to,
+        if e.in_flight {
+            " (its ack floor: messages are in flight)"
         } else {
-            info.ack_floor.stream_sequence
-        };
+            ""
+        },
+        e.waiting,
+        e.unacknowledged
+    );
+    if let Some((has, want)) = e.max_deliver {
+        *problems += 1;
         println!(
-            "{head}: passed up to #{floor}{}, {} waiting, {} unacknowledged",
-            if quiet {
-                ""
-            } else {
-                " (its ack floor: messages are in flight)"
-            },
-            info.num_pending,
-            info.num_ack_pending
+            "  PROBLEM: the consumer's max_deliver is {has}, not {want} (max_deliver + the spare \
+             delivery): it was made by an older jetplug, and a last delivery that ends without \
+             a decision leaves it; start a host of this version to update it"
         );
-        if info.config.max_deliver != server_max_deliver(p.max_deliver) {
-            problems += 1;
-            println!(
-                "  PROBLEM: the consumer's max_deliver is {}, not {} (max_deliver + the spare \
-                 delivery): it was made by an older jetplug, and a last delivery that ends without \
-                 a decision leaves it; start a host of this version to update it",
-                info.config.max_deliver,
-                server_max_deliver(p.max_deliver)
-            );
-        }
-        if let Some(kept) = self.config.advisory_stream()
-            && let Ok(k) = self.js.get_stream(&kept.name).await
-            && let Ok(a) = k.consumer_info(format!("{name}-advisories")).await
-        {
-            let waiting = a.num_pending + a.num_ack_pending as u64;
-            if waiting > 0 {
-                println!(
-                    "  {waiting} MAX_DELIVERIES advisories wait for a host to dead-letter their messages"
-                );
-            }
-        }
-        let Some(ledger) = ledger else {
+    }
+    if e.advisories_waiting > 0 {
+        println!(
+            "  {} MAX_DELIVERIES advisories wait for a host to dead-letter their messages",
+            e.advisories_waiting
+        );
+    }
+    match &e.checked {
+        None => {
             println!(
                 "  passed messages not checked: give its ledger with --ledger {}=DATABASE:SQL",
                 p.name
             );
-            return Ok(problems);
-        };
-        let first = stream.cached_info().state.first_sequence.max(1);
-        if floor < first {
-            println!("  nothing passed is still in the stream");
-            return Ok(problems);
+            &[]
         }
-        let mut accounted = Accounted::default();
-        let pool = backends
-            .database(&ledger.database)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let db = pool
-            .get()
-            .await
-            .context("connecting to the ledger's database")?;
-        for row in db
-            .query(ledger.sql.as_str(), &[&s.name])
-            .await
-            .context("the ledger query")?
-        {
-            let seq: i64 = row
-                .try_get(0)
-                .context("the ledger query must return int8 sequences")?;
-            accounted.handled.insert(u64::try_from(seq).unwrap_or(0));
+        Some((n, stranded)) if stranded.is_empty() => {
+            println!("  {n} passed messages checked: each handled or dead-lettered");
+            &[]
         }
-        for (dlq, filters) in self.dead_letter_streams() {
-            for m in read(self.js, &dlq, filters, 1, u64::MAX).await? {
-                let f = Facts::from_headers(&m.headers);
-                if f.pipeline != p.name {
-                    continue;
-                }
-                if f.stream == s.name {
-                    accounted.dead_lettered.insert(f.sequence);
-                }
-                if let Some(o) = f.origin.filter(|o| o.stream == s.name) {
-                    accounted.dead_lettered.insert(o.sequence);
-                }
-            }
-        }
-        let passed = read(self.js, &s.name, filters_for(p, s), first, floor).await?;
-        let checked = passed.len();
-        let stranded = doctor::stranded(&s.name, &p.name, passed, &accounted);
-        if stranded.is_empty() {
-            println!("  {checked} passed messages checked: each handled or dead-lettered");
-            return Ok(problems);
-        }
-        println!(
-            "  PROBLEM: {} of {checked} passed messages were neither handled nor dead-lettered (stranded): {}",
-            stranded.len(),
-            list(&stranded)
-        );
-        if !repair {
+        Some((n, stranded)) => {
             println!(
-                "  recover: jetplug doctor --config FILE --pipeline {} --ledger … --repair \
-                 (dead-letters them), then jetplug dlq redrive --pipeline {}",
-                p.name, p.name
+                "  PROBLEM: {} of {n} passed messages were neither handled nor dead-lettered (stranded): {}",
+                stranded.len(),
+                list(stranded)
             );
-            return Ok(problems + 1);
+            stranded
         }
-        self.repair(&stranded).await?;
-        println!(
-            "  repaired: {} dead-lettered; run them again with jetplug dlq redrive --pipeline {}",
-            stranded.len(),
-            p.name
-        );
-        Ok(problems)
-    }
-
-    /// Where the pipeline's dead letters can be, with the subjects to read:
-    /// the stream capturing the built-in route's subject, or those a
-    /// dead-letter plugin's publish grants reach.
-    fn dead_letter_streams(&self) -> Vec<(String, Vec<String>)> {
-        let streams = &self.config.streams;
-        match &self.p.dead_letter {
-            None => {
-                let subject = self.p.dead_letter_subject(&self.s.name);
-                streams
-                    .iter()
-                    .filter(|d| d.captures(&subject))
-                    .map(|d| (d.name.clone(), vec![subject.clone()]))
-                    .collect()
-            }
-            Some(plugin) => {
-                let grants = self
-                    .config
-                    .plugins
-                    .get(plugin)
-                    .map(|pl| pl.grants.publish.clone())
-                    .unwrap_or_default();
-                streams
-                    .iter()
-                    .filter(|d| {
-                        d.subjects
-                            .iter()
-                            .any(|ds| grants.iter().any(|g| crate::subject::overlaps(g, ds)))
-                    })
-                    .map(|d| (d.name.clone(), Vec::new()))
-                    .collect()
-            }
-        }
-    }
-
-    /// Dead-letters `seqs` through the built-in route.
-    async fn repair(&self, seqs: &[u64]) -> anyhow::Result<()> {
-        let (p, s) = (self.p, self.s);
-        let client = self.js.client();
-        let route = Route::Builtin {
-            js: self.js.clone(),
-        };
-        let tenant = self
-            .config
-            .plugins
-            .get(&p.plugin)
-            .map(|pl| pl.tenant.clone())
-            .unwrap_or_default();
-        for &seq in seqs {
-            let raw = crate::jetstream::raw_get::get(&client, &s.name, seq).await?;
-            let msg = crate::jetstream::convert::from_raw(
-                &raw,
-                &s.name,
-                &tenant,
-                &p.consumer_name(&s.name),
-                0,
-            );
-            let dl = DeadLetter::from_message(
-                &p.name,
-                &msg,
-                "stranded: passed by its consumer without a decision or a dead letter (found by jetplug doctor)"
-                    .into(),
-            );
-            route
-                .send(&dl)
-                .await
-                .with_context(|| format!("dead-lettering {} #{seq}", s.name))?;
-        }
-        Ok(())
     }
 }
 
@@ -337,60 +221,6 @@ fn list(seqs: &[u64]) -> String {
     } else {
         shown.join(", ")
     }
-}
-
-/// The headers of `stream`'s messages from `from` to `to` (inclusive)
-/// under `filters`, read by a light ephemeral consumer.
-async fn read(
-    js: &jetstream::Context,
-    stream: &str,
-    filters: Vec<String>,
-    from: u64,
-    to: u64,
-) -> anyhow::Result<Vec<Passed>> {
-    let reader = consumer::pull::Config {
-        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: from,
-        },
-        ack_policy: consumer::AckPolicy::None,
-        headers_only: true,
-        filter_subjects: filters,
-        inactive_threshold: Duration::from_secs(30),
-        num_replicas: 1,
-        memory_storage: true,
-        ..Default::default()
-    };
-    let c = js.get_stream(stream).await?.create_consumer(reader).await?;
-    if c.cached_info().num_pending == 0 {
-        return Ok(Vec::new());
-    }
-    let mut messages = c.messages().await?;
-    let mut out = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(READ_IDLE, messages.next()).await {
-        let m = m.map_err(|e| anyhow::anyhow!("reading {stream}: {e}"))?;
-        let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        if seq > to {
-            break;
-        }
-        let headers = m
-            .headers
-            .iter()
-            .flat_map(|h| h.iter())
-            .flat_map(|(k, vs)| {
-                vs.iter()
-                    .map(move |v| (k.to_string(), v.as_str().to_owned()))
-            })
-            .collect();
-        out.push(Passed {
-            sequence: seq,
-            headers,
-        });
-        if pending == 0 || seq == to {
-            break;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

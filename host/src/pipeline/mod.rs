@@ -335,12 +335,16 @@ impl Pipeline {
                 _ = shutdown.cancelled() => break,
                 c = consumer::ensure(&self.js, &self.cfg, &stream) => c,
             };
-            if let Err(e) = bound {
-                tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
-                    "cannot bind consumer; retrying");
-                sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
-                continue;
-            }
+            // Whether the server holds messages for it: then an answer is due.
+            let backlog = match bound {
+                Ok(c) => c.cached_info().num_pending > 0,
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                        "cannot bind consumer; retrying");
+                    sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                    continue;
+                }
+            };
             // Messages per batch, and asked for per pull request (see
             // `puller::window`): one at a time while being careful.
             let (pull, window) = if careful > 0 {
@@ -373,6 +377,7 @@ impl Pipeline {
                 opts,
                 self.keepalive.clone(),
                 pin.take(),
+                backlog,
             )
             .await;
             let mut puller = match started {

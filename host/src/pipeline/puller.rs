@@ -8,11 +8,13 @@
 //! for the breaker), so nothing sits unseen in the inbox while its
 //! `ack_wait` runs out. A request the server forgot (no message or idle
 //! heartbeat for two heartbeats) counts as ended and is asked again. While
-//! an answer is due — on a fresh binding (a new clustered consumer may
-//! lose the first requests while it settles) and while the server has a
-//! backlog — requests ask for a quick heartbeat ([`QUICK_HEARTBEAT`]), so
-//! a lost one is noticed within about a second; an idle pipeline asks for
-//! the slow one and costs the server little. A new consumer leader (its
+//! an answer is due — on a fresh binding until the server first answers
+//! (a new clustered consumer may lose the first requests while it
+//! settles, and may not know its pending count yet), and while the server
+//! holds messages for the consumer (each message says how many) —
+//! requests ask for a quick heartbeat ([`QUICK_HEARTBEAT`]), so a lost one
+//! is noticed within about a second; an idle pipeline asks for the slow
+//! one and costs the server little. A new consumer leader (its
 //! `LEADER_ELECTED` advisory) forgets every open request at once. A batch waits to fill
 //! only while the server says more messages are waiting (each message
 //! carries the consumer's pending count): low latency when quiet, full
@@ -77,8 +79,6 @@ pub struct Puller {
     opts: PullOptions,
     /// The heartbeat asked for in the last request.
     heartbeat: Duration,
-    /// Whether anything was heard on this binding yet.
-    answered: bool,
     /// Requests given up as lost.
     forgotten: u64,
     /// Messages the open requests may still deliver.
@@ -97,6 +97,8 @@ pub struct Puller {
     /// it sent the last one (its `pending` count): only then is a batch
     /// worth waiting for.
     backlog: bool,
+    /// No word from the server on this binding yet (an answer is due).
+    fresh: bool,
     keepalive: Arc<KeepAlive>,
 }
 
@@ -124,7 +126,9 @@ mod nanos {
 
 impl Puller {
     /// Subscribes an inbox for `consumer` of `stream`; `pin` is the pin id
-    /// an earlier binding held (exclusive pipelines keep it across rebinds).
+    /// an earlier binding held (exclusive pipelines keep it across rebinds),
+    /// `backlog` whether the server holds messages for the consumer.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         js: &jetstream::Context,
         client: &Client,
@@ -133,6 +137,7 @@ impl Puller {
         opts: PullOptions,
         keepalive: Arc<KeepAlive>,
         pin: Option<String>,
+        backlog: bool,
     ) -> Result<Self, String> {
         let inbox = Subject::from(client.new_inbox());
         let sub = client
@@ -148,7 +153,6 @@ impl Puller {
         Ok(Puller {
             leader,
             heartbeat: opts.heartbeat,
-            answered: false,
             forgotten: 0,
             client: client.clone(),
             js: js.clone(),
@@ -163,7 +167,8 @@ impl Puller {
             count: 0,
             heard: Instant::now(),
             error: None,
-            backlog: false,
+            backlog,
+            fresh: true,
             keepalive,
         })
     }
@@ -209,8 +214,8 @@ impl Puller {
 
     /// Asks the server for up to `n` messages.
     pub async fn request(&mut self, n: usize) -> Result<(), String> {
-        // An answer is due on a fresh binding and under a backlog.
-        self.heartbeat = if !self.answered || self.backlog {
+        // An answer is due while the server holds messages for us.
+        self.heartbeat = if self.fresh || self.backlog {
             QUICK_HEARTBEAT.min(self.opts.heartbeat)
         } else {
             self.opts.heartbeat
@@ -257,7 +262,6 @@ impl Puller {
             match next {
                 Ok(Some(m)) => {
                     self.heard = Instant::now();
-                    self.answered = true;
                     if self.take_in(m) {
                         return;
                     }
@@ -313,7 +317,8 @@ impl Puller {
                         context: self.js.clone(),
                     });
                 }
-                StatusCode::IDLE_HEARTBEAT => {}
+                // Alive, with nothing for us: no answer is due.
+                StatusCode::IDLE_HEARTBEAT => self.fresh = false,
                 status => {
                     // The request's unmet part (all of it if not said).
                     let unmet = m
@@ -339,6 +344,7 @@ impl Puller {
         let got = !msgs.is_empty();
         if let Some(last) = msgs.last() {
             self.backlog = last.info().is_ok_and(|i| i.pending > 0);
+            self.fresh = false;
         }
         if got {
             let guard = self.keepalive.track(&msgs);
@@ -352,7 +358,6 @@ impl Puller {
     fn take_in_ready(&mut self) {
         while let Some(Some(m)) = self.sub.next().now_or_never() {
             self.heard = Instant::now();
-            self.answered = true;
             self.take_in(m);
         }
     }

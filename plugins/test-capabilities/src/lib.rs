@@ -22,6 +22,9 @@
 //!   SUBJECT, puts `key` in BUCKET → `ok` (every capability in one call);
 //! - `ambient`: tries files, environment and sockets → `fs=.. env=.. net=..`;
 //! - anything else is logged and acked.
+//!
+//! Config `tag = T` prefixes every `term` reason with `[T] ` (a test can
+//! tell which configuration — which loaded version — decided).
 
 wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
 
@@ -32,13 +35,24 @@ use jetplug::plugin::{kv, log, publish, sql};
 
 struct Caps;
 
+static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 impl Guest for Caps {
-    fn init(_config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        if let Some((_, tag)) = config.iter().find(|(k, _)| k == "tag") {
+            let _ = TAG.set(tag.clone());
+        }
         Ok(())
     }
 
     fn handle(batch: Vec<Message>) -> Vec<Decision> {
-        batch.iter().map(|m| run(&m.payload)).collect()
+        batch
+            .iter()
+            .map(|m| match (run(&m.payload), TAG.get()) {
+                (Decision::Term(r), Some(tag)) => Decision::Term(format!("[{tag}] {r}")),
+                (d, _) => d,
+            })
+            .collect()
     }
 }
 

@@ -346,3 +346,75 @@ timeout = "200ms"
     assert!(reason.contains("retries exhausted"), "{reason}");
     host.stop().await
 }
+
+/// A batch held for a downstream outage is run again on the version it
+/// started with, also when a new version is swapped in meanwhile (a held
+/// batch is in flight: docs/hotswap.md); the next batches take the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_batch_stays_on_its_version_through_a_swap() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let nobody = jetplug_tests::free_port()?;
+    let admin = jetplug_tests::free_port()?;
+    let extra = format!(
+        r#"max_deliver = 2
+breaker = {{ max_hold = "4s", consecutive_failures = 1000 }}
+
+[plugin.p.grants]
+sql = ["events"]
+
+[plugin.p.config]
+tag = "v1"
+
+[database.events]
+url = "postgres://postgres@127.0.0.1:{nobody}/postgres"
+timeout = "200ms"
+
+[admin]
+address = "127.0.0.1:{admin}"
+"#
+    );
+    let cfg = config(dir.path(), &nats.url(), plugins::TEST_CAPABILITIES, &extra)?;
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    publish(&js, "events.a", &["sql:events"]).await?;
+    eventually(WAIT, "the batch held", || async {
+        Ok(Stats::get(&stats.held_batches) >= 1)
+    })
+    .await?;
+    // A new version (another configuration) while the batch is held.
+    let path = dir.path().join("jetplug.toml");
+    let text = std::fs::read_to_string(&path)?.replace("tag = \"v1\"", "tag = \"v2\"");
+    std::fs::write(&path, text)?;
+    let addr = format!("127.0.0.1:{admin}");
+    eventually(WAIT, "the new version swapped in", || async {
+        let (_, body) = jetplug_tests::http_get(&addr, "/v1/plugins").await?;
+        Ok(body.contains("\"previous\":[\""))
+    })
+    .await?;
+    let held = Stats::get(&stats.held_batches);
+    eventually(WAIT, "held again after the swap", || async {
+        Ok(Stats::get(&stats.held_batches) > held)
+    })
+    .await?;
+    eventually(WAIT, "dead-lettered past max_hold", || async {
+        Ok(dlq_messages(&js).await?.len() == 1)
+    })
+    .await?;
+    let dlq = dlq_messages(&js).await?;
+    let reason = header(&dlq[0], "Jetplug-Reason");
+    assert!(
+        reason.starts_with("[v1] "),
+        "decided by another version: {reason}"
+    );
+    // A new batch runs on the new version.
+    publish(&js, "events.a", &["sql:events"]).await?;
+    eventually(WAIT, "the second dead-lettered", || async {
+        Ok(dlq_messages(&js).await?.len() == 2)
+    })
+    .await?;
+    let reason = header(&dlq_messages(&js).await?[1], "Jetplug-Reason").to_owned();
+    assert!(reason.starts_with("[v2] "), "{reason}");
+    host.stop().await
+}
