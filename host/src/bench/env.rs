@@ -238,6 +238,9 @@ impl Run {
     }
 }
 
+/// How long one poll of [`wait_acked`] waits for the server.
+const POLL_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Polls the consumer until its ack floor reaches `n` (or `timeout`).
 pub async fn wait_acked(
     js: &jetstream::Context,
@@ -251,17 +254,17 @@ pub async fn wait_acked(
     let mut first_ack = None;
     let mut first_delivery = None;
     let mut warm = None;
+    let handle = js
+        .get_stream_no_info(stream)
+        .await
+        .with_context(|| format!("stream `{stream}`"))?;
     loop {
-        let info = match js.get_stream(stream).await {
-            Ok(s) => s
-                .get_consumer::<jetstream::consumer::pull::Config>(consumer)
-                .await
-                .ok(),
-            Err(_) => None,
-        };
-        if let Some(mut c) = info
-            && let Ok(info) = c.info().await
-        {
+        // One request per poll, and a poll that gets no answer soon is
+        // given up: a consumer-info request sent while a new clustered
+        // consumer settles can go unanswered until its timeout (5 s, twice
+        // with a retry), and a run watched that late looked ~10 s long.
+        let info = tokio::time::timeout(POLL_TIMEOUT, handle.consumer_info(consumer)).await;
+        if let Ok(Ok(info)) = info {
             let floor = info.ack_floor.stream_sequence;
             if info.delivered.consumer_sequence > 0 && first_delivery.is_none() {
                 first_delivery = Some(Instant::now());
