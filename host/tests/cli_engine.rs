@@ -58,7 +58,8 @@ async fn check_validates_without_connecting() -> anyhow::Result<()> {
     assert!(text(&out).contains("stream[0].retention"), "{}", text(&out));
 
     // A plugin whose init fails: named, and its reason said once.
-    let text_of = std::fs::read_to_string(&config)?.replace(
+    let good = noop_config(dir.path(), "nats://127.0.0.1:1", "")?;
+    let text_of = std::fs::read_to_string(&good)?.replace(
         "[plugin.noop]",
         "[plugin.noop]\nconfig = { fail_init = \"no table given\" }",
     );

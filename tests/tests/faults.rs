@@ -79,7 +79,7 @@ async fn nothing_stranded(
         let p = config.pipeline(pipeline).context("pipeline")?;
         let s = config.stream(stream).context("stream")?;
         let e = jetplug::deadletter::doctor::examine(js, config, p, s, Some(handled)).await?;
-        let (checked, stranded) = e.checked.context("checked")?;
+        let (checked, stranded) = e.checked.clone().context("checked")?;
         assert!(
             stranded.is_empty(),
             "{pipeline} on {stream}: stranded {stranded:?}"

@@ -23,8 +23,11 @@
 //! - `ambient`: tries files, environment and sockets → `fs=.. env=.. net=..`;
 //! - anything else is logged and acked.
 //!
-//! Config `tag = T` prefixes every `term` reason with `[T] ` (a test can
-//! tell which configuration — which loaded version — decided).
+//! Config `tag = T` prefixes every `term` reason with `[T] ` and replaces
+//! `{tag}` in `sql-exec` statements (a test can tell which configuration —
+//! which loaded version — ran); `on_unavailable = retry` answers `retry`
+//! instead of `term` when a command fails with `unavailable` (as plugins
+//! that ride out a downstream outage do).
 
 wit_bindgen::generate!({ path: "../../wit", world: "event-plugin" });
 
@@ -36,12 +39,17 @@ use jetplug::plugin::{kv, log, publish, sql};
 struct Caps;
 
 static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static RETRY_UNAVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 impl Guest for Caps {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
         if let Some((_, tag)) = config.iter().find(|(k, _)| k == "tag") {
             let _ = TAG.set(tag.clone());
         }
+        let retry = config
+            .iter()
+            .any(|(k, v)| k == "on_unavailable" && v == "retry");
+        let _ = RETRY_UNAVAILABLE.set(retry);
         Ok(())
     }
 
@@ -63,10 +71,13 @@ fn run(payload: &[u8]) -> Decision {
     }
     if text.contains('|') {
         let f: Vec<&str> = text.split('|').collect();
-        return Decision::Term(match command(&f) {
-            Ok(s) => s,
-            Err(e) => describe(&e),
-        });
+        return match command(&f) {
+            Ok(s) => Decision::Term(s),
+            Err(Error::Unavailable(_)) if RETRY_UNAVAILABLE.get() == Some(&true) => {
+                Decision::Retry(None)
+            }
+            Err(e) => Decision::Term(describe(&e)),
+        };
     }
     let result = if let Some(db) = text.strip_prefix("sql:") {
         sql::execute(db, "select 1", &[]).map(|_| ())
@@ -96,7 +107,10 @@ fn outgoing(subject: &str, id: Option<&str>) -> publish::Outgoing {
 fn command(f: &[&str]) -> Result<String, Error> {
     let arg = |i: usize| f.get(i).copied().unwrap_or("");
     match arg(0) {
-        "sql-exec" => sql::execute(arg(1), arg(2), &[]).map(|n| format!("ok:{n}")),
+        "sql-exec" => {
+            let statement = arg(2).replace("{tag}", TAG.get().map_or("", String::as_str));
+            sql::execute(arg(1), &statement, &[]).map(|n| format!("ok:{n}"))
+        }
         "sql-roundtrip" => roundtrip(arg(1)),
         "sql-tx" => {
             let db = arg(1);
