@@ -257,15 +257,7 @@ impl Dlq {
             return Ok(None);
         }
         self.done = info.pending == 0 || info.stream_sequence == self.last;
-        let headers: Vec<(String, String)> = msg
-            .headers
-            .iter()
-            .flat_map(|h| h.iter())
-            .flat_map(|(k, vs)| {
-                vs.iter()
-                    .map(move |v| (k.to_string(), v.as_str().to_owned()))
-            })
-            .collect();
+        let headers = crate::jetstream::convert::header_pairs(msg.headers.as_ref());
         Ok(Some(Stored {
             seq: info.stream_sequence,
             dlq_subject: msg.subject.to_string(),

@@ -262,18 +262,9 @@ async fn read(
         if seq > to {
             break;
         }
-        let headers = m
-            .headers
-            .iter()
-            .flat_map(|h| h.iter())
-            .flat_map(|(k, vs)| {
-                vs.iter()
-                    .map(move |v| (k.to_string(), v.as_str().to_owned()))
-            })
-            .collect();
         out.push(Passed {
             sequence: seq,
-            headers,
+            headers: crate::jetstream::convert::header_pairs(m.headers.as_ref()),
         });
         if pending == 0 || seq == to {
             break;

@@ -4,23 +4,25 @@ use async_nats::jetstream;
 
 use crate::bindings::Message;
 
+/// A message's headers as (name, value) pairs, each value of a repeated
+/// header as a pair of its own.
+pub fn header_pairs(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (name.to_string(), v.as_str().to_owned()))
+        })
+        .collect()
+}
+
 /// Converts a delivered message. `None` when its reply subject carries no
 /// JetStream metadata (not a JetStream delivery).
 pub fn to_plugin_message(msg: &jetstream::Message, tenant: &str) -> Option<Message> {
     let info = msg.info().ok()?;
-    let headers = msg
-        .headers
-        .as_ref()
-        .map(|h| {
-            h.iter()
-                .flat_map(|(name, values)| {
-                    values
-                        .iter()
-                        .map(move |v| (name.to_string(), v.as_str().to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = header_pairs(msg.headers.as_ref());
     let published_at_ms =
         i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     Some(Message {

@@ -28,12 +28,12 @@ async fn take_and_die(js: &jetstream::Context, cfg: &Config, payload: &[u8]) -> 
     Ok(())
 }
 
-/// The last delivery taken by a host that died: JetStream delivers it once
-/// more (the host's spare delivery) and the host dead-letters it without
-/// running the plugin, whether or not anyone heard an advisory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_last_delivery_without_a_decision_comes_back_and_is_dead_lettered() -> anyhow::Result<()>
-{
+/// A server, a pipeline with `max_deliver = 1` and `ack_wait = 1s` (its
+/// streams and the advisory stream made), and one message `payload` whose
+/// only delivery a "host" took and never settled.
+async fn one_delivery_lost(
+    payload: &str,
+) -> anyhow::Result<(NatsServer, tempfile::TempDir, Config, jetstream::Context)> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
     let cfg = config(
@@ -43,9 +43,19 @@ async fn a_last_delivery_without_a_decision_comes_back_and_is_dead_lettered() ->
         "ack_wait = \"1s\"\nmax_deliver = 1",
     )?;
     let js = js(&nats).await?;
-    jetplug::jetstream::streams::reconcile(&js, &cfg.streams).await?;
-    publish(&js, "events.a", &["lost"]).await?;
-    take_and_die(&js, &cfg, b"lost").await?;
+    jetplug::jetstream::streams::reconcile(&js, &cfg.provisioned_streams()).await?;
+    publish(&js, "events.a", &[payload]).await?;
+    take_and_die(&js, &cfg, payload.as_bytes()).await?;
+    Ok((nats, dir, cfg, js))
+}
+
+/// The last delivery taken by a host that died: JetStream delivers it once
+/// more (the host's spare delivery) and the host dead-letters it without
+/// running the plugin, whether or not anyone heard an advisory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_delivery_without_a_decision_comes_back_and_is_dead_lettered() -> anyhow::Result<()>
+{
+    let (_nats, _dir, cfg, js) = one_delivery_lost("lost").await?;
     // No host runs while the delivery times out.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -76,18 +86,7 @@ async fn a_last_delivery_without_a_decision_comes_back_and_is_dead_lettered() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_delivery_that_timed_out_is_dead_lettered_from_the_advisory() -> anyhow::Result<()>
 {
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let cfg = config(
-        dir.path(),
-        &nats.url(),
-        plugins::TEST_NOOP,
-        "ack_wait = \"1s\"\nmax_deliver = 1",
-    )?;
-    let js = js(&nats).await?;
-    jetplug::jetstream::streams::reconcile(&js, &cfg.provisioned_streams()).await?;
-    publish(&js, "events.a", &["lost twice"]).await?;
-    take_and_die(&js, &cfg, b"lost twice").await?;
+    let (_nats, _dir, cfg, js) = one_delivery_lost("lost twice").await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     take_and_die(&js, &cfg, b"lost twice").await?;
     // The server gives up when it next looks for something to deliver:
