@@ -235,3 +235,78 @@ async fn competing_tenants_get_cpu_by_their_shares() -> anyhow::Result<()> {
     assert!(body.contains(r#""cpu_share":3"#), "{body}");
     host.stop().await
 }
+
+/// One tenant's rate quota shared by a pipeline that pulls one message at
+/// a time and one that pulls a hundred: taking tokens one by one as they
+/// refill kept the large pull waiting forever (its pipeline starved while
+/// its messages waited); pullers are served in turn, so both get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_quota_does_not_starve_its_large_batch_pipeline() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let text = format!(
+        r#"
+[nats]
+url = "{url}"
+
+[engine]
+cache_dir = "{cache}"
+
+[[stream]]
+name = "EVENTS"
+subjects = ["events.>"]
+
+[[stream]]
+name = "DLQ"
+subjects = ["dlq.>"]
+
+[tenant.t]
+consume = ["events.>"]
+limits = {{ max_messages_per_second = 200 }}
+
+[plugin.p]
+path = "{plugin}"
+tenant = "t"
+
+[[pipeline]]
+name = "small"
+streams = ["EVENTS"]
+filter_subjects = ["events.small"]
+plugin = "p"
+batch = 1
+batch_max_wait = "5ms"
+
+[[pipeline]]
+name = "large"
+streams = ["EVENTS"]
+filter_subjects = ["events.large"]
+plugin = "p"
+batch = 100
+batch_max_wait = "5ms"
+"#,
+        url = nats.url(),
+        cache = dir.path().join("cache").display(),
+        plugin = plugins::TEST_NOOP,
+    );
+    let path = dir.path().join("jetplug.toml");
+    std::fs::write(&path, &text)?;
+    let js = js(&nats).await?;
+    let config = Config::load(&path)?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    // A backlog for both before the host starts; the small pipeline's
+    // lasts longer (40 s at the quota) than the wait below.
+    publish(&js, "events.small", &["s"; 8000]).await?;
+    publish(&js, "events.large", &["l"; 300]).await?;
+    let mut host = start(config);
+    let h = tokio::time::timeout(WAIT, &mut host.handle)
+        .await
+        .context("host did not start")??;
+    let large = h.stats["large"].clone();
+    let small = h.stats["small"].clone();
+    eventually(WAIT, "the large-batch pipeline served", || async {
+        Ok(Stats::get(&large.acked) >= 300)
+    })
+    .await?;
+    assert!(Stats::get(&small.acked) > 0, "both pipelines served");
+    host.stop().await
+}
