@@ -423,3 +423,38 @@ address = "127.0.0.1:{admin}"
     .await?;
     host.stop().await
 }
+
+/// A re-binding does not drop what was taken in: a message the client
+/// cannot read drops the connection while messages delivered before it
+/// wait in the pipeline (a slow plugin, a full window); they are run on the
+/// delivery they came with instead of waiting out `ack_wait` to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebinding_runs_what_was_taken_in() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let cfg = config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "ack_wait = \"2s\"\nmax_deliver = 1",
+    )?;
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    let js = js(&nats).await?;
+    let mut msgs: Vec<(&[u8], &[u8], &[u8])> = vec![(b"events.ok", b"", b"sleep:20"); 60];
+    msgs.push((b"events.\xff\xfe", b"", b"bad subject"));
+    publish_raw(nats.port(), &msgs).await?;
+    eventually(WAIT, "all settled", || async {
+        Ok(Stats::get(&stats.acked) >= 60 && dlq_messages(&js).await?.len() == 1)
+    })
+    .await?;
+    let mut c = consumer(&js).await?;
+    let info = c.info().await?;
+    assert_eq!(
+        info.delivered.consumer_sequence,
+        60 + 2,
+        "each good message delivered once, the bad one twice (its delivery and the spare)"
+    );
+    assert_eq!(Stats::get(&stats.acked), 60);
+    host.stop().await
+}
