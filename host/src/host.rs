@@ -89,6 +89,22 @@ pub async fn load_plugins(
     Ok(loaded)
 }
 
+/// Makes the advisory stream (`host.advisory_stream`) and returns its name;
+/// None if it is off or cannot be made (e.g. another stream of the account
+/// already captures the advisories): then they are heard live only.
+async fn keep_advisories(config: &Config, js: &async_nats::jetstream::Context) -> Option<String> {
+    let kept = config.advisory_stream()?;
+    match jetstream::streams::reconcile(js, std::slice::from_ref(&kept)).await {
+        Ok(_) => Some(kept.name),
+        Err(e) => {
+            tracing::warn!(stream = %kept.name, error = %e,
+                "the advisory stream cannot be made: MAX_DELIVERIES advisories are heard live only \
+                 (one emitted while no host listens is missed); set host.advisory_stream = \"\" to say so");
+            None
+        }
+    }
+}
+
 /// Brings the plugins to the fleet's announced versions (before any
 /// pipeline runs), then follows new deploys in the background.
 async fn follow_deploys(
@@ -222,7 +238,7 @@ pub async fn run(
     // Streams and buckets first; keep trying while JetStream is not answering.
     loop {
         let provisioned = async {
-            jetstream::streams::reconcile(&js, &config.provisioned_streams()).await?;
+            jetstream::streams::reconcile(&js, &config.streams).await?;
             jetstream::buckets::ensure(&js, &config.buckets).await
         };
         match provisioned.await {
@@ -237,6 +253,7 @@ pub async fn run(
         }
     }
 
+    let advisory_stream = keep_advisories(&config, &js).await;
     backends.set_nats(js.clone());
     if !config.host.deploy_bucket.is_empty() {
         follow_deploys(&config, &js, &swapper, &loaded, &shutdown).await;
@@ -308,7 +325,7 @@ pub async fn run(
             breaker: std::sync::Mutex::new(crate::breaker::Breaker::new(pc.breaker)),
             shutdown: shutdown.clone(),
             keepalive: Default::default(),
-            advisory_stream: config.advisory_stream().map(|s| s.name),
+            advisory_stream: advisory_stream.clone(),
         });
         stats.insert(pc.name.clone(), pipeline.stats.clone());
         running.push(pipeline.clone());

@@ -163,3 +163,31 @@ async fn reconcile_updates_max_age_and_keeps_refused_fields() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// An account whose operators already keep every advisory in a stream of
+/// their own: the host cannot make its advisory stream (the subjects
+/// overlap), says so, and runs anyway, hearing advisories live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advisory_stream_that_cannot_be_made_does_not_stop_the_host() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let js = js(&nats).await?;
+    js.create_stream(stream::Config {
+        name: "OPS_ADVISORIES".into(),
+        subjects: vec!["$JS.EVENT.ADVISORY.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let mut host = start(config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?);
+    let stats = host.stats().await?;
+    publish(&js, "events.a", &["one", "two"]).await?;
+    eventually(WAIT, "both acked", || async {
+        Ok(Stats::get(&stats.acked) == 2)
+    })
+    .await?;
+    assert!(
+        js.get_stream("JETPLUG_ADVISORIES").await.is_err(),
+        "not made"
+    );
+    host.stop().await
+}
