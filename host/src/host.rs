@@ -139,7 +139,9 @@ pub async fn run(
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
-    let runtime = Arc::new(Runtime::new(config.engine.settings())?);
+    let runtime = Arc::new(Runtime::new(crate::engine::EngineSettings::from(
+        &config.engine,
+    ))?);
     // Tenants' CPU shares, when any tenant sets one (the others get 1).
     if config
         .tenants
@@ -151,9 +153,10 @@ pub async fn run(
             .iter()
             .map(|(n, t)| (n.clone(), t.limits.cpu_share.unwrap_or(1)))
             .collect();
-        if let Some(s) =
-            crate::engine::share::Shares::new(&shares, config.engine.settings().epoch_tick)
-        {
+        if let Some(s) = crate::engine::share::Shares::new(
+            &shares,
+            crate::engine::EngineSettings::from(&config.engine).epoch_tick,
+        ) {
             runtime.set_shares(s);
         }
     }

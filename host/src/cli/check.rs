@@ -18,7 +18,9 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
-    let runtime = Arc::new(Runtime::new(config.engine.settings())?);
+    let runtime = Arc::new(Runtime::new(crate::engine::EngineSettings::from(
+        &config.engine,
+    ))?);
     let backends = crate::capability::Backends::with_databases(&config.databases)?;
     let plugins = host::load_plugins(&config, &runtime, &backends).await?;
     for w in config.warnings() {

@@ -225,7 +225,9 @@ async fn deploy(
         .with_context(|| format!("cannot read plugin file {}", file.display()))?;
     // Refuse here what every host would refuse: not a component, wrong
     // world, imports beyond the grants. (`init` runs on each host.)
-    let runtime = std::sync::Arc::new(Runtime::new(config.engine.settings())?);
+    let runtime = std::sync::Arc::new(Runtime::new(crate::engine::EngineSettings::from(
+        &config.engine,
+    ))?);
     let mut spec = pc.spec(name);
     spec.path = file.to_path_buf();
     crate::plugin::load_bytes(

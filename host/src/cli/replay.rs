@@ -82,7 +82,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("--to-seq {to} is before --from-seq {from}");
     }
 
-    let runtime = Arc::new(Runtime::new(config.engine.settings())?);
+    let runtime = Arc::new(Runtime::new(crate::engine::EngineSettings::from(
+        &config.engine,
+    ))?);
     let mut spec = config.plugins[&pipeline.plugin].spec(&pipeline.plugin);
     if let Some(path) = &args.plugin {
         spec.path = path.clone();

@@ -34,8 +34,6 @@ pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};
 pub use telemetry::{OtlpProtocol, TelemetryConfig};
 pub use units::{Dur, Size};
 
-use crate::engine::EngineSettings;
-
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +89,9 @@ pub struct HostConfig {
     pub advisory_stream: String,
 }
 
+/// `host.deploy_bucket` by default.
+pub const DEFAULT_DEPLOY_BUCKET: &str = "jetplug-plugins";
+
 /// The subjects of the advisory stream: every consumer's MAX_DELIVERIES
 /// advisories in the account.
 pub const ADVISORY_SUBJECTS: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>";
@@ -110,7 +111,7 @@ impl Default for HostConfig {
         HostConfig {
             shutdown_timeout: Dur(Duration::from_secs(30)),
             watch_plugins: true,
-            deploy_bucket: crate::hotswap::fleet::DEFAULT_BUCKET.to_owned(),
+            deploy_bucket: DEFAULT_DEPLOY_BUCKET.to_owned(),
             trusted_keys: Vec::new(),
             advisory_stream: "JETPLUG_ADVISORIES".to_owned(),
         }
@@ -188,38 +189,16 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        let s = EngineSettings::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         EngineConfig {
-            max_instances: s.max_instances,
-            max_memory: Size(s.max_memory_bytes),
+            max_instances: 256,
+            max_memory: Size(1 << 30),
             cache_dir: None,
             no_cache: false,
-            epoch_tick: Dur(s.epoch_tick),
-            throttle_after: Dur(s.throttle_after.unwrap_or_default()),
-            slow_lane_threads: s.slow_lane.threads,
-            slow_lane_nice: s.slow_lane.nice,
-        }
-    }
-}
-
-impl EngineConfig {
-    pub fn settings(&self) -> EngineSettings {
-        let defaults = EngineSettings::default();
-        EngineSettings {
-            epoch_tick: self.epoch_tick.0,
-            pooling: true,
-            max_instances: self.max_instances,
-            max_memory_bytes: self.max_memory.0,
-            cache_dir: if self.no_cache {
-                None
-            } else {
-                self.cache_dir.clone().or(defaults.cache_dir)
-            },
-            throttle_after: Some(self.throttle_after.0).filter(|d| !d.is_zero()),
-            slow_lane: crate::engine::lane::LaneSettings {
-                threads: self.slow_lane_threads,
-                nice: self.slow_lane_nice,
-            },
+            epoch_tick: Dur(Duration::from_millis(10)),
+            throttle_after: Dur(Duration::from_millis(20)),
+            slow_lane_threads: (cores / 2).max(1),
+            slow_lane_nice: 10,
         }
     }
 }

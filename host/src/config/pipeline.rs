@@ -203,6 +203,20 @@ impl PipelineConfig {
         format!("jetplug-{}-{}", self.name, stream)
     }
 
+    /// The filter subjects that can match something in `stream`.
+    pub fn filters_for(&self, stream: &super::StreamConfig) -> Vec<String> {
+        self.filter_subjects
+            .iter()
+            .filter(|f| {
+                stream
+                    .subjects
+                    .iter()
+                    .any(|s| crate::subject::overlaps(f, s))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Where the built-in dead-letter route publishes this pipeline's dead
     /// letters from `stream`.
     pub fn dead_letter_subject(&self, stream: &str) -> String {

@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use super::{Config, ConfigError};
-use crate::jetstream::consumer::filters_for;
 use crate::subject;
 
 pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> {
@@ -119,7 +118,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             let Some(stream) = config.stream(s) else {
                 continue;
             };
-            let filters = filters_for(p, stream);
+            let filters = p.filters_for(stream);
             let consumed = if filters.is_empty() {
                 &stream.subjects
             } else {

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use super::redrive::Facts;
 use super::{DeadLetter, Origin, Route, addressed_to};
 use crate::config::{Config, PipelineConfig, StreamConfig};
-use crate::jetstream::consumer::{filters_for, server_max_deliver};
+use crate::jetstream::consumer::server_max_deliver;
 
 /// Reading JetStream failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +128,7 @@ pub async fn examine(
             }
         }
     }
-    let passed = read(js, &s.name, filters_for(p, s), first, out.passed_up_to).await?;
+    let passed = read(js, &s.name, p.filters_for(s), first, out.passed_up_to).await?;
     let n = passed.len();
     out.checked = Some((n, stranded(&s.name, &p.name, passed, &accounted)));
     Ok(out)

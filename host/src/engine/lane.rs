@@ -32,11 +32,7 @@ pub struct LaneSettings {
 
 impl Default for LaneSettings {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        LaneSettings {
-            threads: (cores / 2).max(1),
-            nice: 10,
-        }
+        super::EngineSettings::default().slow_lane
     }
 }
 

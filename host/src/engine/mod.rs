@@ -57,14 +57,29 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
+        Self::from(&crate::config::EngineConfig::default())
+    }
+}
+
+impl From<&crate::config::EngineConfig> for EngineSettings {
+    /// The settings `[engine]` asks for (the cache in the default place
+    /// unless it names one or turns it off).
+    fn from(c: &crate::config::EngineConfig) -> Self {
         EngineSettings {
-            epoch_tick: Duration::from_millis(10),
+            epoch_tick: c.epoch_tick.0,
             pooling: true,
-            max_instances: 256,
-            max_memory_bytes: 1 << 30,
-            cache_dir: cache::default_dir(),
-            throttle_after: Some(Duration::from_millis(20)),
-            slow_lane: LaneSettings::default(),
+            max_instances: c.max_instances,
+            max_memory_bytes: c.max_memory.0,
+            cache_dir: if c.no_cache {
+                None
+            } else {
+                c.cache_dir.clone().or_else(cache::default_dir)
+            },
+            throttle_after: Some(c.throttle_after.0).filter(|d| !d.is_zero()),
+            slow_lane: LaneSettings {
+                threads: c.slow_lane_threads,
+                nice: c.slow_lane_nice,
+            },
         }
     }
 }

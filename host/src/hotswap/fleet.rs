@@ -28,7 +28,7 @@ use super::signing::{self, Signature, TrustedKey};
 use crate::engine::cache;
 
 /// Default name of the Object Store and KV buckets.
-pub const DEFAULT_BUCKET: &str = "jetplug-plugins";
+pub const DEFAULT_BUCKET: &str = crate::config::DEFAULT_DEPLOY_BUCKET;
 /// Versions of each plugin the KV remembers (for rollback).
 const HISTORY: i64 = 64;
 

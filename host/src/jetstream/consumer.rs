@@ -18,7 +18,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 
 use crate::config::{DeliverPolicy, PipelineConfig, StreamConfig};
-use crate::subject;
 
 /// The consumer configuration for `pipeline` on `stream`.
 pub fn config(pipeline: &PipelineConfig, stream: &StreamConfig) -> consumer::pull::Config {
@@ -55,7 +54,7 @@ pub fn config(pipeline: &PipelineConfig, stream: &StreamConfig) -> consumer::pul
         ack_wait: pipeline.ack_wait.0,
         max_deliver: server_max_deliver(pipeline.max_deliver),
         max_ack_pending: i64::from(pipeline.max_ack_pending),
-        filter_subjects: filters_for(pipeline, stream),
+        filter_subjects: pipeline.filters_for(stream),
         ..Default::default()
     }
 }
@@ -64,16 +63,6 @@ pub fn config(pipeline: &PipelineConfig, stream: &StreamConfig) -> consumer::pul
 /// host's spare delivery.
 pub fn server_max_deliver(max_deliver: u32) -> i64 {
     i64::from(max_deliver) + 1
-}
-
-/// The pipeline's filter subjects that can match something in `stream`.
-pub fn filters_for(pipeline: &PipelineConfig, stream: &StreamConfig) -> Vec<String> {
-    pipeline
-        .filter_subjects
-        .iter()
-        .filter(|f| stream.subjects.iter().any(|s| subject::overlaps(f, s)))
-        .cloned()
-        .collect()
 }
 
 /// Creates or updates the durable consumer and returns it.
