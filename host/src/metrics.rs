@@ -8,7 +8,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
+
+/// Spans for trace export by outcome: `exported`, `dropped` (queue full),
+/// `failed` (export error). Global because the exporter runs outside any
+/// host; registered as `jetplug_trace_spans_total`.
+pub static SPANS: LazyLock<Family<Labels, Counter>> = LazyLock::new(Family::default);
 
 pub type Labels = Vec<(String, String)>;
 
@@ -90,7 +96,7 @@ impl Metrics {
         reg!(
             "trace_spans",
             "Spans for trace export, by outcome (exported, dropped: the queue was full, failed: the collector refused or did not answer)",
-            crate::telemetry::SPANS.clone(),
+            SPANS.clone(),
         );
         reg!(
             "messages",

@@ -73,7 +73,7 @@ fn good_config_with_defaults() -> TestResult {
     assert_eq!(p.batch, 100);
     assert_eq!(p.deliver, DeliverPolicy::ByStartSequence);
     assert_eq!(p.consumer_name("LEARNING"), "jetplug-indexer-LEARNING");
-    let spec = c.plugins["indexer"].spec("indexer");
+    let spec = jetplug::plugin::PluginSpec::from_config("indexer", &c.plugins["indexer"]);
     assert_eq!(
         spec.path,
         dir.path().join("noop.wasm"),

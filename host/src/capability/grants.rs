@@ -1,50 +1,10 @@
-//! What a plugin may use: which interfaces it is linked with, and inside each
-//! interface which subjects, databases and buckets it may touch.
-
-use serde::Deserialize;
+//! Checking a plugin's grants ([`crate::config::Grants`], plain settings):
+//! whether an interface is linked at all, and inside it whether a subject,
+//! database or bucket may be touched. Every capability asks these on every call.
 
 use super::Capability;
+pub use crate::config::Grants;
 use crate::subject;
-
-/// A plugin's grants. An interface is granted when its list is non-empty
-/// (`log` is granted unless switched off).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Grants {
-    /// Structured logging (default: on).
-    #[serde(default = "default_log")]
-    pub log: bool,
-    /// Subject patterns the plugin may publish to (`*`, `>` allowed).
-    #[serde(default)]
-    pub publish: Vec<String>,
-    /// Database names (from `[database.NAME]`) the plugin may use.
-    #[serde(default)]
-    pub sql: Vec<String>,
-    /// KV bucket names the plugin may use.
-    #[serde(default)]
-    pub kv: Vec<String>,
-    /// A PostgreSQL role the plugin's statements run under (`SET ROLE` on
-    /// its connections, reset before anyone else uses them), so its SQL has
-    /// exactly that role's rights.
-    #[serde(default)]
-    pub sql_role: Option<String>,
-}
-
-fn default_log() -> bool {
-    true
-}
-
-impl Default for Grants {
-    fn default() -> Self {
-        Grants {
-            log: true,
-            publish: Vec::new(),
-            sql: Vec::new(),
-            kv: Vec::new(),
-            sql_role: None,
-        }
-    }
-}
 
 impl Grants {
     /// Everything, everywhere: for offline runs where no capability reaches a

@@ -19,29 +19,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{DatabaseConfig, SslMode};
 
-/// `(key, reason)` of the first TLS setting that cannot work.
+/// `(key, reason)` of the first TLS file that cannot be used (the settings
+/// themselves are checked when the configuration loads).
 pub fn check(db: &DatabaseConfig) -> Result<(), (String, String)> {
-    let p = |k: &str, r: String| Err((k.to_owned(), r));
-    let verify = matches!(db.sslmode, SslMode::VerifyCa | SslMode::VerifyFull);
-    if verify && db.sslrootcert.is_none() {
-        return p(
-            "sslrootcert",
-            "verify-ca and verify-full need the CA certificate(s) to verify the server with".into(),
-        );
-    }
-    if db.sslcert.is_some() != db.sslkey.is_some() {
-        return p(
-            if db.sslcert.is_some() {
-                "sslkey"
-            } else {
-                "sslcert"
-            },
-            "`sslcert` and `sslkey` go together".into(),
-        );
-    }
-    if db.sslmode == SslMode::Disable {
-        return Ok(());
-    }
     connector(db)
         .map(|_| ())
         .map_err(|(k, r)| (k.to_owned(), r))

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::Config;
 use crate::engine::Runtime;
 use crate::host;
 
@@ -17,7 +16,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = crate::host::resolve::load(&args.config)?;
     let runtime = Arc::new(Runtime::new(crate::engine::EngineSettings::from(
         &config.engine,
     ))?);

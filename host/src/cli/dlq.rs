@@ -101,7 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Action::Redrive(r) => (&r.common, Some(r)),
     };
     let selection = selection(c)?;
-    let config = Config::load(&c.config)?;
+    let config = crate::host::resolve::load(&c.config)?;
     let stream = match &c.stream {
         Some(s) => s.clone(),
         None => config

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::config::{Config, PipelineConfig, StreamConfig};
+use crate::config::{PipelineConfig, StreamConfig};
 use crate::deadletter::doctor::{self, Examination};
 
 #[derive(Debug, clap::Args)]
@@ -56,7 +56,7 @@ fn ledger(text: &str) -> Result<Ledger, String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = crate::host::resolve::load(&args.config)?;
     let file = args.config.display();
     for l in &args.ledger {
         anyhow::ensure!(

@@ -16,6 +16,7 @@ use crate::engine::Runtime;
 use crate::hotswap::fleet::{Announcement, Fleet};
 use crate::hotswap::short;
 use crate::hotswap::signing;
+use crate::plugin::PluginSpec;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -201,7 +202,7 @@ fn signature_for(
             }
         }
     };
-    let trusted = config.host.trusted();
+    let trusted = crate::host::resolve::resolve(config)?.trusted;
     if !trusted.is_empty()
         && let Err(refusal) = signing::verify(&trusted, &hash, sig.as_ref())
     {
@@ -219,7 +220,7 @@ async fn deploy(
     key: Option<&std::path::Path>,
     args: &FleetArgs,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = crate::host::resolve::load(&args.config)?;
     let pc = plugin_config(&config, name, &args.config)?;
     let bytes = std::fs::read(file)
         .with_context(|| format!("cannot read plugin file {}", file.display()))?;
@@ -228,7 +229,7 @@ async fn deploy(
     let runtime = std::sync::Arc::new(Runtime::new(crate::engine::EngineSettings::from(
         &config.engine,
     ))?);
-    let mut spec = pc.spec(name);
+    let mut spec = PluginSpec::from_config(name, pc);
     spec.path = file.to_path_buf();
     crate::plugin::load_bytes(
         &runtime,
@@ -261,7 +262,7 @@ fn plugin_config<'a>(
 }
 
 async fn open(name: &str, args: &FleetArgs) -> anyhow::Result<(Config, Fleet)> {
-    let config = Config::load(&args.config)?;
+    let config = crate::host::resolve::load(&args.config)?;
     plugin_config(&config, name, &args.config)?;
     let bucket = config.host.deploy_bucket.clone();
     if bucket.is_empty() {
@@ -287,8 +288,8 @@ fn describe(ann: &Announcement) -> String {
 async fn list(t: Target) -> anyhow::Result<ExitCode> {
     // The token comes from the configuration when it can be read.
     let config = match t.admin {
-        Some(_) => Config::load(&t.config).ok(),
-        None => Some(Config::load(&t.config)?),
+        Some(_) => crate::host::resolve::load(&t.config).ok(),
+        None => Some(crate::host::resolve::load(&t.config)?),
     };
     let addr = match (t.admin, config.as_ref().and_then(|c| c.admin.address)) {
         (Some(a), _) => a,

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 
-use crate::config::Config;
-
 /// How long one event may take to be acknowledged, retries included.
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
@@ -110,7 +108,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = crate::host::resolve::load(&args.config)?;
     if let Some(s) = &args.subject {
         crate::subject::validate_publish_subject(s)
             .map_err(|e| anyhow::anyhow!("--subject: {e}"))?;

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use crate::config::Config;
 use crate::engine::Runtime;
-use crate::plugin::{self, PluginInstance};
+use crate::plugin::{self, PluginInstance, PluginSpec};
 use crate::replay::{self, From};
 
 #[derive(Debug, clap::Args)]
@@ -42,7 +41,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = crate::host::resolve::load(&args.config)?;
     let pipeline = config
         .pipeline(&args.pipeline)
         .with_context(|| {
@@ -85,7 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = Arc::new(Runtime::new(crate::engine::EngineSettings::from(
         &config.engine,
     ))?);
-    let mut spec = config.plugins[&pipeline.plugin].spec(&pipeline.plugin);
+    let mut spec = PluginSpec::from_config(&pipeline.plugin, &config.plugins[&pipeline.plugin]);
     if let Some(path) = &args.plugin {
         spec.path = path.clone();
     }

@@ -20,7 +20,7 @@ pub struct Args {
 /// Reads and validates the configuration (before logging starts: its
 /// `[telemetry]` section is part of the logging setup).
 pub fn load(args: &Args) -> anyhow::Result<Config> {
-    Ok(Config::load(&args.config)?)
+    Ok(crate::host::resolve::load(&args.config)?)
 }
 
 pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::config::Config;
 use crate::jetstream::streams;
 
 #[derive(Debug, clap::Args)]
@@ -35,7 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Action::Diff(t) => (t, false),
         Action::Apply(t) => (t, true),
     };
-    let config = Config::load(&target.config)?;
+    let config = crate::host::resolve::load(&target.config)?;
     let js = super::connect_once(&config.nats).await?;
     let plans = streams::plan(&js, &config.provisioned_streams()).await?;
     for plan in &plans {

@@ -4,6 +4,7 @@
 //! keys, bad values and broken references are reported with the file, the
 //! key and the reason (and the line, when the TOML parser knows it).
 
+mod grants;
 mod nats;
 mod pipeline;
 mod plugin;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use grants::Grants;
 pub use nats::{NatsConfig, ServerList};
 pub use pipeline::{
     BackoffConfig, BreakerConfig, DeliverPolicy, Ordering, PIN_GROUP, PipelineConfig,
@@ -95,16 +97,6 @@ pub const DEFAULT_DEPLOY_BUCKET: &str = "jetplug-plugins";
 /// The subjects of the advisory stream: every consumer's MAX_DELIVERIES
 /// advisories in the account.
 pub const ADVISORY_SUBJECTS: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>";
-
-impl HostConfig {
-    /// The parsed `trusted_keys` (validated when the config loads).
-    pub fn trusted(&self) -> Vec<crate::hotswap::signing::TrustedKey> {
-        self.trusted_keys
-            .iter()
-            .filter_map(|k| crate::hotswap::signing::TrustedKey::parse(k).ok())
-            .collect()
-    }
-}
 
 impl Default for HostConfig {
     fn default() -> Self {

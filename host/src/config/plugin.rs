@@ -1,14 +1,11 @@
 //! `[plugin.NAME]`: a wasm component, its tenant, grants, limits and config.
 
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use serde::Deserialize;
-
+use super::Grants;
 use super::units::{Dur, Size};
-use crate::capability::Grants;
-use crate::plugin::{Limits, PluginSpec};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,35 +64,11 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        let l = Limits::default();
         LimitsConfig {
-            memory: Size(l.memory_bytes),
-            deadline: Dur(l.deadline),
-            log_per_second: l.log_per_second,
-            log_lines_per_batch: l.log_lines_per_batch,
-        }
-    }
-}
-
-impl PluginConfig {
-    /// The runtime's view of this plugin.
-    pub fn spec(&self, name: &str) -> PluginSpec {
-        PluginSpec {
-            name: name.to_owned(),
-            tenant: self.tenant.clone(),
-            path: self.path.clone(),
-            grants: self.grants.clone(),
-            limits: Limits {
-                memory_bytes: self.limits.memory.0,
-                deadline: Duration::from(self.limits.deadline),
-                log_per_second: self.limits.log_per_second,
-                log_lines_per_batch: self.limits.log_lines_per_batch,
-            },
-            config: self
-                .config
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
-                .collect(),
+            memory: Size(64 << 20),
+            deadline: Dur(std::time::Duration::from_secs(5)),
+            log_per_second: 100,
+            log_lines_per_batch: 10_000,
         }
     }
 }

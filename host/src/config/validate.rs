@@ -56,10 +56,6 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             ),
         ));
     }
-    for (i, k) in config.host.trusted_keys.iter().enumerate() {
-        crate::hotswap::signing::TrustedKey::parse(k)
-            .map_err(|r| invalid(format!("host.trusted_keys[{i}]"), r))?;
-    }
     let bucket = &config.host.deploy_bucket;
     if let Some(c) = bucket
         .chars()
@@ -140,9 +136,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         if let Err(reason) = db.pg_config() {
             return Err(invalid(format!("database.{name}.url"), reason));
         }
-        if let Err((key, reason)) = crate::capability::pg_tls::check(db) {
-            return Err(invalid(format!("database.{name}.{key}"), reason));
-        }
+        tls(db).map_err(|(k, r)| invalid(format!("database.{name}.{k}"), r))?;
         if db.pool_size == 0 {
             return Err(invalid(
                 format!("database.{name}.pool_size"),
@@ -509,6 +503,27 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
     }
     if b.open_initial.0.is_zero() || b.open_max.0 < b.open_initial.0 {
         return e("breaker", "needs 0 < open_initial <= open_max".into());
+    }
+    Ok(())
+}
+
+/// `(key, reason)` of TLS settings that cannot work together (whether the
+/// files hold certificates is resolved at start, see `host::resolve`).
+fn tls(db: &super::DatabaseConfig) -> Result<(), (&'static str, String)> {
+    use super::SslMode;
+    if matches!(db.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && db.sslrootcert.is_none() {
+        return Err((
+            "sslrootcert",
+            "verify-ca and verify-full need the CA certificate(s) to verify the server with".into(),
+        ));
+    }
+    if db.sslcert.is_some() != db.sslkey.is_some() {
+        let missing = if db.sslcert.is_some() {
+            "sslkey"
+        } else {
+            "sslcert"
+        };
+        return Err((missing, "`sslcert` and `sslkey` go together".into()));
     }
     Ok(())
 }

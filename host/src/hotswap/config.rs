@@ -8,20 +8,27 @@
 //! pipelines, NATS, ...) are not changed under running consumers; the host
 //! says which ones need a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::Swapper;
 use super::watch::{FileWatch, WatchError};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, labels};
+use crate::plugin::PluginSpec;
 
-/// Watches `path` until `shutdown`; `running` is the configuration the host started with.
+/// Reads and checks the configuration file, as at start.
+pub type Loader = fn(&Path) -> Result<Config, ConfigError>;
+
+/// Watches `path` until `shutdown`; `running` is the configuration the host
+/// started with, `load` reads an edit (the host's own loader, so an edit is
+/// checked exactly as the file was at start).
 pub fn spawn(
     path: PathBuf,
     running: Config,
+    load: Loader,
     swapper: Arc<Swapper>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -34,7 +41,7 @@ pub fn spawn(
                 _ = shutdown.cancelled() => return,
                 c = watch.changed() => if c.is_none() { return },
             }
-            let outcome = reload(&path, &mut running, &swapper).await;
+            let outcome = reload(&path, load, &mut running, &swapper).await;
             metrics
                 .config_reloads
                 .get_or_create(&labels(&[("outcome", outcome)]))
@@ -44,8 +51,13 @@ pub fn spawn(
     Ok(())
 }
 
-async fn reload(path: &std::path::Path, running: &mut Config, swapper: &Swapper) -> &'static str {
-    let new = match Config::load(path) {
+async fn reload(
+    path: &Path,
+    load: Loader,
+    running: &mut Config,
+    swapper: &Swapper,
+) -> &'static str {
+    let new = match load(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e,
@@ -61,7 +73,10 @@ async fn reload(path: &std::path::Path, running: &mut Config, swapper: &Swapper)
         if old == pc || !swapper.slots().contains_key(name) {
             continue;
         }
-        match swapper.reconfigure(name, pc.spec(name)).await {
+        match swapper
+            .reconfigure(name, PluginSpec::from_config(name, pc))
+            .await
+        {
             Ok(_) => {
                 running.plugins.insert(name.clone(), pc.clone());
             }

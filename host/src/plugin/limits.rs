@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
+use crate::config::LimitsConfig;
+
 /// Limits applied to every instance of a plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -24,12 +26,19 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The defaults of `[plugin.NAME.limits]`.
     fn default() -> Self {
+        Limits::from(&LimitsConfig::default())
+    }
+}
+
+impl From<&LimitsConfig> for Limits {
+    fn from(c: &LimitsConfig) -> Self {
         Limits {
-            memory_bytes: 64 << 20,
-            deadline: Duration::from_secs(5),
-            log_per_second: 100,
-            log_lines_per_batch: 10_000,
+            memory_bytes: c.memory.0,
+            deadline: Duration::from(c.deadline),
+            log_per_second: c.log_per_second,
+            log_lines_per_batch: c.log_lines_per_batch,
         }
     }
 }

@@ -17,7 +17,7 @@ pub use load::{LoadError, Plugin, load, load_bytes, load_with};
 pub use slot::PluginSlot;
 pub use state::PluginState;
 
-use crate::capability::Grants;
+use crate::config::{Grants, PluginConfig};
 
 /// Everything needed to load and run one plugin.
 #[derive(Debug, Clone)]
@@ -46,6 +46,22 @@ impl PluginSpec {
             grants: Grants::default(),
             limits: Limits::default(),
             config: Vec::new(),
+        }
+    }
+
+    /// The runtime's view of `[plugin.NAME]`.
+    pub fn from_config(name: &str, c: &PluginConfig) -> Self {
+        PluginSpec {
+            name: name.to_owned(),
+            tenant: c.tenant.clone(),
+            path: c.path.clone(),
+            grants: c.grants.clone(),
+            limits: Limits::from(&c.limits),
+            config: c
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
         }
     }
 }

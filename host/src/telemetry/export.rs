@@ -3,8 +3,8 @@
 //! did not answer), so an unreachable collector shows in the metrics and
 //! never holds up the code that ends a span.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use opentelemetry::Context;
@@ -13,14 +13,8 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor,
 };
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
-use crate::metrics::{Labels, labels};
-
-/// Spans by outcome: `exported`, `dropped` (queue full), `failed` (export
-/// error). Registered as `jetplug_trace_spans_total`.
-pub static SPANS: LazyLock<Family<Labels, Counter>> = LazyLock::new(Family::default);
+use crate::metrics::{SPANS, labels};
 
 fn count(outcome: &str, n: usize) {
     SPANS

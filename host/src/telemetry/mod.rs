@@ -26,7 +26,6 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::config::{OtlpProtocol, TelemetryConfig};
 
 pub use context::CallTrace;
-pub use export::SPANS;
 
 /// The target of every span the host creates for tracing (log filters may
 /// name it; the log output leaves these spans out).

@@ -4,6 +4,8 @@
 //! Plugins are loaded and initialised before anything connects, so a broken
 //! plugin fails the start with a clear error instead of failing messages.
 
+pub mod resolve;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,18 +17,21 @@ use crate::admin::{self, AdminState};
 use crate::backoff::Backoff;
 use crate::capability::Backends;
 use crate::capability::backends::BackendError;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::deadletter::Route;
 use crate::engine::{EngineError, Runtime};
+use crate::hotswap::signing::TrustedKey;
 use crate::hotswap::{Swapper, fleet::Fleet, watch};
 use crate::jetstream::{self, ConnectError, Health};
 use crate::metrics::{Metrics, labels};
 use crate::pipeline::{Pipeline, Stats};
-use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance, PluginSlot};
+use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance, PluginSlot, PluginSpec};
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -74,7 +79,7 @@ pub async fn load_plugins(
         if loaded.contains_key(name) {
             continue;
         }
-        let spec = config.plugins[name].spec(name);
+        let spec = PluginSpec::from_config(name, &config.plugins[name]);
         let plugin = Arc::new(plugin::load_with(runtime, spec, backends.clone())?);
         PluginInstance::new(plugin.clone())
             .ready()
@@ -112,12 +117,13 @@ async fn follow_deploys(
     js: &async_nats::jetstream::Context,
     swapper: &Arc<Swapper>,
     loaded: &BTreeMap<String, Arc<Plugin>>,
+    trusted: Vec<TrustedKey>,
     shutdown: &CancellationToken,
 ) {
     let bucket = &config.host.deploy_bucket;
     match Fleet::open(js, bucket).await {
         Ok(fleet) => {
-            let fleet = fleet.trusting(config.host.trusted());
+            let fleet = fleet.trusting(trusted);
             let files = loaded
                 .iter()
                 .map(|(n, p)| (n.clone(), p.spec().path.clone()))
@@ -136,6 +142,7 @@ pub async fn run(
     shutdown: CancellationToken,
     on_start: impl FnOnce(HostHandle),
 ) -> Result<(), HostError> {
+    let resolved = resolve::resolve(&config)?;
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
@@ -221,6 +228,7 @@ pub async fn run(
         let watched = crate::hotswap::config::spawn(
             path.clone(),
             config.clone(),
+            resolve::load,
             swapper.clone(),
             metrics.clone(),
             shutdown.clone(),
@@ -259,7 +267,7 @@ pub async fn run(
     let advisory_stream = keep_advisories(&config, &js).await;
     backends.set_nats(js.clone());
     if !config.host.deploy_bucket.is_empty() {
-        follow_deploys(&config, &js, &swapper, &loaded, &shutdown).await;
+        follow_deploys(&config, &js, &swapper, &loaded, resolved.trusted, &shutdown).await;
     }
     let tenant_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>> = config
         .tenants
