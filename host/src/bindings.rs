@@ -12,9 +12,6 @@ wasmtime::component::bindgen!({
         default: async,
     },
     exports: { default: async },
-    with: {
-        "jetplug:plugin/sql.transaction": crate::capability::sql::Transaction,
-    },
 });
 
 pub use self::exports::jetplug::plugin::handler::{Decision, Message};

@@ -6,28 +6,22 @@
 //! `jetplug` binary; `cli` is the thin command-line layer on top.
 
 pub mod admin;
-pub mod backoff;
+pub mod authoring;
 pub mod bench;
 pub mod bindings;
-pub mod breaker;
 pub mod capability;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod engine;
-pub mod expect;
 pub mod host;
 pub mod hotswap;
-pub mod input;
 pub mod jetstream;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
-pub mod quota;
 pub mod redact;
 pub mod replay;
-pub mod scaffold;
-pub mod settle;
 pub mod subject;
 pub mod telemetry;
 pub mod units;

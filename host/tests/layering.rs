@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["capability"],
     &["plugin"],
     &["jetstream", "authoring"],
-    &["deadletter", "hotswap"],
+    &["deadletter", "hotswap", "replay"],
     &["pipeline"],
     &["admin"],
     &["host"],
@@ -90,20 +90,33 @@ fn every_module_imports_only_lower_layers() {
     let mut files = Vec::new();
     sources(&src, &mut files);
     files.sort();
-    assert!(files.len() > 50, "read {} files under {}", files.len(), src.display());
+    assert!(
+        files.len() > 50,
+        "read {} files under {}",
+        files.len(),
+        src.display()
+    );
     let mut wrong = Vec::new();
     for file in &files {
         let rel = file.strip_prefix(&src).unwrap_or(file);
         let first = rel
             .components()
             .next()
-            .map(|c| c.as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned())
+            .map(|c| {
+                c.as_os_str()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_owned()
+            })
             .unwrap_or_default();
         if first == "lib" || first == "main" {
             continue;
         }
         let Some(own) = layer(&first) else {
-            wrong.push(format!("{}: module `{first}` is in no layer", rel.display()));
+            wrong.push(format!(
+                "{}: module `{first}` is in no layer",
+                rel.display()
+            ));
             continue;
         };
         let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -124,12 +137,17 @@ fn every_module_imports_only_lower_layers() {
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against the layers:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
 fn the_reader_sees_grouped_imports() {
-    let found = imported("use crate::{config::{A, B}, plugin::C};\nlet x = crate::units::parse(y);");
+    let found =
+        imported("use crate::{config::{A, B}, plugin::C};\nlet x = crate::units::parse(y);");
     let want: BTreeSet<String> = ["config", "plugin", "units"].map(String::from).into();
     assert_eq!(found, want);
 }

@@ -6,22 +6,20 @@
 
 use std::sync::Arc;
 
-use tracing::Instrument;
 use wasmtime::component::{HasData, Linker};
 
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 
-use super::{Backends, Capability, Downstream, Grants, denied};
+use super::{Backends, CallPath, Capability, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::kv::{self, Entry};
-use crate::plugin::PluginState;
 
 /// Per-instance state of the kv capability.
 #[derive(Debug)]
 pub struct KvState {
     grants: Arc<Grants>,
     backends: Arc<Backends>,
-    downstream: Downstream,
+    calls: CallPath,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> CapabilityError {
@@ -29,11 +27,11 @@ fn unavailable(e: impl std::fmt::Display) -> CapabilityError {
 }
 
 impl KvState {
-    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, downstream: Downstream) -> Self {
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, calls: CallPath) -> Self {
         KvState {
             grants,
             backends,
-            downstream,
+            calls,
         }
     }
 
@@ -57,27 +55,29 @@ impl HasData for KvCap {
 }
 
 /// Adds the `kv` interface to `linker`.
-pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    kv::add_to_linker::<PluginState, KvCap>(linker, |s| &mut s.kv)
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut KvState,
+) -> wasmtime::Result<()> {
+    kv::add_to_linker::<T, KvCap>(linker, get)
 }
 
 impl kv::Host for KvState {
     async fn get(&mut self, bucket: String, key: String) -> Result<Option<Entry>, CapabilityError> {
-        let call = self.downstream.call(Capability::Kv, "get", &bucket);
-        let r: Result<Option<Entry>, CapabilityError> = async move {
-            self.check(&bucket)?;
-            let store = self.backends.bucket(&bucket).await?;
-            match store.entry(key).await.map_err(unavailable)? {
-                Some(e) if e.operation == Operation::Put => Ok(Some(Entry {
-                    value: e.value.to_vec(),
-                    revision: e.revision,
-                })),
-                _ => Ok(None),
-            }
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self.check(&bucket);
+        self.calls
+            .call(Capability::Kv, "get", &bucket)
+            .run(grant, |_| async move {
+                let store = self.backends.bucket(&bucket).await?;
+                match store.entry(key).await.map_err(unavailable)? {
+                    Some(e) if e.operation == Operation::Put => Ok(Some(Entry {
+                        value: e.value.to_vec(),
+                        revision: e.revision,
+                    })),
+                    _ => Ok(None),
+                }
+            })
+            .await
     }
 
     async fn put(
@@ -86,27 +86,25 @@ impl kv::Host for KvState {
         key: String,
         value: Vec<u8>,
     ) -> Result<u64, CapabilityError> {
-        let call = self.downstream.call(Capability::Kv, "put", &bucket);
-        let r: Result<u64, CapabilityError> = async move {
-            self.check(&bucket)?;
-            let store = self.backends.bucket(&bucket).await?;
-            store.put(key, value.into()).await.map_err(unavailable)
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self.check(&bucket);
+        self.calls
+            .call(Capability::Kv, "put", &bucket)
+            .run(grant, |_| async move {
+                let store = self.backends.bucket(&bucket).await?;
+                store.put(key, value.into()).await.map_err(unavailable)
+            })
+            .await
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> Result<(), CapabilityError> {
-        let call = self.downstream.call(Capability::Kv, "delete", &bucket);
-        let r: Result<(), CapabilityError> = async move {
-            self.check(&bucket)?;
-            let store = self.backends.bucket(&bucket).await?;
-            store.delete(key).await.map_err(unavailable)
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self.check(&bucket);
+        self.calls
+            .call(Capability::Kv, "delete", &bucket)
+            .run(grant, |_| async move {
+                let store = self.backends.bucket(&bucket).await?;
+                store.delete(key).await.map_err(unavailable)
+            })
+            .await
     }
 
     async fn compare_and_set(
@@ -116,38 +114,37 @@ impl kv::Host for KvState {
         value: Vec<u8>,
         expected: Option<u64>,
     ) -> Result<u64, CapabilityError> {
-        let call = self
-            .downstream
-            .call(Capability::Kv, "compare_and_set", &bucket);
-        let r: Result<u64, CapabilityError> = async move {
-            self.check(&bucket)?;
-            let store = self.backends.bucket(&bucket).await?;
-            let mismatch = || {
-                CapabilityError::Invalid(format!("revision of `{key}` did not match {expected:?}"))
-            };
-            match expected {
-                // Revision 0 means "must not exist".
-                None => store
-                    .create(&key, value.into())
-                    .await
-                    .map_err(|e| match e.kind() {
-                        async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => mismatch(),
-                        _ => unavailable(e),
-                    }),
-                Some(rev) => {
-                    store
-                        .update(&key, value.into(), rev)
+        let grant = self.check(&bucket);
+        self.calls
+            .call(Capability::Kv, "compare_and_set", &bucket)
+            .run(grant, |_| async move {
+                let store = self.backends.bucket(&bucket).await?;
+                let mismatch = || {
+                    CapabilityError::Invalid(format!(
+                        "revision of `{key}` did not match {expected:?}"
+                    ))
+                };
+                match expected {
+                    // Revision 0 means "must not exist".
+                    None => store
+                        .create(&key, value.into())
                         .await
                         .map_err(|e| match e.kind() {
-                            UpdateErrorKind::WrongLastRevision => mismatch(),
+                            async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => mismatch(),
                             _ => unavailable(e),
-                        })
+                        }),
+                    Some(rev) => {
+                        store
+                            .update(&key, value.into(), rev)
+                            .await
+                            .map_err(|e| match e.kind() {
+                                UpdateErrorKind::WrongLastRevision => mismatch(),
+                                _ => unavailable(e),
+                            })
+                    }
                 }
-            }
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+            })
+            .await
     }
 }
 
@@ -163,7 +160,7 @@ mod tests {
                 ..Grants::default()
             }),
             Backends::offline(),
-            Downstream::default(),
+            CallPath::default(),
         );
         assert!(state.check("sessions").is_ok());
         assert!(matches!(

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::jetplug::plugin::log::{self, Level};
-use crate::plugin::PluginState;
 
 /// Longest log line kept; longer lines are cut (on a char boundary).
 pub const MAX_LINE: usize = 4096;
@@ -122,8 +121,11 @@ impl HasData for LogCap {
 }
 
 /// Adds the `log` interface to `linker`.
-pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    log::add_to_linker::<PluginState, LogCap>(linker, |s| &mut s.log)
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut LogState,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, LogCap>(linker, get)
 }
 
 impl log::Host for LogState {

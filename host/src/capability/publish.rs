@@ -11,13 +11,11 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 
-use tracing::Instrument;
 use wasmtime::component::{HasData, Linker};
 
-use super::{Backends, Capability, Downstream, Grants, denied};
+use super::{Backends, CallPath, Capability, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::publish::{self, Outgoing, Receipt};
-use crate::plugin::PluginState;
 use crate::subject;
 
 /// Per-instance state of the publish capability.
@@ -25,18 +23,18 @@ use crate::subject;
 pub struct PublishState {
     grants: Arc<Grants>,
     backends: Arc<Backends>,
-    downstream: Downstream,
+    calls: CallPath,
 }
 
 /// Publish attempts before `unavailable`.
 const ATTEMPTS: u32 = 3;
 
 impl PublishState {
-    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, downstream: Downstream) -> Self {
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, calls: CallPath) -> Self {
         PublishState {
             grants,
             backends,
-            downstream,
+            calls,
         }
     }
 
@@ -60,71 +58,77 @@ impl HasData for PublishCap {
 }
 
 /// Adds the `publish` interface to `linker`.
-pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    publish::add_to_linker::<PluginState, PublishCap>(linker, |s| &mut s.publish)
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut PublishState,
+) -> wasmtime::Result<()> {
+    publish::add_to_linker::<T, PublishCap>(linker, get)
 }
 
 impl publish::Host for PublishState {
     async fn publish(&mut self, msg: Outgoing) -> Result<Receipt, CapabilityError> {
-        let call = self
-            .downstream
-            .call(Capability::Publish, "publish", &msg.subject);
-        let span = call.span();
-        let r: Result<Receipt, CapabilityError> = async move {
-            self.check(&msg)?;
-            let js = self.backends.js()?;
-            let mut headers = HeaderMap::new();
-            for (k, v) in &msg.headers {
-                if k.is_empty() || k.contains([':', ' ', '\r', '\n']) || v.contains(['\r', '\n']) {
-                    return Err(CapabilityError::Invalid(format!(
-                        "header `{k}` is not a valid NATS header"
-                    )));
-                }
-                headers.append(k.as_str(), v.as_str());
-            }
-            if let Some(id) = &msg.message_id {
-                headers.insert("Nats-Msg-Id", id.as_str());
-            }
-            crate::telemetry::context::inject(&span, &mut headers);
-            let payload: bytes::Bytes = msg.payload.into();
-            let mut delay = Duration::from_millis(50);
-            let mut last = String::new();
-            for attempt in 1..=ATTEMPTS {
-                let result = async {
-                    js.publish_with_headers(msg.subject.clone(), headers.clone(), payload.clone())
-                        .await?
-                        .await
-                }
-                .await;
-                match result {
-                    Ok(ack) => {
-                        return Ok(Receipt {
-                            stream: ack.stream,
-                            sequence: ack.sequence,
-                            duplicate: ack.duplicate,
-                        });
-                    }
-                    Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+        let grant = self.check(&msg);
+        self.calls
+            .call(Capability::Publish, "publish", &msg.subject)
+            .run(grant, |span| async move {
+                let js = self.backends.js()?;
+                let mut headers = HeaderMap::new();
+                for (k, v) in &msg.headers {
+                    if k.is_empty()
+                        || k.contains([':', ' ', '\r', '\n'])
+                        || v.contains(['\r', '\n'])
+                    {
                         return Err(CapabilityError::Invalid(format!(
-                            "no stream captures subject `{}`",
-                            msg.subject
+                            "header `{k}` is not a valid NATS header"
                         )));
                     }
-                    Err(e) => last = e.to_string(),
+                    headers.append(k.as_str(), v.as_str());
                 }
-                if attempt < ATTEMPTS {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                if let Some(id) = &msg.message_id {
+                    headers.insert("Nats-Msg-Id", id.as_str());
                 }
-            }
-            Err(CapabilityError::Unavailable(format!(
-                "publish to `{}` failed after {ATTEMPTS} attempts: {last}",
-                msg.subject
-            )))
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+                crate::telemetry::context::inject(&span, &mut headers);
+                let payload: bytes::Bytes = msg.payload.into();
+                let mut delay = Duration::from_millis(50);
+                let mut last = String::new();
+                for attempt in 1..=ATTEMPTS {
+                    let result = async {
+                        js.publish_with_headers(
+                            msg.subject.clone(),
+                            headers.clone(),
+                            payload.clone(),
+                        )
+                        .await?
+                        .await
+                    }
+                    .await;
+                    match result {
+                        Ok(ack) => {
+                            return Ok(Receipt {
+                                stream: ack.stream,
+                                sequence: ack.sequence,
+                                duplicate: ack.duplicate,
+                            });
+                        }
+                        Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                            return Err(CapabilityError::Invalid(format!(
+                                "no stream captures subject `{}`",
+                                msg.subject
+                            )));
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    if attempt < ATTEMPTS {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+                Err(CapabilityError::Unavailable(format!(
+                    "publish to `{}` failed after {ATTEMPTS} attempts: {last}",
+                    msg.subject
+                )))
+            })
+            .await
     }
 }
 
@@ -149,7 +153,7 @@ mod tests {
                 ..Grants::default()
             }),
             Backends::offline(),
-            Downstream::default(),
+            CallPath::default(),
         );
         assert!(state.check(&msg("dlq.learning.indexer")).is_ok());
         assert!(matches!(

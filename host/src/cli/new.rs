@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::scaffold::{self, Lang};
+use crate::authoring::scaffold::{self, Lang};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -11,9 +11,9 @@ use serde_json::json;
 
 use super::EXIT_BATCH_FAILED;
 use super::runner::RunnerArgs;
+use crate::authoring::input::{self, InputMessage};
 use crate::bindings::Decision;
 use crate::capability::{Backends, Grants};
-use crate::input::{self, InputMessage};
 use crate::plugin;
 
 #[derive(Debug, clap::Args)]

@@ -14,10 +14,10 @@ use serde_json::json;
 
 use super::EXIT_BATCH_FAILED;
 use super::runner::{RunnerArgs, parse_key_value};
+use crate::authoring::expect::Outcome;
+use crate::authoring::input::{self, InputMessage};
 use crate::capability::{Backends, Grants};
 use crate::config::{DatabaseConfig, NatsConfig};
-use crate::expect::Outcome;
-use crate::input::{self, InputMessage};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -14,7 +14,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::backoff::Backoff;
 use crate::capability::Backends;
 use crate::capability::backends::BackendError;
 use crate::config::{Config, ConfigError};
@@ -24,6 +23,7 @@ use crate::hotswap::signing::TrustedKey;
 use crate::hotswap::{Swapper, fleet::Fleet, watch};
 use crate::jetstream::{self, ConnectError, Health};
 use crate::metrics::{Metrics, labels};
+use crate::pipeline::backoff::Backoff;
 use crate::pipeline::{Pipeline, Stats};
 use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance, PluginSlot, PluginSpec};
 
@@ -298,13 +298,16 @@ pub async fn run(
             }
         }
     }
-    let tenant_rates: BTreeMap<String, Arc<crate::quota::RateLimit>> = config
+    let tenant_rates: BTreeMap<String, Arc<crate::pipeline::quota::RateLimit>> = config
         .tenants
         .iter()
         .filter_map(|(name, t)| {
-            t.limits
-                .max_messages_per_second
-                .map(|n| (name.clone(), Arc::new(crate::quota::RateLimit::new(n))))
+            t.limits.max_messages_per_second.map(|n| {
+                (
+                    name.clone(),
+                    Arc::new(crate::pipeline::quota::RateLimit::new(n)),
+                )
+            })
         })
         .collect();
     let mut tasks = JoinSet::new();
@@ -333,7 +336,7 @@ pub async fn run(
             client: client.clone(),
             health: health.clone(),
             stats: Arc::new(Stats::new(&metrics, &pc.name, &tenant_name, &pc.plugin)),
-            breaker: std::sync::Mutex::new(crate::breaker::Breaker::new(pc.breaker)),
+            breaker: std::sync::Mutex::new(crate::pipeline::breaker::Breaker::new(pc.breaker)),
             shutdown: shutdown.clone(),
             keepalive: Default::default(),
             advisory_stream: advisory_stream.clone(),

@@ -5,7 +5,7 @@
 //! on every configuration reload; errors read like the loader's own
 //! (`FILE: KEY: reason`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::capability::pg_tls;
 use crate::config::{Config, ConfigError};
@@ -28,7 +28,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Checks what needs more than the configuration's own text.
 pub fn resolve(config: &Config) -> Result<Resolved, ConfigError> {
     let invalid = |key: String, reason: String| ConfigError::Invalid {
-        path: config.source.clone().unwrap_or_else(PathBuf::new),
+        path: config.source.clone().unwrap_or_default(),
         key,
         reason,
     };

@@ -11,9 +11,13 @@
 //! advisories, are in `advisories`.
 
 mod advisories;
+pub mod backoff;
+pub mod breaker;
 mod keepalive;
 mod keyed;
 mod puller;
+pub mod quota;
+pub mod settle;
 mod worker;
 
 use std::sync::Arc;
@@ -28,12 +32,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::backoff::Backoff;
 use crate::config::{Ordering, PipelineConfig, StreamConfig};
 use crate::deadletter::Route;
 use crate::jetstream::{Health, consumer};
 use crate::metrics::{Metrics, labels, reason_kind};
 use crate::plugin::{PluginInstance, PluginSlot};
+use backoff::Backoff;
 
 pub use keepalive::KeepAlive;
 use keyed::KeyedQueue;
@@ -220,7 +224,7 @@ pub struct Pipeline {
     /// The tenant's ceiling on batches running at once, if it has one.
     pub tenant_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The tenant's message-rate quota, if it has one.
-    pub tenant_rate: Option<Arc<crate::quota::RateLimit>>,
+    pub tenant_rate: Option<Arc<quota::RateLimit>>,
     /// The plugin's current version; workers re-read it before each batch.
     pub plugin: Arc<PluginSlot>,
     pub route: Arc<Route>,
@@ -229,7 +233,7 @@ pub struct Pipeline {
     pub client: async_nats::Client,
     pub health: Arc<Health>,
     pub stats: Arc<Stats>,
-    pub breaker: std::sync::Mutex<crate::breaker::Breaker>,
+    pub breaker: std::sync::Mutex<breaker::Breaker>,
     pub shutdown: CancellationToken,
     pub keepalive: Arc<keepalive::KeepAlive>,
     /// Where MAX_DELIVERIES advisories are kept (`host.advisory_stream`);
@@ -539,7 +543,7 @@ impl Pipeline {
     }
 
     /// The breaker's state as shown outside (admin API, metrics).
-    pub fn breaker_shown(&self) -> crate::breaker::State {
+    pub fn breaker_shown(&self) -> breaker::State {
         self.breaker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -580,7 +584,7 @@ impl Pipeline {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .state(),
-            crate::breaker::State::Closed
+            breaker::State::Closed
         );
         closed && self.plugin.current().last_call_failed()
     }
@@ -594,7 +598,7 @@ impl Pipeline {
             .unwrap_or_else(|e| e.into_inner())
             .state();
         match state {
-            crate::breaker::State::Open { until, .. } => until
+            breaker::State::Open { until, .. } => until
                 .checked_duration_since(std::time::Instant::now())
                 .filter(|d| !d.is_zero()),
             _ => None,

@@ -7,13 +7,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use tokio::sync::{Mutex, mpsc};
 
+use super::breaker::{Permit, State};
+use super::settle::{self, Action};
 use super::{Pipeline, Stats};
 use crate::bindings::{Decision, Message};
-use crate::breaker::{Permit, State};
 use crate::deadletter::{DeadLetter, addressed_to};
 use crate::jetstream::convert;
 use crate::plugin::PluginInstance;
-use crate::settle::{self, Action};
 use crate::telemetry::context::BatchTrace;
 
 /// Messages pulled together, handed to one worker; kept alive (+WPI) until
@@ -250,7 +250,7 @@ fn record_outcome(p: &Pipeline, failed: bool) -> bool {
     matches!(b.state(), State::Open { .. })
 }
 
-fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, crate::breaker::Breaker> {
+fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, super::breaker::Breaker> {
     p.breaker.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -341,14 +341,14 @@ async fn run(call: Call) -> Done {
     };
     let traced = trace.is_some();
     if traced {
-        live.store.data().downstream.trace().set(trace);
+        live.store.data().caps.calls().trace().set(trace);
     }
     let result = call_handle(&plugin, &mut live, &batch).await;
     if traced {
-        live.store.data().downstream.trace().set(None);
+        live.store.data().caps.calls().trace().set(None);
     }
-    let downstream = live.store.data().downstream.take();
-    let usage = live.store.data().downstream.take_usage();
+    let downstream = live.store.data().caps.calls().take_unavailable();
+    let usage = live.store.data().caps.calls().take_usage();
     let memory = live.store.data().limiter.used();
     Done {
         // Dropped here, on the lane if the call ran there: resetting a
@@ -503,7 +503,7 @@ async fn within<F: Future>(limit: Duration, meter: &CallMeter, fut: F) -> Option
 fn start_clock(store: &mut Store<PluginState>, deadline: Duration) {
     let now = std::time::Instant::now();
     store.data_mut().clock = Some((now, now + deadline));
-    store.data_mut().log.start_call();
+    store.data_mut().caps.log.start_call();
     store.set_epoch_deadline(1);
 }
 

@@ -301,14 +301,9 @@ fn check_exports(
 fn linker_for(runtime: &Runtime, caps: &[Capability]) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(runtime.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    capability::add_types_to_linker(&mut linker)?;
+    capability::link_types(&mut linker)?;
     for cap in caps {
-        match cap {
-            Capability::Log => capability::log::add_to_linker(&mut linker)?,
-            Capability::Publish => capability::publish::add_to_linker(&mut linker)?,
-            Capability::Sql => capability::sql::add_to_linker(&mut linker)?,
-            Capability::Kv => capability::kv::add_to_linker(&mut linker)?,
-        }
+        capability::link(&mut linker, *cap)?;
     }
     Ok(linker)
 }

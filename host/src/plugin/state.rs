@@ -1,5 +1,6 @@
 //! The data held by each plugin instance's store: WASI context (with no
-//! ambient authority), the memory budget, and one state per capability.
+//! ambient authority), the memory budget, and the instance's capabilities
+//! (which this module does not look inside).
 
 use std::collections::VecDeque;
 use std::io;
@@ -13,11 +14,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginSpec;
 use super::limits::MemoryBudget;
-use crate::capability::kv::KvState;
-use crate::capability::log::{LogBudget, LogState};
-use crate::capability::publish::PublishState;
-use crate::capability::sql::SqlState;
-use crate::capability::{Backends, Downstream};
+use crate::capability::log::LogBudget;
+use crate::capability::{Backends, Capabilities, HasCapabilities, Owner};
 
 /// How much of a plugin's stderr is kept to explain a trap (a panic message).
 const STDERR_TAIL: usize = 2048;
@@ -28,11 +26,7 @@ pub struct PluginState {
     table: ResourceTable,
     pub(crate) limiter: MemoryBudget,
     pub(crate) stderr: OutputTail,
-    pub log: LogState,
-    pub publish: PublishState,
-    pub sql: SqlState,
-    pub kv: KvState,
-    pub(crate) downstream: Downstream,
+    pub(crate) caps: Capabilities,
     /// When the running call started and when it must stop (see `instance::start_clock`).
     pub(crate) clock: Option<(std::time::Instant, std::time::Instant)>,
 }
@@ -56,26 +50,29 @@ impl PluginState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let grants = Arc::new(spec.grants.clone());
-        let downstream = Downstream::default();
         PluginState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryBudget::new(spec.limits.memory_bytes),
             stderr,
-            log: LogState::new(
-                &spec.name,
-                &spec.tenant,
+            caps: Capabilities::new(
+                Owner {
+                    plugin: &spec.name,
+                    tenant: &spec.tenant,
+                    grants: &spec.grants,
+                    log_lines_per_batch: spec.limits.log_lines_per_batch,
+                },
+                backends,
                 log_budget,
-                spec.limits.log_lines_per_batch,
-                downstream.trace().clone(),
             ),
-            publish: PublishState::new(grants.clone(), backends.clone(), downstream.clone()),
-            sql: SqlState::new(grants.clone(), backends.clone(), downstream.clone()),
-            kv: KvState::new(grants, backends.clone(), downstream.clone()),
             clock: None,
-            downstream,
         }
+    }
+}
+
+impl HasCapabilities for PluginState {
+    fn capabilities(&mut self) -> &mut Capabilities {
+        &mut self.caps
     }
 }
 

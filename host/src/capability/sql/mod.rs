@@ -13,26 +13,24 @@ mod values;
 use std::sync::Arc;
 
 use deadpool_postgres::Object;
-use tracing::Instrument;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::{Backends, Capability, Downstream, Grants, denied};
+use super::{Backends, CallPath, Capability, Grants, denied};
 use crate::bindings::CapabilityError;
-use crate::bindings::jetplug::plugin::sql::{self, OnConflict, Rows, Value};
-use crate::plugin::PluginState;
+use crate::bindings::jetplug::plugin::sql::{self, OnConflict, Rows, Transaction, Value};
 use values::Param;
 
-/// An open transaction handed to a plugin as a `transaction` resource. If it
+/// An open transaction, handed to a plugin as a `transaction` resource. If it
 /// is dropped without commit or rollback (say, the instance trapped), its
 /// connection is closed rather than returned to the pool, so the server
 /// rolls it back.
 #[derive(Debug)]
-pub struct Transaction {
+pub struct OpenTx {
     database: String,
     client: Option<Conn>,
 }
 
-impl Drop for Transaction {
+impl Drop for OpenTx {
     fn drop(&mut self) {
         if let Some(mut conn) = self.client.take() {
             conn.close();
@@ -87,16 +85,16 @@ impl Drop for Conn {
 pub struct SqlState {
     grants: Arc<Grants>,
     backends: Arc<Backends>,
-    downstream: Downstream,
+    calls: CallPath,
     table: ResourceTable,
 }
 
 impl SqlState {
-    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, downstream: Downstream) -> Self {
+    pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, calls: CallPath) -> Self {
         SqlState {
             grants,
             backends,
-            downstream,
+            calls,
             table: ResourceTable::new(),
         }
     }
@@ -177,14 +175,17 @@ impl SqlState {
         Ok(())
     }
 
-    fn transaction(
-        &mut self,
-        tx: &Resource<Transaction>,
-    ) -> Result<&mut Transaction, CapabilityError> {
+    fn transaction(&mut self, tx: &Resource<Transaction>) -> Result<&mut OpenTx, CapabilityError> {
         self.table
-            .get_mut(tx)
+            .get_mut(&ours(tx))
             .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))
     }
+}
+
+/// The table entry behind a plugin's `transaction` handle (the handle type
+/// is the WIT's; the entry is ours).
+fn ours(tx: &Resource<Transaction>) -> Resource<OpenTx> {
+    Resource::new_own(tx.rep())
 }
 
 /// `name` as a quoted SQL identifier.
@@ -284,8 +285,11 @@ impl HasData for SqlCap {
 }
 
 /// Adds the `sql` interface to `linker`.
-pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    sql::add_to_linker::<PluginState, SqlCap>(linker, |s| &mut s.sql)
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut SqlState,
+) -> wasmtime::Result<()> {
+    sql::add_to_linker::<T, SqlCap>(linker, get)
 }
 
 impl sql::Host for SqlState {
@@ -295,17 +299,18 @@ impl sql::Host for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<u64, CapabilityError> {
-        let call = self.downstream.call(Capability::Sql, "execute", &database);
-        let r: Result<u64, CapabilityError> = async move {
-            self.check_statement(&statement)?;
-            let conn = self.client(&database).await?;
-            let r = execute_on(conn.get()?, &statement, &params).await;
-            conn.release().await;
-            r
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self
+            .check(&database)
+            .and_then(|()| self.check_statement(&statement));
+        self.calls
+            .call(Capability::Sql, "execute", &database)
+            .run(grant, |_| async move {
+                let conn = self.client(&database).await?;
+                let r = execute_on(conn.get()?, &statement, &params).await;
+                conn.release().await;
+                r
+            })
+            .await
     }
 
     async fn query(
@@ -314,17 +319,18 @@ impl sql::Host for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<Rows, CapabilityError> {
-        let call = self.downstream.call(Capability::Sql, "query", &database);
-        let r: Result<Rows, CapabilityError> = async move {
-            self.check_statement(&statement)?;
-            let conn = self.client(&database).await?;
-            let r = query_on(conn.get()?, &statement, &params).await;
-            conn.release().await;
-            r
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self
+            .check(&database)
+            .and_then(|()| self.check_statement(&statement));
+        self.calls
+            .call(Capability::Sql, "query", &database)
+            .run(grant, |_| async move {
+                let conn = self.client(&database).await?;
+                let r = query_on(conn.get()?, &statement, &params).await;
+                conn.release().await;
+                r
+            })
+            .await
     }
 
     async fn execute_batch(
@@ -333,29 +339,28 @@ impl sql::Host for SqlState {
         statement: String,
         param_rows: Vec<Vec<Value>>,
     ) -> Result<u64, CapabilityError> {
-        let call = self
-            .downstream
-            .call(Capability::Sql, "execute_batch", &database);
-        let r: Result<u64, CapabilityError> = async move {
-            self.check_statement(&statement)?;
-            let conn = self.client(&database).await?;
-            let tx = Transaction {
-                database,
-                client: Some(conn),
-            };
-            let client = open(&tx)?;
-            client.batch_execute("BEGIN").await.map_err(pg_error)?;
-            let mut total = 0;
-            for row in &param_rows {
-                // On error `tx` is dropped: its connection is closed, rolling back.
-                total += execute_on(client, &statement, row).await?;
-            }
-            commit(tx).await?;
-            Ok(total)
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self
+            .check(&database)
+            .and_then(|()| self.check_statement(&statement));
+        self.calls
+            .call(Capability::Sql, "execute_batch", &database)
+            .run(grant, |_| async move {
+                let conn = self.client(&database).await?;
+                let tx = OpenTx {
+                    database,
+                    client: Some(conn),
+                };
+                let client = open(&tx)?;
+                client.batch_execute("BEGIN").await.map_err(pg_error)?;
+                let mut total = 0;
+                for row in &param_rows {
+                    // On error `tx` is dropped: its connection is closed, rolling back.
+                    total += execute_on(client, &statement, row).await?;
+                }
+                commit(tx).await?;
+                Ok(total)
+            })
+            .await
     }
 
     async fn insert_rows(
@@ -366,51 +371,50 @@ impl sql::Host for SqlState {
         rows: Vec<Vec<Value>>,
         on_conflict: OnConflict,
     ) -> Result<u64, CapabilityError> {
-        let call = self
-            .downstream
-            .call(Capability::Sql, "insert_rows", &database);
-        let r: Result<u64, CapabilityError> = async move {
-            let plan = bulk::plan(
-                &table,
-                &columns,
-                &on_conflict,
-                self.grants.sql_role.as_deref(),
-            )?;
-            let conn = self.client(&database).await?;
-            if rows.is_empty() {
-                conn.release().await;
-                return Ok(0);
-            }
-            let tx = Transaction {
-                database,
-                client: Some(conn),
-            };
-            let client = open(&tx)?;
-            // On error `tx` is dropped: its connection is closed, rolling back.
-            let inserted = bulk::run(client, &plan, columns.len(), &rows).await?;
-            commit(tx).await?;
-            Ok(inserted)
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self.check(&database);
+        self.calls
+            .call(Capability::Sql, "insert_rows", &database)
+            .run(grant, |_| async move {
+                let plan = bulk::plan(
+                    &table,
+                    &columns,
+                    &on_conflict,
+                    self.grants.sql_role.as_deref(),
+                )?;
+                let conn = self.client(&database).await?;
+                if rows.is_empty() {
+                    conn.release().await;
+                    return Ok(0);
+                }
+                let tx = OpenTx {
+                    database,
+                    client: Some(conn),
+                };
+                let client = open(&tx)?;
+                // On error `tx` is dropped: its connection is closed, rolling back.
+                let inserted = bulk::run(client, &plan, columns.len(), &rows).await?;
+                commit(tx).await?;
+                Ok(inserted)
+            })
+            .await
     }
 
     async fn begin(&mut self, database: String) -> Result<Resource<Transaction>, CapabilityError> {
-        let call = self.downstream.call(Capability::Sql, "begin", &database);
-        let r: Result<Resource<Transaction>, CapabilityError> = async move {
-            let conn = self.client(&database).await?;
-            conn.get()?.batch_execute("BEGIN").await.map_err(pg_error)?;
-            self.table
-                .push(Transaction {
-                    database,
-                    client: Some(conn),
-                })
-                .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self.check(&database);
+        self.calls
+            .call(Capability::Sql, "begin", &database)
+            .run(grant, |_| async move {
+                let conn = self.client(&database).await?;
+                conn.get()?.batch_execute("BEGIN").await.map_err(pg_error)?;
+                self.table
+                    .push(OpenTx {
+                        database,
+                        client: Some(conn),
+                    })
+                    .map(|r| Resource::new_own(r.rep()))
+                    .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
+            })
+            .await
     }
 }
 
@@ -421,18 +425,15 @@ impl sql::HostTransaction for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<u64, CapabilityError> {
-        let call = self
-            .downstream
-            .call(Capability::Sql, "execute", "transaction");
-        let r: Result<u64, CapabilityError> = async move {
-            self.check_statement(&statement)?;
-            let tx = self.transaction(&tx)?;
-            let client = open(tx)?;
-            execute_on(client, &statement, &params).await
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self.check_statement(&statement);
+        self.calls
+            .call(Capability::Sql, "execute", "transaction")
+            .run(grant, |_| async move {
+                let tx = self.transaction(&tx)?;
+                let client = open(tx)?;
+                execute_on(client, &statement, &params).await
+            })
+            .await
     }
 
     async fn query(
@@ -441,38 +442,33 @@ impl sql::HostTransaction for SqlState {
         statement: String,
         params: Vec<Value>,
     ) -> Result<Rows, CapabilityError> {
-        let call = self
-            .downstream
-            .call(Capability::Sql, "query", "transaction");
-        let r: Result<Rows, CapabilityError> = async move {
-            self.check_statement(&statement)?;
-            let tx = self.transaction(&tx)?;
-            let client = open(tx)?;
-            query_on(client, &statement, &params).await
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = self.check_statement(&statement);
+        self.calls
+            .call(Capability::Sql, "query", "transaction")
+            .run(grant, |_| async move {
+                let tx = self.transaction(&tx)?;
+                let client = open(tx)?;
+                query_on(client, &statement, &params).await
+            })
+            .await
     }
 
     async fn commit(&mut self, tx: Resource<Transaction>) -> Result<(), CapabilityError> {
-        let call = self
-            .downstream
-            .call(Capability::Sql, "commit", "transaction");
-        let r: Result<(), CapabilityError> = async move {
-            let tx = self
-                .table
-                .delete(tx)
-                .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))?;
-            commit(tx).await
-        }
-        .instrument(call.span())
-        .await;
-        call.end(r)
+        let grant = Ok(());
+        self.calls
+            .call(Capability::Sql, "commit", "transaction")
+            .run(grant, |_| async move {
+                let tx = self
+                    .table
+                    .delete(ours(&tx))
+                    .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))?;
+                commit(tx).await
+            })
+            .await
     }
 
     async fn drop(&mut self, tx: Resource<Transaction>) -> wasmtime::Result<()> {
-        let mut tx = self.table.delete(tx)?;
+        let mut tx = self.table.delete(ours(&tx))?;
         if let Some(client) = tx.client.as_ref().and_then(|c| c.get().ok())
             && client.batch_execute("ROLLBACK").await.is_ok()
             && let Some(conn) = tx.client.take()
@@ -485,7 +481,7 @@ impl sql::HostTransaction for SqlState {
 
 /// Commits `tx` and hands its connection back to the pool (on error the
 /// connection is closed with `tx`, which rolls back).
-async fn commit(mut tx: Transaction) -> Result<(), CapabilityError> {
+async fn commit(mut tx: OpenTx) -> Result<(), CapabilityError> {
     open(&tx)?.batch_execute("COMMIT").await.map_err(pg_error)?;
     if let Some(conn) = tx.client.take() {
         conn.release().await;
@@ -493,7 +489,7 @@ async fn commit(mut tx: Transaction) -> Result<(), CapabilityError> {
     Ok(())
 }
 
-fn open(tx: &Transaction) -> Result<&Object, CapabilityError> {
+fn open(tx: &OpenTx) -> Result<&Object, CapabilityError> {
     tx.client
         .as_ref()
         .and_then(|c| c.obj.as_ref())
@@ -517,7 +513,7 @@ mod tests {
                 ..Grants::default()
             }),
             Backends::offline(),
-            Downstream::default(),
+            CallPath::default(),
         );
         assert!(state.check("events").is_ok());
         assert!(matches!(

@@ -7,7 +7,7 @@
 //! bytes); none means an empty payload. Optional: `headers` (object or list
 //! of `[name, value]` pairs), `stream`, `stream_seq`, `delivered`,
 //! `published_at_ms`, `expect` (what the plugin must answer, see
-//! [`crate::expect`]). Blank lines are skipped. Any other key, or a malformed
+//! [`crate::authoring::expect`]). Blank lines are skipped. Any other key, or a malformed
 //! line, is an error naming the file and line number.
 
 use std::collections::BTreeMap;
@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Deserialize;
 
+use crate::authoring::expect::Expectation;
 use crate::bindings::Message;
-use crate::expect::Expectation;
 use crate::subject;
 
 /// Why the input could not be used.

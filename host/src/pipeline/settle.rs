@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::backoff::{Backoff, MIN_DELAY};
+use super::backoff::{Backoff, MIN_DELAY};
 use crate::bindings::Decision;
 use crate::plugin::BatchError;
 

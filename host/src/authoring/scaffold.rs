@@ -34,7 +34,7 @@ pub enum ScaffoldError {
 
 macro_rules! embed {
     ($($path:literal => $file:literal),* $(,)?) => {
-        &[$(($path, include_str!(concat!("../../sdk/", $file)))),*]
+        &[$(($path, include_str!(concat!("../../../sdk/", $file)))),*]
     };
 }
 

@@ -1,0 +1,8 @@
+//! Writing plugins without servers: the files of a new project
+//! ([`scaffold`], `jetplug new`), messages from a JSONL file ([`input`],
+//! `jetplug run-plugin` and `jetplug test`), and what a fixture expects the
+//! plugin to answer ([`expect`]).
+
+pub mod expect;
+pub mod input;
+pub mod scaffold;
