@@ -24,7 +24,7 @@ use crate::hotswap::{Swapper, fleet::Fleet, watch};
 use crate::jetstream::{self, ConnectError, Health};
 use crate::metrics::{Metrics, labels};
 use crate::pipeline::backoff::Backoff;
-use crate::pipeline::{Pipeline, Stats};
+use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance, PluginSlot, PluginSpec};
 
 /// Why the host could not start.
@@ -32,6 +32,8 @@ use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance, PluginS
 pub enum HostError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -142,6 +144,8 @@ pub async fn run(
     shutdown: CancellationToken,
     on_start: impl FnOnce(HostHandle),
 ) -> Result<(), HostError> {
+    // The host's own stop: the caller's, or a pipeline that failed.
+    let shutdown = shutdown.child_token();
     let resolved = resolve::resolve(&config)?;
     for w in config.warnings() {
         tracing::warn!("{w}");
@@ -356,7 +360,22 @@ pub async fn run(
         stats,
     });
 
-    shutdown.cancelled().await;
+    // Until told to stop, or until a pipeline stops by itself (the server
+    // refused its consumer): then the host stops too, with that error.
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(ended) = tasks.join_next() => if let Ok(Err(e)) = ended {
+                failed = Some(e);
+                break;
+            },
+        }
+    }
+    if failed.is_some() {
+        tracing::error!("a pipeline stopped with an error: stopping the host");
+        shutdown.cancel();
+    }
     tracing::info!("shutting down: finishing in-flight batches");
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(config.host.shutdown_timeout.0, drain)
@@ -370,5 +389,8 @@ pub async fn run(
         tracing::warn!(error = %e, "could not flush the last acknowledgements");
     }
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }

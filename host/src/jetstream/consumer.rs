@@ -65,17 +65,82 @@ pub fn server_max_deliver(max_deliver: u32) -> i64 {
     i64::from(max_deliver) + 1
 }
 
+/// Why a pipeline's consumer could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The stream is not there or cannot be reached (transient: it may be
+    /// made again, the server may come back).
+    #[error("stream `{stream}`: {source}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    /// Creating or updating the consumer failed.
+    #[error("consumer `{consumer}` on stream `{stream}`: {source}")]
+    Consumer {
+        consumer: String,
+        stream: String,
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+}
+
+impl BindError {
+    /// Whether binding again cannot help: the server answered and refused
+    /// the consumer's configuration (a setting it cannot change on an
+    /// existing consumer, a filter another consumer of a work-queue stream
+    /// holds, ...). Timeouts, no responders and the server's passing
+    /// troubles (unavailable, no leader or peers, out of resources, a
+    /// stream not there) are transient.
+    pub fn is_permanent(&self) -> bool {
+        use jetstream::stream::ConsumerErrorKind as K;
+        match self {
+            BindError::Stream { .. } => false,
+            BindError::Consumer { source, .. } => match source.kind() {
+                K::JetStream(e) => !transient(&e),
+                K::InvalidConsumerType | K::InvalidName => true,
+                _ => false,
+            },
+        }
+    }
+}
+
+/// JetStream API errors that pass by themselves.
+fn transient(e: &jetstream::Error) -> bool {
+    use jetstream::ErrorCode as C;
+    const TRANSIENT: [C; 9] = [
+        C::CLUSTER_NOT_AVAILABLE,
+        C::CLUSTER_NO_PEERS,
+        C::CLUSTER_INCOMPLETE,
+        C::CLUSTER_NOT_LEADER,
+        C::RAFT_GENERAL,
+        C::INSUFFICIENT_RESOURCES,
+        C::MEMORY_RESOURCES_EXCEEDED,
+        C::STORAGE_RESOURCES_EXCEEDED,
+        C::STREAM_NOT_FOUND,
+    ];
+    matches!(e.code(), 408 | 503) || TRANSIENT.contains(&e.error_code())
+}
+
 /// Creates or updates the durable consumer and returns it.
 pub async fn ensure(
     js: &jetstream::Context,
     pipeline: &PipelineConfig,
     stream: &StreamConfig,
-) -> Result<consumer::PullConsumer, String> {
+) -> Result<consumer::PullConsumer, BindError> {
     let s = js
         .get_stream_no_info(&stream.name)
         .await
-        .map_err(|e| format!("stream `{}`: {e}", stream.name))?;
+        .map_err(|source| BindError::Stream {
+            stream: stream.name.clone(),
+            source,
+        })?;
     s.create_consumer(config(pipeline, stream))
         .await
-        .map_err(|e| format!("consumer `{}`: {e}", pipeline.consumer_name(&stream.name)))
+        .map_err(|source| BindError::Consumer {
+            consumer: pipeline.consumer_name(&stream.name),
+            stream: stream.name.clone(),
+            source,
+        })
 }

@@ -34,6 +34,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::{Ordering, PipelineConfig, StreamConfig};
 use crate::deadletter::Route;
+use crate::jetstream::consumer::BindError;
 use crate::jetstream::{Health, consumer};
 use crate::metrics::{Metrics, labels, reason_kind};
 use crate::plugin::{PluginInstance, PluginSlot};
@@ -270,11 +271,30 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// How often a paused puller looks at the breaker again.
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
 
+/// Why a pipeline stopped before it was told to.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The server refused one of its consumers (permanent: reported once).
+    #[error("pipeline `{pipeline}`: the server refuses its consumer: {source}")]
+    Refused {
+        pipeline: String,
+        #[source]
+        source: BindError,
+    },
+}
+
 impl Pipeline {
     /// Runs the pipeline on every one of its streams until `shutdown`, then
-    /// finishes and settles the batches in flight.
-    pub async fn run(self: Arc<Self>, streams: Vec<StreamConfig>, shutdown: CancellationToken) {
+    /// finishes and settles the batches in flight. A consumer the server
+    /// refuses stops the whole pipeline (gracefully) and is the error.
+    pub async fn run(
+        self: Arc<Self>,
+        streams: Vec<StreamConfig>,
+        shutdown: CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
+        let mut consumers = JoinSet::new();
         let period = (self.cfg.ack_wait.0 / 2).max(Duration::from_millis(100));
         // Stops with the pipeline (after the last batch is settled).
         let keepalive_stop = CancellationToken::new();
@@ -289,22 +309,42 @@ impl Pipeline {
         for stream in streams {
             tasks.spawn(
                 self.clone()
-                    .watch_consumer(stream.name.clone(), shutdown.clone()),
+                    .watch_consumer(stream.name.clone(), stop.clone()),
             );
-            tasks.spawn(self.clone().consume(stream.clone(), shutdown.clone()));
+            consumers.spawn(self.clone().consume(stream.clone(), stop.clone()));
             listeners.spawn(
                 self.clone()
                     .listen_max_deliveries(stream, listen_stop.clone()),
             );
+        }
+        let mut refused = None;
+        while let Some(ended) = consumers.join_next().await {
+            if let Ok(Some(e)) = ended {
+                stop.cancel();
+                refused.get_or_insert(e);
+            }
         }
         while tasks.join_next().await.is_some() {}
         listen_stop.cancel();
         while listeners.join_next().await.is_some() {}
         keepalive_stop.cancel();
         let _ = keepalive.await;
+        match refused {
+            Some(source) => Err(PipelineError::Refused {
+                pipeline: self.cfg.name.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 
-    async fn consume(self: Arc<Self>, stream: StreamConfig, shutdown: CancellationToken) {
+    /// Consumes `stream` until `shutdown`; ends early with the error if the
+    /// server refuses the consumer (binding again cannot help).
+    async fn consume(
+        self: Arc<Self>,
+        stream: StreamConfig,
+        shutdown: CancellationToken,
+    ) -> Option<BindError> {
         let workers_n = self.cfg.concurrency as usize;
         let (tx, rx) = mpsc::channel(workers_n);
         let rx = Arc::new(Mutex::new(rx));
@@ -336,6 +376,7 @@ impl Pipeline {
         let mut careful = 0usize;
         // An exclusive pipeline's pin id, kept across rebinds.
         let mut pin = None;
+        let mut refused = None;
         'outer: while !shutdown.is_cancelled() {
             let bound = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -344,6 +385,13 @@ impl Pipeline {
             // Whether the server holds messages for it: then an answer is due.
             let backlog = match bound {
                 Ok(c) => c.cached_info().num_pending > 0,
+                Err(e) if e.is_permanent() => {
+                    tracing::error!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
+                        "the server refuses this pipeline's consumer; the pipeline stops (fix its settings, \
+                         or remove the consumer of that name if another program made it, then restart)");
+                    refused = Some(e);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                         "cannot bind consumer; retrying");
@@ -523,6 +571,7 @@ impl Pipeline {
         }
         while workers.join_next().await.is_some() {}
         tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name, "stopped");
+        refused
     }
 
     /// Leaving a binding (stopping, re-binding): what was taken in is handed

@@ -191,3 +191,40 @@ async fn an_advisory_stream_that_cannot_be_made_does_not_stop_the_host() -> anyh
     );
     host.stop().await
 }
+
+/// A consumer the server refuses (here: one of the pipeline's name already
+/// exists with another deliver policy, which JetStream cannot update) is a
+/// permanent error: the host stops with it, naming the consumer, instead
+/// of retrying the bind forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_server_refuses_stops_the_host_with_that_error() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?;
+    let name = config.pipelines[0].consumer_name("EVENTS");
+    let js = js(&nats).await?;
+    let events = js
+        .create_stream(stream::Config {
+            name: "EVENTS".into(),
+            subjects: vec!["events.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    events
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    let host = start(config);
+    let ended = tokio::time::timeout(WAIT, host.task)
+        .await
+        .context("the host kept retrying a consumer the server refuses")??;
+    let err = ended.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("pipeline `main`") && err.contains(&name) && err.contains("refuses"),
+        "{err}"
+    );
+    Ok(())
+}
