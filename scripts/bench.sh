@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make bench`: `jetplug bench` (release build) against a dedicated
+# `make bench`: `jetplug-bench` (release build) against a dedicated
 # nats-server, a 3-node JetStream cluster and PostgreSQL started here on
 # free ports under .local/bench,
-# stopped afterwards. Extra arguments go to `jetplug bench`.
+# stopped afterwards. Extra arguments go to `jetplug-bench`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -58,6 +58,6 @@ for _ in $(seq 100); do listening "$nats_port" && listening "$pg_port" && break;
 for p in "${cluster_ports[@]}"; do for _ in $(seq 100); do listening "$p" && break; sleep 0.1; done; done
 sleep 2  # the cluster elects its JetStream meta leader
 
-./target/release/jetplug bench --nats "nats://127.0.0.1:$nats_port" \
+./target/release/jetplug-bench --nats "nats://127.0.0.1:$nats_port" \
   --postgres "postgres://postgres@127.0.0.1:$pg_port/postgres" --cluster "$cluster_urls" \
   --record "$root/target/bench/latest.json" "$@"

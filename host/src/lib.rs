@@ -7,7 +7,6 @@
 
 pub mod admin;
 pub mod authoring;
-pub mod bench;
 pub mod bindings;
 pub mod capability;
 pub mod cli;

@@ -1,4 +1,4 @@
-// Benchmark plugin for `jetplug bench languages` (twin of bench-rust):
+// Benchmark plugin for `jetplug-bench languages` (twin of bench-rust):
 // config `mode = "noop"` (default) acks every message; `mode = "json"`
 // parses each payload as JSON first (terminating what does not parse).
 import { Plugin, exportPlugin, ack, term, ConfigError } from '../../sdk/js/jetplug.js';

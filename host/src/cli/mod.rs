@@ -1,7 +1,6 @@
 //! The command-line interface. Each subcommand lives in its own module; this
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
-mod bench;
 mod check;
 mod dlq;
 mod doctor;
@@ -56,8 +55,6 @@ enum LogFormat {
 enum Command {
     /// Consume every configured pipeline until SIGINT/SIGTERM.
     Run(run::Args),
-    /// Measure the host: dispatch overhead and cold start.
-    Bench(bench::Args),
     /// Validate a configuration and load its plugins, without connecting.
     Check(check::Args),
     /// Find messages a pipeline's consumer passed without handling or dead-lettering them.
@@ -139,7 +136,6 @@ pub fn main() -> ExitCode {
                 Some(config) => run::run(args, config).await,
                 None => Ok(ExitCode::from(EXIT_ERROR)),
             },
-            Command::Bench(args) => bench::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
             Command::Streams(args) => streams::run(args).await,

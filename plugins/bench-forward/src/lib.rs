@@ -1,4 +1,4 @@
-//! Benchmark plugin for `jetplug bench latency`: publishes each message's
+//! Benchmark plugin for `jetplug-bench latency`: publishes each message's
 //! payload on to the subject named by config `to` (acknowledged), then acks
 //! it; a failed publish is retried after 100 ms.
 

@@ -1,4 +1,4 @@
-//! Benchmark plugin for `jetplug bench languages`, with twins in Python
+//! Benchmark plugin for `jetplug-bench languages`, with twins in Python
 //! (`bench-py`) and JavaScript (`bench-js`) doing the same work: config
 //! `mode = "noop"` (default) acks every message; `mode = "json"` parses each
 //! payload as JSON first (terminating what does not parse).

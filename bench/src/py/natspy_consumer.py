@@ -1,4 +1,4 @@
-"""The nats-py consumer `jetplug bench throughput` sets beside jetplug: what
+"""The nats-py consumer `jetplug-bench throughput` sets beside jetplug: what
 a team would write in Python (the seeds' stack) without jetplug. It binds to
 an existing durable pull consumer, fetches batches and acks each message,
 nothing else, until COUNT messages are done; the bench times it from the

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 
 use super::env::{self, Env};
-use crate::jetstream::consumer;
+use jetplug::jetstream::consumer;
 
 /// Settings for [`run`].
 #[derive(Debug, Clone, Copy)]
@@ -164,9 +164,12 @@ pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {
 
 /// The `noop` pipeline of a benchmark config and its stream `stream`.
 pub(crate) fn noop_on(
-    config: &crate::config::Config,
+    config: &jetplug::config::Config,
     stream: &str,
-) -> anyhow::Result<(crate::config::PipelineConfig, crate::config::StreamConfig)> {
+) -> anyhow::Result<(
+    jetplug::config::PipelineConfig,
+    jetplug::config::StreamConfig,
+)> {
     let pc = config
         .pipeline("noop")
         .cloned()
@@ -182,8 +185,8 @@ pub(crate) fn noop_on(
 /// the whole stream: pull with the pipeline's batch size, ack each message.
 pub(crate) async fn native(
     env: &Env,
-    pc: &crate::config::PipelineConfig,
-    sc: &crate::config::StreamConfig,
+    pc: &jetplug::config::PipelineConfig,
+    sc: &jetplug::config::StreamConfig,
     s: Settings,
 ) -> anyhow::Result<f64> {
     let bar = env::bar(s.count, "native async-nats consumer");
@@ -270,8 +273,8 @@ async fn natspy_setup(env: &Env) -> anyhow::Result<Result<(String, std::path::Pa
 pub(crate) async fn natspy(
     env: &Env,
     (python, script): &(String, std::path::PathBuf),
-    pc: &crate::config::PipelineConfig,
-    sc: &crate::config::StreamConfig,
+    pc: &jetplug::config::PipelineConfig,
+    sc: &jetplug::config::StreamConfig,
     s: Settings,
 ) -> anyhow::Result<f64> {
     let durable = pc.consumer_name(&sc.name);

@@ -1,6 +1,7 @@
-//! `jetplug bench`: the numbers behind the README's Performance table.
+//! `jetplug-bench`: the numbers behind the README's Performance table, kept
+//! out of the product binary (`make bench` runs it).
 //!
-//! `jetplug bench` (= `bench all`) runs everything against one local
+//! `jetplug-bench` (= `jetplug-bench all`) runs everything against one local
 //! nats-server (and PostgreSQL, if `--postgres` is given) and prints one
 //! table with the goals; `dispatch`, `throughput` and `indexer` run a part.
 
@@ -9,11 +10,13 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use std::process::ExitCode;
 
-use crate::bench::{
+use jetplug_bench::{
     aivo, cluster, dispatch, env::Env, indexer, languages, latency, record, tenants, throughput,
 };
 
-#[derive(Debug, clap::Args)]
+/// Measures jetplug against native consumers; see docs/performance.md.
+#[derive(Debug, clap::Parser)]
+#[command(name = "jetplug-bench", version)]
 pub struct Args {
     #[command(subcommand)]
     what: Option<What>,
@@ -139,7 +142,36 @@ fn row(what: &str, result: String, goal: &str, met: Option<bool>) -> record::Lin
     record::Line::new(what.to_owned(), result, format!("{goal}{mark}"))
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
+    use clap::Parser as _;
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JETPLUG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let what = args.what.unwrap_or(What::All);
     let c = args.common;
     let all = matches!(what, What::All);
@@ -350,7 +382,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "",
                     None,
                 ));
-                let ratio = crate::bench::median(r.hostile_ratios.clone());
+                let ratio = jetplug_bench::median(r.hostile_ratios.clone());
                 let ratios = &r.hostile_ratios;
                 let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
                 let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -555,7 +587,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         settings,
         lines: rows,
     };
-    println!("jetplug bench: {}; {}", run.settings, run.machine);
+    println!("jetplug-bench: {}; {}", run.settings, run.machine);
     print_table(&run.lines);
     if let Some(path) = &c.record {
         let before = record::load(path).context("--record")?;

@@ -1,4 +1,5 @@
-//! `jetplug bench` end to end with small counts against a real nats-server
+//! `jetplug-bench` end to end (it runs the `jetplug` binary `cargo test`
+//! builds beside it) with small counts against a real nats-server
 //! and PostgreSQL: every figure is produced and is a number (the figures
 //! themselves are for the README, not for assertions), and `--record`
 //! writes a run and compares the next one with it.
@@ -26,9 +27,8 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
         let record = record.clone();
         let urls = cluster.urls();
         move || {
-            Command::new(env!("CARGO_BIN_EXE_jetplug"))
+            Command::new(env!("CARGO_BIN_EXE_jetplug-bench"))
                 .args([
-                    "bench",
                     "--count",
                     "400",
                     "--index-count",
@@ -141,8 +141,8 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
     let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record)?)?;
     let lines = first["lines"].as_array().map(Vec::len).unwrap_or(0);
     assert!(lines >= 25, "{first}");
-    let again = Command::new(env!("CARGO_BIN_EXE_jetplug"))
-        .args(["bench", "dispatch", "--batches", "20", "--plugins"])
+    let again = Command::new(env!("CARGO_BIN_EXE_jetplug-bench"))
+        .args(["dispatch", "--batches", "20", "--plugins"])
         .arg(dir)
         .arg("--record")
         .arg(&record)
@@ -153,5 +153,23 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
         again_text.contains("change against the previous run") && again_text.contains(" µs → "),
         "{again_text}"
     );
+    Ok(())
+}
+
+/// The dispatch figures, in process (no servers).
+#[tokio::test]
+async fn dispatch_reports_every_figure() -> anyhow::Result<()> {
+    let r = jetplug_bench::dispatch::run(Path::new(plugins::TEST_NOOP), 20, 10, 64, |_| {}).await?;
+    assert_eq!((r.batches, r.batch_size, r.payload_bytes), (20, 10, 64));
+    for v in [
+        r.reuse.median_us,
+        r.reuse.p99_us,
+        r.fresh.median_us,
+        r.fresh.p99_us,
+    ] {
+        assert!(v > 0.0 && v.is_finite(), "{r:?}");
+    }
+    assert!(r.reuse.p99_us >= r.reuse.median_us);
+    assert!(!r.cold_start_compile.is_zero() && !r.cold_start_cached.is_zero());
     Ok(())
 }

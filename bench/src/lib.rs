@@ -1,4 +1,4 @@
-//! Benchmarks behind `jetplug bench`. Timing goals live here, not in tests.
+//! Benchmarks behind `jetplug-bench`. Timing goals live here, not in tests.
 //!
 //! `dispatch` needs no servers; `throughput`, `indexer` and `languages` run against a
 //! local nats-server (and PostgreSQL), with the host as a child process.

@@ -1,4 +1,4 @@
-//! A bench run as JSON (`jetplug bench --record FILE`), and what changed
+//! A bench run as JSON (`jetplug-bench --record FILE`), and what changed
 //! against the run recorded there before.
 //!
 //! Why: single runs on a shared VM move by 10 % and more; a figure only

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use crate::Message;
-use crate::plugin::{Plugin, PluginInstance};
+use jetplug::Message;
+use jetplug::plugin::{Plugin, PluginInstance};
 
 /// Resident memory of this process in bytes (`VmRSS`); `None` off Linux.
 pub fn rss() -> Option<u64> {

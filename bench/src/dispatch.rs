@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bindings::Message;
-use crate::engine::{EngineSettings, Runtime};
-use crate::plugin::{self, PluginInstance, PluginSpec};
+use jetplug::bindings::Message;
+use jetplug::engine::{EngineSettings, Runtime};
+use jetplug::plugin::{self, PluginInstance, PluginSpec};
 
 /// Latency figures in microseconds per message.
 #[derive(Debug, Clone, Copy)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::dispatch;
 use super::env::{self, Env};
-use crate::plugin::PluginSpec;
+use jetplug::plugin::PluginSpec;
 
 /// Settings for [`run`].
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
     for (language, path) in &s.plugins {
         let (compile, cached, plugin) =
             dispatch::cold_start(PluginSpec::new("bench", path)).await?;
-        let batch: std::sync::Arc<[crate::Message]> = (0..s.batch)
+        let batch: std::sync::Arc<[jetplug::Message]> = (0..s.batch)
             .map(|i| dispatch::message(i as usize, EVENT))
             .collect();
         let instance_rss = super::memory::per_instance(&plugin, &batch, EXTRA_INSTANCES).await?;

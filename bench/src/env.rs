@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream;
 
-use crate::config::Config;
+use jetplug::config::Config;
 
 /// Where the benchmarks run.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub struct Env {
 
 impl Env {
     pub async fn new(nats_url: &str, plugins: &Path) -> anyhow::Result<Env> {
-        let servers = crate::config::ServerList::from(nats_url)
+        let servers = jetplug::config::ServerList::from(nats_url)
             .addrs()
             .map_err(|(i, reason)| anyhow::anyhow!("--nats: server {i}: {reason}"))?;
         let client = async_nats::connect(servers)
@@ -104,7 +104,7 @@ cache_dir = "{cache}"
         for s in &config.streams {
             let _ = self.js.delete_stream(&s.name).await;
         }
-        crate::jetstream::streams::reconcile(&self.js, &config.streams)
+        jetplug::jetstream::streams::reconcile(&self.js, &config.streams)
             .await
             .context(
                 "cannot create the benchmark streams; run the benchmark against a dedicated \
@@ -141,9 +141,10 @@ cache_dir = "{cache}"
         Ok(())
     }
 
-    /// Starts `jetplug run --config PATH` as a child process.
+    /// Starts `jetplug run --config PATH` as a child process (the binary
+    /// from [`host_binary`]).
     pub fn spawn_host(&self, config: &Path, log: &str) -> anyhow::Result<HostProcess> {
-        let exe = std::env::current_exe().context("cannot find the jetplug executable")?;
+        let exe = host_binary()?;
         let log = std::fs::File::create(self.dir.path().join(log))?;
         let child = Command::new(exe)
             .args(["--log", "warn", "run", "--config"])
@@ -317,7 +318,7 @@ pub async fn scrape_sum(
         .admin
         .address
         .context("the benchmark config has an admin address")?;
-    let text = crate::admin::client::get(addr.0, "/metrics", config.admin.token.as_ref()).await?;
+    let text = jetplug::admin::client::get(addr.0, "/metrics", config.admin.token.as_ref()).await?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with(metric) && label_values.iter().any(|v| l.contains(v)))
@@ -335,6 +336,28 @@ pub fn bar(n: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(what.to_owned());
     bar
+}
+
+/// The `jetplug` binary the host figures are measured on: `JETPLUG_BIN`,
+/// else the `jetplug` next to this executable (cargo puts both in
+/// `target/<profile>/`).
+pub fn host_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("JETPLUG_BIN") {
+        return Ok(path.into());
+    }
+    let me = std::env::current_exe().context("cannot find this executable")?;
+    let dir = me.parent().context("this executable has no directory")?;
+    // Tests run from target/<profile>/deps/.
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let candidate = d.join("jetplug");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!(
+        "no `jetplug` binary next to {} (build it: cargo build --release -p jetplug, or set JETPLUG_BIN)",
+        me.display()
+    )
 }
 
 #[cfg(test)]
