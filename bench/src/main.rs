@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use std::process::ExitCode;
 
-use jetplug_bench::{
-    aivo, cluster, dispatch, env::Env, indexer, languages, latency, record, tenants, throughput,
-};
+use jetplug_bench::{env::Env, indexer, record};
+
+mod rows;
 
 /// Measures jetplug against native consumers; see docs/performance.md.
 #[derive(Debug, clap::Parser)]
@@ -178,43 +178,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
 
     if all || matches!(what, What::Dispatch) {
-        let bar = indicatif::ProgressBar::new_spinner();
-        let r = dispatch::run(
-            &c.plugins.join("test_noop.wasm"),
-            c.batches as usize,
-            c.batch as usize,
-            c.size,
-            |step| {
-                bar.set_message(format!("dispatch: {step}"));
-                bar.tick();
-            },
-        )
-        .await?;
-        bar.finish_and_clear();
-        rows.push(row(
-            "dispatch overhead per message, instance reuse (median / p99)",
-            format!("{:.2} / {:.2} µs", r.reuse.median_us, r.reuse.p99_us),
-            "≤ 2 µs",
-            Some(r.reuse.median_us <= 2.0),
-        ));
-        rows.push(row(
-            "dispatch overhead per message, fresh instance per batch",
-            format!("{:.2} / {:.2} µs", r.fresh.median_us, r.fresh.p99_us),
-            "",
-            None,
-        ));
-        if !all {
-            rows.push(row(
-                "cold start to first batch (offline), compile / cached",
-                format!(
-                    "{:.0} / {:.0} ms",
-                    r.cold_start_compile.as_secs_f64() * 1e3,
-                    r.cold_start_cached.as_secs_f64() * 1e3
-                ),
-                "",
-                None,
-            ));
-        }
+        rows::dispatch(&c, all, &mut rows).await?;
     }
 
     let needs_nats = all
@@ -235,334 +199,41 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(env) = &env
         && (all || matches!(what, What::Throughput))
     {
-        let r = throughput::run(
-            env,
-            throughput::Settings {
-                count: c.count,
-                size: c.size,
-                batch: c.batch,
-                concurrency: c.concurrency,
-                repeat: c.repeat,
-            },
-        )
-        .await?;
-        let ratio = r.jetplug_per_sec / r.native_per_sec;
-        rows.push(row(
-            "native async-nats consumer (baseline)",
-            format!("{:.0} msg/s", r.native_per_sec),
-            "",
-            None,
-        ));
-        rows.push(row(
-            "jetplug + no-op wasm plugin",
-            format!("{:.0} msg/s", r.jetplug_per_sec),
-            "",
-            None,
-        ));
-        rows.push(row(
-            "ratio jetplug / native",
-            format!("{ratio:.2}"),
-            "≥ 0.95",
-            Some(ratio >= 0.95),
-        ));
-        rows.push(row(
-            "nats-py consumer (fetch, ack each; Python without jetplug)",
-            match &r.natspy_per_sec {
-                Ok(rate) => format!(
-                    "{rate:.0} msg/s (jetplug: {:.1}×)",
-                    r.jetplug_per_sec / rate.max(1e-9)
-                ),
-                Err(why) => why.clone(),
-            },
-            "",
-            None,
-        ));
-        rows.push(row(
-            "cold start to first message, compiling",
-            format!("{:.0} ms", r.cold_start_compile.as_secs_f64() * 1e3),
-            "",
-            None,
-        ));
-        rows.push(row(
-            "cold start to first message, compiled-component cache",
-            format!("{:.0} ms", r.cold_start_cached.as_secs_f64() * 1e3),
-            "",
-            None,
-        ));
-        rows.push(row(
-            "host peak RSS (throughput run: backlog, max_ack_pending 1000 full)",
-            r.host_peak_rss.map(mib).unwrap_or_else(|| "n/a".into()),
-            "",
-            None,
-        ));
+        rows::throughput(env, &c, &mut rows).await?;
     }
+
     if let Some(env) = &env
         && (all || matches!(what, What::Latency))
     {
-        let points = latency::run(
-            env,
-            latency::Settings {
-                count: c.latency_count,
-                rates: [100, 5000],
-            },
-        )
-        .await?;
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        for p in points {
-            let low = p.rate <= 100;
-            rows.push(row(
-                &format!(
-                    "latency publish → plugin → republish at {} msg/s (default batching)",
-                    p.rate
-                ),
-                format!(
-                    "{:.1} ms p50, {:.1} ms p90, {:.1} ms p99",
-                    ms(p.p50),
-                    ms(p.p90),
-                    ms(p.p99)
-                ),
-                if low {
-                    "p50 ≤ 5 ms, p99 ≤ 15 ms"
-                } else {
-                    ""
-                },
-                low.then(|| ms(p.p50) <= 5.0 && ms(p.p99) <= 15.0),
-            ));
-        }
+        rows::latency(env, &c, &mut rows).await?;
     }
+
     if let Some(env) = &env
         && (all || matches!(what, What::Indexer))
     {
-        match &c.postgres {
-            None => rows.push(row(
-                "indexer rows/s",
-                "skipped (give --postgres URL)".into(),
-                "≥ 50000 rows/s",
-                None,
-            )),
-            Some(url) => {
-                let r = indexer::run(
-                    env,
-                    &indexer::Settings {
-                        count: c.index_count,
-                        batch: c.index_batch,
-                        concurrency: c.index_concurrency,
-                        postgres_url: url.clone(),
-                        repeat: c.repeat,
-                        hostile: c.hostile.0.clone(),
-                    },
-                )
-                .await?;
-                rows.push(row(
-                    "postgres-indexer, sustained",
-                    format!("{:.0} rows/s", r.indexer_rows_per_sec),
-                    "≥ 50000 rows/s",
-                    Some(r.indexer_rows_per_sec >= 50_000.0),
-                ));
-                let of_copy = r.indexer_rows_per_sec / r.copy_rows_per_sec.max(1e-9);
-                rows.push(row(
-                    "plain COPY of the same rows, one transaction (reference)",
-                    format!(
-                        "{:.0} rows/s (indexer: {of_copy:.2} of it)",
-                        r.copy_rows_per_sec
-                    ),
-                    "indexer ≥ 0.6 of it",
-                    Some(of_copy >= 0.6),
-                ));
-                let of_batched = r.indexer_rows_per_sec / r.copy_batched_rows_per_sec.max(1e-9);
-                rows.push(row(
-                    &format!(
-                        "COPY in the indexer's batches, a transaction each ({})",
-                        c.index_batch
-                    ),
-                    format!(
-                        "{:.0} rows/s (indexer: {of_batched:.2} of it)",
-                        r.copy_batched_rows_per_sec
-                    ),
-                    "",
-                    None,
-                ));
-                let ratio = jetplug_bench::median(r.hostile_ratios.clone());
-                let ratios = &r.hostile_ratios;
-                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let range = if ratios.len() > 1 {
-                    format!(", rounds {lo:.2}–{hi:.2}")
-                } else {
-                    String::new()
-                };
-                let what = if c.hostile.0.is_empty() {
-                    "postgres-indexer, second run alone (noise)".to_owned()
-                } else if c.hostile.0.len() < indexer::Hostile::ALL.len() {
-                    let names: Vec<&str> = c.hostile.0.iter().map(|h| h.name()).collect();
-                    format!("postgres-indexer beside {}", names.join(", "))
-                } else {
-                    "postgres-indexer beside hostile plugins".to_owned()
-                };
-                rows.push(row(
-                    &what,
-                    format!(
-                        "{:.0} rows/s ({ratio:.2} of alone{range}; hostile batches failed: {})",
-                        r.beside_hostile_rows_per_sec, r.hostile_failed_batches
-                    ),
-                    "≥ 0.90 of alone",
-                    Some(ratio >= 0.9),
-                ));
-            }
-        }
+        rows::indexer(env, &c, &mut rows).await?;
     }
 
     if let Some(env) = &env
         && (all || matches!(what, What::Aivo))
     {
-        let what = "AIVO end to end: published → indexed and counted";
-        match &c.postgres {
-            None => rows.push(row(what, "skipped (give --postgres URL)".into(), "", None)),
-            Some(url) => {
-                let r = aivo::run(
-                    env,
-                    &aivo::Settings {
-                        count: c.count,
-                        postgres_url: url.clone(),
-                    },
-                )
-                .await?;
-                rows.push(row(
-                    what,
-                    format!(
-                        "{:.0} events/s ({} indexed, {} counted)",
-                        r.events_per_sec, r.indexed, r.counted
-                    ),
-                    "",
-                    None,
-                ));
-            }
-        }
+        rows::aivo(env, &c, &mut rows).await?;
     }
 
     if let Some(env) = &env
         && (all || matches!(what, What::Languages))
     {
-        let r = languages::run(
-            env,
-            &languages::Settings {
-                count: c.count,
-                batch: c.batch,
-                concurrency: c.concurrency,
-                plugins: vec![
-                    ("Rust", env.plugin("bench_rust.wasm")),
-                    (
-                        "Python",
-                        std::path::absolute(c.guest_plugins.join("bench-py.wasm"))?,
-                    ),
-                    (
-                        "JavaScript",
-                        std::path::absolute(c.guest_plugins.join("bench-js.wasm"))?,
-                    ),
-                ],
-            },
-        )
-        .await?;
-        for l in r {
-            rows.push(row(
-                &format!("{} plugin, {}", l.language, l.handler),
-                format!(
-                    "{:.0} msg/s; cold start {:.0} ms compiling / {:.0} ms cached; {} per instance",
-                    l.per_sec,
-                    l.compile.as_secs_f64() * 1e3,
-                    l.cached.as_secs_f64() * 1e3,
-                    l.instance_rss.map(mib).unwrap_or_else(|| "n/a".into()),
-                ),
-                "",
-                None,
-            ));
-        }
+        rows::languages(env, &c, &mut rows).await?;
     }
 
     if let Some(env) = &env
         && (all || matches!(what, What::Tenants))
     {
-        let r = tenants::run(
-            env,
-            tenants::Settings {
-                count: c.count,
-                batch: c.batch,
-                concurrency: c.concurrency,
-                quota: TENANT_QUOTA,
-                repeat: c.repeat,
-            },
-        )
-        .await?;
-        rows.push(row(
-            "tenant alone (no-op plugin)",
-            format!("{:.0} msg/s", r.alone_per_sec),
-            "",
-            None,
-        ));
-        let ratio = r.beside_per_sec / r.alone_per_sec.max(1e-9);
-        rows.push(row(
-            "tenant beside one flooding at 10× its quota, CPU-heavy",
-            format!("{:.0} msg/s = {ratio:.2} of alone", r.beside_per_sec),
-            "≥ 0.90 of alone",
-            Some(ratio >= 0.9),
-        ));
-        rows.push(row(
-            "flooding tenant held to its quota (sustained)",
-            format!("{:.0} msg/s (quota {})", r.flood_per_sec, r.quota),
-            "≤ quota",
-            Some(r.flood_per_sec <= f64::from(r.quota) * 1.1),
-        ));
+        rows::tenants(env, &c, &mut rows).await?;
     }
 
     if all || matches!(what, What::Cluster) {
-        match &c.cluster {
-            None => rows.push(row(
-                "R3 stream on a 3-node cluster",
-                "skipped (give --cluster URLS)".into(),
-                "",
-                None,
-            )),
-            Some(urls) => {
-                let cluster_env = Env::new(urls, &c.plugins).await?;
-                let r = cluster::run(
-                    &cluster_env,
-                    throughput::Settings {
-                        count: c.count,
-                        size: c.size,
-                        batch: c.batch,
-                        concurrency: c.concurrency,
-                        repeat: 1,
-                    },
-                )
-                .await?;
-                rows.push(row(
-                    "R3 stream: native async-nats consumer",
-                    format!("{:.0} msg/s", r.native_per_sec),
-                    "",
-                    None,
-                ));
-                rows.push(row(
-                    "R3 stream: jetplug + no-op plugin, one host",
-                    format!(
-                        "{:.0} msg/s ({:.2} of native)",
-                        r.one_host_per_sec,
-                        r.one_host_per_sec / r.native_per_sec
-                    ),
-                    "",
-                    None,
-                ));
-                rows.push(row(
-                    "R3 stream: jetplug + no-op plugin, two hosts",
-                    format!(
-                        "{:.0} msg/s ({:.2} of one host)",
-                        r.two_hosts_per_sec,
-                        r.two_hosts_per_sec / r.one_host_per_sec
-                    ),
-                    "",
-                    None,
-                ));
-            }
-        }
+        rows::cluster(&c, &mut rows).await?;
     }
 
     let settings = format!(
