@@ -45,23 +45,34 @@ pub fn contains(outer: &str, inner: &str) -> bool {
     }
 }
 
+/// Why a subject cannot be published to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("subject is empty")]
+    Empty,
+    #[error("subject `{0}` has an empty token")]
+    EmptyToken(String),
+    #[error("subject `{0}` contains a wildcard; publish needs a concrete subject")]
+    Wildcard(String),
+    #[error("subject `{0}` contains whitespace")]
+    Whitespace(String),
+}
+
 /// Checks that `subject` is a valid concrete subject to publish to:
 /// non-empty tokens, no wildcards, no whitespace.
-pub fn validate_publish_subject(subject: &str) -> Result<(), String> {
+pub fn validate_publish_subject(subject: &str) -> Result<(), SubjectError> {
     if subject.is_empty() {
-        return Err("subject is empty".into());
+        return Err(SubjectError::Empty);
     }
     for token in subject.split('.') {
         if token.is_empty() {
-            return Err(format!("subject `{subject}` has an empty token"));
+            return Err(SubjectError::EmptyToken(subject.to_owned()));
         }
         if token == "*" || token == ">" {
-            return Err(format!(
-                "subject `{subject}` contains a wildcard; publish needs a concrete subject"
-            ));
+            return Err(SubjectError::Wildcard(subject.to_owned()));
         }
         if token.chars().any(char::is_whitespace) {
-            return Err(format!("subject `{subject}` contains whitespace"));
+            return Err(SubjectError::Whitespace(subject.to_owned()));
         }
     }
     Ok(())

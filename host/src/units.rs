@@ -3,18 +3,32 @@
 
 use std::time::Duration;
 
+/// A duration or size that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("invalid duration `{text}` ({reason}); examples: 500ms, 30s, 5m, 7d")]
+    Duration { text: String, reason: String },
+    #[error("invalid size `{text}` ({reason}); examples: 64MiB, 10GB, 1048576")]
+    Size { text: String, reason: String },
+}
+
 /// Parses a duration such as `500ms`, `30s`, `5m`, `7d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration `{text}` ({e}); examples: 500ms, 30s, 5m, 7d"))
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+    humantime::parse_duration(text.trim()).map_err(|e| UnitError::Duration {
+        text: text.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Parses a size such as `512KiB`, `64MiB`, `10GB` or a plain byte count.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     text.trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| format!("invalid size `{text}` ({e}); examples: 64MiB, 10GB, 1048576"))
+        .map_err(|e| UnitError::Size {
+            text: text.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -26,7 +40,7 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("soon").is_err_and(|e| e.contains("`soon`")));
+        assert!(parse_duration("soon").is_err_and(|e| e.to_string().contains("`soon`")));
     }
 
     #[test]
@@ -34,6 +48,6 @@ mod tests {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
         assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("lots").is_err_and(|e| e.contains("`lots`")));
+        assert!(parse_size("lots").is_err_and(|e| e.to_string().contains("`lots`")));
     }
 }

@@ -165,3 +165,27 @@ fn the_table_matches_the_architecture_page() {
         );
     }
 }
+
+/// Errors at the library's edges are typed: no `Result<_, String>` in
+/// `host/src` outside the command line.
+#[test]
+fn no_string_errors_outside_the_cli() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).unwrap_or(file);
+        if rel.starts_with("cli") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in code(&text).lines() {
+            let flat = line.replace(' ', "");
+            if flat.contains("Result<") && flat.contains(",String>") {
+                found.push(format!("{}: {}", rel.display(), line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "string errors:\n{}", found.join("\n"));
+}

@@ -51,9 +51,14 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>
     Option::<u32>::deserialize(d).map(Some)
 }
 
+/// An `expect` value that is not one of the forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExpectError(pub String);
+
 impl Expectation {
     /// Parses the `expect` value of a fixture line.
-    pub fn parse(value: &serde_json::Value) -> Result<Self, String> {
+    pub fn parse(value: &serde_json::Value) -> Result<Self, ExpectError> {
         let raw = match value {
             serde_json::Value::String(s) => Raw {
                 decision: s.clone(),
@@ -61,26 +66,25 @@ impl Expectation {
                 reason: None,
                 error: None,
             },
-            serde_json::Value::Object(_) => {
-                Raw::deserialize(value).map_err(|e| format!("invalid `expect`: {e}"))?
-            }
+            serde_json::Value::Object(_) => Raw::deserialize(value)
+                .map_err(|e| ExpectError(format!("invalid `expect`: {e}")))?,
             other => {
-                return Err(format!(
+                return Err(ExpectError(format!(
                     "invalid `expect`: {other} (use \"ack\", \"retry\", \"term\", \"failed\" or an object with `decision`)"
-                ));
+                )));
             }
         };
-        let only = |allowed: &[&str]| -> Result<(), String> {
+        let only = |allowed: &[&str]| -> Result<(), ExpectError> {
             let given = [
                 ("delay_ms", raw.delay_ms.is_some()),
                 ("reason", raw.reason.is_some()),
                 ("error", raw.error.is_some()),
             ];
             match given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
-                Some((k, _)) => Err(format!(
+                Some((k, _)) => Err(ExpectError(format!(
                     "invalid `expect`: `{k}` does not apply to `{}`",
                     raw.decision
-                )),
+                ))),
                 None => Ok(()),
             }
         };
@@ -97,14 +101,16 @@ impl Expectation {
                     .map(Regex::new)
                     .transpose()
                     .map_err(|e| {
-                        format!("invalid `expect`: `reason` is not a regular expression: {e}")
+                        ExpectError(format!(
+                            "invalid `expect`: `reason` is not a regular expression: {e}"
+                        ))
                     })?;
                 Ok(Expectation::Term { reason })
             }
             "failed" => only(&["error"]).map(|()| Expectation::Failed { error: raw.error }),
-            other => Err(format!(
+            other => Err(ExpectError(format!(
                 "invalid `expect`: unknown decision `{other}` (use ack, retry, term or failed)"
-            )),
+            ))),
         }
     }
 
@@ -162,12 +168,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(v: serde_json::Value) -> Result<Expectation, String> {
+    fn parse(v: serde_json::Value) -> Result<Expectation, ExpectError> {
         Expectation::parse(&v)
     }
 
     #[test]
-    fn forms_and_matching() -> Result<(), String> {
+    fn forms_and_matching() -> Result<(), ExpectError> {
         let ack = parse(json!("ack"))?;
         assert!(ack.matches(Outcome::Decided(&Decision::Ack)));
         assert!(!ack.matches(Outcome::Decided(&Decision::Retry(None))));
@@ -222,7 +228,10 @@ mod tests {
             (json!({"reason": "x"}), "missing field `decision`"),
         ];
         for (v, want) in cases {
-            let err = Expectation::parse(&v).err().unwrap_or_default();
+            let err = Expectation::parse(&v)
+                .err()
+                .map(|e| e.0)
+                .unwrap_or_default();
             assert!(err.contains(want), "{v}: {err}");
         }
     }

@@ -106,8 +106,8 @@ pub fn parse_jsonl(path: &Path, text: &str, tenant: &str) -> Result<Vec<InputMes
         };
         let event: RawEvent =
             serde_json::from_str(raw).map_err(|e| err(format!("invalid event: {e}")))?;
-        subject::validate_publish_subject(&event.subject).map_err(&err)?;
-        let payload = payload_of(&event).map_err(&err)?;
+        subject::validate_publish_subject(&event.subject).map_err(|e| err(e.to_string()))?;
+        let payload = payload_of(&event).map_err(|e| err(e.to_string()))?;
         let headers = match event.headers {
             None => Vec::new(),
             Some(Headers::Map(m)) => m.into_iter().collect(),
@@ -118,7 +118,7 @@ pub fn parse_jsonl(path: &Path, text: &str, tenant: &str) -> Result<Vec<InputMes
             .as_ref()
             .map(Expectation::parse)
             .transpose()
-            .map_err(&err)?;
+            .map_err(|e| err(e.to_string()))?;
         let seq = event.stream_seq.unwrap_or(out.len() as u64 + 1);
         out.push(InputMessage {
             line,
@@ -139,15 +139,24 @@ pub fn parse_jsonl(path: &Path, text: &str, tenant: &str) -> Result<Vec<InputMes
     Ok(out)
 }
 
-fn payload_of(event: &RawEvent) -> Result<Vec<u8>, String> {
+/// A line's payload fields that do not make a payload.
+#[derive(Debug, thiserror::Error)]
+enum PayloadError {
+    #[error("payload_base64 is not valid base64: {0}")]
+    Base64(base64::DecodeError),
+    #[error("give only one of `payload`, `payload_text`, `payload_base64`")]
+    Several,
+}
+
+fn payload_of(event: &RawEvent) -> Result<Vec<u8>, PayloadError> {
     match (&event.payload, &event.payload_text, &event.payload_base64) {
         (None, None, None) => Ok(Vec::new()),
         (Some(v), None, None) => Ok(v.to_string().into_bytes()),
         (None, Some(t), None) => Ok(t.clone().into_bytes()),
         (None, None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b)
-            .map_err(|e| format!("payload_base64 is not valid base64: {e}")),
-        _ => Err("give only one of `payload`, `payload_text`, `payload_base64`".into()),
+            .map_err(PayloadError::Base64),
+        _ => Err(PayloadError::Several),
     }
 }
 

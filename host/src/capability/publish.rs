@@ -40,7 +40,8 @@ impl PublishState {
 
     /// Checks a message against the grant; the error is what the plugin sees.
     pub fn check(&self, msg: &Outgoing) -> Result<(), CapabilityError> {
-        subject::validate_publish_subject(&msg.subject).map_err(CapabilityError::Invalid)?;
+        subject::validate_publish_subject(&msg.subject)
+            .map_err(|e| CapabilityError::Invalid(e.to_string()))?;
         if !self.grants.allows_subject(&msg.subject) {
             return Err(denied(format_args!(
                 "publish to `{}` is outside the grant {:?}",

@@ -39,13 +39,13 @@ pub enum Ordering {
 }
 
 impl TryFrom<String> for Ordering {
-    type Error = String;
+    type Error = super::Refused;
 
-    fn try_from(text: String) -> Result<Self, String> {
+    fn try_from(text: String) -> Result<Self, super::Refused> {
         let bad = |why: &str| {
-            format!(
+            super::Refused(format!(
                 "`{text}`: {why} (expected none, subject, token:N, header:NAME or json:/POINTER)"
-            )
+            ))
         };
         match text.split_once(':') {
             None if text == "none" => Ok(Ordering::None),
@@ -256,7 +256,7 @@ mod tests {
             ("random", "unknown ordering"),
             ("key:x", "unknown ordering"),
         ] {
-            let e = parse(bad).err().unwrap_or_default();
+            let e = parse(bad).err().map(|e| e.0).unwrap_or_default();
             assert!(e.contains(why) && e.contains("token:N"), "{bad}: {e}");
         }
     }

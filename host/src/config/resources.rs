@@ -65,7 +65,7 @@ impl DatabaseConfig {
     }
 
     /// The connection settings: the URL, with `password` applied.
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, String> {
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, super::Refused> {
         let url = self.url.as_ref().ok_or("no `url` (or `url_file`) given")?;
         let mut pg: tokio_postgres::Config = url.expose().parse().map_err(|_| {
             "is not a PostgreSQL connection string (postgres://user@host:port/db)".to_owned()

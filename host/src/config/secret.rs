@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+use super::Refused;
+
 /// A secret string; `expose` is the only way to its value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -47,19 +49,19 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// `"${NAME}"` → the environment variable NAME; anything else as written.
-fn from_text(text: &str) -> Result<Secret, String> {
+fn from_text(text: &str) -> Result<Secret, Refused> {
     let Some(name) = text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
         return Ok(Secret::new(text));
     };
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!(
+        return Err(Refused(format!(
             "`${{{name}}}` is not an environment variable reference (letters, digits and `_`)"
-        ));
+        )));
     }
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
-        Ok(_) => Err(format!("environment variable {name} is empty")),
-        Err(_) => Err(format!("environment variable {name} is not set")),
+        Ok(_) => Err(Refused(format!("environment variable {name} is empty"))),
+        Err(_) => Err(Refused(format!("environment variable {name} is not set"))),
     }
 }
 
@@ -84,7 +86,7 @@ pub fn from_file(
             ),
         ));
     }
-    *value = Some(read(path).map_err(|r| (format!("{key}_file"), r))?);
+    *value = Some(read(path).map_err(|r| (format!("{key}_file"), r.0))?);
     Ok(())
 }
 
@@ -92,28 +94,31 @@ fn last(key: &str) -> &str {
     key.rsplit('.').next().unwrap_or(key)
 }
 
-fn read(path: &Path) -> Result<Secret, String> {
+fn read(path: &Path) -> Result<Secret, Refused> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let text = text.trim_end_matches(['\n', '\r']);
     if text.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(Refused(format!("{} is empty", path.display())));
     }
     Ok(Secret::new(text))
 }
 
 /// The NKey user seed in `file`, checked (a bad seed fails the load, not
 /// the connection).
-pub fn nkey_seed(file: &Path) -> Result<Secret, String> {
+pub fn nkey_seed(file: &Path) -> Result<Secret, Refused> {
     let seed = read(file)?;
     let seed = Secret::new(seed.expose().trim());
     match nkeys::KeyPair::from_seed(seed.expose()) {
         Ok(k) if k.key_pair_type() == nkeys::KeyPairType::User => Ok(seed),
-        Ok(_) => Err(format!(
+        Ok(_) => Err(Refused(format!(
             "{} holds an NKey seed that is not a user seed (`SU…`)",
             file.display()
-        )),
-        Err(e) => Err(format!("{} is not a valid NKey seed: {e}", file.display())),
+        ))),
+        Err(e) => Err(Refused(format!(
+            "{} is not a valid NKey seed: {e}",
+            file.display()
+        ))),
     }
 }
 
@@ -135,12 +140,14 @@ mod tests {
         assert!(
             from_text(&format!("${{{name}}}"))
                 .expect_err("refused")
+                .0
                 .contains("not set")
         );
         assert_eq!(from_text("plain").map(|s| s.0), Ok("plain".into()));
         assert!(
             from_text("${bad-name}")
                 .expect_err("refused")
+                .0
                 .contains("not an environment")
         );
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{Config, ConfigError, DeliverPolicy, PipelineConfig, StreamConfig};
+use super::{Config, ConfigError, DeliverPolicy, PipelineConfig, Refused, StreamConfig};
 
 pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> {
     let invalid = |key: String, reason: String| ConfigError::Invalid {
@@ -68,7 +68,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
     }
     let advisories = &config.host.advisory_stream;
     if !advisories.is_empty() {
-        name(advisories).map_err(|r| invalid("host.advisory_stream".into(), r))?;
+        name(advisories).map_err(|r| invalid("host.advisory_stream".into(), r.0))?;
         if config.stream(advisories).is_some() {
             return Err(invalid(
                 "host.advisory_stream".into(),
@@ -90,7 +90,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
     }
     for (name, p) in &config.plugins {
         let key = |k: &str| format!("plugin.{name}.{k}");
-        name_check(name).map_err(|r| invalid(format!("plugin.{name}"), r))?;
+        name_check(name).map_err(|r| invalid(format!("plugin.{name}"), r.0))?;
         if !p.path.is_file() {
             return Err(invalid(
                 key("path"),
@@ -114,7 +114,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         }
         for (j, pattern) in p.grants.publish.iter().enumerate() {
             subject_pattern(pattern)
-                .map_err(|r| invalid(key(&format!("grants.publish[{j}]")), r))?;
+                .map_err(|r| invalid(key(&format!("grants.publish[{j}]")), r.0))?;
         }
         if let Some(role) = &p.grants.sql_role
             && (role.trim().is_empty() || p.grants.sql.is_empty())
@@ -126,7 +126,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         }
     }
     for (name, db) in &config.databases {
-        name_check(name).map_err(|r| invalid(format!("database.{name}"), r))?;
+        name_check(name).map_err(|r| invalid(format!("database.{name}"), r.0))?;
         if db.url.as_ref().is_none_or(|u| u.expose().trim().is_empty()) {
             return Err(invalid(
                 format!("database.{name}.url"),
@@ -134,7 +134,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             ));
         }
         if let Err(reason) = db.pg_config() {
-            return Err(invalid(format!("database.{name}.url"), reason));
+            return Err(invalid(format!("database.{name}.url"), reason.0));
         }
         tls(db).map_err(|(k, r)| invalid(format!("database.{name}.{k}"), r))?;
         if db.pool_size == 0 {
@@ -145,7 +145,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
         }
     }
     for (name, b) in &config.buckets {
-        name_check(name).map_err(|r| invalid(format!("kv.{name}"), r))?;
+        name_check(name).map_err(|r| invalid(format!("kv.{name}"), r.0))?;
         if !(1..=64).contains(&b.history) {
             return Err(invalid(
                 format!("kv.{name}.history"),
@@ -264,7 +264,7 @@ fn nats(config: &Config) -> Result<(), Problem> {
         }
     }
     if let Some(file) = &n.nkey_seed_file {
-        crate::config::secret::nkey_seed(file).map_err(|r| p("nkey_seed_file", &r))?;
+        crate::config::secret::nkey_seed(file).map_err(|r| p("nkey_seed_file", &r.0))?;
     }
     if n.connect_timeout.0.is_zero() {
         return Err(p("connect_timeout", "must be greater than zero"));
@@ -275,12 +275,12 @@ fn nats(config: &Config) -> Result<(), Problem> {
     Ok(())
 }
 
-fn name_check(n: &str) -> Result<(), String> {
+fn name_check(n: &str) -> Result<(), Refused> {
     name(n)
 }
 
 /// Stream and consumer names end up in subjects: no dots, wildcards or spaces.
-pub(super) fn name(name: &str) -> Result<(), String> {
+pub(super) fn name(name: &str) -> Result<(), Refused> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
@@ -288,40 +288,44 @@ pub(super) fn name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
     {
-        return Err(format!(
+        return Err(Refused(format!(
             "`{name}` contains `{c}`; use letters, digits, `-` and `_`"
-        ));
+        )));
     }
     if name.len() > 200 {
-        return Err(format!("`{name}` is longer than 200 characters"));
+        return Err(Refused(format!("`{name}` is longer than 200 characters")));
     }
     Ok(())
 }
 
-fn subject_pattern(s: &str) -> Result<(), String> {
+fn subject_pattern(s: &str) -> Result<(), Refused> {
     if s.is_empty() {
         return Err("subject must not be empty".into());
     }
     let tokens: Vec<&str> = s.split('.').collect();
     for (i, t) in tokens.iter().enumerate() {
         if t.is_empty() {
-            return Err(format!("subject `{s}` has an empty token"));
+            return Err(Refused(format!("subject `{s}` has an empty token")));
         }
         if t.chars().any(char::is_whitespace) {
-            return Err(format!("subject `{s}` contains whitespace"));
+            return Err(Refused(format!("subject `{s}` contains whitespace")));
         }
         if *t == ">" && i + 1 != tokens.len() {
-            return Err(format!("subject `{s}`: `>` must be the last token"));
+            return Err(Refused(format!(
+                "subject `{s}`: `>` must be the last token"
+            )));
         }
         if t.len() > 1 && (t.contains('*') || t.contains('>')) {
-            return Err(format!("subject `{s}`: wildcards must be whole tokens"));
+            return Err(Refused(format!(
+                "subject `{s}`: wildcards must be whole tokens"
+            )));
         }
     }
     Ok(())
 }
 
 fn stream(s: &StreamConfig) -> Result<(), Problem> {
-    name(&s.name).map_err(|r| ("name".into(), r))?;
+    name(&s.name).map_err(|r| ("name".into(), r.0))?;
     if s.subjects.is_empty() {
         return Err((
             "subjects".into(),
@@ -329,7 +333,7 @@ fn stream(s: &StreamConfig) -> Result<(), Problem> {
         ));
     }
     for (j, subject) in s.subjects.iter().enumerate() {
-        subject_pattern(subject).map_err(|r| (format!("subjects[{j}]"), r))?;
+        subject_pattern(subject).map_err(|r| (format!("subjects[{j}]"), r.0))?;
     }
     if !(1..=5).contains(&s.replicas) {
         return Err((
@@ -351,7 +355,7 @@ fn stream(s: &StreamConfig) -> Result<(), Problem> {
 
 fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
     let e = |k: &str, r: String| Err((k.to_owned(), r));
-    name(&p.name).map_err(|r| ("name".to_owned(), r))?;
+    name(&p.name).map_err(|r| ("name".to_owned(), r.0))?;
     if p.streams.is_empty() {
         return e("streams", "a pipeline needs at least one stream".into());
     }
@@ -364,7 +368,7 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
         }
     }
     for (j, s) in p.filter_subjects.iter().enumerate() {
-        subject_pattern(s).map_err(|r| (format!("filter_subjects[{j}]"), r))?;
+        subject_pattern(s).map_err(|r| (format!("filter_subjects[{j}]"), r.0))?;
     }
     if !p.filter_subjects.is_empty() {
         for s in p.streams.iter().filter_map(|s| config.stream(s)) {

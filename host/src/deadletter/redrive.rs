@@ -150,17 +150,22 @@ pub fn republish(
 
 /// A time given on the command line: RFC 3339, or a duration meaning that
 /// long before `now` (`2h`, `3d`).
-pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, TimeError> {
     if let Ok(t) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
         return Ok(t);
     }
     match crate::units::parse_duration(text) {
         Ok(d) => Ok(now - d),
-        Err(_) => Err(format!(
-            "`{text}` is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration ago (30m, 2h, 7d)"
-        )),
+        Err(_) => Err(TimeError(text.to_owned())),
     }
 }
+
+/// A command-line time that is neither form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration ago (30m, 2h, 7d)"
+)]
+pub struct TimeError(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -295,6 +300,6 @@ mod tests {
             parse_time("1970-01-01T00:00:05Z", now).map(|t| t.unix_timestamp()),
             Ok(5)
         );
-        assert!(parse_time("yesterday", now).is_err_and(|e| e.contains("RFC 3339")));
+        assert!(parse_time("yesterday", now).is_err_and(|e| e.to_string().contains("RFC 3339")));
     }
 }

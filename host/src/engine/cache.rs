@@ -137,7 +137,9 @@ impl ComponentCache {
             let read = std::fs::read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| {
-                    let compiled = self.verified(key, content_hash, &bytes)?;
+                    let compiled = self
+                        .verified(key, content_hash, &bytes)
+                        .map_err(|e| e.to_string())?;
                     deserialize(engine, compiled).map_err(|e| e.to_string())
                 });
             match read {
@@ -177,16 +179,14 @@ impl ComponentCache {
         key: &[u8; KEY_LEN],
         content_hash: &str,
         entry: &'a [u8],
-    ) -> Result<&'a [u8], String> {
+    ) -> Result<&'a [u8], Untrusted> {
         if entry.len() < MAC_LEN {
-            return Err("entry too short".into());
+            return Err(Untrusted::TooShort);
         }
         let (compiled, tag) = entry.split_at(entry.len() - MAC_LEN);
         self.mac(key, content_hash, compiled)
             .verify_slice(tag)
-            .map_err(|_| {
-                "not written by this host (its MAC does not match): tampered or foreign".to_owned()
-            })?;
+            .map_err(|_| Untrusted::Foreign)?;
         Ok(compiled)
     }
 
@@ -214,10 +214,21 @@ impl ComponentCache {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Why the cache's key cannot be had (the cache is then off).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+struct KeyUnusable(String);
+
+impl From<String> for KeyUnusable {
+    fn from(s: String) -> Self {
+        KeyUnusable(s)
+    }
+}
+
 /// This host's cache key: read from `DIR/.host-key`, or made and written
 /// there (mode 0600) on first use. Refuses a directory other users may
 /// write and a key file they may read.
-fn host_key(dir: &Path) -> Result<[u8; KEY_LEN], String> {
+fn host_key(dir: &Path) -> Result<[u8; KEY_LEN], KeyUnusable> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}"))?;
@@ -228,10 +239,10 @@ fn host_key(dir: &Path) -> Result<[u8; KEY_LEN], String> {
         .permissions()
         .mode();
     if mode & 0o022 != 0 {
-        return Err(format!(
+        return Err(KeyUnusable(format!(
             "it is writable by other users (mode {:o}): anyone who can write there could make this host load their code; `chmod go-w` it or set engine.cache_dir elsewhere",
             mode & 0o777
-        ));
+        )));
     }
     let file = dir.join(KEY_FILE);
     let mut fresh = [0u8; KEY_LEN];
@@ -249,21 +260,26 @@ fn host_key(dir: &Path) -> Result<[u8; KEY_LEN], String> {
             return Ok(fresh);
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", file.display())),
+        Err(e) => {
+            return Err(KeyUnusable(format!(
+                "cannot create {}: {e}",
+                file.display()
+            )));
+        }
     }
     let meta = std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
+        return Err(KeyUnusable(format!(
             "{} is readable by other users: anyone who reads it could forge entries; `chmod 600` it",
             file.display()
-        ));
+        )));
     }
     let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     bytes.try_into().map_err(|_| {
-        format!(
+        KeyUnusable(format!(
             "{} is not a {KEY_LEN}-byte key; delete it to make a new one",
             file.display()
-        )
+        ))
     })
 }
 
@@ -288,4 +304,12 @@ impl Hasher for ShaHasher {
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
+}
+/// Why a cache entry is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Untrusted {
+    #[error("entry too short")]
+    TooShort,
+    #[error("not written by this host (its MAC does not match): tampered or foreign")]
+    Foreign,
 }

@@ -34,8 +34,9 @@ pub fn resolve(config: &Config) -> Result<Resolved, ConfigError> {
     };
     let mut trusted = Vec::new();
     for (i, k) in config.host.trusted_keys.iter().enumerate() {
-        trusted
-            .push(TrustedKey::parse(k).map_err(|r| invalid(format!("host.trusted_keys[{i}]"), r))?);
+        let key = TrustedKey::parse(k)
+            .map_err(|r| invalid(format!("host.trusted_keys[{i}]"), r.to_string()))?;
+        trusted.push(key);
     }
     for (name, db) in &config.databases {
         pg_tls::check(db).map_err(|(key, r)| invalid(format!("database.{name}.{key}"), r))?;

@@ -36,19 +36,22 @@ pub struct TrustedKey(VerifyingKey);
 
 impl TrustedKey {
     /// Parses `ed25519:BASE64`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
         let b64 = text
             .trim()
             .strip_prefix(PUBLIC)
-            .ok_or_else(|| format!("`{text}` is not an `ed25519:BASE64` public key"))?;
+            .ok_or_else(|| KeyError::NotPublic(text.to_owned()))?;
         let bytes: [u8; 32] = B64
             .decode(b64)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| format!("`{text}` is not 32 bytes of base64"))?;
+            .ok_or_else(|| KeyError::NotBase64(text.to_owned()))?;
         VerifyingKey::from_bytes(&bytes)
             .map(TrustedKey)
-            .map_err(|e| format!("`{text}` is not an ed25519 public key: {e}"))
+            .map_err(|e| KeyError::NotEd25519 {
+                text: text.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     pub fn text(&self) -> String {
@@ -101,10 +104,31 @@ fn message(hash: &str) -> Vec<u8> {
     [DOMAIN, hash.as_bytes()].concat()
 }
 
+/// A key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("`{0}` is not an `ed25519:BASE64` public key")]
+    NotPublic(String),
+    #[error("`{0}` is not 32 bytes of base64")]
+    NotBase64(String),
+    #[error("`{text}` is not an ed25519 public key: {reason}")]
+    NotEd25519 { text: String, reason: String },
+    #[error("no randomness for a key: {0}")]
+    NoRandomness(String),
+    #[error("cannot read the key {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a jetplug signing key (`ed25519-secret:BASE64`; make one with `jetplug plugin keygen`)", path.display())]
+    NotSecret { path: std::path::PathBuf },
+}
+
 /// A new key pair: (secret text for the key file, public text).
-pub fn generate() -> Result<(String, String), String> {
+pub fn generate() -> Result<(String, String), KeyError> {
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("no randomness for a key: {e}"))?;
+    getrandom::fill(&mut seed).map_err(|e| KeyError::NoRandomness(e.to_string()))?;
     let key = SigningKey::from_bytes(&seed);
     Ok((
         format!("{SECRET}{}", B64.encode(seed)),
@@ -113,19 +137,18 @@ pub fn generate() -> Result<(String, String), String> {
 }
 
 /// A signing key from its file (`ed25519-secret:BASE64`).
-pub fn load_key(path: &Path) -> Result<SigningKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the key {}: {e}", path.display()))?;
+pub fn load_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let seed: [u8; 32] = text
         .trim()
         .strip_prefix(SECRET)
         .and_then(|b| B64.decode(b).ok())
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            format!(
-                "{} is not a jetplug signing key (`ed25519-secret:BASE64`; make one with `jetplug plugin keygen`)",
-                path.display()
-            )
+        .ok_or_else(|| KeyError::NotSecret {
+            path: path.to_owned(),
         })?;
     Ok(SigningKey::from_bytes(&seed))
 }
@@ -144,11 +167,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signed_by_a_trusted_key_only() -> Result<(), String> {
+    fn signed_by_a_trusted_key_only() -> Result<(), Box<dyn std::error::Error>> {
         let (secret, public) = generate()?;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir()?;
         let file = dir.path().join("k");
-        std::fs::write(&file, &secret).map_err(|e| e.to_string())?;
+        std::fs::write(&file, &secret)?;
         let key = load_key(&file)?;
         let trusted = vec![TrustedKey::parse(&public)?];
         let sig = sign(&key, "abc");

@@ -235,7 +235,7 @@ async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOption
             crate::config::secret::nkey_seed(file).map_err(|reason| ConnectError::Refused {
                 keys: "nats.nkey_seed_file".into(),
                 url: cfg.url.to_string(),
-                reason,
+                reason: reason.0,
             })?;
         o = o.nkey(seed.expose().to_owned());
     }

@@ -77,24 +77,35 @@ pub async fn get(
         .request(format!("$JS.API.STREAM.MSG.GET.{stream}"), body.into())
         .await
         .map_err(|e| request(e.to_string()))?;
-    parse(&reply.payload).map_err(|reason| RawGetError::Api {
+    parse(&reply.payload).map_err(|e| RawGetError::Api {
         stream: stream.to_owned(),
         seq,
-        reason,
+        reason: e.to_string(),
     })
 }
 
-fn parse(json: &[u8]) -> Result<RawMessage, String> {
-    let r: Response = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+/// An answer to a direct get that holds no usable message.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+    #[error("no message in the answer")]
+    NoMessage,
+    #[error("{0}")]
+    Base64(#[from] base64::DecodeError),
+}
+
+fn parse(json: &[u8]) -> Result<RawMessage, Unusable> {
+    let r: Response = serde_json::from_slice(json)?;
     if let Some(e) = r.error {
-        return Err(e.description);
+        return Err(Unusable::Refused(e.description));
     }
-    let m = r.message.ok_or("no message in the answer")?;
-    let b64 = |s: &Option<String>| -> Result<Vec<u8>, String> {
+    let m = r.message.ok_or(Unusable::NoMessage)?;
+    let b64 = |s: &Option<String>| -> Result<Vec<u8>, Unusable> {
         match s {
-            Some(s) => base64::engine::general_purpose::STANDARD
-                .decode(s)
-                .map_err(|e| e.to_string()),
+            Some(s) => Ok(base64::engine::general_purpose::STANDARD.decode(s)?),
             None => Ok(Vec::new()),
         }
     };
@@ -134,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn invalid_header_bytes_are_replaced_and_flagged() -> Result<(), String> {
+    fn invalid_header_bytes_are_replaced_and_flagged() -> Result<(), Unusable> {
         let json = format!(
             r#"{{"message":{{"subject":"events.x","seq":3,"hdrs":"{}","data":"{}","time":"2026-11-22T22:08:33.5Z"}}}}"#,
             b64(b"NATS/1.0\r\nX-Bad: \xff\xfe\r\nX-Ok: yes\r\n\r\n"),
@@ -156,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn replaced_subject_is_flagged_and_clean_messages_are_not() -> Result<(), String> {
+    fn replaced_subject_is_flagged_and_clean_messages_are_not() -> Result<(), Unusable> {
         let bad = r#"{"message":{"subject":"events.\ufffd","seq":2,"data":"eA=="}}"#;
         assert!(parse(bad.as_bytes())?.not_utf8);
         let ok = r#"{"message":{"subject":"events.ø","seq":2}}"#;
@@ -164,7 +175,9 @@ mod tests {
         assert!(!m.not_utf8);
         assert!(m.payload.is_empty());
         let missing = r#"{"error":{"code":404,"err_code":10037,"description":"no message found"}}"#;
-        assert_eq!(parse(missing.as_bytes()), Err("no message found".into()));
+        assert!(
+            matches!(parse(missing.as_bytes()), Err(Unusable::Refused(r)) if r == "no message found")
+        );
         Ok(())
     }
 }

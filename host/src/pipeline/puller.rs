@@ -62,6 +62,15 @@ pub struct PullOptions {
     pub group: Option<String>,
 }
 
+/// A pull that could not be made (transient: the binding is made again).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PullError {
+    #[error("subscribing {what}: {reason}")]
+    Subscribe { what: &'static str, reason: String },
+    #[error("sending a pull request: {0}")]
+    Send(String),
+}
+
 /// Messages pulled, with what keeps them alive.
 pub struct Pulled {
     pub messages: Vec<jetstream::Message>,
@@ -138,18 +147,24 @@ impl Puller {
         keepalive: Arc<KeepAlive>,
         pin: Option<String>,
         backlog: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PullError> {
         let inbox = Subject::from(client.new_inbox());
         let sub = client
             .subscribe(inbox.clone())
             .await
-            .map_err(|e| format!("subscribing the pull inbox: {e}"))?;
+            .map_err(|e| PullError::Subscribe {
+                what: "the pull inbox",
+                reason: e.to_string(),
+            })?;
         let leader = client
             .subscribe(format!(
                 "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}"
             ))
             .await
-            .map_err(|e| format!("subscribing leader advisories: {e}"))?;
+            .map_err(|e| PullError::Subscribe {
+                what: "leader advisories",
+                reason: e.to_string(),
+            })?;
         Ok(Puller {
             leader,
             heartbeat: opts.heartbeat,
@@ -195,7 +210,7 @@ impl Puller {
 
     /// Keeps the pin: a request for one message if none went out for
     /// `expires` (what it brings is kept alive like the rest).
-    pub async fn keep_pin(&mut self) -> Result<(), String> {
+    pub async fn keep_pin(&mut self) -> Result<(), PullError> {
         if self.opts.group.is_some() && self.last_request.elapsed() >= self.opts.expires {
             self.request(1).await?;
         }
@@ -213,7 +228,7 @@ impl Puller {
     }
 
     /// Asks the server for up to `n` messages.
-    pub async fn request(&mut self, n: usize) -> Result<(), String> {
+    pub async fn request(&mut self, n: usize) -> Result<(), PullError> {
         // An answer is due while the server holds messages for us.
         self.heartbeat = if self.fresh || self.backlog {
             QUICK_HEARTBEAT.min(self.opts.heartbeat)
@@ -227,7 +242,7 @@ impl Puller {
             group: self.opts.group.as_deref(),
             id: self.pin.clone(),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PullError::Send(e.to_string()))?;
         if self.outstanding == 0 {
             self.heard = Instant::now();
         }
@@ -238,7 +253,7 @@ impl Puller {
             .await
             .map_err(|e| {
                 self.outstanding = 0;
-                format!("sending a pull request: {e}")
+                PullError::Send(e.to_string())
             })
     }
 
@@ -295,7 +310,7 @@ impl Puller {
             _ = tokio::time::sleep_until(due) => true,
         };
         if renew && let Err(e) = self.keep_pin().await {
-            self.error = Some(e);
+            self.error = Some(e.to_string());
         }
     }
 

@@ -274,7 +274,7 @@ async fn query_on(
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(CapabilityError::Invalid)?;
+        .map_err(|e| CapabilityError::Invalid(e.to_string()))?;
     Ok(Rows { columns, rows })
 }
 

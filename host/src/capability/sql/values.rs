@@ -91,10 +91,30 @@ fn is_text(t: &Type) -> bool {
     )
 }
 
+/// A column that cannot be handed to a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum ColumnError {
+    #[error("column {column} ({ty}): {source}")]
+    Read {
+        column: usize,
+        ty: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "column {column} has type `{ty}`, which jetplug does not convert; cast it in SQL (e.g. `::text`, `::float8`)"
+    )]
+    Unsupported { column: usize, ty: String },
+}
+
 /// Converts column `i` of `row` to a value.
-pub fn column(row: &Row, i: usize) -> Result<Value, String> {
+pub fn column(row: &Row, i: usize) -> Result<Value, ColumnError> {
     let ty = row.columns()[i].type_().clone();
-    let err = |e: tokio_postgres::Error| format!("column {i} ({ty}): {e}");
+    let err = |e: tokio_postgres::Error| ColumnError::Read {
+        column: i,
+        ty: ty.to_string(),
+        source: e,
+    };
     let v = match ty {
         Type::BOOL => row
             .try_get::<_, Option<bool>>(i)
@@ -141,9 +161,10 @@ pub fn column(row: &Row, i: usize) -> Result<Value, String> {
             .map_err(err)?
             .map(Value::Text),
         other => {
-            return Err(format!(
-                "column {i} has type `{other}`, which jetplug does not convert; cast it in SQL (e.g. `::text`, `::float8`)"
-            ));
+            return Err(ColumnError::Unsupported {
+                column: i,
+                ty: other.to_string(),
+            });
         }
     };
     Ok(v.unwrap_or(Value::Null))
