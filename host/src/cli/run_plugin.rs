@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::EXIT_BATCH_FAILED;
-use super::runner::RunnerArgs;
+use super::offline::RunnerArgs;
 use crate::authoring::input::{self, InputMessage};
 use crate::bindings::Decision;
 use crate::capability::{Backends, Grants};

@@ -13,7 +13,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::EXIT_BATCH_FAILED;
-use super::runner::{RunnerArgs, parse_key_value};
+use super::offline::{RunnerArgs, parse_key_value};
 use crate::authoring::expect::Outcome;
 use crate::authoring::input::{self, InputMessage};
 use crate::capability::{Backends, Grants};

@@ -8,12 +8,12 @@ mod grants;
 mod nats;
 mod pipeline;
 mod plugin;
+mod quantity;
 mod resources;
 pub mod secret;
 mod stream;
 mod telemetry;
 mod tenants;
-mod units;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -31,10 +31,10 @@ pub use pipeline::{
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
 pub use secret::Secret;
 
+pub use quantity::{Dur, Size};
 pub use resources::{BucketConfig, DatabaseConfig, SslMode, TenantConfig, TenantLimits};
 pub use stream::{Compression, Discard, Retention, Storage, StreamConfig};
 pub use telemetry::{OtlpProtocol, TelemetryConfig};
-pub use units::{Dur, Size};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]

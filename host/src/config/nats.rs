@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::quantity::Dur;
 use super::secret::Secret;
-use super::units::Dur;
 use std::time::Duration;
 
 /// Connection settings. Defaults suit a local server and never give up.

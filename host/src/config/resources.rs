@@ -3,9 +3,9 @@
 
 use serde::Deserialize;
 
+use super::quantity::{Dur, Size};
 use super::secret::Secret;
 use super::stream::Storage;
-use super::units::{Dur, Size};
 
 /// A PostgreSQL database plugins may be granted (`grants.sql = ["NAME"]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::units::{Dur, Size};
+use super::quantity::{Dur, Size};
 
 /// How long messages are kept and who may remove them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

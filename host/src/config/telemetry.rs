@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::Dur;
+use super::quantity::Dur;
 
 /// Trace export settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
