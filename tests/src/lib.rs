@@ -6,8 +6,11 @@
 //!   killable and restartable on its ports;
 //! - [`Postgres`]: a PostgreSQL cluster `initdb`-ed into a temporary directory
 //!   on a free port, stoppable and restartable;
-//! - [`plugins`]: paths of the components built from `plugins/`.
+//! - [`plugins`]: paths of the components built from `plugins/`;
+//! - [`rig`]: a host run in process against its own nats-server, and
+//!   [`caps`]: the test-capabilities plugin, for the library's tests.
 
+pub mod caps;
 mod certs;
 mod configs;
 mod host;
@@ -15,6 +18,7 @@ mod http;
 mod nats;
 mod ports;
 mod postgres;
+pub mod rig;
 
 pub use certs::{Issued, TestCa};
 pub use configs::noop_config;

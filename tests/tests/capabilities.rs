@@ -12,8 +12,6 @@ use jetplug::config::{BucketConfig, DatabaseConfig, Dur, Size, Storage};
 use jetplug::plugin::PluginInstance;
 use jetplug_tests::{NatsServer, Postgres};
 
-#[path = "support/caps.rs"]
-mod support;
 
 struct Rig {
     instance: PluginInstance,
@@ -63,7 +61,7 @@ impl Rig {
             sql_role: None,
         };
         Ok(Rig {
-            instance: support::caps(&support::runtime()?, grants, backends.clone())?,
+            instance: jetplug_tests::caps::caps(&jetplug_tests::caps::runtime()?, grants, backends.clone())?,
             backends,
             pg,
             nats,
@@ -73,7 +71,7 @@ impl Rig {
 
     /// Runs one command and returns the plugin's report.
     async fn ask(&mut self, payload: &str) -> anyhow::Result<String> {
-        support::ask(&mut self.instance, payload).await
+        jetplug_tests::caps::ask(&mut self.instance, payload).await
     }
 }
 
@@ -179,11 +177,11 @@ async fn a_component_built_against_wit_0_1_0_uses_sql() -> anyhow::Result<()> {
         },
         ..jetplug::plugin::PluginSpec::new("frozen", jetplug_tests::plugins::TEST_WIT_0_1_0)
     };
-    let plugin = jetplug::plugin::load_with(&support::runtime()?, spec, rig.backends.clone())?;
+    let plugin = jetplug::plugin::load_with(&jetplug_tests::caps::runtime()?, spec, rig.backends.clone())?;
     let mut frozen = PluginInstance::new(std::sync::Arc::new(plugin));
-    assert_eq!(support::ask(&mut frozen, "sql:main").await?, "ack");
+    assert_eq!(jetplug_tests::caps::ask(&mut frozen, "sql:main").await?, "ack");
     // An ungranted database is refused by the host: the plugin retries.
-    let missing = frozen.handle([support::msg("sql:nowhere")]).await?;
+    let missing = frozen.handle([jetplug_tests::caps::msg("sql:nowhere")]).await?;
     assert!(
         matches!(missing[..], [jetplug::Decision::Retry(_)]),
         "{missing:?}"

@@ -2,12 +2,9 @@
 //! streams are created and reconciled, and a host given the server list
 //! keeps consuming when the node leading its stream is killed.
 
-#[path = "engine/rig.rs"]
-mod rig;
-
 use jetplug::jetstream::streams::{self, Applied};
 use jetplug_tests::{NatsCluster, stream_leader};
-use rig::*;
+use jetplug_tests::rig::*;
 
 /// One cluster at a time: three nodes per test on a 2-core machine make
 /// parallel clusters slow enough to time out JetStream requests.

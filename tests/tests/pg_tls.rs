@@ -15,9 +15,7 @@ use jetplug::config::{DatabaseConfig, SslMode};
 use jetplug::engine::Runtime;
 use jetplug_tests::{Postgres, TestCa};
 
-#[path = "support/caps.rs"]
-mod support;
-use support::{ask, caps};
+use jetplug_tests::caps::{ask, caps};
 
 /// Runs `select … where ssl` through the plugin's `sql` capability on a
 /// database set up as `db`: `Ok("ok:1")` on an encrypted connection, the
@@ -51,7 +49,7 @@ async fn sslmodes_against_a_server_that_requires_tls() -> anyhow::Result<()> {
     // Issued for the address only: `localhost` is not its name.
     let server = ca.issue("pg", &["127.0.0.1"])?;
     let pg = Postgres::start_tls(&server).await?;
-    let runtime = support::runtime()?;
+    let runtime = jetplug_tests::caps::runtime()?;
     let by_ip = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
     let by_name = format!("postgres://postgres@localhost:{}/postgres", pg.port());
     let ca_file = ca.ca_file();

@@ -11,9 +11,7 @@ use jetplug::capability::{Backends, Grants};
 use jetplug::config::DatabaseConfig;
 use jetplug_tests::Postgres;
 
-#[path = "support/caps.rs"]
-mod support;
-use support::{ask, caps};
+use jetplug_tests::caps::{ask, caps};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_runs_under_its_role_and_cannot_leave_it() -> anyhow::Result<()> {
@@ -37,7 +35,7 @@ async fn a_plugin_runs_under_its_role_and_cannot_leave_it() -> anyhow::Result<()
         },
     )]);
     let backends = Backends::with_databases(&databases)?;
-    let runtime = support::runtime()?;
+    let runtime = jetplug_tests::caps::runtime()?;
     let load = |role: Option<&str>| {
         let grants = Grants {
             log: true,

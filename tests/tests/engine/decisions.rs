@@ -2,7 +2,7 @@
 //! retries wait, failures end in the dead-letter stream exactly once, long
 //! batches are kept alive, and bad messages are dead-lettered alone.
 
-use super::rig::*;
+use jetplug_tests::rig::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_reaches_jetstream() -> anyhow::Result<()> {

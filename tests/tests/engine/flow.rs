@@ -1,7 +1,7 @@
 //! Flow control: per-subject ordering, tenant ceilings, and a slow plugin
 //! bounding what the host holds.
 
-use super::rig::*;
+use jetplug_tests::rig::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_subject_ordering_keeps_each_subject_in_order() -> anyhow::Result<()> {

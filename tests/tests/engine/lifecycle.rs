@@ -1,7 +1,7 @@
 //! The host's life beside NATS: graceful shutdown, NATS down at start or
 //! restarted mid-stream, a deleted consumer, stream reconciliation.
 
-use super::rig::*;
+use jetplug_tests::rig::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_and_settles_in_flight_batches() -> anyhow::Result<()> {

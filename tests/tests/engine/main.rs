@@ -5,6 +5,5 @@
 mod decisions;
 mod flow;
 mod lifecycle;
-mod rig;
 mod stranded;
 mod tenants;

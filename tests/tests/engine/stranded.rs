@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use super::rig::*;
+use jetplug_tests::rig::*;
 
 /// A consumer made the way the host makes it, and one delivery taken by a
 /// "host" that then dies without settling it.

@@ -3,7 +3,7 @@
 //! slowed, and what each consumes shows per tenant in the metrics and in
 //! `GET /v1/tenants`.
 
-use super::rig::*;
+use jetplug_tests::rig::*;
 
 fn two_tenants(dir: &Path, url: &str, admin: &str) -> anyhow::Result<Config> {
     two_tenants_with(dir, url, admin, "max_messages_per_second = 50", "", "")

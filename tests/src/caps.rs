@@ -7,7 +7,7 @@ use jetplug::capability::{Backends, Grants};
 use jetplug::engine::{EngineSettings, Runtime};
 use jetplug::plugin::{self, PluginInstance, PluginSpec};
 use jetplug::{Decision, Message};
-use jetplug_tests::plugins;
+use crate::plugins;
 
 /// A message with `payload` (a command for the plugin).
 pub fn msg(payload: &str) -> Message {

@@ -1,7 +1,7 @@
-//! The prelude the engine tests share: a nats-server and a host started the
-//! same way (EVENTS and DLQ streams, one pipeline `main`), its stats, a
-//! JetStream context, and small readers of the streams.
-#![allow(dead_code, unused_imports)]
+//! The prelude the in-process host tests share (`use jetplug_tests::rig::*`):
+//! a nats-server and a host started the same way (EVENTS and DLQ streams,
+//! one pipeline `main`), its stats, a JetStream context, and small readers
+//! of the streams.
 
 pub use std::path::Path;
 pub use std::sync::Arc;
@@ -13,15 +13,15 @@ pub use futures::StreamExt;
 pub use jetplug::config::Config;
 pub use jetplug::host::{self, HostHandle};
 pub use jetplug::pipeline::Stats;
-pub use jetplug_tests::{NatsServer, eventually, plugins};
+pub use crate::{NatsServer, eventually, plugins};
 pub use tokio::task::JoinHandle;
 pub use tokio_util::sync::CancellationToken;
 
-pub(crate) const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A config with streams EVENTS (events.>) and DLQ (dlq.>), one pipeline
 /// `main` on EVENTS with `plugin`, and `extra` appended to the pipeline.
-pub(crate) fn config(dir: &Path, url: &str, plugin: &str, extra: &str) -> anyhow::Result<Config> {
+pub fn config(dir: &Path, url: &str, plugin: &str, extra: &str) -> anyhow::Result<Config> {
     let text = format!(
         r#"
 [nats]
@@ -62,13 +62,14 @@ backoff = {{ initial = "100ms", max = "1s" }}
     Ok(Config::load(&path)?)
 }
 
-pub(crate) struct RunningHost {
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) task: JoinHandle<Result<(), host::HostError>>,
-    pub(crate) handle: tokio::sync::oneshot::Receiver<HostHandle>,
+#[derive(Debug)]
+pub struct RunningHost {
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), host::HostError>>,
+    pub handle: tokio::sync::oneshot::Receiver<HostHandle>,
 }
 
-pub(crate) fn start(config: Config) -> RunningHost {
+pub fn start(config: Config) -> RunningHost {
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(host::run(config, shutdown.clone(), move |h| {
@@ -82,14 +83,14 @@ pub(crate) fn start(config: Config) -> RunningHost {
 }
 
 impl RunningHost {
-    pub(crate) async fn stats(&mut self) -> anyhow::Result<Arc<Stats>> {
+    pub async fn stats(&mut self) -> anyhow::Result<Arc<Stats>> {
         let h = tokio::time::timeout(WAIT, &mut self.handle)
             .await
             .context("host did not start")??;
         Ok(h.stats["main"].clone())
     }
 
-    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.task)
             .await
@@ -101,7 +102,7 @@ impl RunningHost {
 /// A nats-server and a host running `plugin` (with `extra` pipeline keys)
 /// on it: the server, the temp dir, the host, its stats and a JetStream
 /// context. Keep the server and dir bound until the test ends.
-pub(crate) async fn running(
+pub async fn running(
     plugin: &str,
     extra: &str,
 ) -> anyhow::Result<(
@@ -119,11 +120,11 @@ pub(crate) async fn running(
     Ok((nats, dir, host, stats, js))
 }
 
-pub(crate) async fn js(nats: &NatsServer) -> anyhow::Result<jetstream::Context> {
+pub async fn js(nats: &NatsServer) -> anyhow::Result<jetstream::Context> {
     Ok(jetstream::new(async_nats::connect(nats.url()).await?))
 }
 
-pub(crate) async fn publish(
+pub async fn publish(
     js: &jetstream::Context,
     subject: &str,
     payloads: &[&str],
@@ -136,7 +137,7 @@ pub(crate) async fn publish(
     Ok(())
 }
 
-pub(crate) async fn consumer(js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
+pub async fn consumer(js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
     js.get_stream("EVENTS")
         .await?
         .get_consumer("jetplug-main-EVENTS")
@@ -145,7 +146,7 @@ pub(crate) async fn consumer(js: &jetstream::Context) -> anyhow::Result<PullCons
 }
 
 /// All messages of the stream are settled: nothing pending, nothing unacked.
-pub(crate) async fn all_settled(js: &jetstream::Context, total: u64) -> anyhow::Result<bool> {
+pub async fn all_settled(js: &jetstream::Context, total: u64) -> anyhow::Result<bool> {
     let mut c = consumer(js).await?;
     let info = c.info().await?;
     Ok(info.num_pending == 0
@@ -153,7 +154,7 @@ pub(crate) async fn all_settled(js: &jetstream::Context, total: u64) -> anyhow::
         && info.delivered.stream_sequence >= total)
 }
 
-pub(crate) async fn dlq_messages(
+pub async fn dlq_messages(
     js: &jetstream::Context,
 ) -> anyhow::Result<Vec<async_nats::jetstream::message::StreamMessage>> {
     let mut s = js.get_stream("DLQ").await?;
@@ -165,7 +166,7 @@ pub(crate) async fn dlq_messages(
     Ok(out)
 }
 
-pub(crate) fn header<'a>(
+pub fn header<'a>(
     m: &'a async_nats::jetstream::message::StreamMessage,
     name: &str,
 ) -> &'a str {
