@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use crate::plugins;
 use jetplug::capability::{Backends, Grants};
 use jetplug::engine::{EngineSettings, Runtime};
 use jetplug::plugin::{self, PluginInstance, PluginSpec};
 use jetplug::{Decision, Message};
-use crate::plugins;
 
 /// A message with `payload` (a command for the plugin).
 pub fn msg(payload: &str) -> Message {

@@ -7,13 +7,13 @@ pub use std::path::Path;
 pub use std::sync::Arc;
 pub use std::time::{Duration, Instant};
 
+pub use crate::{NatsServer, eventually, plugins};
 pub use anyhow::Context as _;
 pub use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 pub use futures::StreamExt;
 pub use jetplug::config::Config;
 pub use jetplug::host::{self, HostHandle};
 pub use jetplug::pipeline::Stats;
-pub use crate::{NatsServer, eventually, plugins};
 pub use tokio::task::JoinHandle;
 pub use tokio_util::sync::CancellationToken;
 
@@ -166,9 +166,6 @@ pub async fn dlq_messages(
     Ok(out)
 }
 
-pub fn header<'a>(
-    m: &'a async_nats::jetstream::message::StreamMessage,
-    name: &str,
-) -> &'a str {
+pub fn header<'a>(m: &'a async_nats::jetstream::message::StreamMessage, name: &str) -> &'a str {
     m.headers.get(name).map(|v| v.as_str()).unwrap_or("")
 }

@@ -12,7 +12,6 @@ use jetplug::config::{BucketConfig, DatabaseConfig, Dur, Size, Storage};
 use jetplug::plugin::PluginInstance;
 use jetplug_tests::{NatsServer, Postgres};
 
-
 struct Rig {
     instance: PluginInstance,
     backends: std::sync::Arc<Backends>,
@@ -61,7 +60,11 @@ impl Rig {
             sql_role: None,
         };
         Ok(Rig {
-            instance: jetplug_tests::caps::caps(&jetplug_tests::caps::runtime()?, grants, backends.clone())?,
+            instance: jetplug_tests::caps::caps(
+                &jetplug_tests::caps::runtime()?,
+                grants,
+                backends.clone(),
+            )?,
             backends,
             pg,
             nats,
@@ -177,11 +180,17 @@ async fn a_component_built_against_wit_0_1_0_uses_sql() -> anyhow::Result<()> {
         },
         ..jetplug::plugin::PluginSpec::new("frozen", jetplug_tests::plugins::TEST_WIT_0_1_0)
     };
-    let plugin = jetplug::plugin::load_with(&jetplug_tests::caps::runtime()?, spec, rig.backends.clone())?;
+    let plugin =
+        jetplug::plugin::load_with(&jetplug_tests::caps::runtime()?, spec, rig.backends.clone())?;
     let mut frozen = PluginInstance::new(std::sync::Arc::new(plugin));
-    assert_eq!(jetplug_tests::caps::ask(&mut frozen, "sql:main").await?, "ack");
+    assert_eq!(
+        jetplug_tests::caps::ask(&mut frozen, "sql:main").await?,
+        "ack"
+    );
     // An ungranted database is refused by the host: the plugin retries.
-    let missing = frozen.handle([jetplug_tests::caps::msg("sql:nowhere")]).await?;
+    let missing = frozen
+        .handle([jetplug_tests::caps::msg("sql:nowhere")])
+        .await?;
     assert!(
         matches!(missing[..], [jetplug::Decision::Retry(_)]),
         "{missing:?}"

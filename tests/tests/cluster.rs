@@ -3,8 +3,8 @@
 //! keeps consuming when the node leading its stream is killed.
 
 use jetplug::jetstream::streams::{self, Applied};
-use jetplug_tests::{NatsCluster, stream_leader};
 use jetplug_tests::rig::*;
+use jetplug_tests::{NatsCluster, stream_leader};
 
 /// One cluster at a time: three nodes per test on a 2-core machine make
 /// parallel clusters slow enough to time out JetStream requests.
