@@ -302,7 +302,10 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
         Ok(http_get(&addr, "/metrics")
             .await?
             .1
-            .contains(r#"jetplug_messages_total{tenant="default",plugin="noop",pipeline="main",outcome="ack"} 3"#))
+            .contains(r#"jetplug_messages_total{tenant="default",plugin="noop",pipeline="main",outcome="ack"} 3"#)
+            && http_get(&addr, "/metrics").await?.1.contains(
+                r#"jetplug_messages_total{tenant="default",plugin="noop",pipeline="main",outcome="dead_letter"} 1"#,
+            ))
     })
     .await?;
     let (_, m) = http_get(&addr, "/metrics").await?;
