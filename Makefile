@@ -28,9 +28,9 @@ demo-offline: plugins build
 test: setup plugins
 	cargo test
 
-## bench: `jetplug-bench` (release build, the bench crate) against its own nats-server and PostgreSQL.
+## bench: `jetplug-bench` (release build, the bench crate) against its own nats-server, cluster and PostgreSQL.
 bench: setup plugins
-	cargo build --release -p jetplug -p jetplug-bench
+	cargo build --release -p jetplug -p jetplug-bench -p jetplug-tests --bins
 	scripts/bench.sh $(BENCH_ARGS)
 
 ## setup: wasm32-wasip2 target, nats-server, PostgreSQL (idempotent).

@@ -30,23 +30,18 @@ for port in 4222 4223 4224; do
   fi
 done
 
-say "starting a 3-node JetStream cluster on 4222/4223/4224 (store: .local/demo-cluster/n*)"
-routes="nats-route://127.0.0.1:6222,nats-route://127.0.0.1:6223,nats-route://127.0.0.1:6224"
-declare -A node_pid
-start_node() {
-  local n=$1 port=$((4221 + $1))
-  nats-server -c "$(nats_conf "$demo/n$n")" -n "n$n" -a 127.0.0.1 -p "$port" -m "$((8221 + n))" \
-    --cluster_name aivo --cluster "nats://127.0.0.1:$((6221 + n))" --routes "$routes" \
-    >>"$demo/n$n.log" 2>&1 &
-  node_pid[$n]=$!
-  service_pids+=($!)
-  disown "$!"  # no "Killed" notice when the demo kills it
-}
-for n in 1 2 3; do start_node "$n"; done
-healthy() { (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && grep -q '200 OK' <&3) 2>/dev/null; }
-for _ in $(seq 300); do healthy 8222 && healthy 8223 && healthy 8224 && break; sleep 0.1; done
-
-start_postgres
+say "starting a 3-node JetStream cluster on 4222/4223/4224 (store: .local/demo-cluster/cluster/n*)"
+servers=(--cluster 4222,4223,4224 --cluster-monitor 8222,8223,8224 --cluster-routes 6222,6223,6224
+  --cluster-name aivo --first-node 1)
+if listening 54321; then
+  say "PostgreSQL: already running on 54321, reusing it"
+else
+  say "starting PostgreSQL on 54321 (data: .local/demo-cluster/pg)"
+  servers+=(--postgres 54321)
+fi
+start_servers "$demo" "${servers[@]}"
+read -r -a pids <<<"$CLUSTER_PIDS"
+declare -A node_pid=([1]="${pids[0]}" [2]="${pids[1]}" [3]="${pids[2]}")
 say "jetplug streams apply (five streams, three replicas each)"
 for _ in $(seq 50); do "$jetplug" streams apply --config "$config" >"$demo/streams.log" 2>&1 && break; sleep 0.2; done
 cat "$demo/streams.log"
@@ -89,7 +84,7 @@ sleep "$(( count / rate / 3 + 1 ))"
 victim=$(leader_of LEARNING)
 if [ "$victim" != "none" ]; then
   say "SIGKILL node $victim (it leads LEARNING) mid-run"
-  kill -KILL "${node_pid[${victim#n}]}"
+  kill -KILL "${node_pid[${victim#n}]}" 2>/dev/null || true
 fi
 wait "$publisher"
 

@@ -1,14 +1,18 @@
 # Shared by scripts/demo.sh and scripts/demo-cluster.sh (sourced, not run):
-# PostgreSQL on 54321, the expected results of `jetplug publish` traffic,
-# the summary and its check. Callers set: root, demo (work dir), config,
-# jetplug; and call `trap cleanup EXIT`.
+# the servers (scripts/servers.sh), the expected results of `jetplug
+# publish` traffic, the summary and its check. Callers set: root, demo
+# (work dir), config, jetplug; and call `trap cleanup EXIT`.
+
+# shellcheck source=scripts/servers.sh
+source "$root/scripts/servers.sh"
+# PostgreSQL runs as `postgres` when the demo runs as root: it must reach
+# its data under .local.
+if [ "$(id -u)" -eq 0 ]; then chmod 755 "$root/.local" "$demo"; fi
 
 say() { printf '\n== %s\n' "$*"; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 host_pids=()     # jetplug run processes: SIGTERM, then wait
-service_pids=()  # nats-server processes this script started: SIGTERM
-pg_started=0
 
 cleanup() {
   local status=$?
@@ -21,10 +25,7 @@ cleanup() {
   for pid in "${host_pids[@]}"; do
     if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; wait "$pid" || true; fi
   done
-  for pid in "${service_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  if [ "$pg_started" -eq 1 ]; then
-    kill -INT "$(head -1 "$demo/pg/data/postmaster.pid" 2>/dev/null)" 2>/dev/null || true
-  fi
+  stop_servers
 }
 
 # Waits until host $1 (a pid) logs `consuming` for $3 consumers in log $2.
@@ -46,41 +47,7 @@ wait_consuming() {
   exit 1
 }
 
-# A nats-server config file for store dir $1: JetStream limits generous
-# enough for the AIVO streams, whose max_bytes (42 GB in all) JetStream
-# reserves against the server's limit — by default 75% of the free disk,
-# which a CI machine may not have ("insufficient storage resources").
-# Writes DIR/server.conf and prints its path.
-nats_conf() {
-  mkdir -p "$1"
-  printf 'jetstream {\n  store_dir: "%s"\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}\n' "$1" >"$1/server.conf"
-  echo "$1/server.conf"
-}
-
 sql() { psql -h 127.0.0.1 -p 54321 -U postgres -Atc "$1" 2>/dev/null; }
-
-# PostgreSQL on 54321 under $demo/pg, unless one is already running there.
-start_postgres() {
-  local pg_bin
-  pg_bin="$(dirname "$(command -v postgres 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/postgres | sort -V | tail -1)")"
-  as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
-  if listening 54321; then
-    say "PostgreSQL: already running on 54321, reusing it"
-    return
-  fi
-  say "starting PostgreSQL on 54321 (data: ${demo#"$root"/}/pg)"
-  mkdir -p "$demo/pg/run"
-  if [ ! -f "$demo/pg/data/PG_VERSION" ]; then
-    mkdir -p "$demo/pg/data"
-    [ "$(id -u)" -eq 0 ] && chown -R postgres: "$demo/pg" && chmod 755 "$root/.local" "$demo"
-    as_pg "$pg_bin/initdb" -D "$demo/pg/data" -U postgres -A trust -E UTF8 --no-instructions >"$demo/initdb.log"
-  fi
-  [ "$(id -u)" -eq 0 ] && chown -R postgres: "$demo/pg"
-  as_pg "$pg_bin/postgres" -D "$demo/pg/data" -p 54321 -k "$demo/pg/run" -c listen_addresses=127.0.0.1 \
-    >"$demo/pg.log" 2>&1 &
-  pg_started=1
-  for _ in $(seq 100); do sql 'select 1' >/dev/null && break; sleep 0.1; done
-}
 
 # Dead letters in the DLQ stream (nothing when the stream does not exist yet).
 dead_letters() {

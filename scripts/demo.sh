@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the AIVO topology end to end on this machine.
 # Starts nats-server (4222) and PostgreSQL (54321) under .local/demo unless
-# they are already running, runs the host with examples/aivo/jetplug.toml,
+# they are already running (through jetplug-servers, the tests' launchers), runs the host with examples/aivo/jetplug.toml,
 # publishes sample traffic (2% malformed), prints a summary and checks it
 # against what the traffic must produce (exit 1 if not), then stops the
 # host and the services it started.
@@ -20,15 +20,22 @@ mkdir -p "$demo"
 source "$root/scripts/demo-lib.sh"
 trap cleanup EXIT
 
+# What is not already running starts through jetplug-servers (the tests'
+# launchers); its data stays under .local/demo between runs.
+servers=()
 if listening 4222; then
   say "nats-server: already running on 4222, reusing it"
 else
   say "starting nats-server on 4222 (store: .local/demo/nats)"
-  nats-server -c "$(nats_conf "$demo/nats")" -a 127.0.0.1 -p 4222 >"$demo/nats.log" 2>&1 &
-  service_pids+=($!)
-  for _ in $(seq 50); do listening 4222 && break; sleep 0.1; done
+  servers+=(--nats 4222)
 fi
-start_postgres
+if listening 54321; then
+  say "PostgreSQL: already running on 54321, reusing it"
+else
+  say "starting PostgreSQL on 54321 (data: .local/demo/pg)"
+  servers+=(--postgres 54321)
+fi
+[ "${#servers[@]}" -eq 0 ] || start_servers "$demo" "${servers[@]}"
 baseline
 
 say "jetplug check"

@@ -24,13 +24,36 @@ pub use certs::{Issued, TestCa};
 pub use configs::noop_config;
 pub use host::HostProcess;
 pub use http::{http_get, http_get_with, wait_ready};
-pub use nats::{NatsCluster, NatsServer, stream_leader};
+pub use nats::{ClusterPlace, NatsCluster, NatsServer, stream_leader};
 pub use ports::free_port;
 pub use postgres::{Postgres, scalar};
 
 /// Paths of the test and shipped plugins, built by this crate's build script.
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+/// Where a server keeps its files: a temporary directory removed on drop
+/// (tests), or a directory that stays (the demo's data across runs).
+#[derive(Debug)]
+pub(crate) enum Home {
+    Temp(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl Home {
+    pub(crate) fn temp(prefix: &str) -> anyhow::Result<Home> {
+        Ok(Home::Temp(
+            tempfile::Builder::new().prefix(prefix).tempdir()?,
+        ))
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        match self {
+            Home::Temp(t) => t.path(),
+            Home::Kept(p) => p,
+        }
+    }
 }
 
 /// Polls `check` every 50 ms until it returns true; fails with `what` after `timeout`.

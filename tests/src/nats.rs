@@ -3,17 +3,16 @@
 //! own ports and store, can be killed (SIGKILL, as in a crash) and restarted
 //! on the same ports with the same store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::{find_program, free_port};
+use crate::{Home, find_program, free_port};
 
 /// One nats-server process: its ports, store directory and config.
 #[derive(Debug)]
@@ -28,12 +27,12 @@ struct Node {
 }
 
 impl Node {
-    fn new(dir: PathBuf, port: u16, extra: String) -> anyhow::Result<Self> {
+    fn new(dir: PathBuf, port: u16, monitor_port: u16, extra: String) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         Ok(Node {
             child: None,
             port,
-            monitor_port: free_port()?,
+            monitor_port,
             dir,
             extra,
             binary: find_program("NATS_SERVER_BIN", "nats-server", &[])?,
@@ -53,6 +52,29 @@ impl Node {
             child.kill().await.context("kill nats-server")?;
         }
         Ok(())
+    }
+
+    /// SIGTERM (the server flushes its store), SIGKILL after 10 s.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                child.kill().await.context("kill nats-server")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// Starts the process (without waiting for it to be ready).
@@ -117,7 +139,7 @@ impl Node {
 #[derive(Debug)]
 pub struct NatsServer {
     node: Node,
-    _store: TempDir,
+    _store: Home,
 }
 
 impl NatsServer {
@@ -129,8 +151,24 @@ impl NatsServer {
     /// Starts a server with `extra` lines in its configuration (an
     /// `authorization` or `tls` block, say).
     pub async fn start_with(extra: &str) -> anyhow::Result<Self> {
-        let store = tempfile::Builder::new().prefix("jetplug-nats-").tempdir()?;
-        let mut node = Node::new(store.path().to_path_buf(), free_port()?, extra.to_owned())?;
+        let store = Home::temp("jetplug-nats-")?;
+        let node = Node::new(
+            store.path().to_path_buf(),
+            free_port()?,
+            free_port()?,
+            extra.to_owned(),
+        )?;
+        Self::run(node, store).await
+    }
+
+    /// A server on `port` (0: a free port) whose store stays in `dir`.
+    pub async fn start_at(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let port = if port == 0 { free_port()? } else { port };
+        let node = Node::new(dir.to_path_buf(), port, free_port()?, String::new())?;
+        Self::run(node, Home::Kept(dir.to_path_buf())).await
+    }
+
+    async fn run(mut node: Node, store: Home) -> anyhow::Result<Self> {
         node.spawn()?;
         node.wait_ready(Duration::from_secs(20)).await?;
         Ok(NatsServer {
@@ -157,6 +195,16 @@ impl NatsServer {
         self.node.kill().await
     }
 
+    /// SIGTERM: a clean shutdown.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.node.stop().await
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.node.pid()
+    }
+
     /// Starts the server again on the same port with the same store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.node.kill().await?;
@@ -168,10 +216,25 @@ impl NatsServer {
 /// A 3-node JetStream cluster on loopback: client, monitoring and route
 /// ports are free ports, each node has its own store under one temporary
 /// directory (removed on drop). Nodes are named `n0`, `n1`, `n2`.
+/// [`NatsCluster::start_at`] sets ports, names and a store that stays.
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<Node>,
-    _dir: TempDir,
+    first: usize,
+    _dir: Home,
+}
+
+/// Where [`NatsCluster::start_at`] puts a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterPlace {
+    /// Nodes' stores go in `dir/n{i}`, kept after the cluster stops.
+    pub dir: PathBuf,
+    /// The cluster's name.
+    pub name: String,
+    /// Nodes are named `n{first}`, `n{first+1}`, `n{first+2}`.
+    pub first: usize,
+    /// Client, monitoring and route port of each node (0: a free port).
+    pub ports: [[u16; 3]; 3],
 }
 
 impl NatsCluster {
@@ -190,33 +253,67 @@ impl NatsCluster {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("the cluster did not start")))
     }
 
+    /// A cluster placed as `place` says; waits as [`NatsCluster::start`].
+    pub async fn start_at(place: &ClusterPlace) -> anyhow::Result<Self> {
+        Self::launch(
+            Home::Kept(place.dir.clone()),
+            &place.name,
+            place.first,
+            place.ports,
+        )
+        .await
+    }
+
     async fn try_start() -> anyhow::Result<Self> {
-        const N: usize = 3;
-        let dir = tempfile::Builder::new()
-            .prefix("jetplug-cluster-")
-            .tempdir()?;
-        let routes: Vec<u16> = (0..N).map(|_| free_port()).collect::<Result<_, _>>()?;
-        let route_urls = routes
+        Self::launch(
+            Home::temp("jetplug-cluster-")?,
+            "jetplug-test",
+            0,
+            [[0; 3]; 3],
+        )
+        .await
+    }
+
+    async fn launch(
+        dir: Home,
+        name: &str,
+        first: usize,
+        ports: [[u16; 3]; 3],
+    ) -> anyhow::Result<Self> {
+        let pick = |p: u16| if p == 0 { free_port() } else { Ok(p) };
+        let mut chosen = [[0u16; 3]; 3];
+        for (c, p) in chosen.iter_mut().zip(ports) {
+            for (c, p) in c.iter_mut().zip(p) {
+                *c = pick(p)?;
+            }
+        }
+        let route_urls = chosen
             .iter()
-            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .map(|[_, _, route]| format!("\"nats-route://127.0.0.1:{route}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut nodes = Vec::with_capacity(N);
-        for (i, route) in routes.iter().enumerate() {
+        let mut nodes = Vec::with_capacity(chosen.len());
+        for (i, [client, monitor, route]) in chosen.iter().enumerate() {
+            let n = first + i;
             let extra = format!(
-                "server_name: n{i}\ncluster {{\n  name: jetplug-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{route_urls}]\n}}\n"
+                "server_name: n{n}\ncluster {{\n  name: {name}\n  listen: \"127.0.0.1:{route}\"\n  routes: [{route_urls}]\n}}\n"
             );
             nodes.push(Node::new(
-                dir.path().join(format!("n{i}")),
-                free_port()?,
+                dir.path().join(format!("n{n}")),
+                *client,
+                *monitor,
                 extra,
             )?);
         }
         for node in &mut nodes {
             node.spawn()?;
         }
-        let mut cluster = NatsCluster { nodes, _dir: dir };
-        for i in 0..N {
+        let mut cluster = NatsCluster {
+            nodes,
+            first,
+            _dir: dir,
+        };
+        for i in 0..cluster.nodes.len() {
             cluster.nodes[i].wait_ready(Duration::from_secs(20)).await?;
         }
         cluster.wait_meta_leader().await?;
@@ -237,9 +334,23 @@ impl NatsCluster {
         self.nodes[i].url()
     }
 
-    /// Node `i`'s server name (`n{i}`), as JetStream reports leaders.
+    /// Node `i`'s server name (`n{i}` for [`NatsCluster::start`]), as
+    /// JetStream reports leaders.
     pub fn name(&self, i: usize) -> String {
-        format!("n{i}")
+        format!("n{}", self.first + i)
+    }
+
+    /// Node `i`'s process id while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].pid()
+    }
+
+    /// SIGTERM every node (clean shutdown).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            node.stop().await?;
+        }
+        Ok(())
     }
 
     /// The index of the node named `name` (`n0`..`n2`).

@@ -9,18 +9,19 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::{find_program, free_port};
+use crate::{Home, find_program, free_port};
 
 /// A PostgreSQL server on a free port with a fresh cluster in a temporary
-/// directory. Stopped (fast shutdown) and removed on drop.
+/// directory ([`Postgres::start`]; removed on drop), or on a given port
+/// with a cluster kept in a given directory ([`Postgres::start_at`], for
+/// the demo). Stopped (fast shutdown) on drop.
 #[derive(Debug)]
 pub struct Postgres {
     child: Option<Child>,
     port: u16,
-    dir: TempDir,
+    dir: Home,
     bin: PathBuf,
     run_as: Option<String>,
     /// TCP connections must use TLS (`hostssl`); the test's own client
@@ -31,33 +32,49 @@ pub struct Postgres {
 impl Postgres {
     /// Runs `initdb`, starts the server and waits until it accepts queries.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_inner(None).await
+        let dir = Home::temp("jetplug-pg-")?;
+        Self::start_inner(dir, free_port()?, None).await
+    }
+
+    /// A server on `port` (0: a free port) whose cluster lives in `dir` (`dir/data`):
+    /// `initdb` runs only when there is none yet, and the data stays
+    /// after the server stops.
+    pub async fn start_at(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let port = if port == 0 { free_port()? } else { port };
+        Self::start_inner(Home::Kept(dir.to_path_buf()), port, None).await
     }
 
     /// A server with `ssl = on` presenting `server` (certificate and key),
     /// accepting TCP connections only over TLS; [`Postgres::connect`] uses
     /// the Unix socket.
     pub async fn start_tls(server: &crate::Issued) -> anyhow::Result<Self> {
-        Self::start_inner(Some(server)).await
+        let dir = Home::temp("jetplug-pg-")?;
+        Self::start_inner(dir, free_port()?, Some(server)).await
     }
 
-    async fn start_inner(tls: Option<&crate::Issued>) -> anyhow::Result<Self> {
+    async fn start_inner(
+        dir: Home,
+        port: u16,
+        tls: Option<&crate::Issued>,
+    ) -> anyhow::Result<Self> {
         let bin = find_program("PG_BIN", "postgres", &debian_bin_dirs())?
             .parent()
             .map(Path::to_path_buf)
             .context("postgres binary has no directory")?;
         let run_as = is_root().then(|| "postgres".to_owned());
-        let dir = tempfile::Builder::new().prefix("jetplug-pg-").tempdir()?;
         let pg = Postgres {
             child: None,
-            port: free_port()?,
+            port,
             dir,
             bin,
             run_as,
             tls: tls.is_some(),
         };
         pg.prepare_dirs()?;
-        pg.initdb().await?;
+        if !pg.data().join("PG_VERSION").is_file() {
+            pg.initdb().await?;
+        }
         if let Some(server) = tls {
             pg.enable_tls(server)?;
         }
@@ -129,7 +146,7 @@ impl Postgres {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))?;
         for sub in ["data", "run"] {
-            std::fs::create_dir(self.dir.path().join(sub))?;
+            std::fs::create_dir_all(self.dir.path().join(sub))?;
         }
         if let Some(user) = &self.run_as {
             let status = std::process::Command::new("chown")
@@ -232,7 +249,12 @@ impl Postgres {
             .arg("-k")
             .arg(self.dir.path().join("run"))
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            // A throwaway cluster need not survive a power cut; one that
+            // stays (the demo's, the bench's) keeps PostgreSQL's defaults.
+            .args(match self.dir {
+                Home::Temp(_) => &["-c", "fsync=off", "-c", "full_page_writes=off"][..],
+                Home::Kept(_) => &[][..],
+            })
             .args(["-c", "max_connections=200"])
             .stdout(Stdio::null())
             .stderr(log)
