@@ -342,22 +342,7 @@ pub fn bar(n: u64, what: &str) -> indicatif::ProgressBar {
 /// else the `jetplug` next to this executable (cargo puts both in
 /// `target/<profile>/`).
 pub fn host_binary() -> anyhow::Result<std::path::PathBuf> {
-    if let Some(path) = std::env::var_os("JETPLUG_BIN") {
-        return Ok(path.into());
-    }
-    let me = std::env::current_exe().context("cannot find this executable")?;
-    let dir = me.parent().context("this executable has no directory")?;
-    // Tests run from target/<profile>/deps/.
-    for d in [Some(dir), dir.parent()].into_iter().flatten() {
-        let candidate = d.join("jetplug");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    anyhow::bail!(
-        "no `jetplug` binary next to {} (build it: cargo build --release -p jetplug, or set JETPLUG_BIN)",
-        me.display()
-    )
+    jetplug_tests::jetplug_binary()
 }
 
 #[cfg(test)]

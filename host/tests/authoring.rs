@@ -11,13 +11,7 @@ use jetplug_tests::{output_text, plugins};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn jetplug(args: &[&str], cache: &Path) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_jetplug"))
-        .args(args)
-        .env("JETPLUG_CACHE_DIR", cache)
-        .output()
-}
-
+use jetplug_tests::jetplug_cached as jetplug;
 /// Runs `cmd`, failing with its output when it does not succeed.
 fn run(cmd: &mut Command) -> Result<Output, Box<dyn std::error::Error>> {
     let out = cmd.output()?;

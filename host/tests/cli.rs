@@ -2,19 +2,13 @@
 //! components and JSONL files.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use jetplug_tests::{output_text, plugins};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn jetplug(args: &[&str], cache: &Path) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_jetplug"))
-        .args(args)
-        .env("JETPLUG_CACHE_DIR", cache)
-        .output()
-}
-
+use jetplug_tests::jetplug_cached as jetplug;
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -6,16 +6,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug_tests::{NatsServer, eventually, http_get, noop_config, plugins};
+use jetplug_tests::{NatsServer, TestConfig, eventually, http_get, noop_config, plugins};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn jetplug(args: &[&str]) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_jetplug"))
-        .args(args)
-        .output()
-}
-
+use jetplug_tests::jetplug;
 use jetplug_tests::output_text as text;
 
 /// `jetplug replay --config CONFIG --pipeline PIPELINE RANGE...`.
@@ -39,7 +34,7 @@ async fn publish(url: &str, n: usize) -> anyhow::Result<jetstream::Context> {
 async fn check_validates_without_connecting() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Nothing listens on port 1: check must not try.
-    let config = noop_config(dir.path(), "nats://127.0.0.1:1", "")?;
+    let config = noop_config(dir.path(), "nats://127.0.0.1:1")?;
     let out = jetplug(&["check", "--config", &config])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -48,23 +43,17 @@ async fn check_validates_without_connecting() -> anyhow::Result<()> {
         text(&out)
     );
 
-    let bad = noop_config(
-        dir.path(),
-        "nats://127.0.0.1:1",
-        "retention = \"sometimes\"",
-    )?;
+    let bad = TestConfig::noop(dir.path(), "nats://127.0.0.1:1")
+        .set("stream.EVENTS", "retention", "sometimes")
+        .file_in(dir.path())?;
     let out = jetplug(&["check", "--config", &bad])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("stream[0].retention"), "{}", text(&out));
 
     // A plugin whose init fails: named, and its reason said once.
-    let good = noop_config(dir.path(), "nats://127.0.0.1:1", "")?;
-    let text_of = std::fs::read_to_string(&good)?.replace(
-        "[plugin.noop]",
-        "[plugin.noop]\nconfig = { fail_init = \"no table given\" }",
-    );
-    let failing = dir.path().join("failing.toml");
-    std::fs::write(&failing, text_of)?;
+    let failing = TestConfig::noop(dir.path(), "nats://127.0.0.1:1")
+        .set("plugin.noop.config", "fail_init", "no table given")
+        .write(&dir.path().join("failing.toml"))?;
     let out = jetplug(&["check", "--config", &failing.display().to_string()])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
@@ -80,7 +69,9 @@ async fn check_validates_without_connecting() -> anyhow::Result<()> {
 async fn streams_diff_and_apply() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "max_age = \"1h\"")?;
+    let config = TestConfig::noop(dir.path(), &nats.url())
+        .set("stream.EVENTS", "max_age", "1h")
+        .file_in(dir.path())?;
     let out = jetplug(&["streams", "diff", "--config", &config])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("+ EVENTS: create"), "{}", text(&out));
@@ -94,7 +85,9 @@ async fn streams_diff_and_apply() -> anyhow::Result<()> {
 
     let out = jetplug(&["streams", "apply", "--config", &config])?;
     assert!(out.status.success(), "{}", text(&out));
-    let config = noop_config(dir.path(), &nats.url(), "max_age = \"2h\"")?;
+    let config = TestConfig::noop(dir.path(), &nats.url())
+        .set("stream.EVENTS", "max_age", "2h")
+        .file_in(dir.path())?;
     let out = jetplug(&["streams", "diff", "--config", &config])?;
     assert!(
         text(&out).contains("~ EVENTS: update") && text(&out).contains("max_age: 1h -> 2h"),
@@ -115,7 +108,9 @@ async fn streams_diff_and_apply() -> anyhow::Result<()> {
 async fn replay_runs_history_and_names_a_start_below_retention() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "max_messages = 8")?;
+    let config = TestConfig::noop(dir.path(), &nats.url())
+        .set("stream.EVENTS", "max_messages", 8)
+        .file_in(dir.path())?;
     assert!(
         jetplug(&["streams", "apply", "--config", &config])?
             .status
@@ -161,7 +156,7 @@ async fn replay_runs_history_and_names_a_start_below_retention() -> anyhow::Resu
 async fn run_consumes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url())?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_jetplug"))
         .args(["run", "--config", &config])
         .stdout(Stdio::null())
@@ -196,7 +191,7 @@ async fn run_consumes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
 async fn dlq_list_and_redrive_return_messages_to_their_subjects() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url())?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let host = tokio::spawn(jetplug::host::run(
         jetplug::config::Config::load(Path::new(&config))?,
@@ -277,7 +272,7 @@ async fn dlq_list_and_redrive_return_messages_to_their_subjects() -> anyhow::Res
 async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url())?;
     let addr = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
     let mut cfg = jetplug::config::Config::load(Path::new(&config))?;
     cfg.admin.address = Some(jetplug::config::AdminAddr(addr.parse()?));
@@ -355,7 +350,7 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
 async fn publish_retries_through_outages_but_names_a_missing_stream() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url())?;
     let out = jetplug(&["streams", "apply", "--config", &config])?;
     assert!(out.status.success(), "{}", text(&out));
     let out = jetplug(&[

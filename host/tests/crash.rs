@@ -7,41 +7,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug_tests::{NatsServer, Postgres, eventually, plugins};
+use jetplug_tests::{NatsServer, Postgres, TestConfig, eventually, plugins};
 
 const WAIT: Duration = Duration::from_secs(90);
 
 /// The AIVO example pointed at this test's servers and plugins.
 fn aivo_config(dir: &Path, nats: &NatsServer, pg: &Postgres) -> anyhow::Result<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = std::fs::read_to_string(root.join("examples/aivo/jetplug.toml"))?
-        .replace("nats://127.0.0.1:4222", &nats.url())
-        .replace("postgres://postgres@127.0.0.1:54321/postgres", &pg.url())
-        .replace(
-            "../../target/plugins/wasm32-wasip2/release/postgres_indexer.wasm",
-            plugins::POSTGRES_INDEXER,
+    let mut config = TestConfig::from_file(&root.join("examples/aivo/jetplug.toml"))?
+        .set("nats", "url", nats.url())
+        .set("database.events", "url", pg.url())
+        .set(
+            "engine",
+            "cache_dir",
+            dir.join("cache").display().to_string(),
         )
-        .replace(
-            "../../target/plugins/wasm32-wasip2/release/analytics_aggregator.wasm",
-            plugins::ANALYTICS_AGGREGATOR,
-        )
-        .replace(
-            "../../target/plugins/wasm32-wasip2/release/dlq_router.wasm",
-            plugins::DLQ_ROUTER,
-        )
-        // Redeliver what the killed host held after 3 s rather than 30 s.
-        .replace("max_deliver = ", "ack_wait = \"3s\"\nmax_deliver = ")
-        + &format!(
-            "\n[engine]\ncache_dir = {:?}\n",
-            dir.join("cache").display().to_string()
-        );
-    let path = dir.join("jetplug.toml");
-    std::fs::write(&path, text)?;
+        .plugin("indexer", plugins::POSTGRES_INDEXER)
+        .plugin("aggregator", plugins::ANALYTICS_AGGREGATOR)
+        .plugin("dlq-router", plugins::DLQ_ROUTER);
+    // Redeliver what the killed host held after 3 s rather than 30 s.
+    for p in config.pipelines() {
+        config = config.set(&format!("pipeline.{p}"), "ack_wait", "3s");
+    }
+    let path = config.write_in(dir)?;
     Ok(path.display().to_string())
 }
 
 fn host(config: &str, log: &Path) -> anyhow::Result<Child> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_jetplug"))
+    Ok(jetplug_tests::jetplug_cmd()?
         .args(["run", "--config", config])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use jetplug::config::Config;
-use jetplug_tests::{NatsServer, Postgres, eventually, noop_config, output_text};
+use jetplug_tests::{NatsServer, Postgres, TestConfig, eventually, output_text};
 use tokio_util::sync::CancellationToken;
 
 fn doctor(config: &str, more: &[&str]) -> std::io::Result<Output> {
@@ -38,13 +38,10 @@ async fn doctor_finds_and_repairs_a_stranded_message() -> anyhow::Result<()> {
     )
     .await?;
     let dir = tempfile::tempdir()?;
-    let path = noop_config(dir.path(), &nats.url(), "")?;
-    let text = std::fs::read_to_string(&path)?
-        + &format!(
-            "\n[host]\nadvisory_stream = \"\"\n\n[database.ledger]\nurl = \"{}\"\n",
-            pg.url()
-        );
-    std::fs::write(&path, text)?;
+    let path = TestConfig::noop(dir.path(), &nats.url())
+        .set("host", "advisory_stream", "")
+        .database("ledger", &pg.url())
+        .file_in(dir.path())?;
     let config = Config::load(Path::new(&path))?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &config.provisioned_streams()).await?;

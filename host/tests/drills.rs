@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
 use jetplug_tests::{
-    HostProcess, NatsCluster, Postgres, eventually, free_port, plugins, scalar, stream_leader,
+    HostProcess, NatsCluster, Postgres, TestConfig, eventually, free_port, plugins, scalar,
+    stream_leader,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -26,68 +27,33 @@ fn write_config(
     pg: &Postgres,
     admin: &str,
 ) -> anyhow::Result<PathBuf> {
-    let text = format!(
-        r#"
-[nats]
-url = "{urls}"
-connect_delay = "200ms"
-reconnect_delay = "200ms"
-
-[host]
-shutdown_timeout = "10s"
-deploy_bucket = ""
-
-[admin]
-address = "{admin}"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "LEARNING"
-subjects = ["learning.>"]
-replicas = 3
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-replicas = 3
-
-[database.events]
-url = "{pg}"
-
-[plugin.indexer]
-path = "{indexer}"
-grants = {{ sql = ["events"] }}
-
-[plugin.aggregator]
-path = "{aggregator}"
-grants = {{ sql = ["events"] }}
-
-[[pipeline]]
-name = "indexer"
-streams = ["LEARNING"]
-plugin = "indexer"
-batch = 100
-ack_wait = "5s"
-max_deliver = 20
-
-[[pipeline]]
-name = "analytics"
-streams = ["LEARNING"]
-plugin = "aggregator"
-batch = 100
-ack_wait = "5s"
-max_deliver = 20
-"#,
-        urls = cluster.urls(),
-        pg = pg.url(),
-        cache = dir.join("cache").display(),
-        indexer = plugins::POSTGRES_INDEXER,
-        aggregator = plugins::ANALYTICS_AGGREGATOR,
-    );
+    let mut config = TestConfig::new(dir, &cluster.urls())
+        .set("nats", "connect_delay", "200ms")
+        .set("nats", "reconnect_delay", "200ms")
+        .set("host", "shutdown_timeout", "10s")
+        .set("host", "deploy_bucket", "")
+        .set("admin", "address", admin)
+        .stream("LEARNING", &["learning.>"])
+        .set("stream.LEARNING", "replicas", 3)
+        .stream("DLQ", &["dlq.>"])
+        .set("stream.DLQ", "replicas", 3)
+        .database("events", &pg.url());
+    for (pipeline, plugin, path) in [
+        ("indexer", "indexer", plugins::POSTGRES_INDEXER),
+        ("analytics", "aggregator", plugins::ANALYTICS_AGGREGATOR),
+    ] {
+        let at = format!("pipeline.{pipeline}");
+        config = config
+            .plugin(plugin, path)
+            .set(&format!("plugin.{plugin}.grants"), "sql", vec!["events"])
+            .pipeline(pipeline, &["LEARNING"], plugin)
+            .unset(&at, "batch_max_wait")
+            .set(&at, "batch", 100)
+            .set(&at, "ack_wait", "5s")
+            .set(&at, "max_deliver", 20);
+    }
     let path = dir.join(format!("jetplug-{}.toml", admin.replace([':', '.'], "_")));
-    std::fs::write(&path, text)?;
+    config.write(&path)?;
     Ok(path)
 }
 

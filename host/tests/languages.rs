@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug_tests::{NatsServer, eventually, free_port, plugins};
+use jetplug_tests::{NatsServer, TestConfig, eventually, free_port, plugins};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -23,54 +23,20 @@ fn built(path: &str) -> anyhow::Result<&str> {
 /// EVENTS is validated by the Python schema validator and enriched by the
 /// JavaScript enricher, side by side, with default limits.
 fn write_config(dir: &Path, url: &str, admin: &str) -> anyhow::Result<std::path::PathBuf> {
-    let text = format!(
-        r#"
-[nats]
-url = "{url}"
-
-[admin]
-address = "{admin}"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "EVENTS"
-subjects = ["learning.>"]
-
-[[stream]]
-name = "ENRICHED"
-subjects = ["enriched.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[plugin.validator]
-path = "{validator}"
-
-[plugin.enricher]
-path = "{enricher}"
-grants = {{ publish = ["enriched.>"] }}
-config = {{ pass_mark = "60" }}
-
-[[pipeline]]
-name = "validate"
-streams = ["EVENTS"]
-plugin = "validator"
-
-[[pipeline]]
-name = "enrich"
-streams = ["EVENTS"]
-plugin = "enricher"
-"#,
-        cache = dir.join("cache").display(),
-        validator = built(plugins::SCHEMA_VALIDATOR_PY)?,
-        enricher = built(plugins::ENRICHER_JS)?,
-    );
-    let path = dir.join("jetplug.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    TestConfig::new(dir, url)
+        .set("admin", "address", admin)
+        .stream("EVENTS", &["learning.>"])
+        .stream("ENRICHED", &["enriched.>"])
+        .stream("DLQ", &["dlq.>"])
+        .plugin("validator", built(plugins::SCHEMA_VALIDATOR_PY)?)
+        .plugin("enricher", built(plugins::ENRICHER_JS)?)
+        .set("plugin.enricher.grants", "publish", vec!["enriched.>"])
+        .set("plugin.enricher.config", "pass_mark", "60")
+        .pipeline("validate", &["EVENTS"], "validator")
+        .unset("pipeline.validate", "batch_max_wait")
+        .pipeline("enrich", &["EVENTS"], "enricher")
+        .unset("pipeline.enrich", "batch_max_wait")
+        .write_in(dir)
 }
 
 async fn count(js: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {

@@ -5,23 +5,19 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use jetplug::config::Config;
 use jetplug_tests::{
-    NatsServer, Postgres, eventually, noop_config, output_text as text, plugins, scalar,
+    NatsServer, Postgres, TestConfig, eventually, noop_config, output_text as text, plugins, scalar,
 };
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn jetplug(args: &[&str]) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_jetplug"))
-        .args(args)
-        .output()
-}
+use jetplug_tests::jetplug;
 
 /// Runs a host on `config` until `done` holds, then stops it.
 async fn run_until<F, Fut>(config: &Path, what: &str, done: F) -> anyhow::Result<()>
@@ -48,58 +44,23 @@ async fn count(js: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {
 /// The AIVO pair on LEARNING: the indexer and analytics, analytics reading
 /// from `database` (a wrong one is the "bug").
 fn aivo(dir: &Path, nats: &str, pg: &str, database: &str) -> anyhow::Result<String> {
-    let text = format!(
-        r#"
-[nats]
-url = "{nats}"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "LEARNING"
-subjects = ["learning.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[database.events]
-url = "{pg}"
-
-[database.other]
-url = "{pg}"
-
-[plugin.indexer]
-path = "{indexer}"
-grants = {{ sql = ["events"] }}
-config = {{ database = "events" }}
-
-[plugin.aggregator]
-path = "{aggregator}"
-grants = {{ sql = ["events"] }}
-config = {{ database = "{database}" }}
-
-[[pipeline]]
-name = "indexer"
-streams = ["LEARNING"]
-plugin = "indexer"
-batch_max_wait = "20ms"
-
-[[pipeline]]
-name = "analytics"
-streams = ["LEARNING"]
-plugin = "aggregator"
-batch_max_wait = "20ms"
-max_deliver = 2
-backoff = {{ initial = "100ms", max = "200ms" }}
-"#,
-        cache = dir.join("cache").display(),
-        indexer = plugins::POSTGRES_INDEXER,
-        aggregator = plugins::ANALYTICS_AGGREGATOR,
-    );
-    let path = dir.join(format!("jetplug-{database}.toml"));
-    std::fs::write(&path, text)?;
+    let path = TestConfig::new(dir, nats)
+        .stream("LEARNING", &["learning.>"])
+        .stream("DLQ", &["dlq.>"])
+        .database("events", pg)
+        .database("other", pg)
+        .plugin("indexer", plugins::POSTGRES_INDEXER)
+        .set("plugin.indexer.grants", "sql", vec!["events"])
+        .set("plugin.indexer.config", "database", "events")
+        .plugin("aggregator", plugins::ANALYTICS_AGGREGATOR)
+        .set("plugin.aggregator.grants", "sql", vec!["events"])
+        .set("plugin.aggregator.config", "database", database)
+        .pipeline("indexer", &["LEARNING"], "indexer")
+        .pipeline("analytics", &["LEARNING"], "aggregator")
+        .set("pipeline.analytics", "max_deliver", 2)
+        .set("pipeline.analytics.backoff", "initial", "100ms")
+        .set("pipeline.analytics.backoff", "max", "200ms")
+        .write(&dir.join(format!("jetplug-{database}.toml")))?;
     Ok(path.display().to_string())
 }
 
@@ -261,7 +222,7 @@ async fn redriven(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
 async fn redrive_filters_dry_runs_and_resumes_after_a_kill() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url())?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &Config::load(Path::new(&config))?.streams).await?;
     const N: usize = 200;
@@ -394,7 +355,7 @@ async fn a_redrive_to_a_pipeline_not_in_the_config_is_refused_or_readdressed() -
 {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url())?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &Config::load(Path::new(&config))?.streams).await?;
     dead_letter(&js, "renamed-away", 1, "orphan").await?;
@@ -438,7 +399,7 @@ async fn a_redrive_to_a_pipeline_not_in_the_config_is_refused_or_readdressed() -
 async fn one_redrive_run_does_not_redrive_what_failed_again_during_it() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = noop_config(dir.path(), &nats.url(), "")?;
+    let config = noop_config(dir.path(), &nats.url())?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &Config::load(Path::new(&config))?.streams).await?;
     for seq in 1..=4 {

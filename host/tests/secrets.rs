@@ -6,11 +6,12 @@
 //! guards every endpoint but `/healthz` and `/readyz`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use async_nats::jetstream;
 use jetplug_tests::{
-    HostProcess, NatsServer, Postgres, eventually, free_port, http_get_with, output_text, plugins,
+    HostProcess, NatsServer, Postgres, TestConfig, eventually, free_port, http_get_with,
+    output_text, plugins,
 };
 
 const NATS_TOKEN: &str = "nats-S3cret-tok3n-4242";
@@ -22,54 +23,28 @@ const URL_PASSWORD: &str = "url-S3cret-pw-4242";
 const LOG: &str = "trace,wasmtime=info,wasmtime_environ=info,cranelift_codegen=info,cranelift_frontend=info,wasmtime_cranelift=info";
 const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn config(dir: &Path, nats: &str, pg_port: u16, admin: &str) -> anyhow::Result<std::path::PathBuf> {
+/// The host's config (and its admin token file); `database` is the URL of
+/// database `db`.
+fn config(dir: &Path, nats: &str, database: &str, admin: &str) -> anyhow::Result<TestConfig> {
     let token_file = dir.join("admin.token");
     std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n"))?;
-    let text = format!(
-        r#"
-[nats]
-url = "{nats}"
-token = "${{JETPLUG_TEST_NATS_TOKEN}}"
-
-[admin]
-address = "{admin}"
-token_file = "admin.token"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "EVENTS"
-subjects = ["events.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[database.db]
-url = "postgres://postgres:{DB_PASSWORD}@127.0.0.1:{pg_port}/postgres"
-
-[kv.cache]
-
-[plugin.caps]
-path = "{plugin}"
-grants = {{ sql = ["db"], publish = ["events.>"], kv = ["cache"] }}
-
-[[pipeline]]
-name = "main"
-streams = ["EVENTS"]
-plugin = "caps"
-"#,
-        cache = dir.join("cache").display(),
-        plugin = plugins::TEST_CAPABILITIES,
-    );
-    let path = dir.join("jetplug.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    Ok(TestConfig::events(dir, nats)
+        .set("nats", "token", "${JETPLUG_TEST_NATS_TOKEN}")
+        .set("admin", "address", admin)
+        .set("admin", "token_file", "admin.token")
+        .database("db", database)
+        .table("kv.cache")
+        .plugin("caps", plugins::TEST_CAPABILITIES)
+        .set("plugin.caps.grants", "sql", vec!["db"])
+        .set("plugin.caps.grants", "publish", vec!["events.>"])
+        .set("plugin.caps.grants", "kv", vec!["cache"])
+        .pipeline("main", &["EVENTS"], "caps")
+        .unset("pipeline.main", "batch_max_wait"))
 }
 
-fn jetplug(config: &Path, args: &[&str]) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_jetplug"))
+/// `jetplug ARGS --config CONFIG` with the secrets in its environment.
+fn with_secrets(config: &Path, args: &[&str]) -> std::io::Result<Output> {
+    jetplug_tests::jetplug_cmd()?
         .args(args)
         .arg("--config")
         .arg(config)
@@ -93,7 +68,19 @@ async fn no_command_or_endpoint_shows_a_secret_and_the_admin_api_is_guarded() ->
     let dir = tempfile::tempdir()?;
     let admin_port = free_port()?;
     // A bare port: the admin server binds loopback.
-    let path = config(dir.path(), &nats.url(), pg.port(), &admin_port.to_string())?;
+    let db_url = |query: &str| {
+        format!(
+            "postgres://postgres:{DB_PASSWORD}@127.0.0.1:{}/postgres{query}",
+            pg.port()
+        )
+    };
+    let base = config(
+        dir.path(),
+        &nats.url(),
+        &db_url(""),
+        &admin_port.to_string(),
+    )?;
+    let path = base.write_in(dir.path())?;
     let admin = format!("127.0.0.1:{admin_port}");
     let mut outputs = Vec::new();
 
@@ -111,7 +98,7 @@ async fn no_command_or_endpoint_shows_a_secret_and_the_admin_api_is_guarded() ->
             "0",
         ],
     ] {
-        let out = jetplug(&path, args)?;
+        let out = with_secrets(&path, args)?;
         assert!(out.status.success(), "{args:?}: {}", output_text(&out));
         outputs.push((format!("{args:?}"), output_text(&out)));
     }
@@ -166,25 +153,22 @@ async fn no_command_or_endpoint_shows_a_secret_and_the_admin_api_is_guarded() ->
 
     // One-shot commands against the running host and its streams.
     for args in [&["plugin", "list"][..], &["dlq", "list"]] {
-        let out = jetplug(&path, args)?;
+        let out = with_secrets(&path, args)?;
         assert!(out.status.success(), "{args:?}: {}", output_text(&out));
         outputs.push((format!("{args:?}"), output_text(&out)));
     }
     // An error that carries the database URL, and one that carries the
     // NATS connection: still masked.
-    let broken = dir.path().join("broken.toml");
-    std::fs::write(
-        &broken,
-        std::fs::read_to_string(&path)?
-            .replace("postgres:{DB_PASSWORD}@", "")
-            .replace(
-                "/postgres\"",
-                &format!("/postgres?password={DB_PASSWORD}&port=notaport\""),
-            ),
-    )?;
-    let out = jetplug(&broken, &["check"])?;
+    let broken = base
+        .clone()
+        .database(
+            "db",
+            &db_url(&format!("?password={DB_PASSWORD}&port=notaport")),
+        )
+        .write(&dir.path().join("broken.toml"))?;
+    let out = with_secrets(&broken, &["check"])?;
     outputs.push(("check (broken url)".into(), output_text(&out)));
-    let out = Command::new(env!("CARGO_BIN_EXE_jetplug"))
+    let out = jetplug_tests::jetplug_cmd()?
         .args(["streams", "diff", "--config"])
         .arg(&path)
         .env("JETPLUG_TEST_NATS_TOKEN", "wrong-token-but-secret-4242")
@@ -201,19 +185,18 @@ async fn no_command_or_endpoint_shows_a_secret_and_the_admin_api_is_guarded() ->
         "authorization {{ user: \"app\", password: \"{URL_PASSWORD}\" }}"
     ))
     .await?;
-    let in_url = dir.path().join("in-url.toml");
-    std::fs::write(
-        &in_url,
-        std::fs::read_to_string(&path)?
-            .replace(
-                &nats.url(),
-                &users
-                    .url()
-                    .replace("nats://", &format!("nats://app:{URL_PASSWORD}@")),
-            )
-            .replace("token = \"${JETPLUG_TEST_NATS_TOKEN}\"\n", ""),
-    )?;
-    let out = jetplug(&in_url, &["streams", "diff"])?;
+    let in_url = base
+        .clone()
+        .set(
+            "nats",
+            "url",
+            users
+                .url()
+                .replace("nats://", &format!("nats://app:{URL_PASSWORD}@")),
+        )
+        .unset("nats", "token")
+        .write(&dir.path().join("in-url.toml"))?;
+    let out = with_secrets(&in_url, &["streams", "diff"])?;
     assert!(out.status.success(), "{}", output_text(&out));
     outputs.push(("streams diff (URL credentials)".into(), output_text(&out)));
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
-use jetplug_tests::{HostProcess, NatsServer, Postgres, eventually, free_port, http_get, plugins};
+use jetplug_tests::{
+    HostProcess, NatsServer, Postgres, TestConfig, eventually, free_port, http_get, plugins,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
@@ -63,52 +65,22 @@ fn config(
     admin: &str,
     telemetry: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let text = format!(
-        r#"
-[nats]
-url = "{nats}"
-
-[admin]
-address = "{admin}"
-
-[engine]
-cache_dir = "{cache}"
-
-[telemetry]
-{telemetry}
-
-[[stream]]
-name = "EVENTS"
-subjects = ["events.>"]
-
-[[stream]]
-name = "OUT"
-subjects = ["out.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[database.db]
-url = "{pg}"
-
-[kv.cache]
-
-[plugin.caps]
-path = "{plugin}"
-grants = {{ sql = ["db"], publish = ["out.>"], kv = ["cache"] }}
-
-[[pipeline]]
-name = "main"
-streams = ["EVENTS"]
-plugin = "caps"
-"#,
-        cache = dir.join("cache").display(),
-        plugin = plugins::TEST_CAPABILITIES,
-    );
-    let path = dir.join("jetplug.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    TestConfig::new(dir, nats)
+        .set("admin", "address", admin)
+        .table("telemetry")
+        .merge("telemetry", telemetry)?
+        .stream("EVENTS", &["events.>"])
+        .stream("OUT", &["out.>"])
+        .stream("DLQ", &["dlq.>"])
+        .database("db", pg)
+        .table("kv.cache")
+        .plugin("caps", plugins::TEST_CAPABILITIES)
+        .set("plugin.caps.grants", "sql", vec!["db"])
+        .set("plugin.caps.grants", "publish", vec!["out.>"])
+        .set("plugin.caps.grants", "kv", vec!["cache"])
+        .pipeline("main", &["EVENTS"], "caps")
+        .unset("pipeline.main", "batch_max_wait")
+        .write_in(dir)
 }
 
 /// A `jetplug run` with `[telemetry]` set to `telemetry`, ready; its admin

@@ -12,6 +12,7 @@
 
 pub mod caps;
 mod certs;
+mod cli;
 mod configs;
 mod host;
 mod http;
@@ -21,7 +22,8 @@ mod postgres;
 pub mod rig;
 
 pub use certs::{Issued, TestCa};
-pub use configs::noop_config;
+pub use cli::{jetplug, jetplug_binary, jetplug_cached, jetplug_cmd};
+pub use configs::{TestConfig, noop_config};
 pub use host::HostProcess;
 pub use http::{http_get, http_get_with, wait_ready};
 pub use nats::{ClusterPlace, NatsCluster, NatsServer, stream_leader};

@@ -7,7 +7,7 @@ pub use std::path::Path;
 pub use std::sync::Arc;
 pub use std::time::{Duration, Instant};
 
-pub use crate::{NatsServer, eventually, plugins};
+pub use crate::{NatsServer, TestConfig, eventually, plugins};
 pub use anyhow::Context as _;
 pub use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 pub use futures::StreamExt;
@@ -20,46 +20,23 @@ pub use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A config with streams EVENTS (events.>) and DLQ (dlq.>), one pipeline
-/// `main` on EVENTS with `plugin`, and `extra` appended to the pipeline.
+/// `main` on EVENTS with `plugin`, and `extra` (TOML keys) merged into the
+/// pipeline.
 pub fn config(dir: &Path, url: &str, plugin: &str, extra: &str) -> anyhow::Result<Config> {
-    let text = format!(
-        r#"
-[nats]
-url = "{url}"
-connect_delay = "200ms"
-reconnect_delay = "200ms"
+    main_config(dir, url, plugin)
+        .merge("pipeline.main", extra)?
+        .load_in(dir)
+}
 
-[host]
-shutdown_timeout = "20s"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "EVENTS"
-subjects = ["events.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[plugin.p]
-path = "{plugin}"
-
-[[pipeline]]
-name = "main"
-streams = ["EVENTS"]
-plugin = "p"
-batch = 20
-batch_max_wait = "20ms"
-backoff = {{ initial = "100ms", max = "1s" }}
-{extra}
-"#,
-        cache = dir.join("cache").display(),
-    );
-    let path = dir.join("jetplug.toml");
-    std::fs::write(&path, &text)?;
-    Ok(Config::load(&path)?)
+/// The builder behind [`config`], for tests that write variants of it.
+pub fn main_config(dir: &Path, url: &str, plugin: &str) -> TestConfig {
+    TestConfig::main(dir, url, plugin)
+        .set("nats", "connect_delay", "200ms")
+        .set("nats", "reconnect_delay", "200ms")
+        .set("host", "shutdown_timeout", "20s")
+        .set("pipeline.main", "batch", 20)
+        .set("pipeline.main.backoff", "initial", "100ms")
+        .set("pipeline.main.backoff", "max", "1s")
 }
 
 #[derive(Debug)]

@@ -298,33 +298,14 @@ async fn nats_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_fail_alone_and_their_messages_are_dead_lettered_with_the_reason()
 -> anyhow::Result<()> {
-    use jetplug_tests::plugins;
+    use jetplug_tests::{TestConfig, plugins};
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let mut text = format!(
-        r#"
-[nats]
-url = "{url}"
-[engine]
-cache_dir = "{cache}"
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-[[stream]]
-name = "GOOD"
-subjects = ["good.>"]
-[plugin.good]
-path = "{noop}"
-[[pipeline]]
-name = "good"
-streams = ["GOOD"]
-plugin = "good"
-batch_max_wait = "20ms"
-"#,
-        url = nats.url(),
-        cache = dir.path().join("cache").display(),
-        noop = plugins::TEST_NOOP,
-    );
+    let mut config = TestConfig::new(dir.path(), &nats.url())
+        .stream("DLQ", &["dlq.>"])
+        .stream("GOOD", &["good.>"])
+        .plugin("good", plugins::TEST_NOOP)
+        .pipeline("good", &["GOOD"], "good");
     for (name, path, grants) in [
         ("loop", plugins::TEST_LOOP, ""),
         ("membomb", plugins::TEST_MEMBOMB, ""),
@@ -334,33 +315,26 @@ batch_max_wait = "20ms"
         (
             "sneaky",
             plugins::TEST_CAPABILITIES,
-            r#"grants = { publish = ["allowed.>"], sql = ["*"], kv = ["*"] }"#,
+            r#"publish = ["allowed.>"]
+sql = ["*"]
+kv = ["*"]"#,
         ),
     ] {
-        text.push_str(&format!(
-            r#"
-[[stream]]
-name = "{up}"
-subjects = ["{name}.>"]
-[plugin.{name}]
-path = "{path}"
-{grants}
-limits = {{ deadline = "200ms", memory = "16MiB" }}
-[[pipeline]]
-name = "{name}"
-streams = ["{up}"]
-plugin = "{name}"
-max_deliver = 2
-batch_max_wait = "20ms"
-backoff = {{ initial = "100ms", max = "200ms" }}
-breaker = {{ consecutive_failures = 1000 }}
-"#,
-            up = name.to_uppercase()
-        ));
+        let (up, at) = (name.to_uppercase(), format!("pipeline.{name}"));
+        config = config
+            .stream(&up, &[&format!("{name}.>")])
+            .plugin(name, path)
+            .table(&format!("plugin.{name}.grants"))
+            .merge(&format!("plugin.{name}.grants"), grants)?
+            .set(&format!("plugin.{name}.limits"), "deadline", "200ms")
+            .set(&format!("plugin.{name}.limits"), "memory", "16MiB")
+            .pipeline(name, &[&up], name)
+            .set(&at, "max_deliver", 2)
+            .set(&format!("{at}.backoff"), "initial", "100ms")
+            .set(&format!("{at}.backoff"), "max", "200ms")
+            .set(&format!("{at}.breaker"), "consecutive_failures", 1000);
     }
-    let path = dir.path().join("jetplug.toml");
-    std::fs::write(&path, text)?;
-    let config = Config::load(&path)?;
+    let config = config.load_in(dir.path())?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
     let shutdown = CancellationToken::new();

@@ -7,8 +7,8 @@ async fn config_edits_are_validated_and_plugin_sections_reload_live() -> anyhow:
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
     let admin = admin_addr()?;
-    let config = write_config(dir.path(), &nats.url(), &admin, "")?;
-    let original = std::fs::read_to_string(&config)?;
+    let base = hotswap_config(dir.path(), &nats.url(), &admin)?;
+    let config = base.write(&config_path(dir.path(), &admin))?;
     let host = host_process(&config, admin.clone(), dir.path().join("host.log"))?;
     host.ready().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
@@ -16,12 +16,8 @@ async fn config_edits_are_validated_and_plugin_sections_reload_live() -> anyhow:
         |outcome: &'static str| format!(r#"jetplug_config_reloads_total{{outcome="{outcome}"}}"#);
 
     // Invalid: a wrong type in a pipeline. Reported with file and key; nothing changes.
-    replace_file(
-        &config,
-        original
-            .replace("batch = 50", "batch = \"many\"")
-            .as_bytes(),
-    )?;
+    let many = base.clone().set("pipeline.main", "batch", "many");
+    replace_file(&config, many.text().as_bytes())?;
     eventually(WAIT, "the invalid edit reported", || async {
         Ok(metric(&admin, &reloads("invalid")).await? == 1)
     })
@@ -40,7 +36,8 @@ async fn config_edits_are_validated_and_plugin_sections_reload_live() -> anyhow:
     .await?;
 
     // A plugin setting whose new `init` fails: refused, v1 keeps running.
-    replace_file(&config, original.replace("v2-if-asked", "v1").as_bytes())?;
+    let refusing = base.clone().set("plugin.p.config", "refuse_version", "v1");
+    replace_file(&config, refusing.text().as_bytes())?;
     eventually(WAIT, "the failing plugin settings refused", || async {
         Ok(metric(&admin, &reloads("refused")).await? == 1)
     })
@@ -51,12 +48,8 @@ async fn config_edits_are_validated_and_plugin_sections_reload_live() -> anyhow:
     // A new plugin file in the config: reloaded live.
     let other = dir.path().join("other.wasm");
     std::fs::copy(plugins::TEST_V2, &other)?;
-    let edited = original.replace(
-        &format!("path = \"{}\"", dir.path().join("plugin.wasm").display()),
-        &format!("path = \"{}\"", other.display()),
-    );
-    assert_ne!(edited, original);
-    replace_file(&config, edited.as_bytes())?;
+    let edited = base.clone().plugin("p", &other);
+    replace_file(&config, edited.text().as_bytes())?;
     runs(&host, &content_hash(&std::fs::read(plugins::TEST_V2)?)).await?;
     assert_eq!(metric(&admin, &reloads("applied")).await?, 1);
     publish_steadily(&js, 20, 20).await?;
@@ -72,10 +65,8 @@ async fn config_edits_are_validated_and_plugin_sections_reload_live() -> anyhow:
     );
 
     // Other sections: not applied, but said so.
-    replace_file(
-        &config,
-        edited.replace("batch = 50", "batch = 60").as_bytes(),
-    )?;
+    let bigger = edited.set("pipeline.main", "batch", 60);
+    replace_file(&config, bigger.text().as_bytes())?;
     eventually(WAIT, "restart-needed reported", || async {
         Ok(metric(&admin, &reloads("restart-needed")).await? == 1)
     })

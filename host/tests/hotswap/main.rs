@@ -7,72 +7,51 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 use jetplug::engine::cache::content_hash;
 use jetplug_tests::output_text as text;
-use jetplug_tests::{HostProcess, NatsServer, eventually, free_port, http_get, plugins};
+use jetplug_tests::{
+    HostProcess, NatsServer, TestConfig, eventually, free_port, http_get, plugins,
+};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// Config: EVENTS and DLQ streams, plugin `p` from `dir/plugin.wasm`
-/// (a copy of test-v1), one pipeline `main`.
-pub(crate) fn write_config(
-    dir: &Path,
-    url: &str,
-    admin: &str,
-    extra: &str,
-) -> anyhow::Result<PathBuf> {
+/// (a copy of test-v1), one pipeline `main`, the admin API at `admin`.
+pub(crate) fn hotswap_config(dir: &Path, url: &str, admin: &str) -> anyhow::Result<TestConfig> {
     let wasm = dir.join("plugin.wasm");
     if !wasm.exists() {
         std::fs::copy(plugins::TEST_V1, &wasm)?;
     }
-    let text = format!(
-        r#"
-[nats]
-url = "{url}"
-connect_delay = "200ms"
-reconnect_delay = "200ms"
+    Ok(TestConfig::main(dir, url, &wasm)
+        .set("nats", "connect_delay", "200ms")
+        .set("nats", "reconnect_delay", "200ms")
+        .set("host", "shutdown_timeout", "20s")
+        .set("admin", "address", admin)
+        .set("plugin.p.config", "refuse_version", "v2-if-asked")
+        .set("pipeline.main", "batch", 50)
+        .set("pipeline.main", "batch_max_wait", "10ms")
+        .set("pipeline.main", "concurrency", 2))
+}
 
-[host]
-shutdown_timeout = "20s"
-{extra}
+/// Where the host with admin address `admin` keeps its config.
+pub(crate) fn config_path(dir: &Path, admin: &str) -> PathBuf {
+    dir.join(format!("jetplug-{}.toml", admin.replace([':', '.'], "_")))
+}
 
-[admin]
-address = "{admin}"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "EVENTS"
-subjects = ["events.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[plugin.p]
-path = "{wasm}"
-config = {{ refuse_version = "v2-if-asked" }}
-
-[[pipeline]]
-name = "main"
-streams = ["EVENTS"]
-plugin = "p"
-batch = 50
-batch_max_wait = "10ms"
-concurrency = 2
-"#,
-        cache = dir.join("cache").display(),
-        wasm = wasm.display(),
-    );
-    let path = dir.join(format!("jetplug-{}.toml", admin.replace([':', '.'], "_")));
-    std::fs::write(&path, text)?;
-    Ok(path)
+/// [`hotswap_config`] with `host_extra` keys in `[host]`, written.
+pub(crate) fn write_config(
+    dir: &Path,
+    url: &str,
+    admin: &str,
+    host_extra: &str,
+) -> anyhow::Result<PathBuf> {
+    hotswap_config(dir, url, admin)?
+        .merge("host", host_extra)?
+        .write(&config_path(dir, admin))
 }
 
 /// Replaces `target` atomically (write a temporary file, rename it over).
@@ -185,12 +164,7 @@ pub(crate) async fn runs(host: &HostProcess, hash: &str) -> anyhow::Result<()> {
     .with_context(|| host.log())
 }
 
-pub(crate) fn jetplug(args: &[&str]) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_jetplug"))
-        .args(args)
-        .output()
-}
-
+pub(crate) use jetplug_tests::jetplug;
 mod config_edits;
 mod fleet;
 mod signed;

@@ -314,24 +314,19 @@ async fn non_utf8_subjects_and_headers_are_dead_lettered_and_spare_their_neighbo
 async fn a_batch_held_past_max_hold_returns_to_retry_accounting() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let extra = r#"max_deliver = 2
-breaker = { max_hold = "1s", open_initial = "100ms", open_max = "200ms" }"#;
-    config(dir.path(), &nats.url(), plugins::POSTGRES_INDEXER, extra)?;
-    let path = dir.path().join("jetplug.toml");
     let nobody = jetplug_tests::free_port()?;
-    let text = std::fs::read_to_string(&path)?
-        + &format!(
-            r#"
-[plugin.p.grants]
-sql = ["events"]
-
-[database.events]
-url = "postgres://postgres@127.0.0.1:{nobody}/postgres"
-timeout = "200ms"
-"#
-        );
-    std::fs::write(&path, text)?;
-    let mut host = start(Config::load(&path)?);
+    let config = main_config(dir.path(), &nats.url(), plugins::POSTGRES_INDEXER)
+        .set("pipeline.main", "max_deliver", 2)
+        .set("pipeline.main.breaker", "max_hold", "1s")
+        .set("pipeline.main.breaker", "open_initial", "100ms")
+        .set("pipeline.main.breaker", "open_max", "200ms")
+        .set("plugin.p.grants", "sql", vec!["events"])
+        .database(
+            "events",
+            &format!("postgres://postgres@127.0.0.1:{nobody}/postgres"),
+        )
+        .set("database.events", "timeout", "200ms");
+    let mut host = start(config.load_in(dir.path())?);
     let stats = host.stats().await?;
     let js = js(&nats).await?;
     publish(&js, "events.a", &[r#"{"n":1}"#, r#"{"n":2}"#]).await?;
@@ -360,29 +355,21 @@ async fn a_held_batch_stays_on_its_version_through_a_swap() -> anyhow::Result<()
         .await?;
     let dir = tempfile::tempdir()?;
     let admin = jetplug_tests::free_port()?;
-    let extra = format!(
-        r#"breaker = {{ max_hold = "60s", consecutive_failures = 1000 }}
-
-[plugin.p.grants]
-sql = ["events"]
-publish = ["x"]
-kv = ["x"]
-
-[plugin.p.config]
-tag = "v1"
-on_unavailable = "retry"
-
-[database.events]
-url = "{url}"
-timeout = "200ms"
-
-[admin]
-address = "127.0.0.1:{admin}"
-"#,
-        url = pg.url()
-    );
-    let cfg = config(dir.path(), &nats.url(), plugins::TEST_CAPABILITIES, &extra)?;
-    let mut host = start(cfg);
+    let pg_url = pg.url();
+    let version = |tag: &str| {
+        main_config(dir.path(), &nats.url(), plugins::TEST_CAPABILITIES)
+            .set("pipeline.main.breaker", "max_hold", "60s")
+            .set("pipeline.main.breaker", "consecutive_failures", 1000)
+            .set("plugin.p.grants", "sql", vec!["events"])
+            .set("plugin.p.grants", "publish", vec!["x"])
+            .set("plugin.p.grants", "kv", vec!["x"])
+            .set("plugin.p.config", "tag", tag)
+            .set("plugin.p.config", "on_unavailable", "retry")
+            .database("events", &pg_url)
+            .set("database.events", "timeout", "200ms")
+            .set("admin", "address", format!("127.0.0.1:{admin}"))
+    };
+    let mut host = start(version("v1").load_in(dir.path())?);
     let stats = host.stats().await?;
     let js = js(&nats).await?;
     pg.stop().await?;
@@ -393,9 +380,7 @@ address = "127.0.0.1:{admin}"
     })
     .await?;
     // A new version (another configuration) while the batch is held.
-    let path = dir.path().join("jetplug.toml");
-    let text = std::fs::read_to_string(&path)?.replace("tag = \"v1\"", "tag = \"v2\"");
-    std::fs::write(&path, text)?;
+    version("v2").write_in(dir.path())?;
     let addr = format!("127.0.0.1:{admin}");
     eventually(WAIT, "the new version swapped in", || async {
         let (_, body) = jetplug_tests::http_get(&addr, "/v1/plugins").await?;

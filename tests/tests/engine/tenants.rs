@@ -19,63 +19,25 @@ fn two_tenants_with(
     fast_limits: &str,
     pipeline: &str,
 ) -> anyhow::Result<Config> {
-    let text = format!(
-        r#"
-[nats]
-url = "{url}"
-
-[admin]
-address = "{admin}"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "EVENTS"
-subjects = ["events.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[tenant.slow]
-consume = ["events.a.>"]
-limits = {{ {slow_limits} }}
-
-[tenant.fast]
-consume = ["events.b.>"]
-limits = {{ {fast_limits} }}
-
-[plugin.pa]
-path = "{plugin}"
-tenant = "slow"
-
-[plugin.pb]
-path = "{plugin}"
-tenant = "fast"
-
-[[pipeline]]
-name = "a"
-streams = ["EVENTS"]
-filter_subjects = ["events.a.>"]
-plugin = "pa"
-batch_max_wait = "20ms"
-{pipeline}
-
-[[pipeline]]
-name = "b"
-streams = ["EVENTS"]
-filter_subjects = ["events.b.>"]
-plugin = "pb"
-batch_max_wait = "20ms"
-{pipeline}
-"#,
-        cache = dir.join("cache").display(),
-        plugin = plugins::TEST_NOOP,
-    );
-    let path = dir.join("jetplug.toml");
-    std::fs::write(&path, &text)?;
-    Ok(Config::load(&path)?)
+    let mut config = TestConfig::events(dir, url).set("admin", "address", admin);
+    for (tenant, letter, limits) in [("slow", "a", slow_limits), ("fast", "b", fast_limits)] {
+        let (plugin, subjects) = (format!("p{letter}"), format!("events.{letter}.>"));
+        let at = format!("pipeline.{letter}");
+        config = config
+            .set(
+                &format!("tenant.{tenant}"),
+                "consume",
+                vec![subjects.as_str()],
+            )
+            .table(&format!("tenant.{tenant}.limits"))
+            .merge(&format!("tenant.{tenant}.limits"), limits)?
+            .plugin(&plugin, plugins::TEST_NOOP)
+            .set(&format!("plugin.{plugin}"), "tenant", tenant)
+            .pipeline(letter, &["EVENTS"], &plugin)
+            .set(&at, "filter_subjects", vec![subjects.as_str()])
+            .merge(&at, pipeline)?;
+    }
+    config.load_in(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,54 +206,22 @@ async fn competing_tenants_get_cpu_by_their_shares() -> anyhow::Result<()> {
 async fn a_tenant_quota_does_not_starve_its_large_batch_pipeline() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let text = format!(
-        r#"
-[nats]
-url = "{url}"
-
-[engine]
-cache_dir = "{cache}"
-
-[[stream]]
-name = "EVENTS"
-subjects = ["events.>"]
-
-[[stream]]
-name = "DLQ"
-subjects = ["dlq.>"]
-
-[tenant.t]
-consume = ["events.>"]
-limits = {{ max_messages_per_second = 200 }}
-
-[plugin.p]
-path = "{plugin}"
-tenant = "t"
-
-[[pipeline]]
-name = "small"
-streams = ["EVENTS"]
-filter_subjects = ["events.small"]
-plugin = "p"
-batch = 1
-batch_max_wait = "5ms"
-
-[[pipeline]]
-name = "large"
-streams = ["EVENTS"]
-filter_subjects = ["events.large"]
-plugin = "p"
-batch = 100
-batch_max_wait = "5ms"
-"#,
-        url = nats.url(),
-        cache = dir.path().join("cache").display(),
-        plugin = plugins::TEST_NOOP,
-    );
-    let path = dir.path().join("jetplug.toml");
-    std::fs::write(&path, &text)?;
+    let mut config = TestConfig::events(dir.path(), &nats.url())
+        .set("tenant.t", "consume", vec!["events.>"])
+        .set("tenant.t.limits", "max_messages_per_second", 200)
+        .plugin("p", plugins::TEST_NOOP)
+        .set("plugin.p", "tenant", "t");
+    for (name, batch) in [("small", 1), ("large", 100)] {
+        let at = format!("pipeline.{name}");
+        let subject = format!("events.{name}");
+        config = config
+            .pipeline(name, &["EVENTS"], "p")
+            .set(&at, "filter_subjects", vec![subject.as_str()])
+            .set(&at, "batch", batch)
+            .set(&at, "batch_max_wait", "5ms");
+    }
     let js = js(&nats).await?;
-    let config = Config::load(&path)?;
+    let config = config.load_in(dir.path())?;
     jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
     // A backlog for both before the host starts; the small pipeline's
     // lasts longer (40 s at the quota) than the wait below.
