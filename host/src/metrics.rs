@@ -37,6 +37,10 @@ pub struct Metrics {
     pub pull_requests_lost: Family<Labels, Counter>,
     pub held_batches: Family<Labels, Counter>,
     pub held_expired: Family<Labels, Counter>,
+    pub effects_ledger: Family<Labels, Gauge>,
+    pub effects_outbox: Family<Labels, Gauge>,
+    pub effects_relayed: Family<Labels, Counter>,
+    pub effects_reruns: Family<Labels, Counter>,
     pub breaker_state: Family<Labels, Gauge>,
     pub breaker_opened: Family<Labels, Counter>,
     pub consumer_pending: Family<Labels, Gauge>,
@@ -69,6 +73,10 @@ impl Metrics {
             pull_requests_lost: Family::default(),
             held_batches: Family::default(),
             held_expired: Family::default(),
+            effects_ledger: Family::default(),
+            effects_outbox: Family::default(),
+            effects_relayed: Family::default(),
+            effects_reruns: Family::default(),
             breaker_state: Family::default(),
             breaker_opened: Family::default(),
             consumer_pending: Family::default(),
@@ -143,6 +151,26 @@ impl Metrics {
             "held_batches",
             "Times a batch was held (kept and run again, no delivery spent) because a downstream is out",
             m.held_batches.clone(),
+        );
+        reg!(
+            "effects_ledger_entries",
+            "Exactly-once pipelines: origins in the ledger now (pruned after effects_retention)",
+            m.effects_ledger.clone(),
+        );
+        reg!(
+            "effects_outbox_queued",
+            "Exactly-once pipelines: committed publishes not yet relayed to JetStream (alert when it grows)",
+            m.effects_outbox.clone(),
+        );
+        reg!(
+            "effects_relayed",
+            "Exactly-once pipelines: publishes relayed from the outbox",
+            m.effects_relayed.clone(),
+        );
+        reg!(
+            "effects_reruns",
+            "Exactly-once pipelines: runs of a batch again without the messages that asked to retry",
+            m.effects_reruns.clone(),
         );
         reg!(
             "held_expired",

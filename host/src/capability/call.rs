@@ -30,6 +30,8 @@ pub struct CallPath(Arc<Counts>);
 struct Counts {
     /// The span the running plugin call's capability calls hang under.
     trace: CallTrace,
+    /// The batch transaction of an exactly-once pipeline, while one runs.
+    effects: super::effects::Effects,
     unavailable: AtomicU32,
     calls: [AtomicU64; 4],
     errors: [[AtomicU64; 5]; 4],
@@ -66,6 +68,11 @@ impl CallPath {
     /// The running plugin call's trace (set by the instance around each call).
     pub fn trace(&self) -> &CallTrace {
         &self.0.trace
+    }
+
+    /// Where this instance's effects go while an exactly-once batch runs.
+    pub fn effects(&self) -> &super::effects::Effects {
+        &self.0.effects
     }
 
     /// Starts one capability call `op` on `target` (a database, bucket or

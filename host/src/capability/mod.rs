@@ -7,6 +7,7 @@
 
 pub mod backends;
 pub mod call;
+pub mod effects;
 pub mod grants;
 pub mod kv;
 pub mod log;

@@ -72,7 +72,6 @@ impl publish::Host for PublishState {
         self.calls
             .call(Capability::Publish, "publish", &msg.subject)
             .run(grant, |span| async move {
-                let js = self.backends.js()?;
                 let mut headers = HeaderMap::new();
                 for (k, v) in &msg.headers {
                     if k.is_empty()
@@ -85,6 +84,30 @@ impl publish::Host for PublishState {
                     }
                     headers.append(k.as_str(), v.as_str());
                 }
+                // An exactly-once batch: into the outbox, sent after commit.
+                if let Some(tx) = self.calls.effects().lock().await.as_mut() {
+                    let mut carried = msg.headers.clone();
+                    let mut trace = HeaderMap::new();
+                    crate::telemetry::context::inject(&span, &mut trace);
+                    for (k, v) in trace.iter() {
+                        for v in v {
+                            carried.push((k.to_string(), v.as_str().to_owned()));
+                        }
+                    }
+                    tx.queue(
+                        &msg.subject,
+                        &carried,
+                        &msg.payload,
+                        msg.message_id.as_deref(),
+                    )
+                    .await?;
+                    return Ok(Receipt {
+                        stream: String::new(),
+                        sequence: 0,
+                        duplicate: false,
+                    });
+                }
+                let js = self.backends.js()?;
                 if let Some(id) = &msg.message_id {
                     headers.insert("Nats-Msg-Id", id.as_str());
                 }

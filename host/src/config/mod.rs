@@ -25,7 +25,7 @@ use serde::Deserialize;
 pub use grants::Grants;
 pub use nats::{NatsConfig, ServerList};
 pub use pipeline::{
-    BackoffConfig, BreakerConfig, DeliverPolicy, Ordering, PIN_GROUP, PipelineConfig,
+    BackoffConfig, BreakerConfig, DeliverPolicy, Effects, Ordering, PIN_GROUP, PipelineConfig,
     dead_letter_subject,
 };
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};

@@ -68,6 +68,20 @@ impl TryFrom<String> for Ordering {
     }
 }
 
+/// `effects`: what the host guarantees about a plugin's effects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Effects {
+    /// Each message is handled at least once; a plugin that writes state
+    /// keys it on the message's origin (docs/delivery.md).
+    #[default]
+    AtLeastOnce,
+    /// The host runs a batch's SQL in its own transaction with a ledger of
+    /// handled origins and relays publishes through an outbox: each effect
+    /// happens exactly once, with no dedupe code in the plugin.
+    ExactlyOnce,
+}
+
 /// Host retry backoff for `retry(none)` and plugin failures:
 /// `initial * 2^(delivered-1)`, capped at `max`, with ±20% jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -170,6 +184,23 @@ pub struct PipelineConfig {
     pub backoff: BackoffConfig,
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// `"at-least-once"` (default) or `"exactly-once"`.
+    #[serde(default)]
+    pub effects: Effects,
+    /// With exactly-once effects: the database whose transaction holds the
+    /// plugin's SQL, the ledger and the outbox (default: the plugin's only
+    /// granted database).
+    #[serde(default)]
+    pub effects_database: Option<String>,
+    /// With exactly-once effects: the schema of the ledger and outbox
+    /// tables (default `jetplug`).
+    #[serde(default = "default_effects_schema")]
+    pub effects_schema: String,
+    /// With exactly-once effects: how long a ledger entry is kept (default
+    /// 7d; the longest a message can be redelivered or redriven and still
+    /// be recognised).
+    #[serde(default = "default_effects_retention")]
+    pub effects_retention: Dur,
 }
 
 fn default_ack_wait() -> Dur {
@@ -189,6 +220,12 @@ fn default_batch_max_wait() -> Dur {
 }
 fn default_concurrency() -> u32 {
     1
+}
+fn default_effects_schema() -> String {
+    "jetplug".to_owned()
+}
+fn default_effects_retention() -> Dur {
+    Dur(Duration::from_secs(7 * 24 * 3600))
 }
 fn default_pin_timeout() -> Dur {
     Dur(Duration::from_secs(10))
@@ -215,6 +252,16 @@ impl PipelineConfig {
             })
             .cloned()
             .collect()
+    }
+
+    /// With exactly-once effects: the effects database, named or the
+    /// plugin's only granted one (None when neither; validation says why).
+    pub fn effects_database<'a>(&'a self, plugin: &'a super::PluginConfig) -> Option<&'a str> {
+        match (&self.effects_database, plugin.grants.sql.as_slice()) {
+            (Some(d), _) => Some(d),
+            (None, [only]) if only != "*" => Some(only),
+            _ => None,
+        }
     }
 
     /// Where the built-in dead-letter route publishes this pipeline's dead

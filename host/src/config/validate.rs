@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{Config, ConfigError, DeliverPolicy, PipelineConfig, Refused, StreamConfig};
+use super::{Config, ConfigError, DeliverPolicy, Effects, PipelineConfig, Refused, StreamConfig};
 
 pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> {
     let invalid = |key: String, reason: String| ConfigError::Invalid {
@@ -353,6 +353,81 @@ fn stream(s: &StreamConfig) -> Result<(), Problem> {
     Ok(())
 }
 
+/// `effects = "exactly-once"` needs one database the plugin may use (the
+/// ledger and outbox live there) and no KV grant (KV writes cannot join
+/// the database transaction).
+fn effects(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
+    let e = |k: &str, r: String| Err((k.to_owned(), r));
+    if p.effects != Effects::ExactlyOnce {
+        if p.effects_database.is_some() {
+            return e(
+                "effects_database",
+                "only used with effects = \"exactly-once\"".into(),
+            );
+        }
+        return Ok(());
+    }
+    let Some(plugin) = config.plugins.get(&p.plugin) else {
+        return Ok(());
+    };
+    if !plugin.grants.kv.is_empty() {
+        return e(
+            "effects",
+            format!(
+                "plugin `{}` has a kv grant, and KV writes cannot join the database transaction \
+                 that makes effects exactly-once: keep that state in the effects database, or \
+                 run this pipeline with effects = \"at-least-once\"",
+                p.plugin
+            ),
+        );
+    }
+    let Some(db) = p.effects_database(plugin) else {
+        return e(
+            "effects_database",
+            if plugin.grants.sql.is_empty() {
+                format!(
+                    "effects = \"exactly-once\" keeps its ledger in a database, and plugin `{}` \
+                     has no sql grant: grant it one (grants.sql) or name one here",
+                    p.plugin
+                )
+            } else {
+                format!(
+                    "plugin `{}` may use several databases ({:?}): name the one whose \
+                     transaction holds its effects",
+                    p.plugin, plugin.grants.sql
+                )
+            },
+        );
+    };
+    if !config.databases.contains_key(db) {
+        return e(
+            "effects_database",
+            format!("database `{db}` is not declared as [database.{db}]"),
+        );
+    }
+    if !plugin.grants.sql.iter().any(|g| g == "*" || g == db) {
+        return e(
+            "effects_database",
+            format!(
+                "plugin `{}` is not granted database `{db}` (grants.sql = {:?})",
+                p.plugin, plugin.grants.sql
+            ),
+        );
+    }
+    let schema = &p.effects_schema;
+    let plain = schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !plain || schema.len() > 63 {
+        return e(
+            "effects_schema",
+            format!("`{schema}` is not a plain SQL name (lowercase letters, digits, _)"),
+        );
+    }
+    Ok(())
+}
+
 fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
     let e = |k: &str, r: String| Err((k.to_owned(), r));
     name(&p.name).map_err(|r| ("name".to_owned(), r.0))?;
@@ -426,6 +501,7 @@ fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
             }
         }
     }
+    effects(config, p)?;
     match (p.deliver, p.start_sequence, &p.start_time) {
         (DeliverPolicy::ByStartSequence, None, _) => {
             return e(

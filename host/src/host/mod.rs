@@ -24,6 +24,7 @@ use crate::hotswap::{Swapper, fleet::Fleet, watch};
 use crate::jetstream::{self, ConnectError, Health};
 use crate::metrics::{Metrics, labels};
 use crate::pipeline::backoff::Backoff;
+use crate::pipeline::effects::EffectsPlan;
 use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::plugin::{self, BatchError, LoadError, Plugin, PluginInstance, PluginSlot, PluginSpec};
 
@@ -61,6 +62,36 @@ pub enum HostError {
 pub struct HostHandle {
     pub health: Arc<Health>,
     pub stats: BTreeMap<String, Arc<Stats>>,
+}
+
+/// The ledger and outbox of an exactly-once pipeline (None otherwise).
+fn effects_plan(
+    config: &Config,
+    pc: &crate::config::PipelineConfig,
+    backends: &Backends,
+) -> Result<Option<Arc<EffectsPlan>>, BackendError> {
+    if pc.effects != crate::config::Effects::ExactlyOnce {
+        return Ok(None);
+    }
+    let plugin = &config.plugins[&pc.plugin];
+    // Validation has made sure there is one, declared and granted.
+    let Some(db) = pc.effects_database(plugin) else {
+        return Ok(None);
+    };
+    let pool = backends
+        .database(db)
+        .map_err(|e| BackendError {
+            name: db.to_owned(),
+            reason: format!("{e:?}"),
+        })?
+        .clone();
+    Ok(Some(Arc::new(EffectsPlan::new(
+        db,
+        pool,
+        plugin.grants.sql_role.clone(),
+        &pc.effects_schema,
+        pc.effects_retention.0,
+    ))))
 }
 
 /// Loads and starts every plugin the pipelines use (compile, link, `init`).
@@ -344,6 +375,7 @@ pub async fn run(
             shutdown: shutdown.clone(),
             keepalive: Default::default(),
             advisory_stream: advisory_stream.clone(),
+            effects: effects_plan(&config, pc, &backends)?,
         });
         stats.insert(pc.name.clone(), pipeline.stats.clone());
         running.push(pipeline.clone());

@@ -13,6 +13,7 @@
 mod advisories;
 pub mod backoff;
 pub mod breaker;
+pub mod effects;
 mod keepalive;
 mod keyed;
 mod puller;
@@ -65,6 +66,8 @@ pub struct Pipeline {
     /// Where MAX_DELIVERIES advisories are kept (`host.advisory_stream`);
     /// None: they are only heard live.
     pub advisory_stream: Option<String>,
+    /// With `effects = "exactly-once"`: its ledger and outbox.
+    pub effects: Option<Arc<effects::EffectsPlan>>,
 }
 
 /// Hands messages the host holds but will not run back to JetStream (a
@@ -106,6 +109,17 @@ pub enum PipelineError {
         #[source]
         source: BindError,
     },
+    /// Its exactly-once ledger and outbox cannot be created (a missing
+    /// privilege, say: permanent).
+    #[error(
+        "pipeline `{pipeline}`: cannot create its exactly-once ledger and outbox: {source} \
+         (docs/delivery.md lists the privileges they need)"
+    )]
+    Effects {
+        pipeline: String,
+        #[source]
+        source: crate::capability::effects::StoreError,
+    },
 }
 
 impl Pipeline {
@@ -118,6 +132,19 @@ impl Pipeline {
         shutdown: CancellationToken,
     ) -> Result<(), PipelineError> {
         let stop = shutdown.child_token();
+        let mut relay = None;
+        if let Some(plan) = &self.effects {
+            if let Err(source) = self.prepare_effects(plan, &shutdown).await {
+                return Err(PipelineError::Effects {
+                    pipeline: self.cfg.name.clone(),
+                    source,
+                });
+            }
+            relay = Some(tokio::spawn(effects::relay_loop(
+                self.clone(),
+                plan.clone(),
+            )));
+        }
         let mut tasks = JoinSet::new();
         let mut consumers = JoinSet::new();
         let period = (self.cfg.ack_wait.0 / 2).max(Duration::from_millis(100));
@@ -154,12 +181,39 @@ impl Pipeline {
         while listeners.join_next().await.is_some() {}
         keepalive_stop.cancel();
         let _ = keepalive.await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         match refused {
             Some(source) => Err(PipelineError::Refused {
                 pipeline: self.cfg.name.clone(),
                 source,
             }),
             None => Ok(()),
+        }
+    }
+
+    /// Creates the ledger and outbox, waiting while the database is out.
+    async fn prepare_effects(
+        &self,
+        plan: &effects::EffectsPlan,
+        shutdown: &CancellationToken,
+    ) -> Result<(), crate::capability::effects::StoreError> {
+        let mut attempt = 0;
+        loop {
+            match plan.prepare().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    attempt += 1;
+                    tracing::warn!(pipeline = %self.cfg.name, error = %e, attempt,
+                        "exactly-once: the effects database is out; waiting for it before consuming");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(self.backoff.delay(attempt)) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

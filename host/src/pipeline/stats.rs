@@ -31,6 +31,12 @@ pub struct Stats {
     pub held_batches: Counter,
     /// Batches held past `breaker.max_hold`, back to retry accounting.
     pub held_expired: Counter,
+    /// Exactly-once: origins in the ledger, publishes in the outbox.
+    pub effects_ledger: Gauge,
+    pub effects_outbox: Gauge,
+    pub outbox_relayed: Counter,
+    /// Exactly-once: batches run again without their retried messages.
+    pub effects_reruns: Counter,
     /// 0 closed, 1 open, 2 half-open.
     pub breaker_state: Gauge,
     pub breaker_opened: Counter,
@@ -80,6 +86,10 @@ impl Stats {
             pull_requests_lost: metrics.pull_requests_lost.get_or_create_owned(&p),
             held_batches: metrics.held_batches.get_or_create_owned(&p),
             held_expired: metrics.held_expired.get_or_create_owned(&p),
+            effects_ledger: metrics.effects_ledger.get_or_create_owned(&p),
+            effects_outbox: metrics.effects_outbox.get_or_create_owned(&p),
+            outbox_relayed: metrics.effects_relayed.get_or_create_owned(&p),
+            effects_reruns: metrics.effects_reruns.get_or_create_owned(&p),
             breaker_state: metrics.breaker_state.get_or_create_owned(&p),
             breaker_opened: metrics.breaker_opened.get_or_create_owned(&p),
             batch_seconds: metrics.batch_seconds.get_or_create_owned(&p),
@@ -126,6 +136,12 @@ impl Stats {
                 }
             }
         }
+    }
+
+    /// The sizes of an exactly-once pipeline's ledger and outbox.
+    pub(crate) fn effects_sizes(&self, ledger: i64, outbox: i64) {
+        self.effects_ledger.set(ledger);
+        self.effects_outbox.set(outbox);
     }
 
     /// A tenant quota made a puller wait this long.

@@ -87,6 +87,10 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         return;
     }
     let trace = BatchTrace::start(&p.cfg.name, &p.cfg.plugin, &msgs);
+    if let Some(plan) = &p.effects {
+        super::effects::run_batch(p, plan, instance, delivered, msgs, &trace).await;
+        return;
+    }
     let mut msgs: Arc<[Message]> = msgs.into();
     let mut _slot = None;
     let held_since = std::time::Instant::now();
@@ -182,7 +186,7 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
 }
 
 /// Shutting down while holding messages: hand them back soon.
-async fn hand_back(delivered: &[jetstream::Message]) {
+pub(super) async fn hand_back(delivered: &[jetstream::Message]) {
     super::hand_back(delivered, Duration::from_secs(1)).await;
 }
 
@@ -210,7 +214,7 @@ async fn settle_decided(
 
 /// Waits until the breaker lets a batch run (the keep-alive ticker keeps
 /// the held messages from being redelivered). False when shutting down.
-async fn wait_for_breaker(p: &Pipeline) -> bool {
+pub(super) async fn wait_for_breaker(p: &Pipeline) -> bool {
     loop {
         let permit = lock(p).permit(std::time::Instant::now());
         let wait = match permit {
@@ -231,7 +235,7 @@ async fn wait_for_breaker(p: &Pipeline) -> bool {
 }
 
 /// Feeds a batch outcome to the breaker; true if it is open afterwards.
-fn record_outcome(p: &Pipeline, failed: bool) -> bool {
+pub(super) fn record_outcome(p: &Pipeline, failed: bool) -> bool {
     let mut b = lock(p);
     if let Some(state) = b.record(std::time::Instant::now(), failed) {
         p.stats.breaker_state.set(i64::from(state.code()));
@@ -276,7 +280,12 @@ async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> (A
 /// run alone (a looping plugin would otherwise burn its deadline per message).
 const ISOLATION_GIVE_UP: u32 = 3;
 
-async fn settle_one(p: &Pipeline, js_msg: &jetstream::Message, msg: &Message, action: Action) {
+pub(super) async fn settle_one(
+    p: &Pipeline,
+    js_msg: &jetstream::Message,
+    msg: &Message,
+    action: Action,
+) {
     let result = match action {
         Action::Ack => {
             Stats::add(&p.stats.acked, 1);

@@ -19,6 +19,7 @@ use super::pace::{Pace, Pacing, Tick};
 use super::{Plugin, PluginState};
 use crate::bindings::{Decision, EventPlugin, Message};
 use crate::capability::Usage;
+use crate::capability::effects::EffectsTx;
 use crate::engine::lane::LaneError;
 use crate::engine::lane::on_lane;
 
@@ -191,6 +192,19 @@ impl PluginInstance {
         batch: impl Into<Arc<[Message]>>,
         trace: Option<tracing::Span>,
     ) -> Result<Vec<Decision>, BatchError> {
+        self.handle_in(batch, trace, None).await.0
+    }
+
+    /// [`handle_traced`](Self::handle_traced) with the plugin's SQL and
+    /// publishes going into `effects` (an exactly-once batch's
+    /// transaction), handed back with the outcome — or None when the call
+    /// was cut short, which closed it (rolled back).
+    pub async fn handle_in(
+        &mut self,
+        batch: impl Into<Arc<[Message]>>,
+        trace: Option<tracing::Span>,
+        effects: Option<EffectsTx>,
+    ) -> (Result<Vec<Decision>, BatchError>, Option<EffectsTx>) {
         let plugin = self.plugin.clone();
         let fresh = self.live.is_none();
         let call = Call {
@@ -200,6 +214,7 @@ impl PluginInstance {
             reuse: self.reuse,
             meter: self.meter.clone(),
             trace,
+            effects,
         };
         // The epoch interrupts wasm code; this outer limit also bounds time
         // spent in host calls (a hung downstream). A fresh instance runs
@@ -216,6 +231,7 @@ impl PluginInstance {
                 usage: Usage::default(),
                 memory: 0,
                 result: Err(deadline_error(&plugin)),
+                effects: None,
             },
         };
         self.instantiated += u64::from(done.instantiated);
@@ -229,7 +245,7 @@ impl PluginInstance {
         self.plugin
             .faulted
             .store(done.result.is_err(), Ordering::Relaxed);
-        done.result
+        (done.result, done.effects)
     }
 }
 
@@ -241,6 +257,7 @@ struct Call {
     reuse: bool,
     meter: Arc<CallMeter>,
     trace: Option<tracing::Span>,
+    effects: Option<EffectsTx>,
 }
 
 /// What a call leaves behind: the instance to reuse (none after a failure:
@@ -252,6 +269,8 @@ struct Done {
     usage: Usage,
     memory: u64,
     result: Result<Vec<Decision>, BatchError>,
+    /// The exactly-once batch transaction the call ran in, handed back.
+    effects: Option<EffectsTx>,
 }
 
 /// Runs `call` here until it is long, then on the slow lane; a plugin whose
@@ -311,6 +330,7 @@ fn lost(plugin: &Plugin, e: LaneError) -> Done {
             plugin: plugin.name().to_owned(),
             reason: e.to_string(),
         }),
+        effects: None,
     }
 }
 
@@ -322,6 +342,7 @@ async fn run(call: Call) -> Done {
         reuse,
         meter,
         trace,
+        effects,
     } = call;
     let (mut live, instantiated) = match live {
         Some(live) => (live, false),
@@ -335,6 +356,7 @@ async fn run(call: Call) -> Done {
                     usage: Usage::default(),
                     memory: 0,
                     result: Err(e),
+                    effects,
                 };
             }
         },
@@ -343,7 +365,16 @@ async fn run(call: Call) -> Done {
     if traced {
         live.store.data().caps.calls().trace().set(trace);
     }
+    let redirected = effects.is_some();
+    if let Some(tx) = effects {
+        live.store.data().caps.calls().effects().install(tx).await;
+    }
     let result = call_handle(&plugin, &mut live, &batch).await;
+    let effects = if redirected {
+        live.store.data().caps.calls().effects().take().await
+    } else {
+        None
+    };
     if traced {
         live.store.data().caps.calls().trace().set(None);
     }
@@ -359,6 +390,7 @@ async fn run(call: Call) -> Done {
         usage,
         memory,
         result,
+        effects,
     }
 }
 

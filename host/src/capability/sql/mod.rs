@@ -15,6 +15,7 @@ use std::sync::Arc;
 use deadpool_postgres::Object;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
+use super::effects::EffectsTx;
 use super::{Backends, CallPath, Capability, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::sql::{self, OnConflict, Rows, Transaction, Value};
@@ -28,6 +29,9 @@ use values::Param;
 pub struct OpenTx {
     database: String,
     client: Option<Conn>,
+    /// In an exactly-once batch: the savepoint in the batch transaction
+    /// that stands for this transaction (no connection of its own).
+    savepoint: Option<String>,
 }
 
 impl Drop for OpenTx {
@@ -189,13 +193,13 @@ fn ours(tx: &Resource<Transaction>) -> Resource<OpenTx> {
 }
 
 /// `name` as a quoted SQL identifier.
-fn quote_ident(name: &str) -> String {
+pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// An error and its causes, `a: b: c` (a pool error alone says only
 /// "db error"; the server's reason is in its source).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -208,8 +212,13 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// A PostgreSQL error as text, the server's reason included.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    chain(e)
+}
+
 /// Maps a PostgreSQL error to what the plugin sees.
-fn pg_error(e: tokio_postgres::Error) -> CapabilityError {
+pub(super) fn pg_error(e: tokio_postgres::Error) -> CapabilityError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let text = match db.detail() {
@@ -305,6 +314,12 @@ impl sql::Host for SqlState {
         self.calls
             .call(Capability::Sql, "execute", &database)
             .run(grant, |_| async move {
+                if let Some(tx) = self.calls.effects().lock().await.as_mut() {
+                    effects_target(tx, &database)?;
+                    return tx
+                        .savepoint(async |c| execute_on(c, &statement, &params).await)
+                        .await;
+                }
                 let conn = self.client(&database).await?;
                 let r = execute_on(conn.get()?, &statement, &params).await;
                 conn.release().await;
@@ -325,6 +340,12 @@ impl sql::Host for SqlState {
         self.calls
             .call(Capability::Sql, "query", &database)
             .run(grant, |_| async move {
+                if let Some(tx) = self.calls.effects().lock().await.as_mut() {
+                    effects_target(tx, &database)?;
+                    return tx
+                        .savepoint(async |c| query_on(c, &statement, &params).await)
+                        .await;
+                }
                 let conn = self.client(&database).await?;
                 let r = query_on(conn.get()?, &statement, &params).await;
                 conn.release().await;
@@ -345,10 +366,23 @@ impl sql::Host for SqlState {
         self.calls
             .call(Capability::Sql, "execute_batch", &database)
             .run(grant, |_| async move {
+                if let Some(tx) = self.calls.effects().lock().await.as_mut() {
+                    effects_target(tx, &database)?;
+                    return tx
+                        .savepoint(async |c| {
+                            let mut total = 0;
+                            for row in &param_rows {
+                                total += execute_on(c, &statement, row).await?;
+                            }
+                            Ok(total)
+                        })
+                        .await;
+                }
                 let conn = self.client(&database).await?;
                 let tx = OpenTx {
                     database,
                     client: Some(conn),
+                    savepoint: None,
                 };
                 let client = open(&tx)?;
                 client.batch_execute("BEGIN").await.map_err(pg_error)?;
@@ -381,6 +415,15 @@ impl sql::Host for SqlState {
                     &on_conflict,
                     self.grants.sql_role.as_deref(),
                 )?;
+                if let Some(tx) = self.calls.effects().lock().await.as_mut() {
+                    effects_target(tx, &database)?;
+                    if rows.is_empty() {
+                        return Ok(0);
+                    }
+                    return tx
+                        .savepoint(async |c| bulk::run(c, &plan, columns.len(), &rows).await)
+                        .await;
+                }
                 let conn = self.client(&database).await?;
                 if rows.is_empty() {
                     conn.release().await;
@@ -389,6 +432,7 @@ impl sql::Host for SqlState {
                 let tx = OpenTx {
                     database,
                     client: Some(conn),
+                    savepoint: None,
                 };
                 let client = open(&tx)?;
                 // On error `tx` is dropped: its connection is closed, rolling back.
@@ -404,12 +448,29 @@ impl sql::Host for SqlState {
         self.calls
             .call(Capability::Sql, "begin", &database)
             .run(grant, |_| async move {
+                let effects = self.calls.effects().clone();
+                if let Some(tx) = effects.lock().await.as_mut() {
+                    effects_target(tx, &database)?;
+                    let savepoint = tx.open_savepoint().await?;
+                    return self
+                        .table
+                        .push(OpenTx {
+                            database,
+                            client: None,
+                            savepoint: Some(savepoint),
+                        })
+                        .map(|r| Resource::new_own(r.rep()))
+                        .map_err(|e| {
+                            CapabilityError::Other(format!("too many open transactions: {e}"))
+                        });
+                }
                 let conn = self.client(&database).await?;
                 conn.get()?.batch_execute("BEGIN").await.map_err(pg_error)?;
                 self.table
                     .push(OpenTx {
                         database,
                         client: Some(conn),
+                        savepoint: None,
                     })
                     .map(|r| Resource::new_own(r.rep()))
                     .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
@@ -429,7 +490,12 @@ impl sql::HostTransaction for SqlState {
         self.calls
             .call(Capability::Sql, "execute", "transaction")
             .run(grant, |_| async move {
+                let effects = self.calls.effects().clone();
                 let tx = self.transaction(&tx)?;
+                if tx.savepoint.is_some() {
+                    let batch = effects.lock().await;
+                    return execute_on(batch_client(batch.as_ref())?, &statement, &params).await;
+                }
                 let client = open(tx)?;
                 execute_on(client, &statement, &params).await
             })
@@ -446,7 +512,12 @@ impl sql::HostTransaction for SqlState {
         self.calls
             .call(Capability::Sql, "query", "transaction")
             .run(grant, |_| async move {
+                let effects = self.calls.effects().clone();
                 let tx = self.transaction(&tx)?;
+                if tx.savepoint.is_some() {
+                    let batch = effects.lock().await;
+                    return query_on(batch_client(batch.as_ref())?, &statement, &params).await;
+                }
                 let client = open(tx)?;
                 query_on(client, &statement, &params).await
             })
@@ -458,10 +529,17 @@ impl sql::HostTransaction for SqlState {
         self.calls
             .call(Capability::Sql, "commit", "transaction")
             .run(grant, |_| async move {
-                let tx = self
+                let mut tx = self
                     .table
                     .delete(ours(&tx))
                     .map_err(|e| CapabilityError::Invalid(format!("transaction handle: {e}")))?;
+                if let Some(name) = tx.savepoint.take() {
+                    let mut batch = self.calls.effects().lock().await;
+                    let batch = batch.as_mut().ok_or_else(|| {
+                        CapabilityError::Invalid("the batch transaction has ended".into())
+                    })?;
+                    return batch.close_savepoint(&name, true).await;
+                }
                 commit(tx).await
             })
             .await
@@ -469,6 +547,13 @@ impl sql::HostTransaction for SqlState {
 
     async fn drop(&mut self, tx: Resource<Transaction>) -> wasmtime::Result<()> {
         let mut tx = self.table.delete(ours(&tx))?;
+        if let Some(name) = tx.savepoint.take() {
+            if let Some(batch) = self.calls.effects().lock().await.as_mut() {
+                // Undone; a failure here leaves the batch to fail at commit.
+                let _ = batch.close_savepoint(&name, false).await;
+            }
+            return Ok(());
+        }
         if let Some(client) = tx.client.as_ref().and_then(|c| c.get().ok())
             && client.batch_execute("ROLLBACK").await.is_ok()
             && let Some(conn) = tx.client.take()
@@ -477,6 +562,27 @@ impl sql::HostTransaction for SqlState {
         }
         Ok(())
     }
+}
+
+/// In an exactly-once batch, only the effects database is written, inside
+/// the batch's transaction.
+fn effects_target(tx: &EffectsTx, database: &str) -> Result<(), CapabilityError> {
+    if tx.database == database {
+        Ok(())
+    } else {
+        Err(denied(format_args!(
+            "this pipeline makes effects exactly-once in database `{}`; `{database}` is outside \
+             that transaction",
+            tx.database
+        )))
+    }
+}
+
+/// The batch transaction's connection, for a plugin transaction inside it.
+fn batch_client(batch: Option<&EffectsTx>) -> Result<&Object, CapabilityError> {
+    batch
+        .ok_or_else(|| CapabilityError::Invalid("the batch transaction has ended".into()))?
+        .raw()
 }
 
 /// Commits `tx` and hands its connection back to the pool (on error the

@@ -1,0 +1,526 @@
+//! Exactly-once effects (`effects = "exactly-once"` on a pipeline).
+//!
+//! Why here: every `sql` and `publish` call already passes through the
+//! instance's [`CallPath`](super::CallPath); while a batch of an
+//! exactly-once pipeline runs, that path carries the batch's open
+//! [`EffectsTx`], and the two capabilities send their work into it instead
+//! of autocommitting: statements on the effects database run inside it
+//! (each under a savepoint, so a failed statement undoes only itself, as
+//! it would alone), and publishes become rows of the outbox table. The
+//! pipeline commits the transaction together with the batch's origins in
+//! the ledger table — or rolls it back — and relays the outbox afterwards
+//! with deterministic `Nats-Msg-Id`s. This module owns both tables: their
+//! DDL, the ledger's reads and writes, and the outbox's rows.
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Object, Pool};
+use tokio::sync::Mutex;
+
+use crate::bindings::CapabilityError;
+
+/// The batch transaction an instance's calls go into, when there is one.
+#[derive(Debug, Clone, Default)]
+pub struct Effects(Arc<Mutex<Option<EffectsTx>>>);
+
+impl Effects {
+    /// From now on this instance's SQL on `tx.database` and its publishes
+    /// go into `tx`.
+    pub async fn install(&self, tx: EffectsTx) {
+        *self.0.lock().await = Some(tx);
+    }
+
+    /// Ends the redirection and hands the transaction back.
+    pub async fn take(&self) -> Option<EffectsTx> {
+        self.0.lock().await.take()
+    }
+
+    pub(super) async fn lock(&self) -> tokio::sync::MutexGuard<'_, Option<EffectsTx>> {
+        self.0.lock().await
+    }
+}
+
+/// Where a pipeline keeps its ledger and outbox: `"schema".ledger` and
+/// `"schema".outbox` in its effects database.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    schema: String,
+}
+
+/// A failure of the effects store itself (not of a plugin's statement).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the work right now.
+    #[error("effects database `{database}`: {reason}")]
+    Unavailable { database: String, reason: String },
+    /// The database refused the work for good (a missing privilege, say).
+    #[error("effects database `{database}`: {reason}")]
+    Refused { database: String, reason: String },
+}
+
+impl StoreError {
+    fn from_pg(database: &str, e: &tokio_postgres::Error) -> Self {
+        let reason = super::sql::describe(e);
+        let transient = e.as_db_error().is_none_or(|db| {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+        });
+        if transient {
+            StoreError::Unavailable {
+                database: database.to_owned(),
+                reason,
+            }
+        } else {
+            StoreError::Refused {
+                database: database.to_owned(),
+                reason,
+            }
+        }
+    }
+
+    /// True when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// One origin in the ledger: the pipeline that handled it and where the
+/// message was first stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub stream: String,
+    pub sequence: u64,
+}
+
+/// A publish kept in the outbox until JetStream stored it.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub id: i64,
+    pub msg_id: String,
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl Tables {
+    pub fn new(schema: &str) -> Self {
+        Tables {
+            schema: schema.to_owned(),
+        }
+    }
+
+    fn ledger(&self) -> String {
+        format!("\"{}\".ledger", self.schema)
+    }
+
+    fn outbox(&self) -> String {
+        format!("\"{}\".outbox", self.schema)
+    }
+
+    /// Creates the schema and both tables when missing. Needs `CREATE` on
+    /// the database the first time (or an administrator creating them
+    /// beforehand: docs/delivery.md has the statements).
+    pub async fn create(&self, client: &Object, database: &str) -> Result<(), StoreError> {
+        let ddl = format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+             CREATE TABLE IF NOT EXISTS {ledger} (
+                 pipeline text NOT NULL,
+                 stream text NOT NULL,
+                 seq int8 NOT NULL,
+                 handled_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, stream, seq));
+             CREATE INDEX IF NOT EXISTS ledger_handled_at ON {ledger} (handled_at);
+             CREATE TABLE IF NOT EXISTS {outbox} (
+                 id bigserial PRIMARY KEY,
+                 pipeline text NOT NULL,
+                 msg_id text NOT NULL,
+                 subject text NOT NULL,
+                 headers jsonb NOT NULL,
+                 payload bytea NOT NULL,
+                 queued_at timestamptz NOT NULL DEFAULT now());",
+            schema = self.schema,
+            ledger = self.ledger(),
+            outbox = self.outbox(),
+        );
+        client
+            .batch_execute(&ddl)
+            .await
+            .map_err(|e| StoreError::from_pg(database, &e))
+    }
+
+    /// Which of `origins` `pipeline` has handled already.
+    pub async fn handled(
+        &self,
+        client: &Object,
+        database: &str,
+        pipeline: &str,
+        origins: &[Entry],
+    ) -> Result<Vec<Entry>, StoreError> {
+        let streams: Vec<&str> = origins.iter().map(|o| o.stream.as_str()).collect();
+        let seqs: Vec<i64> = origins.iter().map(|o| seq(o.sequence)).collect();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT l.stream, l.seq FROM {} l
+                     JOIN unnest($2::text[], $3::int8[]) AS o(stream, seq)
+                       ON l.stream = o.stream AND l.seq = o.seq
+                     WHERE l.pipeline = $1",
+                    self.ledger()
+                ),
+                &[&pipeline, &streams, &seqs],
+            )
+            .await
+            .map_err(|e| StoreError::from_pg(database, &e))?;
+        Ok(rows
+            .iter()
+            .map(|r| Entry {
+                stream: r.get(0),
+                sequence: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Begins the relay of `pipeline`'s outbox on `client`: a transaction
+    /// holding the pipeline's relay lock, so that one relay at a time (on
+    /// any host) sends its publishes, in order. False when another holds it.
+    pub async fn begin_relay(
+        &self,
+        client: &Object,
+        database: &str,
+        pipeline: &str,
+    ) -> Result<bool, StoreError> {
+        let pg = |e: tokio_postgres::Error| StoreError::from_pg(database, &e);
+        client.batch_execute("BEGIN").await.map_err(pg)?;
+        let key = format!("jetplug-outbox:{}:{pipeline}", self.schema);
+        let row = client
+            .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&key])
+            .await
+            .map_err(pg)?;
+        let locked: bool = row.get(0);
+        if !locked {
+            client.batch_execute("ROLLBACK").await.map_err(pg)?;
+        }
+        Ok(locked)
+    }
+
+    /// Ends a relay begun with [`Tables::begin_relay`]: commits the
+    /// forgotten rows, or rolls back (they are sent again later; their
+    /// `Nats-Msg-Id`s make that harmless).
+    pub async fn end_relay(
+        &self,
+        client: &Object,
+        database: &str,
+        commit: bool,
+    ) -> Result<(), StoreError> {
+        client
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .map_err(|e| StoreError::from_pg(database, &e))
+    }
+
+    /// The outbox rows of `pipeline` still to relay, oldest first.
+    pub async fn queued(
+        &self,
+        client: &Object,
+        database: &str,
+        pipeline: &str,
+        limit: i64,
+    ) -> Result<Vec<Queued>, StoreError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT id, msg_id, subject, headers, payload FROM {}
+                     WHERE pipeline = $1 ORDER BY id LIMIT $2",
+                    self.outbox()
+                ),
+                &[&pipeline, &limit],
+            )
+            .await
+            .map_err(|e| StoreError::from_pg(database, &e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let headers: serde_json::Value = r.get(3);
+                Queued {
+                    id: r.get(0),
+                    msg_id: r.get(1),
+                    subject: r.get(2),
+                    headers: serde_json::from_value(headers).unwrap_or_default(),
+                    payload: r.get(4),
+                }
+            })
+            .collect())
+    }
+
+    /// Forgets relayed outbox rows.
+    pub async fn relayed(
+        &self,
+        client: &Object,
+        database: &str,
+        ids: &[i64],
+    ) -> Result<(), StoreError> {
+        client
+            .execute(
+                &format!("DELETE FROM {} WHERE id = ANY($1)", self.outbox()),
+                &[&ids],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| StoreError::from_pg(database, &e))
+    }
+
+    /// Drops ledger entries of `pipeline` older than `keep`; how many.
+    pub async fn prune(
+        &self,
+        client: &Object,
+        database: &str,
+        pipeline: &str,
+        keep: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let secs = keep.as_secs_f64();
+        client
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE pipeline = $1
+                     AND handled_at < now() - make_interval(secs => $2)",
+                    self.ledger()
+                ),
+                &[&pipeline, &secs],
+            )
+            .await
+            .map_err(|e| StoreError::from_pg(database, &e))
+    }
+
+    /// Ledger entries and outbox rows of `pipeline` now.
+    pub async fn sizes(
+        &self,
+        client: &Object,
+        database: &str,
+        pipeline: &str,
+    ) -> Result<(i64, i64), StoreError> {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM {} WHERE pipeline = $1),
+                            (SELECT count(*) FROM {} WHERE pipeline = $1)",
+                    self.ledger(),
+                    self.outbox()
+                ),
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| StoreError::from_pg(database, &e))?;
+        Ok((row.get(0), row.get(1)))
+    }
+}
+
+fn seq(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+/// A batch's open transaction on the effects database.
+#[derive(Debug)]
+pub struct EffectsTx {
+    pub database: String,
+    client: Option<Object>,
+    tables: Tables,
+    pipeline: String,
+    /// The `Nats-Msg-Id` prefix of this batch's publishes.
+    key: String,
+    published: u32,
+    savepoint: u32,
+}
+
+impl EffectsTx {
+    /// Begins a transaction on `pool` (under `role` when the plugin has a
+    /// `sql_role`). `key` names the batch (its first origin) in the ids of
+    /// its publishes.
+    pub async fn begin(
+        pool: &Pool,
+        database: &str,
+        role: Option<&str>,
+        tables: &Tables,
+        pipeline: &str,
+        key: String,
+    ) -> Result<Self, StoreError> {
+        let unavailable = |reason: String| StoreError::Unavailable {
+            database: database.to_owned(),
+            reason,
+        };
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| unavailable(super::sql::chain(&e)))?;
+        let begin = match role {
+            Some(r) => format!("BEGIN; SET LOCAL ROLE {}", super::sql::quote_ident(r)),
+            None => "BEGIN".to_owned(),
+        };
+        client
+            .batch_execute(&begin)
+            .await
+            .map_err(|e| StoreError::from_pg(database, &e))?;
+        Ok(EffectsTx {
+            database: database.to_owned(),
+            client: Some(client),
+            tables: tables.clone(),
+            pipeline: pipeline.to_owned(),
+            key,
+            published: 0,
+            savepoint: 0,
+        })
+    }
+
+    fn client(&self) -> Result<&Object, CapabilityError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| CapabilityError::Unavailable("the batch transaction has ended".into()))
+    }
+
+    /// Runs `body` on the transaction under a savepoint: an error undoes
+    /// only what `body` did, and the transaction goes on.
+    pub(super) async fn savepoint<T, F>(&mut self, body: F) -> Result<T, CapabilityError>
+    where
+        F: AsyncFnOnce(&Object) -> Result<T, CapabilityError>,
+    {
+        self.savepoint += 1;
+        let name = format!("jp{}", self.savepoint);
+        let client = self.client()?;
+        client
+            .batch_execute(&format!("SAVEPOINT {name}"))
+            .await
+            .map_err(super::sql::pg_error)?;
+        match body(client).await {
+            Ok(v) => {
+                client
+                    .batch_execute(&format!("RELEASE SAVEPOINT {name}"))
+                    .await
+                    .map_err(super::sql::pg_error)?;
+                Ok(v)
+            }
+            Err(e) => {
+                client
+                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {name}"))
+                    .await
+                    .map_err(super::sql::pg_error)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a savepoint the plugin controls (its own `begin` on the
+    /// effects database); its name.
+    pub(super) async fn open_savepoint(&mut self) -> Result<String, CapabilityError> {
+        self.savepoint += 1;
+        let name = format!("jp{}", self.savepoint);
+        self.client()?
+            .batch_execute(&format!("SAVEPOINT {name}"))
+            .await
+            .map_err(super::sql::pg_error)?;
+        Ok(name)
+    }
+
+    /// Ends a savepoint from [`EffectsTx::open_savepoint`].
+    pub(super) async fn close_savepoint(
+        &mut self,
+        name: &str,
+        keep: bool,
+    ) -> Result<(), CapabilityError> {
+        let sql = if keep {
+            format!("RELEASE SAVEPOINT {name}")
+        } else {
+            format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+        };
+        self.client()?
+            .batch_execute(&sql)
+            .await
+            .map_err(super::sql::pg_error)
+    }
+
+    /// Statements of the plugin's own transaction (inside its savepoint).
+    pub(super) fn raw(&self) -> Result<&Object, CapabilityError> {
+        self.client()
+    }
+
+    /// Queues a publish in the outbox; its `Nats-Msg-Id` (the plugin's, or
+    /// `<batch key>:<index>`).
+    pub(super) async fn queue(
+        &mut self,
+        subject: &str,
+        headers: &[(String, String)],
+        payload: &[u8],
+        message_id: Option<&str>,
+    ) -> Result<String, CapabilityError> {
+        self.published += 1;
+        let msg_id = match message_id {
+            Some(id) => id.to_owned(),
+            None => format!("{}:{}", self.key, self.published),
+        };
+        let headers = serde_json::to_value(headers)
+            .map_err(|e| CapabilityError::Invalid(format!("headers: {e}")))?;
+        let client = self.client()?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (pipeline, msg_id, subject, headers, payload)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    self.tables.outbox()
+                ),
+                &[&self.pipeline, &msg_id, &subject, &headers, &payload],
+            )
+            .await
+            .map_err(super::sql::pg_error)?;
+        Ok(msg_id)
+    }
+
+    /// Records `handled` in the ledger and commits everything.
+    pub async fn commit(mut self, handled: &[Entry]) -> Result<(), StoreError> {
+        let database = self.database.clone();
+        let client = self.client.take().ok_or_else(|| StoreError::Unavailable {
+            database: database.clone(),
+            reason: "the batch transaction has ended".into(),
+        })?;
+        let streams: Vec<&str> = handled.iter().map(|o| o.stream.as_str()).collect();
+        let seqs: Vec<i64> = handled.iter().map(|o| seq(o.sequence)).collect();
+        let result = async {
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {} (pipeline, stream, seq)
+                         SELECT $1, s, q FROM unnest($2::text[], $3::int8[]) AS o(s, q)",
+                        self.tables.ledger()
+                    ),
+                    &[&self.pipeline, &streams, &seqs],
+                )
+                .await?;
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Closed, not pooled: the server rolls back whatever is open.
+                drop(Object::take(client));
+                Err(StoreError::from_pg(&database, &e))
+            }
+        }
+    }
+
+    /// Undoes everything the batch did.
+    pub async fn rollback(mut self) {
+        if let Some(client) = self.client.take()
+            && client.batch_execute("ROLLBACK").await.is_err()
+        {
+            drop(Object::take(client));
+        }
+    }
+}
+
+impl Drop for EffectsTx {
+    fn drop(&mut self) {
+        // Dropped open (a trap, a cancelled call): close the connection so
+        // the server rolls back; never pool it mid-transaction.
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! A batch of an exactly-once pipeline (`effects = "exactly-once"`).
+//!
+//! Why a batch is one transaction: a plugin handles a whole batch in one
+//! call, so its statements cannot be told apart by message. The host runs
+//! the call inside one transaction on the effects database and commits it
+//! only when every message of the run is settled for good:
+//!
+//! 1. origins already in the ledger are acked without the plugin (`skipped`);
+//! 2. the rest run in a fresh transaction ([`crate::capability::effects`]);
+//! 3. a message that asks to `retry` is NAKed and the transaction rolled
+//!    back; the others run again, alone together, in a new one (so one
+//!    message's retry never undoes or keeps its batch-mates' effects);
+//! 4. when all are `ack` or `term`, the dead letters are stored, the
+//!    origins written to the ledger and everything committed at once; then
+//!    the outbox is relayed and the messages acked or terminated.
+//!
+//! A crash anywhere before the commit leaves nothing; after it, the ledger
+//! makes the redelivery a `skipped` and the outbox relay (here, after each
+//! commit, and in [`relay_loop`] for what a crashed host left) sends every
+//! queued publish with its stored `Nats-Msg-Id`, which the stream's
+//! duplicate window absorbs when a relay is repeated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use deadpool_postgres::Pool;
+
+use crate::bindings::Message;
+use crate::capability::effects::{EffectsTx, Entry, StoreError, Tables};
+use crate::deadletter::Origin;
+
+/// Where and how a pipeline keeps its effects exactly-once.
+#[derive(Debug)]
+pub struct EffectsPlan {
+    pub database: String,
+    pool: Pool,
+    role: Option<String>,
+    tables: Tables,
+    retention: Duration,
+}
+
+impl EffectsPlan {
+    pub fn new(
+        database: &str,
+        pool: Pool,
+        role: Option<String>,
+        schema: &str,
+        retention: Duration,
+    ) -> Self {
+        EffectsPlan {
+            database: database.to_owned(),
+            pool,
+            role,
+            tables: Tables::new(schema),
+            retention,
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Unavailable {
+            database: self.database.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Creates the ledger and outbox tables when missing.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        self.tables.create(&client, &self.database).await
+    }
+
+    /// Which of `origins` `pipeline` has handled already.
+    pub async fn handled(
+        &self,
+        pipeline: &str,
+        origins: &[Entry],
+    ) -> Result<Vec<Entry>, StoreError> {
+        let client = self.client().await?;
+        self.tables
+            .handled(&client, &self.database, pipeline, origins)
+            .await
+    }
+
+    /// A transaction for a run of `msgs` (named after the first one's origin).
+    pub async fn begin(&self, pipeline: &str, first: &Entry) -> Result<EffectsTx, StoreError> {
+        let key = format!("{pipeline}:{}:{}", first.stream, first.sequence);
+        EffectsTx::begin(
+            &self.pool,
+            &self.database,
+            self.role.as_deref(),
+            &self.tables,
+            pipeline,
+            key,
+        )
+        .await
+    }
+
+    /// Sends `pipeline`'s queued publishes, oldest first, and forgets each
+    /// once JetStream stored it; how many were sent. Stops at the first
+    /// that fails (the order of a message's publishes is kept).
+    pub async fn relay(
+        &self,
+        pipeline: &str,
+        js: &jetstream::Context,
+    ) -> Result<usize, RelayError> {
+        let client = self.client().await?;
+        if !self
+            .tables
+            .begin_relay(&client, &self.database, pipeline)
+            .await?
+        {
+            return Ok(0);
+        }
+        let result = self.relay_locked(&client, pipeline, js).await;
+        self.tables
+            .end_relay(&client, &self.database, result.is_ok())
+            .await?;
+        result
+    }
+
+    async fn relay_locked(
+        &self,
+        client: &deadpool_postgres::Object,
+        pipeline: &str,
+        js: &jetstream::Context,
+    ) -> Result<usize, RelayError> {
+        let mut sent = 0;
+        loop {
+            let queued = self
+                .tables
+                .queued(client, &self.database, pipeline, 100)
+                .await?;
+            if queued.is_empty() {
+                return Ok(sent);
+            }
+            let mut done = Vec::with_capacity(queued.len());
+            for q in &queued {
+                let mut headers = HeaderMap::new();
+                for (k, v) in &q.headers {
+                    headers.append(k.as_str(), v.as_str());
+                }
+                headers.insert("Nats-Msg-Id", q.msg_id.as_str());
+                let stored = async {
+                    js.publish_with_headers(q.subject.clone(), headers, q.payload.clone().into())
+                        .await?
+                        .await
+                }
+                .await;
+                if let Err(e) = stored {
+                    return Err(RelayError::Publish {
+                        subject: q.subject.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                done.push(q.id);
+            }
+            self.tables.relayed(client, &self.database, &done).await?;
+            sent += done.len();
+        }
+    }
+
+    /// Drops ledger entries older than the retention; how many.
+    pub async fn prune(&self, pipeline: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        self.tables
+            .prune(&client, &self.database, pipeline, self.retention)
+            .await
+    }
+
+    /// Ledger entries and queued publishes of `pipeline`.
+    pub async fn sizes(&self, pipeline: &str) -> Result<(i64, i64), StoreError> {
+        let client = self.client().await?;
+        self.tables.sizes(&client, &self.database, pipeline).await
+    }
+}
+
+/// Why a relay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("publishing a queued message to `{subject}` failed: {reason}")]
+    Publish { subject: String, reason: String },
+}
+
+/// The ledger key of a delivered message: its origin.
+pub fn entry(m: &Message) -> Entry {
+    let o = Origin::of(&m.headers, &m.stream, m.stream_seq, m.published_at_ms);
+    Entry {
+        stream: o.stream,
+        sequence: o.sequence,
+    }
+}
+
+/// Relays what a crashed host (or a failed relay) left in the outbox, and
+/// prunes the ledger, until `shutdown`.
+pub async fn relay_loop(p: Arc<super::Pipeline>, plan: Arc<EffectsPlan>) {
+    let mut tick = tokio::time::interval(RELAY_EVERY);
+    let mut pruned_at = std::time::Instant::now() - PRUNE_EVERY;
+    loop {
+        tokio::select! {
+            _ = p.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match plan.relay(&p.cfg.name, &p.js).await {
+            Ok(n) if n > 0 => {
+                super::Stats::add(&p.stats.outbox_relayed, n as u64);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(pipeline = %p.cfg.name, error = %e,
+                "relaying the outbox failed; trying again"),
+        }
+        if pruned_at.elapsed() >= PRUNE_EVERY {
+            pruned_at = std::time::Instant::now();
+            match plan.prune(&p.cfg.name).await {
+                Ok(n) if n > 0 => {
+                    tracing::debug!(pipeline = %p.cfg.name, entries = n, "ledger pruned")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(pipeline = %p.cfg.name, error = %e,
+                    "pruning the ledger failed; trying again later"),
+            }
+        }
+        if let Ok((ledger, outbox)) = plan.sizes(&p.cfg.name).await {
+            p.stats.effects_sizes(ledger, outbox);
+        }
+    }
+}
+
+/// How often the outbox is checked for what no batch relayed.
+const RELAY_EVERY: Duration = Duration::from_secs(5);
+/// How often old ledger entries are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// How a run ended: whether the plugin itself failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ran {
+    Settled,
+    PluginFailed,
+}
+
+/// Messages in a row that fail alone after which the rest of a failed
+/// batch is settled for the failure without running alone.
+const ISOLATION_GIVE_UP: u32 = 3;
+
+/// Runs `msgs` (delivered as `delivered`) exactly-once, as the module
+/// docs say, and settles every one of them. A batch the plugin fails on
+/// (a trap, a deadline) leaves nothing behind, and its messages run again
+/// one by one at once, each in its own transaction: one poison message
+/// never holds its batch-mates back.
+pub(super) async fn run_batch(
+    p: &super::Pipeline,
+    plan: &EffectsPlan,
+    instance: &mut crate::plugin::PluginInstance,
+    mut delivered: Vec<jetstream::Message>,
+    mut msgs: Vec<Message>,
+    trace: &crate::telemetry::context::BatchTrace,
+) -> Ran {
+    use super::settle::{self, Action};
+    use super::worker;
+    use crate::bindings::Decision;
+
+    let max = p.cfg.max_deliver;
+    let held_since = std::time::Instant::now();
+    let mut holds = 0u32;
+    instance.follow(&p.plugin);
+    loop {
+        if msgs.is_empty() {
+            return Ran::Settled;
+        }
+        if !worker::wait_for_breaker(p).await {
+            worker::hand_back(&delivered).await;
+            return Ran::Settled;
+        }
+        let _slot = match &p.tenant_slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let entries: Vec<Entry> = msgs.iter().map(entry).collect();
+        // Handled before (a redelivery after the commit): settled unrun.
+        let done = match plan.handled(&p.cfg.name, &entries).await {
+            Ok(done) => done,
+            Err(e) => {
+                if !hold(p, &delivered, &msgs, &e, held_since, &mut holds).await {
+                    return Ran::Settled;
+                }
+                continue;
+            }
+        };
+        if !done.is_empty() {
+            let done: std::collections::HashSet<Entry> = done.into_iter().collect();
+            let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
+            for ((js_msg, m), e) in delivered.into_iter().zip(msgs).zip(&entries) {
+                if done.contains(e) {
+                    super::Stats::add(&p.stats.skipped, 1);
+                    if let Err(err) = js_msg.ack().await {
+                        tracing::warn!(pipeline = %p.cfg.name, stream = %m.stream, seq = m.stream_seq,
+                            error = %err, "acking a message handled before failed; it comes back and is skipped again");
+                    }
+                } else {
+                    keep_js.push(js_msg);
+                    keep.push(m);
+                }
+            }
+            (delivered, msgs) = (keep_js, keep);
+            continue;
+        }
+        let tx = match plan.begin(&p.cfg.name, &entries[0]).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                if !hold(p, &delivered, &msgs, &e, held_since, &mut holds).await {
+                    return Ran::Settled;
+                }
+                continue;
+            }
+        };
+        super::Stats::add(&p.stats.batches, 1);
+        let started = std::time::Instant::now();
+        let batch: Arc<[Message]> = msgs.clone().into();
+        let (outcome, tx) = instance.handle_in(batch, trace.call(), Some(tx)).await;
+        p.stats.batch_took(started.elapsed());
+        p.stats.paused(instance.last_call_paused());
+        p.stats.used(instance.last_call_usage());
+        let downstream = instance.downstream_failures();
+        let (decisions, tx) = match (outcome, tx) {
+            (Ok(d), Some(tx)) => (d, tx),
+            (outcome, tx) => {
+                if let Some(tx) = tx {
+                    tx.rollback().await;
+                }
+                worker::record_outcome(p, true);
+                let e = match outcome {
+                    Err(e) => e,
+                    Ok(_) => crate::plugin::BatchError::Trap {
+                        plugin: instance.plugin().name().to_owned(),
+                        reason: "the batch transaction was lost".into(),
+                    },
+                };
+                trace.failed(&e);
+                p.stats.batch_failed(e.kind());
+                tracing::warn!(pipeline = %p.cfg.name, plugin = %instance.plugin().name(), error = %e,
+                    kind = e.kind(), messages = msgs.len(),
+                    "batch failed; its effects rolled back");
+                if msgs.len() > 1 {
+                    let mut failed_alone = 0;
+                    for (js_msg, m) in delivered.into_iter().zip(msgs) {
+                        if failed_alone >= ISOLATION_GIVE_UP {
+                            let action = settle::for_failure(&e, m.delivered, max, &p.backoff);
+                            worker::settle_one(p, &js_msg, &m, action).await;
+                            continue;
+                        }
+                        let alone =
+                            Box::pin(run_batch(p, plan, instance, vec![js_msg], vec![m], trace))
+                                .await;
+                        failed_alone = match alone {
+                            Ran::PluginFailed => failed_alone + 1,
+                            Ran::Settled => 0,
+                        };
+                    }
+                    return Ran::Settled;
+                }
+                for (i, (js_msg, m)) in delivered.iter().zip(&msgs).enumerate() {
+                    let action = settle::for_failure(&e, m.delivered, max, &p.backoff);
+                    trace.decided(i, action.kind());
+                    worker::settle_one(p, js_msg, m, action).await;
+                }
+                return Ran::PluginFailed;
+            }
+        };
+        if downstream > 0 {
+            tx.rollback().await;
+            let open = worker::record_outcome(p, true);
+            if !hold_after(p, &delivered, &msgs, open, held_since, &mut holds).await {
+                return Ran::Settled;
+            }
+            continue;
+        }
+        worker::record_outcome(p, false);
+        // A retry: nothing of this run stays; the others run again.
+        if decisions.iter().any(|d| matches!(d, Decision::Retry(_))) {
+            tx.rollback().await;
+            super::Stats::add(&p.stats.effects_reruns, 1);
+            let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
+            for ((js_msg, m), d) in delivered.into_iter().zip(msgs).zip(&decisions) {
+                if matches!(d, Decision::Retry(_)) {
+                    let action = settle::for_decision(d, m.delivered, max, &p.backoff);
+                    worker::settle_one(p, &js_msg, &m, action).await;
+                } else {
+                    keep_js.push(js_msg);
+                    keep.push(m);
+                }
+            }
+            (delivered, msgs) = (keep_js, keep);
+            continue;
+        }
+        // All ack or term: dead letters stored first, then one commit.
+        let mut terms = vec![false; msgs.len()];
+        for (i, (d, m)) in decisions.iter().zip(&msgs).enumerate() {
+            if let Action::DeadLetter(reason) =
+                settle::for_decision(d, m.delivered, max, &p.backoff)
+            {
+                let dl = crate::deadletter::DeadLetter::from_message(&p.cfg.name, m, reason);
+                if !p.store_dead_letter(&dl).await {
+                    // Stopping: nothing is committed; JetStream redelivers.
+                    tx.rollback().await;
+                    worker::hand_back(&delivered).await;
+                    return Ran::Settled;
+                }
+                terms[i] = true;
+            }
+        }
+        if let Err(e) = tx.commit(&entries).await {
+            if !hold(p, &delivered, &msgs, &e, held_since, &mut holds).await {
+                return Ran::Settled;
+            }
+            continue;
+        }
+        match plan.relay(&p.cfg.name, &p.js).await {
+            Ok(n) => super::Stats::add(&p.stats.outbox_relayed, n as u64),
+            Err(e) => tracing::warn!(pipeline = %p.cfg.name, error = %e,
+                "relaying the outbox failed; the relay loop sends it later"),
+        }
+        for (i, ((js_msg, m), term)) in delivered.iter().zip(&msgs).zip(terms).enumerate() {
+            let result = if term {
+                trace.decided(i, "dead_letter");
+                js_msg.ack_with(async_nats::jetstream::AckKind::Term).await
+            } else {
+                trace.decided(i, "ack");
+                super::Stats::add(&p.stats.acked, 1);
+                js_msg.ack().await
+            };
+            if let Err(e) = result {
+                tracing::warn!(pipeline = %p.cfg.name, stream = %m.stream, seq = m.stream_seq, error = %e,
+                    "settling failed; the redelivery is skipped by the ledger");
+            }
+        }
+        return Ran::Settled;
+    }
+}
+
+/// The effects database is out: hold the batch (no delivery spent) as
+/// for any downstream outage. False when the batch was settled or handed
+/// back instead.
+async fn hold(
+    p: &super::Pipeline,
+    delivered: &[jetstream::Message],
+    msgs: &[Message],
+    e: &StoreError,
+    held_since: std::time::Instant,
+    holds: &mut u32,
+) -> bool {
+    tracing::warn!(pipeline = %p.cfg.name, error = %e, "exactly-once: the effects database is out; holding the batch");
+    let open = super::worker::record_outcome(p, true);
+    hold_after(p, delivered, msgs, open, held_since, holds).await
+}
+
+async fn hold_after(
+    p: &super::Pipeline,
+    delivered: &[jetstream::Message],
+    msgs: &[Message],
+    open: bool,
+    held_since: std::time::Instant,
+    holds: &mut u32,
+) -> bool {
+    if held_since.elapsed() >= p.cfg.breaker.max_hold.0 {
+        super::Stats::add(&p.stats.held_expired, 1);
+        tracing::warn!(pipeline = %p.cfg.name, messages = msgs.len(), held_for = ?held_since.elapsed(),
+            "a downstream has been out for longer than breaker.max_hold: these messages go back to retry accounting");
+        for (js_msg, m) in delivered.iter().zip(msgs) {
+            let action = super::settle::for_decision(
+                &crate::bindings::Decision::Retry(None),
+                m.delivered,
+                p.cfg.max_deliver,
+                &p.backoff,
+            );
+            super::worker::settle_one(p, js_msg, m, action).await;
+        }
+        return false;
+    }
+    super::Stats::add(&p.stats.held_batches, 1);
+    *holds += 1;
+    if !open {
+        let wait = p.backoff.delay(*holds);
+        let stop = tokio::select! {
+            _ = p.shutdown.cancelled() => true,
+            _ = tokio::time::sleep(wait) => false,
+        };
+        if stop {
+            super::worker::hand_back(delivered).await;
+            return false;
+        }
+    }
+    true
+}

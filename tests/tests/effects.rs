@@ -1,0 +1,183 @@
+//! Exactly-once effects (`effects = "exactly-once"`), proven with a
+//! deliberately naive plugin (`test-naive`: a plain INSERT, a counter
+//! UPDATE and one publish per message, no dedupe code) against real
+//! nats-server and PostgreSQL processes. The same plugin in the default
+//! mode shows the duplicates, so each test can fail.
+
+use std::collections::BTreeMap;
+
+use jetplug_tests::rig::*;
+use jetplug_tests::{Postgres, TestConfig, scalar};
+
+/// EVENTS → the naive plugin (pipeline `main`), its publishes into OUT.
+fn naive(dir: &Path, nats: &str, pg: &Postgres, effects: &str) -> anyhow::Result<Config> {
+    TestConfig::events(dir, nats)
+        .stream("OUT", &["out.>"])
+        .database("db", &pg.url())
+        .plugin("p", plugins::TEST_NAIVE)
+        .set("plugin.p.grants", "sql", vec!["db"])
+        .set("plugin.p.grants", "publish", vec!["out.>"])
+        .pipeline("main", &["EVENTS"], "p")
+        .set("pipeline.main", "effects", effects)
+        .set("pipeline.main", "batch", 20)
+        .set("pipeline.main", "max_deliver", 3)
+        .set("pipeline.main.backoff", "initial", "100ms")
+        .set("pipeline.main.backoff", "max", "200ms")
+        .set("nats", "reconnect_delay", "200ms")
+        .load_in(dir)
+}
+
+async fn tables(pg: &Postgres) -> anyhow::Result<tokio_postgres::Client> {
+    let db = pg.connect().await?;
+    db.batch_execute(
+        "CREATE TABLE orders (payload text);
+         CREATE TABLE stock (n int8);
+         INSERT INTO stock VALUES (0);",
+    )
+    .await?;
+    Ok(db)
+}
+
+/// The payloads published to OUT, with how often each was stored.
+async fn published(js: &jetstream::Context) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut s = js.get_stream("OUT").await?;
+    let n = s.info().await?.state.last_sequence;
+    let mut out = BTreeMap::new();
+    for seq in 1..=n {
+        let m = s.get_raw_message(seq).await?;
+        *out.entry(String::from_utf8_lossy(&m.payload).into_owned())
+            .or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+/// Twenty plain messages, one that always asks to retry and one that
+/// traps after its first statement, mixed in one batch.
+fn traffic() -> Vec<String> {
+    let mut p: Vec<String> = (0..20).map(|i| format!("order-{i:02}")).collect();
+    p.insert(5, "retry".into());
+    p.insert(12, "trap".into());
+    p
+}
+
+async fn run(effects: &str) -> anyhow::Result<(i64, i64, BTreeMap<String, u64>, Arc<Stats>, u64)> {
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let db = tables(&pg).await?;
+    let dir = tempfile::tempdir()?;
+    let config = naive(dir.path(), &nats.url(), &pg, effects)?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let payloads = traffic();
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    publish(&js, "events.a", &refs).await?;
+    let mut host = start(config);
+    let stats = host.stats().await?;
+    eventually(Duration::from_secs(60), "every message settled", || async {
+        all_settled(&js, payloads.len() as u64).await
+    })
+    .await?;
+    // The relay runs after each commit; give a late one a moment.
+    eventually(WAIT, "the outbox relayed", || async {
+        Ok(published(&js).await?.values().sum::<u64>() >= 20)
+    })
+    .await?;
+    host.stop().await?;
+    let orders = scalar(
+        &db,
+        "select count(*) from orders where payload like 'order-%'",
+    )
+    .await?;
+    let stock = scalar(&db, "select n from stock").await?;
+    let dead = dlq_messages(&js).await?.len() as u64;
+    Ok((orders, stock, published(&js).await?, stats, dead))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_naive_plugin_repeats_its_effects_at_least_once() -> anyhow::Result<()> {
+    let (orders, stock, out, _, dead) = run("at-least-once").await?;
+    // The trap fails the batch: everything before it in the batch ran and
+    // runs again; the retried message repeats every delivery.
+    assert!(orders > 20, "duplicate rows expected, got {orders}");
+    assert!(stock > 20, "a double count expected, got {stock}");
+    assert!(
+        out.values().any(|n| *n > 1),
+        "a repeated publish expected: {out:?}"
+    );
+    assert_eq!(dead, 2, "retry and trap end in the dead-letter queue");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_naive_plugin_is_exact_exactly_once() -> anyhow::Result<()> {
+    let (orders, stock, out, stats, dead) = run("exactly-once").await?;
+    assert_eq!(orders, 20, "one row per acked message");
+    // The retried message's UPDATE never committed, nor the trap's INSERT.
+    assert_eq!(stock, 20, "one count per acked message");
+    assert_eq!(out.len(), 20, "{out:?}");
+    assert!(
+        out.values().all(|n| *n == 1),
+        "each published once: {out:?}"
+    );
+    assert!(out.keys().all(|k| k.starts_with("order-")), "{out:?}");
+    assert_eq!(dead, 2, "retry and trap end in the dead-letter queue");
+    assert!(
+        Stats::get(&stats.effects_reruns) >= 1,
+        "the batch ran again without its retry"
+    );
+    Ok(())
+}
+
+/// Every message delivered again after its commit (a consumer re-created
+/// from the start, as after acks lost with a crash): skipped by the
+/// ledger, no effect repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_after_the_commit_is_skipped() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let db = tables(&pg).await?;
+    let dir = tempfile::tempdir()?;
+    let config = naive(dir.path(), &nats.url(), &pg, "exactly-once")?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let payloads: Vec<String> = (0..30).map(|i| format!("order-{i:02}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    publish(&js, "events.a", &refs).await?;
+    let mut host = start(config.clone());
+    let stats = host.stats().await?;
+    eventually(WAIT, "all acked", || async {
+        Ok(Stats::get(&stats.acked) == 30)
+    })
+    .await?;
+    host.stop().await?;
+    assert_eq!(scalar(&db, "select count(*) from orders").await?, 30);
+
+    // The consumer forgets every ack: all 30 come back.
+    js.get_stream("EVENTS")
+        .await?
+        .delete_consumer(&config.pipelines[0].consumer_name("EVENTS"))
+        .await?;
+    let mut host = start(config);
+    let stats = host.stats().await?;
+    eventually(WAIT, "all skipped", || async {
+        Ok(Stats::get(&stats.skipped) == 30)
+    })
+    .await?;
+    host.stop().await?;
+    assert_eq!(Stats::get(&stats.acked), 0, "nothing ran again");
+    assert_eq!(scalar(&db, "select count(*) from orders").await?, 30);
+    assert_eq!(scalar(&db, "select n from stock").await?, 30);
+    let out = published(&js).await?;
+    assert_eq!(out.len(), 30);
+    assert!(out.values().all(|n| *n == 1), "{out:?}");
+    assert_eq!(
+        scalar(
+            &db,
+            "select count(*) from jetplug.ledger where pipeline = 'main'"
+        )
+        .await?,
+        30
+    );
+    assert_eq!(scalar(&db, "select count(*) from jetplug.outbox").await?, 0);
+    Ok(())
+}
