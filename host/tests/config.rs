@@ -230,6 +230,30 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
         ),
         (
             "max_deliver = 5",
+            "max_deliver = 5\neffects = \"exactly-once\"\neffects_database = \"other\"",
+            "pipeline[0].effects_database",
+            "database `other` is not declared",
+        ),
+        (
+            "max_deliver = 5",
+            "max_deliver = 5\neffects_database = \"main\"",
+            "pipeline[0].effects_database",
+            "only used with effects = \"exactly-once\"",
+        ),
+        (
+            "max_deliver = 5",
+            "max_deliver = 5\neffects = \"exactly-once\"\neffects_schema = \"Bad-Name\"",
+            "pipeline[0].effects_schema",
+            "not a plain SQL name",
+        ),
+        (
+            "max_deliver = 5",
+            "max_deliver = 5\neffects = \"twice\"",
+            "pipeline[0].effects",
+            "unknown variant `twice`",
+        ),
+        (
+            "max_deliver = 5",
             "max_deliver = 0",
             "pipeline[0].max_deliver",
             "at least 1",
@@ -283,6 +307,50 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
         assert_eq!(err.key(), Some(*key), "{msg}");
         assert!(msg.contains(reason), "{to}: {msg}");
         assert!(msg.contains("jetplug.toml"), "{msg}");
+    }
+    Ok(())
+}
+
+/// `effects = "exactly-once"` needs one database to hold its ledger and
+/// no KV grant; each refusal says what to do.
+#[test]
+fn exactly_once_effects_need_one_database_and_no_kv() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let once = GOOD.replacen(
+        "max_deliver = 5",
+        "max_deliver = 5\neffects = \"exactly-once\"",
+        1,
+    );
+    let c = load(dir.path(), &once)?;
+    let p = c.pipeline("indexer").ok_or("pipeline")?;
+    assert_eq!(p.effects, jetplug::config::Effects::ExactlyOnce);
+    assert_eq!(p.effects_database(&c.plugins["indexer"]), Some("main"));
+    assert_eq!(p.effects_schema, "jetplug");
+    assert_eq!(p.effects_retention.0, Duration::from_secs(7 * 86400));
+    let grants = "grants = { sql = [\"main\"], publish = [\"dlq.>\"] }";
+    for (to, key, reason) in [
+        (
+            "grants = { sql = [\"main\"], kv = [\"b\"] }",
+            "pipeline[0].effects",
+            "KV writes cannot join the database transaction",
+        ),
+        (
+            "grants = { sql = [\"*\"] }",
+            "pipeline[0].effects_database",
+            "name the one whose transaction holds its effects",
+        ),
+        (
+            "grants = { publish = [\"dlq.>\"] }",
+            "pipeline[0].effects_database",
+            "has no sql grant",
+        ),
+    ] {
+        assert!(once.contains(grants));
+        let err = load(dir.path(), &once.replacen(grants, to, 1))
+            .err()
+            .ok_or_else(|| format!("accepted: {to}"))?;
+        assert_eq!(err.key(), Some(key), "{err}");
+        assert!(err.to_string().contains(reason), "{err}");
     }
     Ok(())
 }
