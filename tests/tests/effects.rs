@@ -181,3 +181,148 @@ async fn a_redelivery_after_the_commit_is_skipped() -> anyhow::Result<()> {
     assert_eq!(scalar(&db, "select count(*) from jetplug.outbox").await?, 0);
     Ok(())
 }
+
+/// Rows, the counter and OUT are exactly one per message of `payloads`.
+async fn assert_exact(
+    db: &tokio_postgres::Client,
+    js: &jetstream::Context,
+    n: usize,
+) -> anyhow::Result<()> {
+    assert_eq!(
+        scalar(db, "select count(*) from orders").await?,
+        n as i64,
+        "rows"
+    );
+    assert_eq!(
+        scalar(db, "select count(distinct payload) from orders").await?,
+        n as i64,
+        "distinct rows"
+    );
+    assert_eq!(
+        scalar(db, "select n from stock").await?,
+        n as i64,
+        "counter"
+    );
+    eventually(WAIT, "every publish relayed", || async {
+        Ok(published(js).await?.len() == n)
+    })
+    .await?;
+    let out = published(js).await?;
+    assert!(
+        out.values().all(|c| *c == 1),
+        "each published once: {:?}",
+        out.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+fn orders(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("order-{i:04}")).collect()
+}
+
+/// Two hosts share the pipeline's consumer: both get work, every effect
+/// happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_sharing_the_consumer_are_exact() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let db = tables(&pg).await?;
+    let (da, db_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let config = naive(da.path(), &nats.url(), &pg, "exactly-once")?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let mut a = start(config);
+    let mut b = start(naive(db_dir.path(), &nats.url(), &pg, "exactly-once")?);
+    let (sa, sb) = (a.stats().await?, b.stats().await?);
+    let payloads = orders(600);
+    for chunk in payloads.chunks(50) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        publish(&js, "events.a", &refs).await?;
+    }
+    eventually(Duration::from_secs(60), "all acked", || async {
+        Ok(Stats::get(&sa.acked) + Stats::get(&sb.acked) >= 600)
+    })
+    .await?;
+    a.stop().await?;
+    b.stop().await?;
+    assert!(
+        Stats::get(&sa.acked) > 0 && Stats::get(&sb.acked) > 0,
+        "both hosts got work: {} and {}",
+        Stats::get(&sa.acked),
+        Stats::get(&sb.acked)
+    );
+    assert_exact(&db, &js, 600).await
+}
+
+/// nats-server SIGKILLed mid-stream (acks of committed batches lost with
+/// it) and restarted: the redeliveries are skipped, the outbox is relayed
+/// after the restart, every effect happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_mid_stream_leaves_every_effect_once() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let db = tables(&pg).await?;
+    let dir = tempfile::tempdir()?;
+    let config = naive(dir.path(), &nats.url(), &pg, "exactly-once")?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let payloads = orders(800);
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    publish(&js, "events.a", &refs).await?;
+    let mut host = start(config);
+    let stats = host.stats().await?;
+    eventually(WAIT, "some acked", || async {
+        Ok(Stats::get(&stats.acked) >= 100)
+    })
+    .await?;
+    nats.kill().await?;
+    let at_kill = Stats::get(&stats.acked);
+    assert!(at_kill < 800, "killed mid-stream ({at_kill} acked)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart().await?;
+    let js = self::js(&nats).await?;
+    eventually(Duration::from_secs(90), "every message settled", || async {
+        Ok(all_settled(&js, 800).await.unwrap_or(false))
+    })
+    .await?;
+    host.stop().await?;
+    assert_exact(&db, &js, 800).await
+}
+
+/// PostgreSQL SIGKILLed mid-stream and restarted: the batches in flight
+/// roll back and are held until it is back, every effect happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_during_commits_leaves_every_effect_once() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut pg = Postgres::start().await?;
+    tables(&pg).await?;
+    let dir = tempfile::tempdir()?;
+    let config = naive(dir.path(), &nats.url(), &pg, "exactly-once")?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let payloads = orders(800);
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    publish(&js, "events.a", &refs).await?;
+    let mut host = start(config);
+    let stats = host.stats().await?;
+    eventually(WAIT, "some acked", || async {
+        Ok(Stats::get(&stats.acked) >= 100)
+    })
+    .await?;
+    pg.kill().await?;
+    let at_kill = Stats::get(&stats.acked);
+    assert!(at_kill < 800, "killed mid-stream ({at_kill} acked)");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.restart().await?;
+    eventually(Duration::from_secs(90), "every message settled", || async {
+        Ok(all_settled(&js, 800).await.unwrap_or(false))
+    })
+    .await?;
+    host.stop().await?;
+    assert!(
+        dlq_messages(&js).await?.is_empty(),
+        "nothing dead-lettered for an outage"
+    );
+    let db = pg.connect().await?;
+    assert_exact(&db, &js, 800).await
+}

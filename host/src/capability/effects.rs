@@ -92,6 +92,24 @@ pub struct Entry {
     pub sequence: u64,
 }
 
+/// How a message in the ledger ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Acked: its effects are done; any later delivery is skipped.
+    Ack,
+    /// Terminated and dead-lettered: a redrive of it runs again (once).
+    DeadLetter,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ack => "ack",
+            Outcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
 /// A publish kept in the outbox until JetStream stored it.
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -127,6 +145,7 @@ impl Tables {
                  pipeline text NOT NULL,
                  stream text NOT NULL,
                  seq int8 NOT NULL,
+                 outcome text NOT NULL DEFAULT 'ack',
                  handled_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (pipeline, stream, seq));
              CREATE INDEX IF NOT EXISTS ledger_handled_at ON {ledger} (handled_at);
@@ -148,20 +167,20 @@ impl Tables {
             .map_err(|e| StoreError::from_pg(database, &e))
     }
 
-    /// Which of `origins` `pipeline` has handled already.
+    /// Which of `origins` `pipeline` has handled already, and how.
     pub async fn handled(
         &self,
         client: &Object,
         database: &str,
         pipeline: &str,
         origins: &[Entry],
-    ) -> Result<Vec<Entry>, StoreError> {
+    ) -> Result<Vec<(Entry, Outcome)>, StoreError> {
         let streams: Vec<&str> = origins.iter().map(|o| o.stream.as_str()).collect();
         let seqs: Vec<i64> = origins.iter().map(|o| seq(o.sequence)).collect();
         let rows = client
             .query(
                 &format!(
-                    "SELECT l.stream, l.seq FROM {} l
+                    "SELECT l.stream, l.seq, l.outcome FROM {} l
                      JOIN unnest($2::text[], $3::int8[]) AS o(stream, seq)
                        ON l.stream = o.stream AND l.seq = o.seq
                      WHERE l.pipeline = $1",
@@ -173,9 +192,16 @@ impl Tables {
             .map_err(|e| StoreError::from_pg(database, &e))?;
         Ok(rows
             .iter()
-            .map(|r| Entry {
-                stream: r.get(0),
-                sequence: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+            .map(|r| {
+                let entry = Entry {
+                    stream: r.get(0),
+                    sequence: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                };
+                let outcome = match r.get::<_, &str>(2) {
+                    "dead_letter" => Outcome::DeadLetter,
+                    _ => Outcome::Ack,
+                };
+                (entry, outcome)
             })
             .collect())
     }
@@ -473,23 +499,27 @@ impl EffectsTx {
     }
 
     /// Records `handled` in the ledger and commits everything.
-    pub async fn commit(mut self, handled: &[Entry]) -> Result<(), StoreError> {
+    pub async fn commit(mut self, handled: &[(Entry, Outcome)]) -> Result<(), StoreError> {
         let database = self.database.clone();
         let client = self.client.take().ok_or_else(|| StoreError::Unavailable {
             database: database.clone(),
             reason: "the batch transaction has ended".into(),
         })?;
-        let streams: Vec<&str> = handled.iter().map(|o| o.stream.as_str()).collect();
-        let seqs: Vec<i64> = handled.iter().map(|o| seq(o.sequence)).collect();
+        let streams: Vec<&str> = handled.iter().map(|(o, _)| o.stream.as_str()).collect();
+        let seqs: Vec<i64> = handled.iter().map(|(o, _)| seq(o.sequence)).collect();
+        let outcomes: Vec<&str> = handled.iter().map(|(_, d)| d.as_str()).collect();
         let result = async {
+            // A redriven dead letter handled again updates its entry.
             client
                 .execute(
                     &format!(
-                        "INSERT INTO {} (pipeline, stream, seq)
-                         SELECT $1, s, q FROM unnest($2::text[], $3::int8[]) AS o(s, q)",
+                        "INSERT INTO {} (pipeline, stream, seq, outcome)
+                         SELECT $1, s, q, d FROM unnest($2::text[], $3::int8[], $4::text[]) AS o(s, q, d)
+                         ON CONFLICT (pipeline, stream, seq)
+                         DO UPDATE SET outcome = EXCLUDED.outcome, handled_at = now()",
                         self.tables.ledger()
                     ),
-                    &[&self.pipeline, &streams, &seqs],
+                    &[&self.pipeline, &streams, &seqs, &outcomes],
                 )
                 .await?;
             client.batch_execute("COMMIT").await

@@ -28,7 +28,7 @@ use async_nats::jetstream;
 use deadpool_postgres::Pool;
 
 use crate::bindings::Message;
-use crate::capability::effects::{EffectsTx, Entry, StoreError, Tables};
+use crate::capability::effects::{EffectsTx, Entry, Outcome, StoreError, Tables};
 use crate::deadletter::Origin;
 
 /// Where and how a pipeline keeps its effects exactly-once.
@@ -71,12 +71,12 @@ impl EffectsPlan {
         self.tables.create(&client, &self.database).await
     }
 
-    /// Which of `origins` `pipeline` has handled already.
+    /// Which of `origins` `pipeline` has handled already, and how.
     pub async fn handled(
         &self,
         pipeline: &str,
         origins: &[Entry],
-    ) -> Result<Vec<Entry>, StoreError> {
+    ) -> Result<Vec<(Entry, Outcome)>, StoreError> {
         let client = self.client().await?;
         self.tables
             .handled(&client, &self.database, pipeline, origins)
@@ -194,6 +194,14 @@ pub fn entry(m: &Message) -> Entry {
     }
 }
 
+/// Whether `m` was redriven from the dead-letter queue (it carries its
+/// origin in headers).
+fn is_redrive(m: &Message) -> bool {
+    m.headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(crate::deadletter::headers::ORIGIN))
+}
+
 /// Relays what a crashed host (or a failed relay) left in the outbox, and
 /// prunes the ledger, until `shutdown`.
 pub async fn relay_loop(p: Arc<super::Pipeline>, plan: Arc<EffectsPlan>) {
@@ -289,11 +297,18 @@ pub(super) async fn run_batch(
                 continue;
             }
         };
-        if !done.is_empty() {
-            let done: std::collections::HashSet<Entry> = done.into_iter().collect();
+        // A dead letter's origin is run again when it is redriven (once:
+        // the run updates its entry); any other delivery of it is done.
+        let done: std::collections::HashMap<Entry, Outcome> = done.into_iter().collect();
+        let skip = |m: &Message, e: &Entry| match done.get(e) {
+            Some(Outcome::Ack) => true,
+            Some(Outcome::DeadLetter) => !is_redrive(m),
+            None => false,
+        };
+        if msgs.iter().zip(&entries).any(|(m, e)| skip(m, e)) {
             let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
             for ((js_msg, m), e) in delivered.into_iter().zip(msgs).zip(&entries) {
-                if done.contains(e) {
+                if skip(&m, e) {
                     super::Stats::add(&p.stats.skipped, 1);
                     if let Err(err) = js_msg.ack().await {
                         tracing::warn!(pipeline = %p.cfg.name, stream = %m.stream, seq = m.stream_seq,
@@ -411,7 +426,19 @@ pub(super) async fn run_batch(
                 terms[i] = true;
             }
         }
-        if let Err(e) = tx.commit(&entries).await {
+        let handled: Vec<(Entry, Outcome)> = entries
+            .iter()
+            .zip(&terms)
+            .map(|(e, term)| {
+                let outcome = if *term {
+                    Outcome::DeadLetter
+                } else {
+                    Outcome::Ack
+                };
+                (e.clone(), outcome)
+            })
+            .collect();
+        if let Err(e) = tx.commit(&handled).await {
             if !hold(p, &delivered, &msgs, &e, held_since, &mut holds).await {
                 return Ran::Settled;
             }
