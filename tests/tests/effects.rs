@@ -10,7 +10,7 @@ use jetplug_tests::rig::*;
 use jetplug_tests::{Postgres, TestConfig, scalar};
 
 /// EVENTS → the naive plugin (pipeline `main`), its publishes into OUT.
-fn naive(dir: &Path, nats: &str, pg: &Postgres, effects: &str) -> anyhow::Result<Config> {
+fn naive_config(dir: &Path, nats: &str, pg: &Postgres, effects: &str) -> TestConfig {
     TestConfig::events(dir, nats)
         .stream("OUT", &["out.>"])
         .database("db", &pg.url())
@@ -24,7 +24,10 @@ fn naive(dir: &Path, nats: &str, pg: &Postgres, effects: &str) -> anyhow::Result
         .set("pipeline.main.backoff", "initial", "100ms")
         .set("pipeline.main.backoff", "max", "200ms")
         .set("nats", "reconnect_delay", "200ms")
-        .load_in(dir)
+}
+
+fn naive(dir: &Path, nats: &str, pg: &Postgres, effects: &str) -> anyhow::Result<Config> {
+    naive_config(dir, nats, pg, effects).load_in(dir)
 }
 
 async fn tables(pg: &Postgres) -> anyhow::Result<tokio_postgres::Client> {
@@ -325,4 +328,60 @@ async fn postgres_restarted_during_commits_leaves_every_effect_once() -> anyhow:
     );
     let db = pg.connect().await?;
     assert_exact(&db, &js, 800).await
+}
+
+/// A new version swapped in (the plugin's config edited in the file)
+/// while messages flow: every effect happens once across the swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_swap_under_load_leaves_every_effect_once() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let db = tables(&pg).await?;
+    let dir = tempfile::tempdir()?;
+    let admin = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
+    let version = |rev: &str| -> anyhow::Result<TestConfig> {
+        Ok(naive_config(dir.path(), &nats.url(), &pg, "exactly-once")
+            .set("admin", "address", admin.as_str())
+            .set("plugin.p.config", "rev", rev))
+    };
+    let config = version("1")?.load_in(dir.path())?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let mut host = start(config);
+    let stats = host.stats().await?;
+    let payloads = orders(1500);
+    let publisher = {
+        let js = js.clone();
+        let payloads = payloads.clone();
+        tokio::spawn(async move {
+            for chunk in payloads.chunks(25) {
+                let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                publish(&js, "events.a", &refs).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    eventually(WAIT, "traffic flowing", || async {
+        Ok(Stats::get(&stats.acked) >= 300)
+    })
+    .await?;
+    // Written whole, then renamed over: the watcher sees one edit.
+    let tmp = dir.path().join("next.toml");
+    version("2")?.write(&tmp)?;
+    std::fs::rename(&tmp, dir.path().join("jetplug.toml"))?;
+    eventually(WAIT, "the new version swapped in", || async {
+        let (_, m) = jetplug_tests::http_get(&admin, "/metrics").await?;
+        Ok(m.contains(r#"jetplug_plugin_swaps_total{plugin="p",outcome="swapped"} 1"#))
+    })
+    .await?;
+    let during = Stats::get(&stats.acked);
+    publisher.await??;
+    eventually(Duration::from_secs(60), "every message settled", || async {
+        all_settled(&js, 1500).await
+    })
+    .await?;
+    host.stop().await?;
+    assert!(during < 1500, "swapped mid-stream ({during} acked)");
+    assert_exact(&db, &js, 1500).await
 }
