@@ -6,6 +6,7 @@
 pub mod aivo;
 pub mod cluster;
 pub mod dispatch;
+pub mod effects;
 pub mod env;
 pub mod indexer;
 pub mod languages;

@@ -40,6 +40,9 @@ enum What {
     Latency,
     /// Postgres indexer rows/s vs COPY, alone and beside hostile plugins.
     Indexer,
+    /// The naive plugin (INSERT, UPDATE, publish per message) with
+    /// `effects = "exactly-once"` against `"at-least-once"`.
+    Effects,
     /// The AIVO topology end to end: events/s from publish to indexed and
     /// counted, with the example's pipeline settings.
     Aivo,
@@ -92,6 +95,9 @@ struct Common {
     /// the machine's noise), or a list of loop, membomb, panic, flood.
     #[arg(long, global = true, default_value = "all", value_parser = hostiles)]
     hostile: Hostiles,
+    /// Messages per run of the exactly-once effects benchmark.
+    #[arg(long, global = true, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    effects_count: u64,
     /// Messages per rate in the latency benchmark.
     #[arg(long, global = true, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     latency_count: u64,
@@ -187,6 +193,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             What::Throughput
                 | What::Latency
                 | What::Indexer
+                | What::Effects
                 | What::Aivo
                 | What::Languages
                 | What::Tenants
@@ -215,6 +222,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(env) = &env
+        && (all || matches!(what, What::Effects))
+    {
+        rows::effects(env, &c, &mut rows).await?;
+    }
+
+    if let Some(env) = &env
         && (all || matches!(what, What::Aivo))
     {
         rows::aivo(env, &c, &mut rows).await?;
@@ -237,7 +250,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let settings = format!(
-        "{} messages of {} B, batch {}, concurrency {} (indexer: {} events, batch {}, concurrency {}); medians of {} runs; {} build",
+        "{} messages of {} B, batch {}, concurrency {} (indexer: {} events, batch {}, concurrency {}; effects: {} messages); medians of {} runs; {} build",
         c.count,
         c.size,
         c.batch,
@@ -245,6 +258,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         c.index_count,
         c.index_batch,
         c.index_concurrency,
+        c.effects_count,
         c.repeat,
         if cfg!(debug_assertions) {
             "dev"

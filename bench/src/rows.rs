@@ -162,6 +162,46 @@ pub(crate) async fn latency(
 }
 
 /// The `indexer` rows.
+pub(crate) async fn effects(
+    env: &Env,
+    c: &Common,
+    rows: &mut Vec<record::Line>,
+) -> anyhow::Result<()> {
+    let Some(url) = &c.postgres else {
+        rows.push(row(
+            "exactly-once effects",
+            "skipped (give --postgres URL)".into(),
+            "exactly-once ≥ 0.7 of at-least-once",
+            None,
+        ));
+        return Ok(());
+    };
+    let r = jetplug_bench::effects::run(
+        env,
+        jetplug_bench::effects::Settings {
+            count: c.effects_count,
+            batch: c.batch,
+            postgres_url: url.clone(),
+            repeat: c.repeat,
+        },
+    )
+    .await?;
+    rows.push(row(
+        "naive plugin (INSERT + UPDATE + publish), at-least-once",
+        format!("{:.0} msg/s", r.at_least_once),
+        "",
+        None,
+    ));
+    let ratio = r.exactly_once / r.at_least_once.max(1e-9);
+    rows.push(row(
+        "the same plugin, effects = \"exactly-once\"",
+        format!("{:.0} msg/s ({ratio:.2} of at-least-once)", r.exactly_once),
+        "≥ 0.7 of at-least-once",
+        Some(ratio >= 0.7),
+    ));
+    Ok(())
+}
+
 pub(crate) async fn indexer(
     env: &Env,
     c: &Common,
