@@ -247,3 +247,61 @@ async fn dead_letters_redriven_twice_leave_every_effect_once() -> anyhow::Result
     assert_eq!(get(&stats.acked), 3, "the plugin did not run it again");
     assert_exact(&db, &js, 3).await
 }
+
+/// `jetplug check` connects to an exactly-once pipeline's database and
+/// names a missing privilege with the GRANT that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_a_missing_privilege_before_traffic_flows() -> anyhow::Result<()> {
+    let pg = Postgres::start().await?;
+    let admin = pg.connect().await?;
+    admin
+        .batch_execute("CREATE ROLE limited LOGIN; GRANT ALL ON SCHEMA public TO limited;")
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let url = pg.url().replace("postgres@", "limited@");
+    let path = TestConfig::events(dir.path(), "nats://127.0.0.1:1")
+        .stream("OUT", &["out.>"])
+        .database("db", &url)
+        .plugin("p", plugins::TEST_NAIVE)
+        .set("plugin.p.grants", "sql", vec!["db"])
+        .set("plugin.p.grants", "publish", vec!["out.>"])
+        .pipeline("main", &["EVENTS"], "p")
+        .set("pipeline.main", "effects", "exactly-once")
+        .file_in(dir.path())?;
+    let out = jetplug(&["check", "--config", &path])?;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "pipeline `main` (exactly-once): user `limited` cannot create schema `jetplug`"
+        ) && text.contains("GRANT CREATE ON DATABASE"),
+        "{text}"
+    );
+
+    admin
+        .batch_execute("GRANT CREATE ON DATABASE postgres TO limited")
+        .await?;
+    let out = jetplug(&["check", "--config", &path])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // Tables an administrator created, without rights for the user.
+    admin
+        .batch_execute(
+            "REVOKE CREATE ON DATABASE postgres FROM limited;
+             CREATE SCHEMA jetplug;
+             GRANT USAGE ON SCHEMA jetplug TO limited;
+             CREATE TABLE jetplug.ledger (pipeline text, stream text, seq int8, outcome text,
+                 handled_at timestamptz, PRIMARY KEY (pipeline, stream, seq));
+             CREATE TABLE jetplug.outbox (id bigserial PRIMARY KEY, pipeline text, msg_id text,
+                 subject text, headers jsonb, payload bytea, queued_at timestamptz);",
+        )
+        .await?;
+    let out = jetplug(&["check", "--config", &path])?;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("lacks rights on \"jetplug\".ledger: GRANT SELECT, INSERT, UPDATE, DELETE"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -385,3 +385,46 @@ async fn a_hot_swap_under_load_leaves_every_effect_once() -> anyhow::Result<()> 
     assert!(during < 1500, "swapped mid-stream ({during} acked)");
     assert_exact(&db, &js, 1500).await
 }
+
+/// Under `grants.sql_role` the plugin's statements run as that role inside
+/// the batch transaction; the host writes the ledger and outbox as its own
+/// user, so the role needs no rights on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_works_under_a_sql_role_without_rights_on_the_ledger() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let db = tables(&pg).await?;
+    db.batch_execute(
+        "CREATE ROLE naive_role;
+         GRANT INSERT ON orders TO naive_role;
+         GRANT SELECT, UPDATE ON stock TO naive_role;",
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let config = naive_config(dir.path(), &nats.url(), &pg, "exactly-once")
+        .set("plugin.p.grants", "sql_role", "naive_role")
+        .load_in(dir.path())?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let payloads = orders(100);
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    publish(&js, "events.a", &refs).await?;
+    let mut host = start(config);
+    let stats = host.stats().await?;
+    eventually(WAIT, "all acked", || async {
+        Ok(Stats::get(&stats.acked) == 100)
+    })
+    .await?;
+    host.stop().await?;
+    assert_eq!(
+        scalar(
+            &db,
+            "select count(*) from information_schema.role_table_grants
+             where grantee = 'naive_role' and table_schema = 'jetplug'"
+        )
+        .await?,
+        0,
+        "the role was given nothing on the ledger or outbox"
+    );
+    assert_exact(&db, &js, 100).await
+}

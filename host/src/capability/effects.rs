@@ -167,6 +167,78 @@ impl Tables {
             .map_err(|e| StoreError::from_pg(database, &e))
     }
 
+    /// What the connection's user lacks to create and use the tables (empty
+    /// when nothing): for `jetplug check`, before traffic flows.
+    pub async fn missing_privileges(
+        &self,
+        client: &Object,
+        database: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let row = client
+            .query_one(
+                "SELECT current_user::text,
+                        current_database()::text,
+                        has_database_privilege(current_database(), 'CREATE'),
+                        (SELECT count(*) FROM pg_namespace WHERE nspname = $1) > 0,
+                        to_regclass($2) IS NOT NULL,
+                        to_regclass($3) IS NOT NULL",
+                &[
+                    &self.schema,
+                    &format!("{}.ledger", self.schema),
+                    &format!("{}.outbox", self.schema),
+                ],
+            )
+            .await
+            .map_err(|e| StoreError::from_pg(database, &e))?;
+        let (user, db): (String, String) = (row.get(0), row.get(1));
+        let (create_db, schema, ledger, outbox): (bool, bool, bool, bool) =
+            (row.get(2), row.get(3), row.get(4), row.get(5));
+        let mut missing = Vec::new();
+        if !schema && !create_db {
+            missing.push(format!(
+                "user `{user}` cannot create schema `{}` in database `{db}`: \
+                 GRANT CREATE ON DATABASE \"{db}\" TO \"{user}\" (or create the tables beforehand, docs/delivery.md)",
+                self.schema
+            ));
+            return Ok(missing);
+        }
+        if schema && !(ledger && outbox) {
+            let ok: bool = client
+                .query_one("SELECT has_schema_privilege($1, 'CREATE')", &[&self.schema])
+                .await
+                .map_err(|e| StoreError::from_pg(database, &e))?
+                .get(0);
+            if !ok {
+                missing.push(format!(
+                    "user `{user}` cannot create tables in schema `{}`: GRANT CREATE ON SCHEMA \"{}\" TO \"{user}\"",
+                    self.schema, self.schema
+                ));
+            }
+        }
+        for (exists, table, rights) in [
+            (ledger, self.ledger(), "SELECT, INSERT, UPDATE, DELETE"),
+            (outbox, self.outbox(), "SELECT, INSERT, DELETE"),
+        ] {
+            if !exists {
+                continue;
+            }
+            let ok: bool = client
+                .query_one(
+                    "SELECT has_table_privilege($1, 'SELECT,INSERT,DELETE')",
+                    &[&table],
+                )
+                .await
+                .map_err(|e| StoreError::from_pg(database, &e))?
+                .get(0);
+            if !ok {
+                missing.push(format!(
+                    "user `{user}` lacks rights on {table}: GRANT {rights} ON {table} TO \"{user}\""
+                ));
+            }
+        }
+        Ok(missing)
+    }
+
     /// Which of `origins` `pipeline` has handled already, and how.
     pub async fn handled(
         &self,
@@ -349,6 +421,9 @@ fn seq(s: u64) -> i64 {
 pub struct EffectsTx {
     pub database: String,
     client: Option<Object>,
+    /// The plugin's `sql_role`: its statements run under it, the host's
+    /// own writes (outbox, ledger) as the connection's user.
+    role: Option<String>,
     tables: Tables,
     pipeline: String,
     /// The `Nats-Msg-Id` prefix of this batch's publishes.
@@ -388,6 +463,7 @@ impl EffectsTx {
         Ok(EffectsTx {
             database: database.to_owned(),
             client: Some(client),
+            role: role.map(str::to_owned),
             tables: tables.clone(),
             pipeline: pipeline.to_owned(),
             key,
@@ -484,7 +560,15 @@ impl EffectsTx {
         let headers = serde_json::to_value(headers)
             .map_err(|e| CapabilityError::Invalid(format!("headers: {e}")))?;
         let client = self.client()?;
-        client
+        // The host's own row: written as the connection's user, so the
+        // plugin's role needs (and gets) no rights on the outbox.
+        if self.role.is_some() {
+            client
+                .batch_execute("SET LOCAL ROLE NONE")
+                .await
+                .map_err(super::sql::pg_error)?;
+        }
+        let inserted = client
             .execute(
                 &format!(
                     "INSERT INTO {} (pipeline, msg_id, subject, headers, payload)
@@ -494,7 +578,14 @@ impl EffectsTx {
                 &[&self.pipeline, &msg_id, &subject, &headers, &payload],
             )
             .await
-            .map_err(super::sql::pg_error)?;
+            .map_err(super::sql::pg_error);
+        if let Some(role) = &self.role {
+            client
+                .batch_execute(&format!("SET LOCAL ROLE {}", super::sql::quote_ident(role)))
+                .await
+                .map_err(super::sql::pg_error)?;
+        }
+        inserted?;
         Ok(msg_id)
     }
 
@@ -508,7 +599,11 @@ impl EffectsTx {
         let streams: Vec<&str> = handled.iter().map(|(o, _)| o.stream.as_str()).collect();
         let seqs: Vec<i64> = handled.iter().map(|(o, _)| seq(o.sequence)).collect();
         let outcomes: Vec<&str> = handled.iter().map(|(_, d)| d.as_str()).collect();
+        let reset = self.role.is_some();
         let result = async {
+            if reset {
+                client.batch_execute("SET LOCAL ROLE NONE").await?;
+            }
             // A redriven dead letter handled again updates its entry.
             client
                 .execute(

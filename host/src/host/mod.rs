@@ -65,7 +65,7 @@ pub struct HostHandle {
 }
 
 /// The ledger and outbox of an exactly-once pipeline (None otherwise).
-fn effects_plan(
+pub(crate) fn effects_plan(
     config: &Config,
     pc: &crate::config::PipelineConfig,
     backends: &Backends,

@@ -71,6 +71,23 @@ impl EffectsPlan {
         self.tables.create(&client, &self.database).await
     }
 
+    /// What the database user lacks for this plan (see
+    /// [`Tables::missing_privileges`]); within `wait`.
+    pub async fn missing_privileges(&self, wait: Duration) -> Result<Vec<String>, StoreError> {
+        let unreachable = || StoreError::Unavailable {
+            database: self.database.clone(),
+            reason: format!("no connection within {wait:?}"),
+        };
+        tokio::time::timeout(wait, async {
+            let client = self.client().await?;
+            self.tables
+                .missing_privileges(&client, &self.database)
+                .await
+        })
+        .await
+        .map_err(|_| unreachable())?
+    }
+
     /// Which of `origins` `pipeline` has handled already, and how.
     pub async fn handled(
         &self,
