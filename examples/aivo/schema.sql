@@ -24,8 +24,5 @@ CREATE TABLE IF NOT EXISTS event_counts (
     PRIMARY KEY (minute, domain, entity, action)
 );
 
-CREATE TABLE IF NOT EXISTS event_counted (
-    stream text NOT NULL,
-    stream_seq bigint NOT NULL,
-    PRIMARY KEY (stream, stream_seq)
-);
+-- The analytics pipeline runs with effects = "exactly-once": its ledger
+-- (jetplug.ledger) and outbox are created by the host.

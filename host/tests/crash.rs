@@ -125,7 +125,7 @@ async fn host_killed_mid_stream_and_restarted_is_exact() -> anyhow::Result<()> {
         2940
     );
     assert_eq!(
-        scalar(&db, "select count(*) from event_counted").await,
+        scalar(&db, "select sum(count)::int8 from event_counts").await,
         scalar(
             &db,
             "select count(*) from events where domain in ('learning', 'focus')"
@@ -149,7 +149,7 @@ async fn host_killed_mid_stream_and_restarted_is_exact() -> anyhow::Result<()> {
         ])
         .args([
             "--ledger",
-            "analytics=events:select stream_seq from event_counted where stream = $1",
+            "analytics=events:select seq from jetplug.ledger where pipeline = 'analytics' and stream = $1",
         ])
         .output()?;
     let text = jetplug_tests::output_text(&out);

@@ -61,17 +61,14 @@ async fn nothing_stranded(
     db: &tokio_postgres::Client,
 ) -> anyhow::Result<()> {
     for (pipeline, stream) in WRITERS {
-        let table = if pipeline == "indexer" {
-            "events"
+        // The indexer's rows carry their origin; the aggregator runs
+        // exactly-once, so the host's ledger says what it handled.
+        let query = if pipeline == "indexer" {
+            "select stream_seq from events where stream = $1"
         } else {
-            "event_counted"
+            "select seq from jetplug.ledger where pipeline = 'analytics' and stream = $1"
         };
-        let rows = db
-            .query(
-                &format!("select stream_seq from {table} where stream = $1"),
-                &[&stream],
-            )
-            .await?;
+        let rows = db.query(query, &[&stream]).await?;
         let handled = rows
             .iter()
             .map(|r| r.get::<_, i64>(0) as u64)

@@ -1,12 +1,13 @@
 //! The analytics aggregator: per-minute event counts by (domain, entity,
 //! action) in `event_counts`, exact under redelivery and restarts.
 //!
-//! Exactness comes from one statement per batch: it records the batch's
-//! origins (stream, stream_seq where each event was first stored; the same
-//! after a redrive from the dead-letter queue) in `event_counted` and adds
-//! to the counts only the origins not recorded before, both in the same
-//! transaction, so a redelivered or redriven message is never counted twice
-//! and a crash never loses a count. The minute is the origin's publish time, truncated.
+//! It has no dedupe code: it runs with `effects = "exactly-once"` (see
+//! examples/aivo), where the host runs each batch's statements in one
+//! transaction together with a ledger of the messages it handled, so a
+//! redelivered or redriven message is never counted twice and a crash
+//! never loses a count. The plugin just adds the batch's counts. (In the
+//! default at-least-once mode a redelivery would count again.) The minute
+//! is the origin's publish time (kept across a redrive), truncated.
 //!
 //! A payload that is not JSON is terminated (→ dead letter), as in the
 //! indexer, so malformed events are neither indexed nor counted.
@@ -15,7 +16,9 @@
 use jetplug_sdk::sql::{self, Value};
 use jetplug_sdk::{Config, ConfigError, Decision, Error, Message, Plugin, log};
 
-/// Rows per statement (6 parameters each).
+use std::collections::BTreeMap;
+
+/// Counts per statement (5 parameters each).
 const CHUNK: usize = 1000;
 
 const SCHEMA: &str = "
@@ -26,12 +29,10 @@ CREATE TABLE IF NOT EXISTS event_counts (
     action text NOT NULL,
     count bigint NOT NULL,
     PRIMARY KEY (minute, domain, entity, action)
-);
-CREATE TABLE IF NOT EXISTS event_counted (
-    stream text NOT NULL,
-    stream_seq bigint NOT NULL,
-    PRIMARY KEY (stream, stream_seq)
 )";
+
+/// (minute in ms, domain, entity, action).
+type Key = (i64, String, String, String);
 
 struct Aggregator {
     database: String,
@@ -76,28 +77,19 @@ impl Plugin for Aggregator {
     }
 }
 
-fn row(m: &Message) -> Result<[Value; 6], String> {
+fn row(m: &Message) -> Result<Key, String> {
     let text = m.text().map_err(|e| e.to_string())?;
     serde_json::from_str::<jetplug_sdk::serde::de::IgnoredAny>(text)
         .map_err(|e| format!("payload is not JSON: {e}"))?;
     let mut parts = m.subject.splitn(3, '.');
-    let mut next = || Value::Text(parts.next().unwrap_or("").to_owned());
+    let mut next = || parts.next().unwrap_or("").to_owned();
     let (domain, entity, action) = (next(), next(), next());
-    let origin = m.origin();
-    let at = origin.published_at_ms;
-    let minute_ms = at - at.rem_euclid(60_000);
-    Ok([
-        Value::Text(origin.stream),
-        Value::Int(i64::try_from(origin.sequence).unwrap_or(i64::MAX)),
-        Value::Timestamp(minute_ms.saturating_mul(1000)),
-        domain,
-        entity,
-        action,
-    ])
+    let at = m.origin().published_at_ms;
+    Ok((at - at.rem_euclid(60_000), domain, entity, action))
 }
 
 impl Aggregator {
-    fn count(&mut self, rows: &[[Value; 6]]) -> Result<(), Error> {
+    fn count(&mut self, rows: &[Key]) -> Result<(), Error> {
         if !self.schema_ready {
             let tx = sql::begin(&self.database)?;
             // Instances starting together race on CREATE TABLE IF NOT
@@ -106,53 +98,51 @@ impl Aggregator {
                 "SELECT pg_advisory_xact_lock(hashtext('jetplug-aggregator'))",
                 &[],
             )?;
-            for stmt in SCHEMA.split(';') {
-                tx.execute(stmt, &[])?;
-            }
+            tx.execute(SCHEMA, &[])?;
             tx.commit()?;
             self.schema_ready = true;
         }
-        let tx = sql::begin(&self.database)?;
-        for chunk in rows.chunks(CHUNK) {
+        let mut counts: BTreeMap<&Key, i64> = BTreeMap::new();
+        for r in rows {
+            *counts.entry(r).or_insert(0) += 1;
+        }
+        let counts: Vec<(&Key, i64)> = counts.into_iter().collect();
+        for chunk in counts.chunks(CHUNK) {
             let mut values = String::new();
-            let mut params = Vec::with_capacity(chunk.len() * 6);
-            for (n, r) in chunk.iter().enumerate() {
+            let mut params = Vec::with_capacity(chunk.len() * 5);
+            for (n, ((minute, domain, entity, action), count)) in chunk.iter().enumerate() {
                 if n > 0 {
                     values.push(',');
                 }
-                let b = n * 6;
+                let b = n * 5;
                 values.push_str(&format!(
-                    "(${}::text,${}::int8,${}::timestamptz,${}::text,${}::text,${}::text)",
+                    "(${}::timestamptz,${}::text,${}::text,${}::text,${}::int8)",
                     b + 1,
                     b + 2,
                     b + 3,
                     b + 4,
-                    b + 5,
-                    b + 6
+                    b + 5
                 ));
-                params.extend(r.iter().cloned());
+                params.extend([
+                    Value::Timestamp(minute.saturating_mul(1000)),
+                    Value::Text(domain.clone()),
+                    Value::Text(entity.clone()),
+                    Value::Text(action.clone()),
+                    Value::Int(*count),
+                ]);
             }
-            let stmt = format!(
-            "WITH input(stream, seq, minute, domain, entity, action) AS (SELECT DISTINCT * FROM (VALUES {values}) v),
-             fresh AS (
-                 INSERT INTO event_counted (stream, stream_seq)
-                 SELECT stream, seq FROM input
-                 ON CONFLICT DO NOTHING
-                 RETURNING stream, stream_seq
-             ),
-             agg AS (
-                 SELECT i.minute, i.domain, i.entity, i.action, count(*) AS n
-                 FROM input i JOIN fresh f ON f.stream = i.stream AND f.stream_seq = i.seq
-                 GROUP BY 1, 2, 3, 4
-             )
-             INSERT INTO event_counts (minute, domain, entity, action, count)
-             SELECT minute, domain, entity, action, n FROM agg
-             ON CONFLICT (minute, domain, entity, action)
-             DO UPDATE SET count = event_counts.count + EXCLUDED.count"
-        );
-            tx.execute(&stmt, &params)?;
+            sql::execute(
+                &self.database,
+                &format!(
+                    "INSERT INTO event_counts (minute, domain, entity, action, count)
+                     VALUES {values}
+                     ON CONFLICT (minute, domain, entity, action)
+                     DO UPDATE SET count = event_counts.count + EXCLUDED.count"
+                ),
+                &params,
+            )?;
         }
-        tx.commit()
+        Ok(())
     }
 }
 
