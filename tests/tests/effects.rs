@@ -428,3 +428,33 @@ async fn exactly_once_works_under_a_sql_role_without_rights_on_the_ledger() -> a
     );
     assert_exact(&db, &js, 100).await
 }
+
+/// A publish to a subject no stream captures is refused when made (the
+/// plugin sees `invalid` and retries it until it is dead-lettered), not
+/// queued to block the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_no_stream_captures_is_refused_not_queued() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let db = tables(&pg).await?;
+    let dir = tempfile::tempdir()?;
+    let config = naive_config(dir.path(), &nats.url(), &pg, "exactly-once")
+        .set("stream.OUT", "subjects", vec!["out.events.a"])
+        .load_in(dir.path())?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    publish(&js, "events.a", &["order-1", "order-2"]).await?;
+    publish(&js, "events.b", &["order-3"]).await?;
+    let mut host = start(config);
+    host.stats().await?;
+    eventually(WAIT, "every message settled", || async {
+        all_settled(&js, 3).await
+    })
+    .await?;
+    host.stop().await?;
+    let dlq = dlq_messages(&js).await?;
+    assert_eq!(dlq.len(), 1, "order-3 dead-lettered");
+    assert_eq!(&dlq[0].payload[..], b"order-3");
+    assert_eq!(scalar(&db, "select count(*) from jetplug.outbox").await?, 0);
+    assert_exact(&db, &js, 2).await
+}

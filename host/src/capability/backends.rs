@@ -21,6 +21,8 @@ pub struct Backends {
     js: OnceLock<jetstream::Context>,
     databases: BTreeMap<String, Pool>,
     buckets: Mutex<HashMap<String, kv::Store>>,
+    /// Subjects known to be captured by a stream, and by which.
+    captured: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -99,6 +101,30 @@ impl Backends {
                 "database `{name}` is not configured in this host"
             ))
         })
+    }
+
+    /// The stream that captures `subject` (looked up once, then cached):
+    /// `invalid` when none does, as a publish to it would be.
+    pub(crate) async fn stream_capturing(&self, subject: &str) -> Result<String, CapabilityError> {
+        if let Some(stream) = self.captured.lock().await.get(subject) {
+            return Ok(stream.clone());
+        }
+        let js = self.js()?;
+        let stream = js.stream_by_subject(subject).await.map_err(|e| {
+            use async_nats::jetstream::context::GetStreamByNameErrorKind as K;
+            match e.kind() {
+                K::NotFound => {
+                    CapabilityError::Invalid(format!("no stream captures subject `{subject}`"))
+                }
+                K::InvalidSubject => CapabilityError::Invalid(format!("bad subject `{subject}`")),
+                _ => CapabilityError::Unavailable(format!("stream lookup for `{subject}`: {e}")),
+            }
+        })?;
+        self.captured
+            .lock()
+            .await
+            .insert(subject.to_owned(), stream.clone());
+        Ok(stream)
     }
 
     /// The KV store handle for `bucket`, looked up once and cached.

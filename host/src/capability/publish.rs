@@ -84,8 +84,10 @@ impl publish::Host for PublishState {
                     }
                     headers.append(k.as_str(), v.as_str());
                 }
-                // An exactly-once batch: into the outbox, sent after commit.
+                // An exactly-once batch: into the outbox, sent after commit
+                // (a subject no stream captures is refused now, not there).
                 if let Some(tx) = self.calls.effects().lock().await.as_mut() {
+                    let stream = self.backends.stream_capturing(&msg.subject).await?;
                     let mut carried = msg.headers.clone();
                     let mut trace = HeaderMap::new();
                     crate::telemetry::context::inject(&span, &mut trace);
@@ -102,7 +104,7 @@ impl publish::Host for PublishState {
                     )
                     .await?;
                     return Ok(Receipt {
-                        stream: String::new(),
+                        stream,
                         sequence: 0,
                         duplicate: false,
                     });
