@@ -98,6 +98,8 @@ pub struct Report {
     /// per batch (the commit granularity settling after a write needs).
     pub copy_batched_rows_per_sec: f64,
     pub beside_hostile_rows_per_sec: f64,
+    /// The indexer alone with `effects = "exactly-once"` (one run).
+    pub exactly_once_rows_per_sec: f64,
     /// Each round's rate beside hostile plugins over its rate alone (the
     /// two runs of a round are taken back to back, so a slow spell of the
     /// machine touches both), in round order.
@@ -118,7 +120,17 @@ fn event(i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn body(env: &Env, s: &Settings, hostile: bool) -> String {
+/// How a run's indexer pipeline is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Alone,
+    BesideHostile,
+    /// Alone, with `effects = "exactly-once"`.
+    ExactlyOnce,
+}
+
+fn body(env: &Env, s: &Settings, mode: Mode) -> String {
+    let hostile = mode == Mode::BesideHostile;
     let mut b = format!(
         r#"
 [database.bench]
@@ -145,7 +157,13 @@ batch = {batch}
 batch_max_wait = "5ms"
 max_ack_pending = {pending}
 concurrency = {concurrency}
+{effects}
 "#,
+        effects = if mode == Mode::ExactlyOnce {
+            "effects = \"exactly-once\"\neffects_schema = \"jetplug_bench_idx\""
+        } else {
+            ""
+        },
         url = s.postgres_url,
         indexer = env.plugin("postgres_indexer.wasm").display(),
         batch = s.batch,
@@ -178,16 +196,20 @@ async fn index(
     env: &Env,
     s: &Settings,
     pg: &tokio_postgres::Client,
-    hostile: bool,
+    mode: Mode,
 ) -> anyhow::Result<(f64, u64)> {
-    pg.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
-        .await?;
-    let name = if hostile {
-        "indexer-hostile"
-    } else {
-        "indexer"
+    // A fresh table, and a fresh ledger (the streams start again at 1).
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {TABLE}; DROP SCHEMA IF EXISTS jetplug_bench_idx CASCADE"
+    ))
+    .await?;
+    let hostile = mode == Mode::BesideHostile;
+    let name = match mode {
+        Mode::Alone => "indexer",
+        Mode::BesideHostile => "indexer-hostile",
+        Mode::ExactlyOnce => "indexer-exactly-once",
     };
-    let (path, config) = env.config(name, "cache", &body(env, s, hostile))?;
+    let (path, config) = env.config(name, "cache", &body(env, s, mode))?;
     env.fresh_streams(&config).await?;
     let bar = env::bar(s.count, "publishing events");
     env.publish(SUBJECT, s.count, event, &bar).await?;
@@ -202,10 +224,10 @@ async fn index(
         )
         .await?;
     }
-    let what = if hostile {
-        "indexer beside hostile plugins"
-    } else {
-        "indexer alone"
+    let what = match mode {
+        Mode::Alone => "indexer alone",
+        Mode::BesideHostile => "indexer beside hostile plugins",
+        Mode::ExactlyOnce => "indexer, exactly-once",
     };
     let bar = env::bar(s.count, what);
     let host = env.spawn_host(&path, &format!("{name}.log"))?;
@@ -290,26 +312,30 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Report> {
     let (mut copy_rows_per_sec, mut copy_batched_rows_per_sec) = (0.0, 0.0);
     let mut hostile_failed_batches = 0;
     for round in 0..s.repeat.max(1) {
-        let rate_alone = index(env, s, &pg, false).await?.0;
+        let rate_alone = index(env, s, &pg, Mode::Alone).await?.0;
         alone.push(rate_alone);
         if round == 0 {
             copy_rows_per_sec = copy(s, &mut pg, s.count).await?;
             copy_batched_rows_per_sec = copy(s, &mut pg, u64::from(s.batch)).await?;
         }
-        let (rate, failed) = index(env, s, &pg, true).await?;
+        let (rate, failed) = index(env, s, &pg, Mode::BesideHostile).await?;
         beside.push(rate);
         hostile_ratios.push(rate / rate_alone.max(1e-9));
         hostile_failed_batches = hostile_failed_batches.max(failed);
     }
     let (indexer_rows_per_sec, beside_hostile_rows_per_sec) =
         (super::median(alone), super::median(beside));
-    pg.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
-        .await?;
+    let exactly_once_rows_per_sec = index(env, s, &pg, Mode::ExactlyOnce).await?.0;
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {TABLE}; DROP SCHEMA IF EXISTS jetplug_bench_idx CASCADE"
+    ))
+    .await?;
     Ok(Report {
         indexer_rows_per_sec,
         copy_rows_per_sec,
         copy_batched_rows_per_sec,
         beside_hostile_rows_per_sec,
+        exactly_once_rows_per_sec,
         hostile_ratios,
         hostile_failed_batches,
     })

@@ -243,6 +243,16 @@ pub(crate) async fn indexer(
                 "indexer ≥ 0.6 of it",
                 Some(of_copy >= 0.6),
             ));
+            let once = r.exactly_once_rows_per_sec / r.copy_rows_per_sec.max(1e-9);
+            rows.push(row(
+                "postgres-indexer, effects = \"exactly-once\" (one run)",
+                format!(
+                    "{:.0} rows/s ({once:.2} of the plain COPY)",
+                    r.exactly_once_rows_per_sec
+                ),
+                "≥ 0.6 of the plain COPY",
+                Some(once >= 0.6),
+            ));
             let of_batched = r.indexer_rows_per_sec / r.copy_batched_rows_per_sec.max(1e-9);
             rows.push(row(
                 &format!(
