@@ -86,7 +86,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.pipeline.as_ref().is_some_and(|n| n != &p.name) {
             continue;
         }
-        let ledger = args.ledger.iter().find(|l| l.pipeline == p.name);
+        // An exactly-once pipeline's ledger is the host's own, unless given.
+        let own = p
+            .effects_database(&config.plugins[&p.plugin])
+            .filter(|_| p.effects == crate::config::Effects::ExactlyOnce)
+            .map(|db| Ledger {
+                pipeline: p.name.clone(),
+                database: db.to_owned(),
+                sql: format!(
+                    "select seq from \"{}\".ledger where pipeline = '{}' and stream = $1",
+                    p.effects_schema,
+                    p.name.replace('\'', "''")
+                ),
+            });
+        let ledger = args
+            .ledger
+            .iter()
+            .find(|l| l.pipeline == p.name)
+            .or(own.as_ref());
         for s in p.streams.iter().filter_map(|s| config.stream(s)) {
             let handled = match ledger {
                 Some(l) => Some(handled(l, &backends, &s.name).await?),
