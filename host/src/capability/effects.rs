@@ -139,8 +139,12 @@ impl Tables {
     /// the database the first time (or an administrator creating them
     /// beforehand: docs/delivery.md has the statements).
     pub async fn create(&self, client: &Object, database: &str) -> Result<(), StoreError> {
+        // Hosts starting together race on CREATE … IF NOT EXISTS (one
+        // fails on the catalog's unique index): a lock serialises them.
         let ddl = format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('jetplug-effects-ddl'));
+             CREATE SCHEMA IF NOT EXISTS \"{schema}\";
              CREATE TABLE IF NOT EXISTS {ledger} (
                  pipeline text NOT NULL,
                  stream text NOT NULL,
@@ -156,15 +160,17 @@ impl Tables {
                  subject text NOT NULL,
                  headers jsonb NOT NULL,
                  payload bytea NOT NULL,
-                 queued_at timestamptz NOT NULL DEFAULT now());",
+                 queued_at timestamptz NOT NULL DEFAULT now());
+             COMMIT;",
             schema = self.schema,
             ledger = self.ledger(),
             outbox = self.outbox(),
         );
-        client
-            .batch_execute(&ddl)
-            .await
-            .map_err(|e| StoreError::from_pg(database, &e))
+        let created = client.batch_execute(&ddl).await;
+        if created.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        created.map_err(|e| StoreError::from_pg(database, &e))
     }
 
     /// What the connection's user lacks to create and use the tables (empty
