@@ -395,26 +395,42 @@ impl Tables {
             .map_err(|e| StoreError::from_pg(database, &e))
     }
 
-    /// Ledger entries and outbox rows of `pipeline` now.
-    pub async fn sizes(
+    /// Outbox rows of `pipeline` now (a small table: cheap).
+    pub async fn queued_count(
         &self,
         client: &Object,
         database: &str,
         pipeline: &str,
-    ) -> Result<(i64, i64), StoreError> {
-        let row = client
+    ) -> Result<i64, StoreError> {
+        self.count(client, database, &self.outbox(), pipeline).await
+    }
+
+    /// Ledger entries of `pipeline` now (a scan of its index: counted
+    /// rarely).
+    pub async fn ledger_count(
+        &self,
+        client: &Object,
+        database: &str,
+        pipeline: &str,
+    ) -> Result<i64, StoreError> {
+        self.count(client, database, &self.ledger(), pipeline).await
+    }
+
+    async fn count(
+        &self,
+        client: &Object,
+        database: &str,
+        table: &str,
+        pipeline: &str,
+    ) -> Result<i64, StoreError> {
+        Ok(client
             .query_one(
-                &format!(
-                    "SELECT (SELECT count(*) FROM {} WHERE pipeline = $1),
-                            (SELECT count(*) FROM {} WHERE pipeline = $1)",
-                    self.ledger(),
-                    self.outbox()
-                ),
+                &format!("SELECT count(*) FROM {table} WHERE pipeline = $1"),
                 &[&pipeline],
             )
             .await
-            .map_err(|e| StoreError::from_pg(database, &e))?;
-        Ok((row.get(0), row.get(1)))
+            .map_err(|e| StoreError::from_pg(database, &e))?
+            .get(0))
     }
 }
 

@@ -186,10 +186,20 @@ impl EffectsPlan {
             .await
     }
 
-    /// Ledger entries and queued publishes of `pipeline`.
-    pub async fn sizes(&self, pipeline: &str) -> Result<(i64, i64), StoreError> {
+    /// Queued publishes of `pipeline`.
+    pub async fn queued(&self, pipeline: &str) -> Result<i64, StoreError> {
         let client = self.client().await?;
-        self.tables.sizes(&client, &self.database, pipeline).await
+        self.tables
+            .queued_count(&client, &self.database, pipeline)
+            .await
+    }
+
+    /// Ledger entries of `pipeline`.
+    pub async fn ledger_size(&self, pipeline: &str) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        self.tables
+            .ledger_count(&client, &self.database, pipeline)
+            .await
     }
 }
 
@@ -247,9 +257,12 @@ pub async fn relay_loop(p: Arc<super::Pipeline>, plan: Arc<EffectsPlan>) {
                 Err(e) => tracing::warn!(pipeline = %p.cfg.name, error = %e,
                     "pruning the ledger failed; trying again later"),
             }
+            if let Ok(n) = plan.ledger_size(&p.cfg.name).await {
+                p.stats.effects_ledger.set(n);
+            }
         }
-        if let Ok((ledger, outbox)) = plan.sizes(&p.cfg.name).await {
-            p.stats.effects_sizes(ledger, outbox);
+        if let Ok(n) = plan.queued(&p.cfg.name).await {
+            p.stats.effects_outbox.set(n);
         }
     }
 }

@@ -138,12 +138,6 @@ impl Stats {
         }
     }
 
-    /// The sizes of an exactly-once pipeline's ledger and outbox.
-    pub(crate) fn effects_sizes(&self, ledger: i64, outbox: i64) {
-        self.effects_ledger.set(ledger);
-        self.effects_outbox.set(outbox);
-    }
-
     /// A tenant quota made a puller wait this long.
     pub(crate) fn throttled(&self, d: Duration) {
         if !d.is_zero() {
