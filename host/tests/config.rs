@@ -248,6 +248,12 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
         ),
         (
             "max_deliver = 5",
+            "max_deliver = 5\neffects = \"exactly-once\"\neffects_outbox_table = \"ledger\"",
+            "pipeline[0].effects_outbox_table",
+            "two tables",
+        ),
+        (
+            "max_deliver = 5",
             "max_deliver = 5\neffects = \"twice\"",
             "pipeline[0].effects",
             "unknown variant `twice`",

@@ -300,7 +300,9 @@ async fn check_reports_a_missing_privilege_before_traffic_flows() -> anyhow::Res
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("lacks rights on \"jetplug\".ledger: GRANT SELECT, INSERT, UPDATE, DELETE"),
+        text.contains(
+            "lacks rights on \"jetplug\".\"ledger\": GRANT SELECT, INSERT, UPDATE, DELETE"
+        ),
         "{text}"
     );
     Ok(())

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug_tests::{NatsServer, TestConfig, eventually, free_port, plugins};
+use jetplug_tests::{NatsServer, Postgres, TestConfig, eventually, free_port, plugins, scalar};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -21,21 +21,33 @@ fn built(path: &str) -> anyhow::Result<&str> {
 }
 
 /// EVENTS is validated by the Python schema validator and enriched by the
-/// JavaScript enricher, side by side, with default limits.
-fn write_config(dir: &Path, url: &str, admin: &str) -> anyhow::Result<std::path::PathBuf> {
+/// JavaScript enricher, side by side, with default limits — both with
+/// `effects = "exactly-once"` (their ledger in database `db`; the
+/// enricher's publishes relayed through the outbox).
+fn write_config(
+    dir: &Path,
+    url: &str,
+    admin: &str,
+    pg: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     TestConfig::new(dir, url)
         .set("admin", "address", admin)
         .stream("EVENTS", &["learning.>"])
         .stream("ENRICHED", &["enriched.>"])
         .stream("DLQ", &["dlq.>"])
+        .database("db", pg)
         .plugin("validator", built(plugins::SCHEMA_VALIDATOR_PY)?)
+        .set("plugin.validator.grants", "sql", vec!["db"])
         .plugin("enricher", built(plugins::ENRICHER_JS)?)
         .set("plugin.enricher.grants", "publish", vec!["enriched.>"])
+        .set("plugin.enricher.grants", "sql", vec!["db"])
         .set("plugin.enricher.config", "pass_mark", "60")
         .pipeline("validate", &["EVENTS"], "validator")
         .unset("pipeline.validate", "batch_max_wait")
+        .set("pipeline.validate", "effects", "exactly-once")
         .pipeline("enrich", &["EVENTS"], "enricher")
         .unset("pipeline.enrich", "batch_max_wait")
+        .set("pipeline.enrich", "effects", "exactly-once")
         .write_in(dir)
 }
 
@@ -67,9 +79,10 @@ async fn read_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_javascript_plugins_run_in_a_pipeline() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
     let dir = tempfile::tempdir()?;
     let admin = format!("127.0.0.1:{}", free_port()?);
-    let config = write_config(dir.path(), &nats.url(), &admin)?;
+    let config = write_config(dir.path(), &nats.url(), &admin, &pg.url())?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let host = tokio::spawn(jetplug::host::run(
         jetplug::config::Config::load(&config)?,
@@ -113,6 +126,18 @@ async fn python_and_javascript_plugins_run_in_a_pipeline() -> anyhow::Result<()>
         enriched,
         "one per event, no more"
     );
+    let db = pg.connect().await?;
+    for pipeline in ["validate", "enrich"] {
+        assert_eq!(
+            scalar(
+                &db,
+                &format!("select count(*) from jetplug.ledger where pipeline = '{pipeline}'")
+            )
+            .await?,
+            44,
+            "{pipeline}: every event in its ledger (acked or dead-lettered)"
+        );
+    }
 
     let mut reasons: Vec<(String, String)> = read_all(&js, "DLQ")
         .await?

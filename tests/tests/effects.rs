@@ -140,7 +140,12 @@ async fn a_redelivery_after_the_commit_is_skipped() -> anyhow::Result<()> {
     let pg = Postgres::start().await?;
     let db = tables(&pg).await?;
     let dir = tempfile::tempdir()?;
-    let config = naive(dir.path(), &nats.url(), &pg, "exactly-once")?;
+    // Tables of its own names, too.
+    let config = naive_config(dir.path(), &nats.url(), &pg, "exactly-once")
+        .set("pipeline.main", "effects_schema", "shop_fx")
+        .set("pipeline.main", "effects_ledger_table", "handled")
+        .set("pipeline.main", "effects_outbox_table", "to_send")
+        .load_in(dir.path())?;
     let js = js(&nats).await?;
     jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
     let payloads: Vec<String> = (0..30).map(|i| format!("order-{i:02}")).collect();
@@ -176,12 +181,15 @@ async fn a_redelivery_after_the_commit_is_skipped() -> anyhow::Result<()> {
     assert_eq!(
         scalar(
             &db,
-            "select count(*) from jetplug.ledger where pipeline = 'main'"
+            "select count(*) from shop_fx.handled where pipeline = 'main'"
         )
         .await?,
         30
     );
-    assert_eq!(scalar(&db, "select count(*) from jetplug.outbox").await?, 0);
+    assert_eq!(
+        scalar(&db, "select count(*) from shop_fx.to_send").await?,
+        0
+    );
     Ok(())
 }
 
@@ -457,4 +465,53 @@ async fn a_publish_no_stream_captures_is_refused_not_queued() -> anyhow::Result<
     assert_eq!(&dlq[0].payload[..], b"order-3");
     assert_eq!(scalar(&db, "select count(*) from jetplug.outbox").await?, 0);
     assert_exact(&db, &js, 2).await
+}
+
+/// Ledger entries older than `effects_retention` are pruned (at start, then
+/// every 10 minutes) and the ledger's size is in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_pruned_past_its_retention_and_sized() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let db = tables(&pg).await?;
+    let dir = tempfile::tempdir()?;
+    let config = |retention: &str| {
+        naive_config(dir.path(), &nats.url(), &pg, "exactly-once")
+            .set("pipeline.main", "effects_retention", retention)
+            .load_in(dir.path())
+    };
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config("1h")?.streams).await?;
+    publish(&js, "events.a", &["order-1", "order-2", "order-3"]).await?;
+    let mut host = start(config("1h")?);
+    let stats = host.stats().await?;
+    eventually(WAIT, "all acked", || async {
+        Ok(Stats::get(&stats.acked) == 3)
+    })
+    .await?;
+    host.stop().await?;
+    // Started again within the retention: kept, and counted at start.
+    let mut host = start(config("1h")?);
+    let stats = host.stats().await?;
+    eventually(WAIT, "the gauge counts the ledger", || async {
+        Ok(stats.effects_ledger.get() == 3)
+    })
+    .await?;
+    host.stop().await?;
+    let ledger = "select count(*) from jetplug.ledger where pipeline = 'main'";
+    assert_eq!(scalar(&db, ledger).await?, 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Started again past a 1 s retention: pruned, and the gauge says so.
+    let mut host = start(config("1s")?);
+    let stats = host.stats().await?;
+    eventually(WAIT, "the ledger pruned", || async {
+        Ok(scalar(&db, ledger).await? == 0)
+    })
+    .await?;
+    eventually(WAIT, "the gauge updated", || async {
+        Ok(stats.effects_ledger.get() == 0)
+    })
+    .await?;
+    host.stop().await?;
+    assert_exact(&db, &js, 3).await
 }

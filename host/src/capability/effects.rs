@@ -40,11 +40,13 @@ impl Effects {
     }
 }
 
-/// Where a pipeline keeps its ledger and outbox: `"schema".ledger` and
-/// `"schema".outbox` in its effects database.
+/// Where a pipeline keeps its ledger and outbox: `"schema"."ledger"` and
+/// `"schema"."outbox"` (names from its config) in its effects database.
 #[derive(Debug, Clone)]
 pub struct Tables {
     schema: String,
+    ledger: String,
+    outbox: String,
 }
 
 /// A failure of the effects store itself (not of a plugin's statement).
@@ -121,18 +123,20 @@ pub struct Queued {
 }
 
 impl Tables {
-    pub fn new(schema: &str) -> Self {
+    pub fn new(schema: &str, ledger: &str, outbox: &str) -> Self {
         Tables {
             schema: schema.to_owned(),
+            ledger: ledger.to_owned(),
+            outbox: outbox.to_owned(),
         }
     }
 
     fn ledger(&self) -> String {
-        format!("\"{}\".ledger", self.schema)
+        format!("\"{}\".\"{}\"", self.schema, self.ledger)
     }
 
     fn outbox(&self) -> String {
-        format!("\"{}\".outbox", self.schema)
+        format!("\"{}\".\"{}\"", self.schema, self.outbox)
     }
 
     /// Creates the schema and both tables when missing. Needs `CREATE` on
@@ -152,7 +156,7 @@ impl Tables {
                  outcome text NOT NULL DEFAULT 'ack',
                  handled_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (pipeline, stream, seq));
-             CREATE INDEX IF NOT EXISTS ledger_handled_at ON {ledger} (handled_at);
+             CREATE INDEX IF NOT EXISTS \"{ledger_name}_handled_at\" ON {ledger} USING brin (handled_at);
              CREATE TABLE IF NOT EXISTS {outbox} (
                  id bigserial PRIMARY KEY,
                  pipeline text NOT NULL,
@@ -164,6 +168,7 @@ impl Tables {
              COMMIT;",
             schema = self.schema,
             ledger = self.ledger(),
+            ledger_name = self.ledger,
             outbox = self.outbox(),
         );
         let created = client.batch_execute(&ddl).await;
@@ -188,11 +193,7 @@ impl Tables {
                         (SELECT count(*) FROM pg_namespace WHERE nspname = $1) > 0,
                         to_regclass($2) IS NOT NULL,
                         to_regclass($3) IS NOT NULL",
-                &[
-                    &self.schema,
-                    &format!("{}.ledger", self.schema),
-                    &format!("{}.outbox", self.schema),
-                ],
+                &[&self.schema, &self.ledger(), &self.outbox()],
             )
             .await
             .map_err(|e| StoreError::from_pg(database, &e))?;

@@ -94,8 +94,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 pipeline: p.name.clone(),
                 database: db.to_owned(),
                 sql: format!(
-                    "select seq from \"{}\".ledger where pipeline = '{}' and stream = $1",
+                    "select seq from \"{}\".\"{}\" where pipeline = '{}' and stream = $1",
                     p.effects_schema,
+                    p.effects_ledger_table,
                     p.name.replace('\'', "''")
                 ),
             });

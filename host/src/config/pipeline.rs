@@ -196,6 +196,12 @@ pub struct PipelineConfig {
     /// tables (default `jetplug`).
     #[serde(default = "default_effects_schema")]
     pub effects_schema: String,
+    /// With exactly-once effects: the ledger table's name (default `ledger`).
+    #[serde(default = "default_ledger_table")]
+    pub effects_ledger_table: String,
+    /// With exactly-once effects: the outbox table's name (default `outbox`).
+    #[serde(default = "default_outbox_table")]
+    pub effects_outbox_table: String,
     /// With exactly-once effects: how long a ledger entry is kept (default
     /// 7d; the longest a message can be redelivered or redriven and still
     /// be recognised).
@@ -223,6 +229,12 @@ fn default_concurrency() -> u32 {
 }
 fn default_effects_schema() -> String {
     "jetplug".to_owned()
+}
+fn default_ledger_table() -> String {
+    "ledger".to_owned()
+}
+fn default_outbox_table() -> String {
+    "outbox".to_owned()
 }
 fn default_effects_retention() -> Dur {
     Dur(Duration::from_secs(7 * 24 * 3600))

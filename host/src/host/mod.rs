@@ -89,7 +89,11 @@ pub(crate) fn effects_plan(
         db,
         pool,
         plugin.grants.sql_role.clone(),
-        &pc.effects_schema,
+        crate::capability::effects::Tables::new(
+            &pc.effects_schema,
+            &pc.effects_ledger_table,
+            &pc.effects_outbox_table,
+        ),
         pc.effects_retention.0,
     ))))
 }

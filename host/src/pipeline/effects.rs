@@ -46,14 +46,14 @@ impl EffectsPlan {
         database: &str,
         pool: Pool,
         role: Option<String>,
-        schema: &str,
+        tables: Tables,
         retention: Duration,
     ) -> Self {
         EffectsPlan {
             database: database.to_owned(),
             pool,
             role,
-            tables: Tables::new(schema),
+            tables,
             retention,
         }
     }

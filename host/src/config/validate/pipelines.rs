@@ -65,15 +65,28 @@ fn effects(config: &Config, p: &PipelineConfig) -> Result<(), Problem> {
             ),
         );
     }
-    let schema = &p.effects_schema;
-    let plain = schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !plain || schema.len() > 63 {
+    for (key, name) in [
+        ("effects_schema", &p.effects_schema),
+        ("effects_ledger_table", &p.effects_ledger_table),
+        ("effects_outbox_table", &p.effects_outbox_table),
+    ] {
+        let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain || name.len() > 48 {
+            return e(
+                key,
+                format!(
+                    "`{name}` is not a plain SQL name (lowercase letters, digits, _; at most 48)"
+                ),
+            );
+        }
+    }
+    if p.effects_ledger_table == p.effects_outbox_table {
         return e(
-            "effects_schema",
-            format!("`{schema}` is not a plain SQL name (lowercase letters, digits, _)"),
+            "effects_outbox_table",
+            "the ledger and the outbox need two tables".into(),
         );
     }
     Ok(())
