@@ -435,6 +435,14 @@ impl Tables {
     }
 }
 
+/// `text` as a value in COPY's text format.
+fn copy_text(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
 fn seq(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)
 }
@@ -613,33 +621,63 @@ impl EffectsTx {
     }
 
     /// Records `handled` in the ledger and commits everything.
-    pub async fn commit(mut self, handled: &[(Entry, Outcome)]) -> Result<(), StoreError> {
+    pub async fn commit(
+        mut self,
+        fresh: &[(Entry, Outcome)],
+        again: &[(Entry, Outcome)],
+    ) -> Result<(), StoreError> {
         let database = self.database.clone();
         let client = self.client.take().ok_or_else(|| StoreError::Unavailable {
             database: database.clone(),
             reason: "the batch transaction has ended".into(),
         })?;
-        let streams: Vec<&str> = handled.iter().map(|(o, _)| o.stream.as_str()).collect();
-        let seqs: Vec<i64> = handled.iter().map(|(o, _)| seq(o.sequence)).collect();
-        let outcomes: Vec<&str> = handled.iter().map(|(_, d)| d.as_str()).collect();
         let reset = self.role.is_some();
         let result = async {
             if reset {
                 client.batch_execute("SET LOCAL ROLE NONE").await?;
             }
-            // A redriven dead letter handled again updates its entry.
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO {} (pipeline, stream, seq, outcome)
-                         SELECT $1, s, q, d FROM unnest($2::text[], $3::int8[], $4::text[]) AS o(s, q, d)
-                         ON CONFLICT (pipeline, stream, seq)
-                         DO UPDATE SET outcome = EXCLUDED.outcome, handled_at = now()",
+            // New origins by COPY (the cheapest way in; a duplicate — the
+            // same message committed meanwhile by another host after an
+            // ack_wait — fails the commit, and the re-run skips it).
+            if !fresh.is_empty() {
+                let mut text = String::with_capacity(fresh.len() * 48);
+                for (e, o) in fresh {
+                    text.push_str(&copy_text(&self.pipeline));
+                    text.push('\t');
+                    text.push_str(&copy_text(&e.stream));
+                    text.push('\t');
+                    text.push_str(&seq(e.sequence).to_string());
+                    text.push('\t');
+                    text.push_str(o.as_str());
+                    text.push('\n');
+                }
+                let sink = client
+                    .copy_in::<_, bytes::Bytes>(&format!(
+                        "COPY {} (pipeline, stream, seq, outcome) FROM STDIN",
                         self.tables.ledger()
-                    ),
-                    &[&self.pipeline, &streams, &seqs, &outcomes],
-                )
-                .await?;
+                    ))
+                    .await?;
+                futures::pin_mut!(sink);
+                futures::SinkExt::send(&mut sink, bytes::Bytes::from(text)).await?;
+                sink.finish().await?;
+            }
+            // Redriven dead letters handled again: their entries updated.
+            if !again.is_empty() {
+                let streams: Vec<&str> = again.iter().map(|(o, _)| o.stream.as_str()).collect();
+                let seqs: Vec<i64> = again.iter().map(|(o, _)| seq(o.sequence)).collect();
+                let outcomes: Vec<&str> = again.iter().map(|(_, d)| d.as_str()).collect();
+                client
+                    .execute(
+                        &format!(
+                            "UPDATE {} l SET outcome = o.d, handled_at = now()
+                             FROM unnest($2::text[], $3::int8[], $4::text[]) AS o(s, q, d)
+                             WHERE l.pipeline = $1 AND l.stream = o.s AND l.seq = o.q",
+                            self.tables.ledger()
+                        ),
+                        &[&self.pipeline, &streams, &seqs, &outcomes],
+                    )
+                    .await?;
+            }
             client.batch_execute("COMMIT").await
         }
         .await;

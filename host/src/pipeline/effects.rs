@@ -456,19 +456,21 @@ pub(super) async fn run_batch(
                 terms[i] = true;
             }
         }
-        let handled: Vec<(Entry, Outcome)> = entries
-            .iter()
-            .zip(&terms)
-            .map(|(e, term)| {
-                let outcome = if *term {
-                    Outcome::DeadLetter
-                } else {
-                    Outcome::Ack
-                };
-                (e.clone(), outcome)
-            })
-            .collect();
-        if let Err(e) = tx.commit(&handled).await {
+        // Entries new to the ledger, and redriven dead letters' entries.
+        let (mut fresh, mut again) = (Vec::new(), Vec::new());
+        for (e, term) in entries.iter().zip(&terms) {
+            let outcome = if *term {
+                Outcome::DeadLetter
+            } else {
+                Outcome::Ack
+            };
+            if done.contains_key(e) {
+                again.push((e.clone(), outcome));
+            } else {
+                fresh.push((e.clone(), outcome));
+            }
+        }
+        if let Err(e) = tx.commit(&fresh, &again).await {
             if !hold(p, &delivered, &msgs, &e, held_since, &mut holds).await {
                 return Ran::Settled;
             }
