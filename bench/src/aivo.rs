@@ -89,10 +89,13 @@ name = "analytics"
 streams = ["BENCH_LEARNING", "BENCH_FOCUS"]
 plugin = "aggregator"
 dead_letter = "dlq-router"
+effects = "exactly-once"
+effects_schema = "{schema}"
 max_deliver = 3
 batch = 500
 max_ack_pending = 2000
 "#,
+        schema = SCHEMA,
         indexer = env.plugin("postgres_indexer.wasm").display(),
         aggregator = env.plugin("analytics_aggregator.wasm").display(),
         router = env.plugin("dlq_router.wasm").display(),

@@ -52,6 +52,9 @@ fn write_config(
             .set(&at, "ack_wait", "5s")
             .set(&at, "max_deliver", 20);
     }
+    // The aggregator has no dedupe code: its counts are exact only with
+    // the host making them exactly-once (as in the AIVO example).
+    config = config.set("pipeline.analytics", "effects", "exactly-once");
     let path = dir.join(format!("jetplug-{}.toml", admin.replace([':', '.'], "_")));
     config.write(&path)?;
     Ok(path)
