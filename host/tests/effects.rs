@@ -290,8 +290,8 @@ async fn check_reports_a_missing_privilege_before_traffic_flows() -> anyhow::Res
             "REVOKE CREATE ON DATABASE postgres FROM limited;
              CREATE SCHEMA jetplug;
              GRANT USAGE ON SCHEMA jetplug TO limited;
-             CREATE TABLE jetplug.ledger (pipeline text, stream text, seq int8, outcome text,
-                 handled_at timestamptz, PRIMARY KEY (pipeline, stream, seq));
+             CREATE TABLE jetplug.ledger (pipeline text, stream text, first_seq int8, last_seq int8,
+                 outcome text, handled_at timestamptz, PRIMARY KEY (pipeline, stream, first_seq));
              CREATE TABLE jetplug.outbox (id bigserial PRIMARY KEY, pipeline text, msg_id text,
                  subject text, headers jsonb, payload bytea, queued_at timestamptz);",
         )
@@ -304,6 +304,129 @@ async fn check_reports_a_missing_privilege_before_traffic_flows() -> anyhow::Res
             "lacks rights on \"jetplug\".\"ledger\": GRANT SELECT, INSERT, UPDATE, DELETE"
         ),
         "{text}"
+    );
+    Ok(())
+}
+
+/// The ledger itself, against a real PostgreSQL: a ledger of the first
+/// layout (a row per message) is converted at start; two commits of
+/// overlapping origins at once (two hosts both holding messages, one past
+/// its `ack_wait`) — exactly one commits, the other is a conflict that
+/// leaves nothing; two redrives of one dead letter at once — one commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_commits_conflict_and_an_old_ledger_is_converted() -> anyhow::Result<()> {
+    use jetplug::capability::effects::{EffectsTx, Entry, Outcome, StoreError, Tables};
+
+    let pg = Postgres::start().await?;
+    let admin = pg.connect().await?;
+    admin
+        .batch_execute(
+            "CREATE SCHEMA jetplug;
+             CREATE TABLE jetplug.ledger (pipeline text NOT NULL, stream text NOT NULL,
+                 seq int8 NOT NULL, outcome text NOT NULL DEFAULT 'ack',
+                 handled_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, stream, seq));
+             INSERT INTO jetplug.ledger (pipeline, stream, seq) VALUES ('main', 'EVENTS', 5);
+             INSERT INTO jetplug.ledger (pipeline, stream, seq, outcome)
+                 VALUES ('main', 'EVENTS', 20, 'dead_letter');
+             CREATE TABLE marks (n int8);",
+        )
+        .await?;
+    let mut cfg = deadpool_postgres::Config::new();
+    cfg.url = Some(pg.url());
+    let pool = cfg.create_pool(
+        Some(deadpool_postgres::Runtime::Tokio1),
+        tokio_postgres::NoTls,
+    )?;
+    let tables = Tables::new("jetplug", "ledger", "outbox");
+    tables.create(&pool.get().await?, "db").await?;
+    let at = |s: u64| Entry {
+        stream: "EVENTS".into(),
+        sequence: s,
+    };
+    let handled = |seqs: Vec<u64>| {
+        let (pool, tables) = (pool.clone(), tables.clone());
+        async move {
+            let origins: Vec<Entry> = seqs.into_iter().map(at).collect();
+            let mut found = tables
+                .handled(&pool.get().await?, "db", "main", &origins)
+                .await?;
+            found.sort_by_key(|(e, _)| e.sequence);
+            anyhow::Ok(found)
+        }
+    };
+    assert_eq!(
+        handled(vec![4, 5, 6, 20]).await?,
+        vec![(at(5), Outcome::Ack), (at(20), Outcome::DeadLetter)],
+        "the old rows read as runs"
+    );
+
+    // Two batches at once, sharing sequence 8; each marks its effect.
+    let batch = |name: &'static str, seqs: Vec<u64>| {
+        let (pool, tables) = (pool.clone(), tables.clone());
+        async move {
+            let tx = EffectsTx::begin(&pool, "db", None, &tables, "main", name.into()).await?;
+            let fresh: Vec<(Entry, Outcome)> =
+                seqs.into_iter().map(|s| (at(s), Outcome::Ack)).collect();
+            anyhow::Ok(tx.commit(&fresh, &[]).await)
+        }
+    };
+    // Both get as far as writing the ledger before either commits: an
+    // administrator's lock holds the ledger's writes back meanwhile.
+    admin
+        .batch_execute("BEGIN; LOCK TABLE jetplug.ledger IN SHARE MODE")
+        .await?;
+    let a = tokio::spawn(batch("a", vec![6, 7, 8]));
+    let b = tokio::spawn(batch("b", vec![8, 9]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin.batch_execute("COMMIT").await?;
+    let (a, b) = (a.await??, b.await??);
+    let conflicts = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict { .. })))
+        .count();
+    assert_eq!(conflicts, 1, "exactly one conflicts: {a:?} {b:?}");
+    assert!(a.is_ok() || b.is_ok(), "the other commits: {a:?} {b:?}");
+    let expected: Vec<u64> = if a.is_ok() { vec![6, 7, 8] } else { vec![8, 9] };
+    let found = handled(vec![6, 7, 8, 9]).await?;
+    assert_eq!(
+        found.iter().map(|(e, _)| e.sequence).collect::<Vec<_>>(),
+        expected,
+        "only the winner's origins are in the ledger"
+    );
+
+    // A dead letter redriven on two hosts at once: one handles it.
+    let redrive = || {
+        let (pool, tables) = (pool.clone(), tables.clone());
+        async move {
+            let tx = EffectsTx::begin(&pool, "db", None, &tables, "main", "r".into()).await?;
+            anyhow::Ok(tx.commit(&[], &[(at(20), Outcome::Ack)]).await)
+        }
+    };
+    admin
+        .batch_execute("BEGIN; LOCK TABLE jetplug.ledger IN SHARE MODE")
+        .await?;
+    let (a, b) = (tokio::spawn(redrive()), tokio::spawn(redrive()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin.batch_execute("COMMIT").await?;
+    let (a, b) = (a.await??, b.await??);
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one redrive commits: {a:?} {b:?}"
+    );
+    assert_eq!(
+        handled(vec![20]).await?,
+        vec![(at(20), Outcome::Ack)],
+        "the dead letter's row is acked"
+    );
+    assert_eq!(
+        scalar(
+            &admin,
+            "select count(*) from jetplug.ledger where pipeline = 'main'"
+        )
+        .await?,
+        3,
+        "runs, not rows per message: 5, 20 and the winner's one run ({expected:?})"
     );
     Ok(())
 }

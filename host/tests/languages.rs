@@ -131,7 +131,7 @@ async fn python_and_javascript_plugins_run_in_a_pipeline() -> anyhow::Result<()>
         assert_eq!(
             scalar(
                 &db,
-                &format!("select count(*) from jetplug.ledger where pipeline = '{pipeline}'")
+                &format!("select count(*) from jetplug.ledger, generate_series(first_seq, last_seq) where pipeline = '{pipeline}'")
             )
             .await?,
             44,

@@ -66,7 +66,7 @@ async fn nothing_stranded(
         let query = if pipeline == "indexer" {
             "select stream_seq from events where stream = $1"
         } else {
-            "select seq from jetplug.ledger where pipeline = 'analytics' and stream = $1"
+            "select generate_series(first_seq, last_seq) from jetplug.ledger where pipeline = 'analytics' and stream = $1"
         };
         let rows = db.query(query, &[&stream]).await?;
         let handled = rows

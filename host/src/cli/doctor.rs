@@ -94,7 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 pipeline: p.name.clone(),
                 database: db.to_owned(),
                 sql: format!(
-                    "select seq from \"{}\".\"{}\" where pipeline = '{}' and stream = $1",
+                    "select generate_series(first_seq, last_seq) from \"{}\".\"{}\" where pipeline = '{}' and stream = $1",
                     p.effects_schema,
                     p.effects_ledger_table,
                     p.name.replace('\'', "''")

@@ -304,6 +304,20 @@ pub(super) async fn run_batch(
     let held_since = std::time::Instant::now();
     let mut holds = 0u32;
     instance.follow(&p.plugin);
+    // The same origin twice in one batch (a redelivery pulled beside the
+    // first delivery): run once; the first's settlement covers the other.
+    let mut seen = std::collections::HashSet::new();
+    if !msgs.iter().all(|m| seen.insert(entry(m))) {
+        seen.clear();
+        let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
+        for (js_msg, m) in delivered.into_iter().zip(msgs) {
+            if seen.insert(entry(&m)) {
+                keep_js.push(js_msg);
+                keep.push(m);
+            }
+        }
+        (delivered, msgs) = (keep_js, keep);
+    }
     loop {
         if msgs.is_empty() {
             return Ran::Settled;
@@ -470,16 +484,27 @@ pub(super) async fn run_batch(
                 fresh.push((e.clone(), outcome));
             }
         }
-        if let Err(e) = tx.commit(&fresh, &again).await {
-            if !hold(p, &delivered, &msgs, &e, held_since, &mut holds).await {
-                return Ran::Settled;
+        let published = match tx.commit(&fresh, &again).await {
+            Ok(published) => published,
+            Err(StoreError::Conflict { .. }) => {
+                // Another host committed some of them meanwhile: run the
+                // batch again; the ledger skips those.
+                super::Stats::add(&p.stats.effects_reruns, 1);
+                continue;
             }
-            continue;
-        }
-        match plan.relay(&p.cfg.name, &p.js).await {
-            Ok(n) => super::Stats::add(&p.stats.outbox_relayed, n as u64),
-            Err(e) => tracing::warn!(pipeline = %p.cfg.name, error = %e,
-                "relaying the outbox failed; the relay loop sends it later"),
+            Err(e) => {
+                if !hold(p, &delivered, &msgs, &e, held_since, &mut holds).await {
+                    return Ran::Settled;
+                }
+                continue;
+            }
+        };
+        if published > 0 {
+            match plan.relay(&p.cfg.name, &p.js).await {
+                Ok(n) => super::Stats::add(&p.stats.outbox_relayed, n as u64),
+                Err(e) => tracing::warn!(pipeline = %p.cfg.name, error = %e,
+                    "relaying the outbox failed; the relay loop sends it later"),
+            }
         }
         for (i, ((js_msg, m), term)) in delivered.iter().zip(&msgs).zip(terms).enumerate() {
             let result = if term {
