@@ -293,7 +293,7 @@ pub(super) async fn run_batch(
     plan: &EffectsPlan,
     instance: &mut crate::plugin::PluginInstance,
     mut delivered: Vec<jetstream::Message>,
-    mut msgs: Vec<Message>,
+    msgs: Vec<Message>,
     trace: &crate::telemetry::context::BatchTrace,
 ) -> Ran {
     use super::settle::{self, Action};
@@ -304,19 +304,19 @@ pub(super) async fn run_batch(
     let held_since = std::time::Instant::now();
     let mut holds = 0u32;
     instance.follow(&p.plugin);
+    // Shared with the plugin call, not copied for it.
+    let mut msgs: Arc<[Message]> = msgs.into();
     // The same origin twice in one batch (a redelivery pulled beside the
     // first delivery): run once; the first's settlement covers the other.
-    let mut seen = std::collections::HashSet::new();
-    if !msgs.iter().all(|m| seen.insert(entry(m))) {
-        seen.clear();
+    if let Some(firsts) = firsts_only(&msgs) {
         let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
-        for (js_msg, m) in delivered.into_iter().zip(msgs) {
-            if seen.insert(entry(&m)) {
+        for ((js_msg, m), first) in delivered.into_iter().zip(msgs.iter()).zip(firsts) {
+            if first {
                 keep_js.push(js_msg);
-                keep.push(m);
+                keep.push(m.clone());
             }
         }
-        (delivered, msgs) = (keep_js, keep);
+        (delivered, msgs) = (keep_js, keep.into());
     }
     loop {
         if msgs.is_empty() {
@@ -351,8 +351,8 @@ pub(super) async fn run_batch(
         };
         if msgs.iter().zip(&entries).any(|(m, e)| skip(m, e)) {
             let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
-            for ((js_msg, m), e) in delivered.into_iter().zip(msgs).zip(&entries) {
-                if skip(&m, e) {
+            for ((js_msg, m), e) in delivered.into_iter().zip(msgs.iter()).zip(&entries) {
+                if skip(m, e) {
                     super::Stats::add(&p.stats.skipped, 1);
                     if let Err(err) = js_msg.ack().await {
                         tracing::warn!(pipeline = %p.cfg.name, stream = %m.stream, seq = m.stream_seq,
@@ -360,10 +360,10 @@ pub(super) async fn run_batch(
                     }
                 } else {
                     keep_js.push(js_msg);
-                    keep.push(m);
+                    keep.push(m.clone());
                 }
             }
-            (delivered, msgs) = (keep_js, keep);
+            (delivered, msgs) = (keep_js, keep.into());
             continue;
         }
         let tx = match plan.begin(&p.cfg.name, &entries[0]).await {
@@ -377,8 +377,9 @@ pub(super) async fn run_batch(
         };
         super::Stats::add(&p.stats.batches, 1);
         let started = std::time::Instant::now();
-        let batch: Arc<[Message]> = msgs.clone().into();
-        let (outcome, tx) = instance.handle_in(batch, trace.call(), Some(tx)).await;
+        let (outcome, tx) = instance
+            .handle_in(msgs.clone(), trace.call(), Some(tx))
+            .await;
         p.stats.batch_took(started.elapsed());
         p.stats.paused(instance.last_call_paused());
         p.stats.used(instance.last_call_usage());
@@ -404,15 +405,21 @@ pub(super) async fn run_batch(
                     "batch failed; its effects rolled back");
                 if msgs.len() > 1 {
                     let mut failed_alone = 0;
-                    for (js_msg, m) in delivered.into_iter().zip(msgs) {
+                    for (js_msg, m) in delivered.into_iter().zip(msgs.iter()) {
                         if failed_alone >= ISOLATION_GIVE_UP {
                             let action = settle::for_failure(&e, m.delivered, max, &p.backoff);
-                            worker::settle_one(p, &js_msg, &m, action).await;
+                            worker::settle_one(p, &js_msg, m, action).await;
                             continue;
                         }
-                        let alone =
-                            Box::pin(run_batch(p, plan, instance, vec![js_msg], vec![m], trace))
-                                .await;
+                        let alone = Box::pin(run_batch(
+                            p,
+                            plan,
+                            instance,
+                            vec![js_msg],
+                            vec![m.clone()],
+                            trace,
+                        ))
+                        .await;
                         failed_alone = match alone {
                             Ran::PluginFailed => failed_alone + 1,
                             Ran::Settled => 0,
@@ -420,7 +427,7 @@ pub(super) async fn run_batch(
                     }
                     return Ran::Settled;
                 }
-                for (i, (js_msg, m)) in delivered.iter().zip(&msgs).enumerate() {
+                for (i, (js_msg, m)) in delivered.iter().zip(msgs.iter()).enumerate() {
                     let action = settle::for_failure(&e, m.delivered, max, &p.backoff);
                     trace.decided(i, action.kind());
                     worker::settle_one(p, js_msg, m, action).await;
@@ -442,21 +449,21 @@ pub(super) async fn run_batch(
             tx.rollback().await;
             super::Stats::add(&p.stats.effects_reruns, 1);
             let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
-            for ((js_msg, m), d) in delivered.into_iter().zip(msgs).zip(&decisions) {
+            for ((js_msg, m), d) in delivered.into_iter().zip(msgs.iter()).zip(&decisions) {
                 if matches!(d, Decision::Retry(_)) {
                     let action = settle::for_decision(d, m.delivered, max, &p.backoff);
-                    worker::settle_one(p, &js_msg, &m, action).await;
+                    worker::settle_one(p, &js_msg, m, action).await;
                 } else {
                     keep_js.push(js_msg);
-                    keep.push(m);
+                    keep.push(m.clone());
                 }
             }
-            (delivered, msgs) = (keep_js, keep);
+            (delivered, msgs) = (keep_js, keep.into());
             continue;
         }
         // All ack or term: dead letters stored first, then one commit.
         let mut terms = vec![false; msgs.len()];
-        for (i, (d, m)) in decisions.iter().zip(&msgs).enumerate() {
+        for (i, (d, m)) in decisions.iter().zip(msgs.iter()).enumerate() {
             if let Action::DeadLetter(reason) =
                 settle::for_decision(d, m.delivered, max, &p.backoff)
             {
@@ -506,7 +513,7 @@ pub(super) async fn run_batch(
                     "relaying the outbox failed; the relay loop sends it later"),
             }
         }
-        for (i, ((js_msg, m), term)) in delivered.iter().zip(&msgs).zip(terms).enumerate() {
+        for (i, ((js_msg, m), term)) in delivered.iter().zip(msgs.iter()).zip(terms).enumerate() {
             let result = if term {
                 trace.decided(i, "dead_letter");
                 js_msg.ack_with(async_nats::jetstream::AckKind::Term).await
@@ -522,6 +529,23 @@ pub(super) async fn run_batch(
         }
         return Ran::Settled;
     }
+}
+
+/// Which of `msgs` are the first with their origin — `None` when all
+/// are (a sort of the origins, no hashing: this runs on every batch).
+fn firsts_only(msgs: &[Message]) -> Option<Vec<bool>> {
+    let mut order: Vec<(Entry, usize)> = msgs.iter().map(entry).zip(0..).collect();
+    order.sort_unstable();
+    if order.windows(2).all(|w| w[0].0 != w[1].0) {
+        return None;
+    }
+    let mut firsts = vec![true; msgs.len()];
+    for w in order.windows(2) {
+        if w[0].0 == w[1].0 {
+            firsts[w[1].1] = false;
+        }
+    }
+    Some(firsts)
 }
 
 /// The effects database is out: hold the batch (no delivery spent) as
@@ -577,4 +601,33 @@ async fn hold_after(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(stream: &str, seq: u64) -> Message {
+        Message {
+            stream: stream.into(),
+            consumer: String::new(),
+            subject: "s".into(),
+            headers: Vec::new(),
+            payload: Vec::new(),
+            stream_seq: seq,
+            delivered: 1,
+            published_at_ms: 0,
+            tenant: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_first_of_an_origin_runs() {
+        assert_eq!(firsts_only(&[at("A", 1), at("A", 2), at("B", 1)]), None);
+        assert_eq!(
+            firsts_only(&[at("A", 2), at("A", 1), at("A", 2), at("A", 2)]),
+            Some(vec![true, true, false, false])
+        );
+        assert_eq!(firsts_only(&[]), None);
+    }
 }

@@ -55,7 +55,7 @@ impl Tables {
         pipeline: &str,
         origins: &[Entry],
     ) -> Result<Vec<(Entry, Outcome)>, StoreError> {
-        lookup(client, &self.ledger(), pipeline, origins)
+        lookup(client, &self.ledger(), pipeline, origins.iter())
             .await
             .map_err(|e| StoreError::from_pg(database, &e))
     }
@@ -110,8 +110,7 @@ impl Tables {
                 )
                 .await?;
         }
-        let origins: Vec<Entry> = fresh.iter().map(|(e, _)| e.clone()).collect();
-        if !lookup(client, &ledger, pipeline, &origins)
+        if !lookup(client, &ledger, pipeline, fresh.iter().map(|(e, _)| e))
             .await?
             .is_empty()
         {
@@ -169,18 +168,18 @@ pub(super) enum Recorded {
 
 /// The runs of `pipeline` in `ledger` that hold any of `origins`, as the
 /// origins they hold.
-async fn lookup(
+async fn lookup<'a>(
     client: &Object,
     ledger: &str,
     pipeline: &str,
-    origins: &[Entry],
+    origins: impl Iterator<Item = &'a Entry> + Clone,
 ) -> Result<Vec<(Entry, Outcome)>, tokio_postgres::Error> {
-    if origins.is_empty() {
-        return Ok(Vec::new());
-    }
     // One index range scan per span of nearby sequences (a batch is
     // mostly consecutive), not a probe per message.
-    let spans = spans(origins);
+    let spans = spans(origins.clone());
+    if spans.is_empty() {
+        return Ok(Vec::new());
+    }
     let streams: Vec<&str> = spans.iter().map(|r| r.0).collect();
     let lows: Vec<i64> = spans.iter().map(|r| r.1).collect();
     let highs: Vec<i64> = spans.iter().map(|r| r.2).collect();
@@ -207,9 +206,11 @@ async fn lookup(
             .or_default()
             .insert(row.get(1), (row.get(2), outcome));
     }
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut seen = HashSet::new();
     Ok(origins
-        .iter()
         .filter(|o| seen.insert(*o))
         .filter_map(|o| {
             let s = seq(o.sequence);
@@ -220,9 +221,8 @@ async fn lookup(
 }
 
 /// `origins` as spans `(stream, first, last)` of nearby sequences.
-fn spans(origins: &[Entry]) -> Vec<(&str, i64, i64)> {
+fn spans<'a>(origins: impl Iterator<Item = &'a Entry>) -> Vec<(&'a str, i64, i64)> {
     let mut sorted: Vec<(&str, i64)> = origins
-        .iter()
         .map(|o| (o.stream.as_str(), seq(o.sequence)))
         .collect();
     sorted.sort_unstable();
@@ -299,16 +299,16 @@ mod tests {
             at("A", 12 + gap),
         ];
         assert_eq!(
-            spans(&origins),
+            spans(origins.iter()),
             vec![("A", 10, 13 + SPAN_GAP), ("B", 3, 3)],
             "a gap of SPAN_GAP stays in the span"
         );
         let far = [at("A", 1), at("A", 2 + gap)];
         assert_eq!(
-            spans(&far),
+            spans(far.iter()),
             vec![("A", 1, 1), ("A", 2 + SPAN_GAP, 2 + SPAN_GAP)]
         );
-        assert!(spans(&[]).is_empty());
+        assert!(spans([].iter()).is_empty());
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl StoreError {
 
 /// One origin in the ledger: the pipeline that handled it and where the
 /// message was first stored.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Entry {
     pub stream: String,
     pub sequence: u64,
