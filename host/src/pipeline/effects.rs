@@ -306,17 +306,21 @@ pub(super) async fn run_batch(
     instance.follow(&p.plugin);
     // Shared with the plugin call, not copied for it.
     let mut msgs: Arc<[Message]> = msgs.into();
+    // Each message's place in `trace` (the batch as delivered).
+    let mut at: Vec<usize> = (0..msgs.len()).collect();
     // The same origin twice in one batch (a redelivery pulled beside the
     // first delivery): run once; the first's settlement covers the other.
     if let Some(firsts) = firsts_only(&msgs) {
-        let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
-        for ((js_msg, m), first) in delivered.into_iter().zip(msgs.iter()).zip(firsts) {
+        let (mut keep_js, mut keep, mut keep_at) = (Vec::new(), Vec::new(), Vec::new());
+        for (((js_msg, m), first), i) in delivered.into_iter().zip(msgs.iter()).zip(firsts).zip(at)
+        {
             if first {
                 keep_js.push(js_msg);
                 keep.push(m.clone());
+                keep_at.push(i);
             }
         }
-        (delivered, msgs) = (keep_js, keep.into());
+        (delivered, msgs, at) = (keep_js, keep.into(), keep_at);
     }
     loop {
         if msgs.is_empty() {
@@ -350,9 +354,12 @@ pub(super) async fn run_batch(
             None => false,
         };
         if msgs.iter().zip(&entries).any(|(m, e)| skip(m, e)) {
-            let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
-            for ((js_msg, m), e) in delivered.into_iter().zip(msgs.iter()).zip(&entries) {
+            let (mut keep_js, mut keep, mut keep_at) = (Vec::new(), Vec::new(), Vec::new());
+            for (((js_msg, m), e), i) in
+                delivered.into_iter().zip(msgs.iter()).zip(&entries).zip(at)
+            {
                 if skip(m, e) {
+                    trace.decided(i, "skipped");
                     super::Stats::add(&p.stats.skipped, 1);
                     if let Err(err) = js_msg.ack().await {
                         tracing::warn!(pipeline = %p.cfg.name, stream = %m.stream, seq = m.stream_seq,
@@ -361,9 +368,10 @@ pub(super) async fn run_batch(
                 } else {
                     keep_js.push(js_msg);
                     keep.push(m.clone());
+                    keep_at.push(i);
                 }
             }
-            (delivered, msgs) = (keep_js, keep.into());
+            (delivered, msgs, at) = (keep_js, keep.into(), keep_at);
             continue;
         }
         let tx = match plan.begin(&p.cfg.name, &entries[0]).await {
@@ -405,9 +413,10 @@ pub(super) async fn run_batch(
                     "batch failed; its effects rolled back");
                 if msgs.len() > 1 {
                     let mut failed_alone = 0;
-                    for (js_msg, m) in delivered.into_iter().zip(msgs.iter()) {
+                    for ((js_msg, m), i) in delivered.into_iter().zip(msgs.iter()).zip(at) {
                         if failed_alone >= ISOLATION_GIVE_UP {
                             let action = settle::for_failure(&e, m.delivered, max, &p.backoff);
+                            trace.decided(i, action.kind());
                             worker::settle_one(p, &js_msg, m, action).await;
                             continue;
                         }
@@ -417,7 +426,7 @@ pub(super) async fn run_batch(
                             instance,
                             vec![js_msg],
                             vec![m.clone()],
-                            trace,
+                            &trace.only(i),
                         ))
                         .await;
                         failed_alone = match alone {
@@ -429,7 +438,7 @@ pub(super) async fn run_batch(
                 }
                 for (i, (js_msg, m)) in delivered.iter().zip(msgs.iter()).enumerate() {
                     let action = settle::for_failure(&e, m.delivered, max, &p.backoff);
-                    trace.decided(i, action.kind());
+                    trace.decided(at[i], action.kind());
                     worker::settle_one(p, js_msg, m, action).await;
                 }
                 return Ran::PluginFailed;
@@ -448,17 +457,24 @@ pub(super) async fn run_batch(
         if decisions.iter().any(|d| matches!(d, Decision::Retry(_))) {
             tx.rollback().await;
             super::Stats::add(&p.stats.effects_reruns, 1);
-            let (mut keep_js, mut keep) = (Vec::new(), Vec::new());
-            for ((js_msg, m), d) in delivered.into_iter().zip(msgs.iter()).zip(&decisions) {
+            let (mut keep_js, mut keep, mut keep_at) = (Vec::new(), Vec::new(), Vec::new());
+            for (((js_msg, m), d), i) in delivered
+                .into_iter()
+                .zip(msgs.iter())
+                .zip(&decisions)
+                .zip(at)
+            {
                 if matches!(d, Decision::Retry(_)) {
                     let action = settle::for_decision(d, m.delivered, max, &p.backoff);
+                    trace.decided(i, action.kind());
                     worker::settle_one(p, &js_msg, m, action).await;
                 } else {
                     keep_js.push(js_msg);
                     keep.push(m.clone());
+                    keep_at.push(i);
                 }
             }
-            (delivered, msgs) = (keep_js, keep.into());
+            (delivered, msgs, at) = (keep_js, keep.into(), keep_at);
             continue;
         }
         // All ack or term: dead letters stored first, then one commit.
@@ -515,10 +531,10 @@ pub(super) async fn run_batch(
         }
         for (i, ((js_msg, m), term)) in delivered.iter().zip(msgs.iter()).zip(terms).enumerate() {
             let result = if term {
-                trace.decided(i, "dead_letter");
+                trace.decided(at[i], "dead-letter");
                 js_msg.ack_with(async_nats::jetstream::AckKind::Term).await
             } else {
-                trace.decided(i, "ack");
+                trace.decided(at[i], "ack");
                 super::Stats::add(&p.stats.acked, 1);
                 js_msg.ack().await
             };

@@ -142,6 +142,18 @@ impl BatchTrace {
         }
     }
 
+    /// The trace of the message at `index` alone (a message run again on
+    /// its own after its batch failed).
+    pub fn only(&self, index: usize) -> BatchTrace {
+        match self.messages.get(index) {
+            Some(span) => BatchTrace {
+                messages: vec![span.clone()],
+                call: Some(span.clone()),
+            },
+            None => BatchTrace::default(),
+        }
+    }
+
     /// Marks the call failed (the whole batch).
     pub fn failed(&self, error: &dyn std::fmt::Display) {
         if let Some(call) = &self.call {
