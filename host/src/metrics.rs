@@ -47,6 +47,9 @@ pub struct Metrics {
     pub consumer_ack_pending: Family<Labels, Gauge>,
     pub plugin_info: Family<Labels, Gauge>,
     pub plugin_swaps: Family<Labels, Counter>,
+    pub canary_percent: Family<Labels, Gauge>,
+    pub canary_messages: Family<Labels, Gauge>,
+    pub canary_decisions: Family<Labels, Counter>,
     pub config_reloads: Family<Labels, Counter>,
     pub cpu_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     pub memory_high_water: Family<Labels, Gauge>,
@@ -83,6 +86,9 @@ impl Metrics {
             consumer_ack_pending: Family::default(),
             plugin_info: Family::default(),
             plugin_swaps: Family::default(),
+            canary_percent: Family::default(),
+            canary_messages: Family::default(),
+            canary_decisions: Family::default(),
             config_reloads: Family::default(),
             cpu_seconds: Family::default(),
             memory_high_water: Family::default(),
@@ -206,6 +212,21 @@ impl Metrics {
             "plugin_swaps",
             "Hot-swap attempts, by plugin and outcome (swapped, unchanged, load, init, ...)",
             m.plugin_swaps.clone(),
+        );
+        reg!(
+            "canary_percent",
+            "Share of the messages a canary version takes on this host (0 when none runs)",
+            m.canary_percent.clone(),
+        );
+        reg!(
+            "canary_messages",
+            "Messages each version handled on this host during the running canary, by version (live, candidate)",
+            m.canary_messages.clone(),
+        );
+        reg!(
+            "canary_decisions",
+            "Canaries ended, by plugin and outcome (promoted, rolled-back, aborted)",
+            m.canary_decisions.clone(),
         );
         reg!(
             "config_reloads",

@@ -181,6 +181,13 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::Val
                 "imports": p.imports().iter().map(|c| c.name()).collect::<Vec<_>>(),
                 "compiled": format!("{:?}", p.cache_outcome()).to_lowercase(),
                 "previous": slot.history(),
+                "canary": slot.canary().map(|c| json!({
+                    "id": c.id,
+                    "hash": c.plugin.hash(),
+                    "percent": c.percent,
+                    "live": c.live.read(),
+                    "candidate": c.candidate.read(),
+                })),
             })
         })
         .collect();

@@ -1,6 +1,7 @@
 //! The command-line interface. Each subcommand lives in its own module; this
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
+mod canary;
 mod check;
 mod dlq;
 mod doctor;

@@ -1,4 +1,4 @@
-//! `jetplug plugin list|deploy|rollback|history`.
+//! `jetplug plugin list|deploy|rollback|history|promote|abort|canary`.
 //!
 //! `list` reads a running host's admin API. `deploy` validates a component
 //! against the plugin's configuration (compile, grants) and then hands it to
@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use crate::config::Config;
 use crate::engine::Runtime;
 use crate::hotswap::fleet::{Announcement, Fleet};
+use crate::hotswap::rollout::Outcome;
 use crate::hotswap::short;
 use crate::hotswap::signing;
 use crate::plugin::PluginSpec;
@@ -40,6 +41,29 @@ enum Action {
         /// `FILE.sig` made by `plugin sign` is used when there is one.
         #[arg(long)]
         key: Option<PathBuf>,
+        #[command(flatten)]
+        canary: super::canary::CanaryArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Promote plugin NAME's running canary now: its version becomes the
+    /// running one on every host.
+    Promote {
+        name: String,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Abort plugin NAME's running canary: every message goes to the
+    /// running version again.
+    Abort {
+        name: String,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Plugin NAME's current or last canary: its share, rules, and how it
+    /// ended and why.
+    Canary {
+        name: String,
         #[command(flatten)]
         fleet: FleetArgs,
     },
@@ -101,8 +125,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             name,
             file,
             key,
+            canary,
             fleet,
-        } => deploy(&name, &file, key.as_deref(), &fleet).await,
+        } => deploy(&name, &file, key.as_deref(), &canary, &fleet).await,
+        Action::Promote { name, fleet } => {
+            let (_, f) = open(&name, &fleet).await?;
+            super::canary::end(&f, &name, Outcome::Promoted).await
+        }
+        Action::Abort { name, fleet } => {
+            let (_, f) = open(&name, &fleet).await?;
+            super::canary::end(&f, &name, Outcome::Aborted).await
+        }
+        Action::Canary { name, fleet } => {
+            let (_, f) = open(&name, &fleet).await?;
+            super::canary::show(&f, &name).await
+        }
         Action::Keygen { out } => keygen(&out),
         Action::Sign { file, key } => sign(&file, &key),
         Action::Rollback { name, fleet } => {
@@ -118,13 +155,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             if history.is_empty() {
                 println!("plugin `{name}` was never deployed: hosts run the configured file");
             }
-            for (i, ann) in history.iter().enumerate() {
-                let at = match ann {
-                    Announcement::Store { deployed_at, .. }
-                    | Announcement::File { deployed_at } => deployed_at,
-                };
-                let mark = if i + 1 == history.len() { "*" } else { " " };
-                println!("{mark} {at}  {}", describe(ann));
+            // Versions (the running one starred) and canary events, by time.
+            let mut lines: Vec<(String, String)> = history
+                .iter()
+                .enumerate()
+                .map(|(i, ann)| {
+                    let at = match ann {
+                        Announcement::Store { deployed_at, .. }
+                        | Announcement::File { deployed_at } => deployed_at,
+                    };
+                    let mark = if i + 1 == history.len() { "*" } else { " " };
+                    (at.clone(), format!("{mark} {at}  {}", describe(ann)))
+                })
+                .collect();
+            for (at, what) in super::canary::events(&f, &name).await? {
+                lines.push((at.clone(), format!("  {at}  {what}")));
+            }
+            lines.sort_by(|a, b| a.0.cmp(&b.0));
+            for (_, line) in lines {
+                println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -218,6 +267,7 @@ async fn deploy(
     name: &str,
     file: &std::path::Path,
     key: Option<&std::path::Path>,
+    canary: &super::canary::CanaryArgs,
     args: &FleetArgs,
 ) -> anyhow::Result<ExitCode> {
     let config = crate::host::resolve::load(&args.config)?;
@@ -240,6 +290,9 @@ async fn deploy(
     .with_context(|| format!("{} is not a valid new version of `{name}`", file.display()))?;
     let signature = signature_for(&config, file, &bytes, key)?;
     let (_, fleet) = open(name, args).await?;
+    if let Some(percent) = canary.canary {
+        return super::canary::start(&fleet, name, &bytes, signature, canary, percent).await;
+    }
     let ann = fleet.deploy(name, &bytes, signature).await?;
     println!("deployed plugin `{name}`: {}", describe(&ann));
     println!("running hosts swap to it within seconds; check with `jetplug plugin list`");

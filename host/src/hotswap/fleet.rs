@@ -59,7 +59,7 @@ impl Announcement {
         }
     }
 
-    fn stamped(mut self) -> Self {
+    pub(super) fn stamped(mut self) -> Self {
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         match &mut self {
             Announcement::Store { deployed_at, .. } | Announcement::File { deployed_at } => {
@@ -107,16 +107,24 @@ pub enum FleetError {
     },
     #[error("plugin `{0}` has no earlier version to roll back to")]
     NothingToRollBack(String),
+    #[error(
+        "a canary of plugin `{plugin}` is running ({id}): promote or abort it first (`jetplug plugin promote|abort {plugin}`)"
+    )]
+    CanaryRunning { plugin: String, id: String },
+    #[error("no canary of plugin `{0}` is running")]
+    NoCanary(String),
+    #[error("the canary of plugin `{0}` ended meanwhile (see `jetplug plugin canary {0}`)")]
+    CanaryEnded(String),
 }
 
 /// The Object Store and KV bucket that carry plugin versions.
 #[derive(Clone)]
 pub struct Fleet {
-    bucket: String,
-    kv: kv::Store,
+    pub(super) bucket: String,
+    pub(super) kv: kv::Store,
     objects: object_store::ObjectStore,
     /// With keys, only versions one of them signed are run.
-    trusted: Vec<TrustedKey>,
+    pub(super) trusted: Vec<TrustedKey>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -179,6 +187,19 @@ impl Fleet {
         bytes: &[u8],
         signature: Option<Signature>,
     ) -> Result<Announcement, FleetError> {
+        let ann = self.store(plugin, bytes, signature).await?;
+        self.announce(plugin, &ann).await?;
+        Ok(ann)
+    }
+
+    /// Stores `bytes` (if not stored yet); the announcement that would
+    /// name them, not made.
+    pub async fn store(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        signature: Option<Signature>,
+    ) -> Result<Announcement, FleetError> {
         check_name(plugin)?;
         let hash = cache::content_hash(bytes);
         let object = format!("{plugin}/{hash}");
@@ -202,7 +223,6 @@ impl Fleet {
             signature,
         }
         .stamped();
-        self.announce(plugin, &ann).await?;
         Ok(ann)
     }
 
@@ -286,7 +306,11 @@ impl Fleet {
         Ok(bytes)
     }
 
-    async fn announce(&self, plugin: &str, ann: &Announcement) -> Result<(), FleetError> {
+    pub(super) async fn announce(
+        &self,
+        plugin: &str,
+        ann: &Announcement,
+    ) -> Result<(), FleetError> {
         let json = serde_json::to_vec(ann).map_err(|e| FleetError::Store {
             plugin: plugin.to_owned(),
             bucket: self.bucket.clone(),
@@ -303,8 +327,9 @@ impl Fleet {
         Ok(())
     }
 
-    /// Brings every plugin of `swapper` to its announced version now, then
-    /// follows new announcements until `shutdown` (in a spawned task).
+    /// Brings every plugin of `swapper` to its announced version (and
+    /// canary) now, then follows new announcements until `shutdown` (in a
+    /// spawned task), judging running canaries once a second.
     /// `files` are the configured plugin files (for `file` announcements).
     pub async fn follow(
         self,
@@ -313,21 +338,25 @@ impl Fleet {
         shutdown: CancellationToken,
     ) {
         let watch = self.kv.watch_all().await.ok();
-        self.sync_all(&swapper, &files).await;
+        let mut rollouts = BTreeMap::new();
+        self.sync_all(&swapper, &files, &mut rollouts).await;
         tokio::spawn(async move {
             let mut watch = watch;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 if let Some(w) = watch.as_mut() {
                     loop {
                         let next = tokio::select! {
                             _ = shutdown.cancelled() => return,
+                            _ = tick.tick() => {
+                                self.judge_all(&swapper, &rollouts).await;
+                                continue;
+                            }
                             n = w.next() => n,
                         };
                         match next {
                             Some(Ok(e)) if e.operation == kv::Operation::Put => {
-                                if files.contains_key(&e.key) {
-                                    self.apply_entry(&swapper, &files, &e).await;
-                                }
+                                self.on_entry(&swapper, &files, &mut rollouts, &e).await;
                             }
                             Some(Ok(_)) => {}
                             Some(Err(err)) => {
@@ -346,19 +375,67 @@ impl Fleet {
                 watch = self.kv.watch_all().await.ok();
                 if watch.is_some() {
                     // Announcements made while not watching.
-                    self.sync_all(&swapper, &files).await;
+                    self.sync_all(&swapper, &files, &mut rollouts).await;
                 }
             }
         });
     }
 
-    async fn sync_all(&self, swapper: &Swapper, files: &BTreeMap<String, PathBuf>) {
+    async fn on_entry(
+        &self,
+        swapper: &Swapper,
+        files: &BTreeMap<String, PathBuf>,
+        rollouts: &mut BTreeMap<String, super::rollout::Rollout>,
+        e: &kv::Entry,
+    ) {
+        if files.contains_key(&e.key) {
+            self.apply_entry(swapper, files, e).await;
+        } else if let Some(name) = e.key.strip_suffix(".canary")
+            && files.contains_key(name)
+        {
+            match self.rollout(name).await {
+                Ok(Some((r, _))) => self.follow_rollout(swapper, rollouts, name, r).await,
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(plugin = %name, error = %err, "ignoring a canary record")
+                }
+            }
+        }
+    }
+
+    async fn follow_rollout(
+        &self,
+        swapper: &Swapper,
+        rollouts: &mut BTreeMap<String, super::rollout::Rollout>,
+        name: &str,
+        r: super::rollout::Rollout,
+    ) {
+        self.apply_rollout(swapper, name, &r).await;
+        if r.ended.is_none() {
+            rollouts.insert(name.to_owned(), r);
+        } else {
+            rollouts.remove(name);
+        }
+    }
+
+    async fn sync_all(
+        &self,
+        swapper: &Swapper,
+        files: &BTreeMap<String, PathBuf>,
+        rollouts: &mut BTreeMap<String, super::rollout::Rollout>,
+    ) {
         for name in files.keys() {
             match self.current(name).await {
                 Ok(Some(ann)) => self.apply(swapper, files, name, &ann).await,
                 Ok(None) => {}
                 Err(e) => tracing::warn!(plugin = %name, error = %e,
                     "cannot read the announced plugin version"),
+            }
+            match self.rollout(name).await {
+                Ok(Some((r, _))) => self.follow_rollout(swapper, rollouts, name, r).await,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(plugin = %name, error = %e,
+                    "cannot read the plugin's canary record"),
             }
         }
     }
@@ -375,7 +452,7 @@ impl Fleet {
         }
     }
 
-    async fn apply(
+    pub(super) async fn apply(
         &self,
         swapper: &Swapper,
         files: &BTreeMap<String, PathBuf>,
@@ -434,7 +511,7 @@ fn parse(e: &kv::Entry) -> Result<Announcement, FleetError> {
     })
 }
 
-fn check_name(plugin: &str) -> Result<(), FleetError> {
+pub(super) fn check_name(plugin: &str) -> Result<(), FleetError> {
     let ok = !plugin.is_empty()
         && plugin
             .chars()

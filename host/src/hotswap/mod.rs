@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod fleet;
+pub mod rollout;
 pub mod signing;
 pub mod watch;
 
@@ -168,7 +169,40 @@ impl Swapper {
         {
             return Ok(Swapped::Unchanged);
         }
-        let spec = spec(&running);
+        let new = self.validate(name, bytes, spec(&running)).await?;
+        let old = slot.swap(new.clone());
+        self.set_info(&old, 0);
+        self.set_info(&new, 1);
+        Ok(Swapped::Yes {
+            from: old.hash().to_owned(),
+            to: new.hash().to_owned(),
+        })
+    }
+
+    /// Loads, links, instantiates and `init`s a version, as a swap would,
+    /// without swapping it in: a canary's candidate (with the running
+    /// version's settings).
+    pub async fn candidate(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        origin: PathBuf,
+    ) -> Result<Arc<Plugin>, SwapError> {
+        let slot = self
+            .slots
+            .get(name)
+            .ok_or_else(|| SwapError::UnknownPlugin(name.to_owned()))?;
+        let mut spec = slot.current().spec().clone();
+        spec.path = origin;
+        self.validate(name, Some(bytes), spec).await
+    }
+
+    async fn validate(
+        &self,
+        name: &str,
+        bytes: Option<Vec<u8>>,
+        spec: PluginSpec,
+    ) -> Result<Arc<Plugin>, SwapError> {
         // Compiling is CPU work: keep it off the threads that move messages.
         let (runtime, backends) = (self.runtime.clone(), self.backends.clone());
         let loaded = tokio::task::spawn_blocking(move || match bytes {
@@ -182,13 +216,11 @@ impl Swapper {
         })??;
         let new = Arc::new(loaded);
         PluginInstance::new(new.clone()).ready().await?;
-        let old = slot.swap(new.clone());
-        self.set_info(&old, 0);
-        self.set_info(&new, 1);
-        Ok(Swapped::Yes {
-            from: old.hash().to_owned(),
-            to: new.hash().to_owned(),
-        })
+        Ok(new)
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn set_info(&self, p: &plugin::Plugin, value: i64) {

@@ -303,7 +303,6 @@ pub(super) async fn run_batch(
     let max = p.cfg.max_deliver;
     let held_since = std::time::Instant::now();
     let mut holds = 0u32;
-    instance.follow(&p.plugin);
     // Shared with the plugin call, not copied for it.
     let mut msgs: Arc<[Message]> = msgs.into();
     // Each message's place in `trace` (the batch as delivered).
@@ -389,6 +388,8 @@ pub(super) async fn run_batch(
             .handle_in(msgs.clone(), trace.call(), Some(tx))
             .await;
         p.stats.batch_took(started.elapsed());
+        let decided = outcome.as_ref().ok().map(Vec::as_slice);
+        super::canary::tally(p, instance, msgs.len(), started.elapsed(), decided);
         p.stats.paused(instance.last_call_paused());
         p.stats.used(instance.last_call_usage());
         let downstream = instance.downstream_failures();

@@ -13,6 +13,7 @@
 mod advisories;
 pub mod backoff;
 pub mod breaker;
+mod canary;
 pub mod effects;
 mod keepalive;
 mod keyed;

@@ -33,6 +33,8 @@ pub(super) enum Source {
 }
 
 pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: Source) {
+    // The candidate's instance, while a canary runs.
+    let mut candidate = None;
     loop {
         match &source {
             Source::Shared(rx) => {
@@ -40,7 +42,7 @@ pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: 
                 let Some(Batch(batch, _alive)) = next else {
                     return;
                 };
-                process(&p, &mut instance, batch).await;
+                process(&p, &mut instance, &mut candidate, batch).await;
             }
             Source::Keyed(queue) => {
                 // A failing plugin takes one message at a time (see `failing`).
@@ -50,14 +52,19 @@ pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: 
                 };
                 let batch = std::mem::take(&mut taken.messages);
                 let started = std::time::Instant::now();
-                process(&p, &mut instance, batch).await;
+                process(&p, &mut instance, &mut candidate, batch).await;
                 queue.release(taken, started.elapsed());
             }
         }
     }
 }
 
-async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstream::Message>) {
+async fn process(
+    p: &Pipeline,
+    instance: &mut PluginInstance,
+    candidate: &mut Option<PluginInstance>,
+    batch: Vec<jetstream::Message>,
+) {
     let mut delivered = Vec::with_capacity(batch.len());
     let mut msgs = Vec::with_capacity(batch.len());
     for m in batch {
@@ -86,6 +93,30 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     if msgs.is_empty() {
         return;
     }
+    // A hot swap takes effect here, between batches: a held batch is run
+    // again on the version it started with (docs/hotswap.md).
+    instance.follow(&p.plugin);
+    let Some(canary) = p.plugin.canary() else {
+        return handle(p, instance, delivered, msgs).await;
+    };
+    // A canary: each part on its version, as a batch of its own.
+    let ((live_js, live), (cand_js, cand)) = super::canary::split(p, &canary, delivered, msgs);
+    if !cand.is_empty() {
+        let c = super::canary::candidate_instance(candidate, &canary);
+        handle(p, c, cand_js, cand).await;
+    }
+    if !live.is_empty() {
+        handle(p, instance, live_js, live).await;
+    }
+}
+
+/// Runs converted messages through `instance` and settles each of them.
+async fn handle(
+    p: &Pipeline,
+    instance: &mut PluginInstance,
+    mut delivered: Vec<jetstream::Message>,
+    msgs: Vec<Message>,
+) {
     let trace = BatchTrace::start(&p.cfg.name, &p.cfg.plugin, &msgs);
     if let Some(plan) = &p.effects {
         super::effects::run_batch(p, plan, instance, delivered, msgs, &trace).await;
@@ -95,9 +126,6 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
     let mut _slot = None;
     let held_since = std::time::Instant::now();
     let mut holds = 0u32;
-    // A hot swap takes effect here, between batches: a held batch is run
-    // again on the version it started with (docs/hotswap.md).
-    instance.follow(&p.plugin);
     let outcome = loop {
         _slot = None;
         if !wait_for_breaker(p).await {
@@ -113,6 +141,8 @@ async fn process(p: &Pipeline, instance: &mut PluginInstance, batch: Vec<jetstre
         let started = std::time::Instant::now();
         let outcome = instance.handle_traced(msgs.clone(), trace.call()).await;
         p.stats.batch_took(started.elapsed());
+        let decided = outcome.as_ref().ok().map(Vec::as_slice);
+        super::canary::tally(p, instance, msgs.len(), started.elapsed(), decided);
         p.stats.paused(instance.last_call_paused());
         p.stats.used(instance.last_call_usage());
         let downstream = instance.downstream_failures();

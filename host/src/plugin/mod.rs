@@ -1,6 +1,7 @@
 //! Plugins: what one is ([`PluginSpec`]), loading and validating it
 //! ([`load`]), and running batches through it ([`PluginInstance`]).
 
+pub mod canary;
 pub mod instance;
 pub mod limits;
 pub mod load;
@@ -11,6 +12,7 @@ pub mod state;
 
 use std::path::PathBuf;
 
+pub use canary::{Canary, Counted, Figures, Tally};
 pub use instance::{BatchError, CallUsage, PluginInstance};
 pub use limits::Limits;
 pub use load::{LoadError, Plugin, load, load_bytes, load_with};

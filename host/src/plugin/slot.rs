@@ -7,9 +7,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::Plugin;
+use super::{Canary, Plugin};
 
 /// How many replaced versions' hashes a slot remembers.
 const HISTORY: usize = 8;
@@ -20,6 +20,8 @@ pub struct PluginSlot {
     name: String,
     current: ArcSwap<Plugin>,
     replaced: Mutex<Vec<String>>,
+    /// A candidate version taking a share of the messages, during a canary.
+    canary: ArcSwapOption<Canary>,
 }
 
 impl PluginSlot {
@@ -28,6 +30,7 @@ impl PluginSlot {
             name: plugin.name().to_owned(),
             current: ArcSwap::new(plugin),
             replaced: Mutex::new(Vec::new()),
+            canary: ArcSwapOption::empty(),
         })
     }
 
@@ -54,6 +57,16 @@ impl PluginSlot {
             replaced.remove(0);
         }
         old
+    }
+
+    /// The canary running beside the current version, if any.
+    pub fn canary(&self) -> Option<Arc<Canary>> {
+        self.canary.load_full()
+    }
+
+    /// Starts (`Some`) or ends (`None`) a canary; returns the one it ends.
+    pub fn set_canary(&self, canary: Option<Arc<Canary>>) -> Option<Arc<Canary>> {
+        self.canary.swap(canary)
     }
 
     /// The hashes of the versions this slot ran before the current one, oldest first.

@@ -165,6 +165,7 @@ pub(crate) async fn runs(host: &HostProcess, hash: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) use jetplug_tests::jetplug;
+mod canary;
 mod config_edits;
 mod fleet;
 mod signed;
