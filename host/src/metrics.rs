@@ -50,6 +50,9 @@ pub struct Metrics {
     pub canary_percent: Family<Labels, Gauge>,
     pub canary_messages: Family<Labels, Gauge>,
     pub canary_decisions: Family<Labels, Counter>,
+    pub shadow_messages: Family<Labels, Gauge>,
+    pub shadow_agreed: Family<Labels, Gauge>,
+    pub shadow_disagreements: Family<Labels, Gauge>,
     pub config_reloads: Family<Labels, Counter>,
     pub cpu_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     pub memory_high_water: Family<Labels, Gauge>,
@@ -89,6 +92,9 @@ impl Metrics {
             canary_percent: Family::default(),
             canary_messages: Family::default(),
             canary_decisions: Family::default(),
+            shadow_messages: Family::default(),
+            shadow_agreed: Family::default(),
+            shadow_disagreements: Family::default(),
             config_reloads: Family::default(),
             cpu_seconds: Family::default(),
             memory_high_water: Family::default(),
@@ -227,6 +233,21 @@ impl Metrics {
             "canary_decisions",
             "Canaries ended, by plugin and outcome (promoted, rolled-back, aborted)",
             m.canary_decisions.clone(),
+        );
+        reg!(
+            "shadow_messages",
+            "Messages the running (or last) shadow compared on this host",
+            m.shadow_messages.clone(),
+        );
+        reg!(
+            "shadow_agreed",
+            "Of those, messages on which the shadow agreed with the live version",
+            m.shadow_agreed.clone(),
+        );
+        reg!(
+            "shadow_disagreements",
+            "Disagreements the running (or last) shadow found on this host, by kind (decision, sql, publish, kv, error)",
+            m.shadow_disagreements.clone(),
         );
         reg!(
             "config_reloads",

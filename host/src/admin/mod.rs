@@ -188,6 +188,7 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> axum::Json<serde_json::Val
                     "live": c.live.read(),
                     "candidate": c.candidate.read(),
                 })),
+                "shadow": slot.shadow().map(|s| s.summary()),
             })
         })
         .collect();

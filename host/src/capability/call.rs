@@ -7,9 +7,9 @@
 //! policy that must see every call (exactly-once effects, shadow runs,
 //! recording a call transcript) has one place to wrap.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex};
 
 use tracing::Instrument;
 
@@ -32,6 +32,8 @@ struct Counts {
     trace: CallTrace,
     /// The batch transaction of an exactly-once pipeline, while one runs.
     effects: super::effects::Effects,
+    /// The effects of the running call, while they are recorded (shadow runs).
+    recording: Mutex<Option<super::record::Recording>>,
     unavailable: AtomicU32,
     calls: [AtomicU64; 4],
     errors: [[AtomicU64; 5]; 4],
@@ -82,7 +84,30 @@ impl CallPath {
             span: self.0.trace.capability(cap.name(), op, target),
             path: self.clone(),
             cap,
+            op,
+            target: target.to_owned(),
+            effect: None,
         }
+    }
+
+    /// Records the effects of the calls that follow into `recording`
+    /// (until [`take_recording`](Self::take_recording)).
+    pub fn record(&self, recording: super::record::Recording) {
+        *self.recording() = Some(recording);
+    }
+
+    /// The recording of the calls since [`record`](Self::record).
+    pub fn take_recording(&self) -> Option<super::record::Recording> {
+        self.recording().take()
+    }
+
+    /// True while a recording holds effects back (a shadow run).
+    pub fn holding(&self) -> bool {
+        self.recording().as_ref().is_some_and(|r| r.hold)
+    }
+
+    fn recording(&self) -> std::sync::MutexGuard<'_, Option<super::record::Recording>> {
+        self.0.recording.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Passes `r` through, counting the call and its error, if any.
@@ -127,9 +152,50 @@ pub struct Call {
     path: CallPath,
     span: tracing::Span,
     cap: Capability,
+    op: &'static str,
+    target: String,
+    /// What the call does to the world, for a recording (`detail`).
+    effect: Option<String>,
 }
 
 impl Call {
+    /// Describes the call's effect (statement and parameters, payload, key
+    /// and value) for a recording; only computed when one is running.
+    pub fn effect(mut self, detail: impl FnOnce() -> String) -> Self {
+        if self.path.recording().is_some() {
+            self.effect = Some(detail());
+        }
+        self
+    }
+
+    /// [`run`](Self::run), except that while a recording *holds* effects
+    /// back (a shadow run) the body does not run: the call is recorded and
+    /// answered with `held()`.
+    pub async fn run_or_hold<T, F, Fut>(
+        self,
+        grant: Result<(), CapabilityError>,
+        held: impl FnOnce() -> T,
+        body: F,
+    ) -> Result<T, CapabilityError>
+    where
+        F: FnOnce(tracing::Span) -> Fut,
+        Fut: Future<Output = Result<T, CapabilityError>>,
+    {
+        let holding = self.path.recording().as_ref().is_some_and(|r| r.hold);
+        if holding && grant.is_ok() {
+            self.note();
+            return self.path.count(self.cap, Ok(held()));
+        }
+        self.run(grant, body).await
+    }
+
+    /// Adds this call to the running recording, if any.
+    fn note(&self) {
+        if let (Some(r), Some(detail)) = (self.path.recording().as_mut(), &self.effect) {
+            r.push(self.cap.name(), self.op, &self.target, detail);
+        }
+    }
+
     /// Runs the call: `grant` (the capability's check of this call against
     /// the plugin's grants) first — a refused call never runs its body —
     /// then `body` inside the call's span (`body` gets the span, e.g. to
@@ -145,7 +211,10 @@ impl Call {
         Fut: Future<Output = Result<T, CapabilityError>>,
     {
         let r = match grant {
-            Ok(()) => body(self.span.clone()).instrument(self.span.clone()).await,
+            Ok(()) => {
+                self.note();
+                body(self.span.clone()).instrument(self.span.clone()).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &r {

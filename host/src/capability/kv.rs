@@ -89,10 +89,15 @@ impl kv::Host for KvState {
         let grant = self.check(&bucket);
         self.calls
             .call(Capability::Kv, "put", &bucket)
-            .run(grant, |_| async move {
-                let store = self.backends.bucket(&bucket).await?;
-                store.put(key, value.into()).await.map_err(unavailable)
-            })
+            .effect(|| format!("{key} = {}", String::from_utf8_lossy(&value)))
+            .run_or_hold(
+                grant,
+                || 0,
+                |_| async move {
+                    let store = self.backends.bucket(&bucket).await?;
+                    store.put(key, value.into()).await.map_err(unavailable)
+                },
+            )
             .await
     }
 
@@ -100,10 +105,15 @@ impl kv::Host for KvState {
         let grant = self.check(&bucket);
         self.calls
             .call(Capability::Kv, "delete", &bucket)
-            .run(grant, |_| async move {
-                let store = self.backends.bucket(&bucket).await?;
-                store.delete(key).await.map_err(unavailable)
-            })
+            .effect(|| key.clone())
+            .run_or_hold(
+                grant,
+                || (),
+                |_| async move {
+                    let store = self.backends.bucket(&bucket).await?;
+                    store.delete(key).await.map_err(unavailable)
+                },
+            )
             .await
     }
 
@@ -117,33 +127,46 @@ impl kv::Host for KvState {
         let grant = self.check(&bucket);
         self.calls
             .call(Capability::Kv, "compare_and_set", &bucket)
-            .run(grant, |_| async move {
-                let store = self.backends.bucket(&bucket).await?;
-                let mismatch = || {
-                    CapabilityError::Invalid(format!(
-                        "revision of `{key}` did not match {expected:?}"
-                    ))
-                };
-                match expected {
-                    // Revision 0 means "must not exist".
-                    None => store
-                        .create(&key, value.into())
-                        .await
-                        .map_err(|e| match e.kind() {
-                            async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => mismatch(),
-                            _ => unavailable(e),
-                        }),
-                    Some(rev) => {
-                        store
-                            .update(&key, value.into(), rev)
-                            .await
-                            .map_err(|e| match e.kind() {
-                                UpdateErrorKind::WrongLastRevision => mismatch(),
-                                _ => unavailable(e),
-                            })
-                    }
-                }
+            .effect(|| {
+                format!(
+                    "{key} = {} if revision {expected:?}",
+                    String::from_utf8_lossy(&value)
+                )
             })
+            .run_or_hold(
+                grant,
+                || 0,
+                |_| async move {
+                    let store = self.backends.bucket(&bucket).await?;
+                    let mismatch = || {
+                        CapabilityError::Invalid(format!(
+                            "revision of `{key}` did not match {expected:?}"
+                        ))
+                    };
+                    match expected {
+                        // Revision 0 means "must not exist".
+                        None => {
+                            store
+                                .create(&key, value.into())
+                                .await
+                                .map_err(|e| match e.kind() {
+                                    async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                                        mismatch()
+                                    }
+                                    _ => unavailable(e),
+                                })
+                        }
+                        Some(rev) => {
+                            store.update(&key, value.into(), rev).await.map_err(|e| {
+                                match e.kind() {
+                                    UpdateErrorKind::WrongLastRevision => mismatch(),
+                                    _ => unavailable(e),
+                                }
+                            })
+                        }
+                    }
+                },
+            )
             .await
     }
 }

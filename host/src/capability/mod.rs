@@ -13,6 +13,7 @@ pub mod kv;
 pub mod log;
 pub mod pg_tls;
 pub mod publish;
+pub mod record;
 mod set;
 pub mod sql;
 

@@ -69,91 +69,107 @@ pub fn add_to_linker<T: Send + 'static>(
 impl publish::Host for PublishState {
     async fn publish(&mut self, msg: Outgoing) -> Result<Receipt, CapabilityError> {
         let grant = self.check(&msg);
+        let held_stream = String::new();
         self.calls
             .call(Capability::Publish, "publish", &msg.subject)
-            .run(grant, |span| async move {
-                let mut headers = HeaderMap::new();
-                for (k, v) in &msg.headers {
-                    if k.is_empty()
-                        || k.contains([':', ' ', '\r', '\n'])
-                        || v.contains(['\r', '\n'])
-                    {
-                        return Err(CapabilityError::Invalid(format!(
-                            "header `{k}` is not a valid NATS header"
-                        )));
-                    }
-                    headers.append(k.as_str(), v.as_str());
-                }
-                // An exactly-once batch: into the outbox, sent after commit
-                // (a subject no stream captures is refused now, not there).
-                if let Some(tx) = self.calls.effects().lock().await.as_mut() {
-                    let stream = self.backends.stream_capturing(&msg.subject).await?;
-                    let mut carried = msg.headers.clone();
-                    let mut trace = HeaderMap::new();
-                    crate::telemetry::context::inject(&span, &mut trace);
-                    for (k, v) in trace.iter() {
-                        for v in v {
-                            carried.push((k.to_string(), v.as_str().to_owned()));
-                        }
-                    }
-                    tx.queue(
-                        &msg.subject,
-                        &carried,
-                        &msg.payload,
-                        msg.message_id.as_deref(),
-                    )
-                    .await?;
-                    return Ok(Receipt {
-                        stream,
-                        sequence: 0,
-                        duplicate: false,
-                    });
-                }
-                let js = self.backends.js()?;
-                if let Some(id) = &msg.message_id {
-                    headers.insert("Nats-Msg-Id", id.as_str());
-                }
-                crate::telemetry::context::inject(&span, &mut headers);
-                let payload: bytes::Bytes = msg.payload.into();
-                let mut delay = Duration::from_millis(50);
-                let mut last = String::new();
-                for attempt in 1..=ATTEMPTS {
-                    let result = async {
-                        js.publish_with_headers(
-                            msg.subject.clone(),
-                            headers.clone(),
-                            payload.clone(),
-                        )
-                        .await?
-                        .await
-                    }
-                    .await;
-                    match result {
-                        Ok(ack) => {
-                            return Ok(Receipt {
-                                stream: ack.stream,
-                                sequence: ack.sequence,
-                                duplicate: ack.duplicate,
-                            });
-                        }
-                        Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+            .effect(|| {
+                format!(
+                    "{:?} {}",
+                    msg.headers,
+                    String::from_utf8_lossy(&msg.payload)
+                )
+            })
+            .run_or_hold(
+                grant,
+                || Receipt {
+                    stream: held_stream,
+                    sequence: 0,
+                    duplicate: false,
+                },
+                |span| async move {
+                    let mut headers = HeaderMap::new();
+                    for (k, v) in &msg.headers {
+                        if k.is_empty()
+                            || k.contains([':', ' ', '\r', '\n'])
+                            || v.contains(['\r', '\n'])
+                        {
                             return Err(CapabilityError::Invalid(format!(
-                                "no stream captures subject `{}`",
-                                msg.subject
+                                "header `{k}` is not a valid NATS header"
                             )));
                         }
-                        Err(e) => last = e.to_string(),
+                        headers.append(k.as_str(), v.as_str());
                     }
-                    if attempt < ATTEMPTS {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
+                    // An exactly-once batch: into the outbox, sent after commit
+                    // (a subject no stream captures is refused now, not there).
+                    if let Some(tx) = self.calls.effects().lock().await.as_mut() {
+                        let stream = self.backends.stream_capturing(&msg.subject).await?;
+                        let mut carried = msg.headers.clone();
+                        let mut trace = HeaderMap::new();
+                        crate::telemetry::context::inject(&span, &mut trace);
+                        for (k, v) in trace.iter() {
+                            for v in v {
+                                carried.push((k.to_string(), v.as_str().to_owned()));
+                            }
+                        }
+                        tx.queue(
+                            &msg.subject,
+                            &carried,
+                            &msg.payload,
+                            msg.message_id.as_deref(),
+                        )
+                        .await?;
+                        return Ok(Receipt {
+                            stream,
+                            sequence: 0,
+                            duplicate: false,
+                        });
                     }
-                }
-                Err(CapabilityError::Unavailable(format!(
-                    "publish to `{}` failed after {ATTEMPTS} attempts: {last}",
-                    msg.subject
-                )))
-            })
+                    let js = self.backends.js()?;
+                    if let Some(id) = &msg.message_id {
+                        headers.insert("Nats-Msg-Id", id.as_str());
+                    }
+                    crate::telemetry::context::inject(&span, &mut headers);
+                    let payload: bytes::Bytes = msg.payload.into();
+                    let mut delay = Duration::from_millis(50);
+                    let mut last = String::new();
+                    for attempt in 1..=ATTEMPTS {
+                        let result = async {
+                            js.publish_with_headers(
+                                msg.subject.clone(),
+                                headers.clone(),
+                                payload.clone(),
+                            )
+                            .await?
+                            .await
+                        }
+                        .await;
+                        match result {
+                            Ok(ack) => {
+                                return Ok(Receipt {
+                                    stream: ack.stream,
+                                    sequence: ack.sequence,
+                                    duplicate: ack.duplicate,
+                                });
+                            }
+                            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                                return Err(CapabilityError::Invalid(format!(
+                                    "no stream captures subject `{}`",
+                                    msg.subject
+                                )));
+                            }
+                            Err(e) => last = e.to_string(),
+                        }
+                        if attempt < ATTEMPTS {
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                        }
+                    }
+                    Err(CapabilityError::Unavailable(format!(
+                        "publish to `{}` failed after {ATTEMPTS} attempts: {last}",
+                        msg.subject
+                    )))
+                },
+            )
             .await
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::hotswap::fleet::Fleet;
-use crate::hotswap::rollout::{Ended, Outcome, Rollout, Rules};
+use crate::hotswap::rollout::{Ended, Outcome, Rollout, Rules, ShadowRules};
 use crate::hotswap::short;
 use crate::units;
 
@@ -33,6 +33,139 @@ pub struct CanaryArgs {
     /// differences under 2 ms pass).
     #[arg(long, default_value_t = 1.5, requires = "canary")]
     pub max_p99_ratio: f64,
+}
+
+/// How a shadow runs (`plugin deploy --shadow`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShadowArgs {
+    /// Run the new version beside the running one on the same messages,
+    /// its effects held back (SQL rolled back, publishes and KV writes
+    /// recorded, not made), and compare the two.
+    #[arg(long, conflicts_with = "canary")]
+    pub shadow: bool,
+    /// Share of the batches shadowed, in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 100, requires = "shadow",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub sample: u32,
+    /// How long the shadow runs.
+    #[arg(long = "for", value_name = "DURATION", default_value = "10m",
+          value_parser = units::parse_duration, requires = "shadow")]
+    pub for_: Duration,
+    /// Promote the new version when the window ends with at least this
+    /// agreement, in percent (e.g. 99.5); without, it only reports.
+    #[arg(long, value_name = "AGREE%", value_parser = percent, requires = "shadow")]
+    pub promote_if: Option<f64>,
+}
+
+fn percent(text: &str) -> Result<f64, String> {
+    let n: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{text}` is not a percentage (e.g. 99.5)"))?;
+    if (0.0..=100.0).contains(&n) {
+        Ok(n / 100.0)
+    } else {
+        Err(format!("{n} is not between 0 and 100"))
+    }
+}
+
+/// Starts a shadow of `bytes` beside `name`'s running version.
+pub async fn start_shadow(
+    fleet: &Fleet,
+    name: &str,
+    bytes: &[u8],
+    signature: Option<crate::hotswap::signing::Signature>,
+    args: &ShadowArgs,
+) -> anyhow::Result<ExitCode> {
+    let rules = ShadowRules {
+        sample: args.sample,
+        for_secs: args.for_.as_secs().max(1),
+        promote_if: args.promote_if,
+    };
+    let r = fleet.start_shadow(name, bytes, signature, rules).await?;
+    println!(
+        "shadow {} of plugin `{name}` started: version {} runs beside the running one on {} % of the batches, its effects held back",
+        r.id,
+        short(r.candidate.version()),
+        args.sample
+    );
+    let end = match args.promote_if {
+        Some(p) => format!("then promoted if at least {:.2} % agree", p * 100.0),
+        None => "then it ends (promote by hand with `jetplug plugin promote`)".to_owned(),
+    };
+    println!(
+        "runs for {}, {end}; its report: `jetplug plugin shadow {name}`",
+        humantime::format_duration(args.for_)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin shadow NAME`: the current (or last) shadow's report, merged
+/// over every host.
+pub async fn show_shadow(fleet: &Fleet, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let Some((r, _)) = fleet.rollout(name).await? else {
+        println!("plugin `{name}` has had no shadow");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(rules) = &r.shadow else {
+        println!("plugin `{name}`'s last rollout was a canary: `jetplug plugin canary {name}`");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let m = crate::hotswap::shadow::merged(fleet, name, &r.id).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"rollout": r, "report": m}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "shadow {} of plugin `{name}`: version {} on {} % of the batches, started {}",
+        r.id,
+        short(r.candidate.version()),
+        rules.sample,
+        r.started_at
+    );
+    match &r.ended {
+        None => println!(
+            "  running for {}",
+            humantime::format_duration(Duration::from_secs(rules.for_secs))
+        ),
+        Some(e) => println!(
+            "  {} at {} by {}: {}",
+            e.outcome.as_str(),
+            e.at,
+            e.by,
+            e.reason
+        ),
+    }
+    println!(
+        "  {} messages compared in {} batches on {} host(s); agreement {:.2} %",
+        m.messages,
+        m.batches,
+        m.hosts.len(),
+        m.agreement() * 100.0
+    );
+    for (kind, n) in &m.disagreements {
+        println!("  disagreements, {kind}: {n}");
+    }
+    for ex in &m.examples {
+        println!("  example ({}, at {}):", ex.kind, ex.at);
+        println!("    live:   {}", ex.live);
+        println!("    shadow: {}", ex.shadow);
+    }
+    for h in &m.versions {
+        for (who, v) in [("live", &h.summary.live), ("shadow", &h.summary.shadow)] {
+            println!(
+                "  {} {who:<6} traps/timeouts {:.3}, p99 {:.1} ms, peak memory {} KiB",
+                h.host,
+                v.figures.failure_rate,
+                f64::from(v.figures.p99_us) / 1000.0,
+                v.peak_memory / 1024
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 impl CanaryArgs {
@@ -173,12 +306,20 @@ pub async fn events(fleet: &Fleet, name: &str) -> anyhow::Result<Vec<(String, St
 }
 
 fn event(r: &Rollout) -> (String, String) {
-    let what = format!(
-        "canary {} of version {} on {} %",
-        r.id,
-        short(r.candidate.version()),
-        r.percent
-    );
+    let what = match &r.shadow {
+        Some(s) => format!(
+            "shadow {} of version {} on {} % of the batches",
+            r.id,
+            short(r.candidate.version()),
+            s.sample
+        ),
+        None => format!(
+            "canary {} of version {} on {} %",
+            r.id,
+            short(r.candidate.version()),
+            r.percent
+        ),
+    };
     match &r.ended {
         None => (r.started_at.clone(), format!("{what}: started")),
         Some(e) => (

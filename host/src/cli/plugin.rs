@@ -44,6 +44,19 @@ enum Action {
         #[command(flatten)]
         canary: super::canary::CanaryArgs,
         #[command(flatten)]
+        shadow: super::canary::ShadowArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Plugin NAME's current or last shadow: messages compared, agreement,
+    /// disagreements by kind with examples, each version's errors, p99 and
+    /// memory — merged over every host.
+    Shadow {
+        name: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
         fleet: FleetArgs,
     },
     /// Promote plugin NAME's running canary now: its version becomes the
@@ -126,8 +139,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             file,
             key,
             canary,
+            shadow,
             fleet,
-        } => deploy(&name, &file, key.as_deref(), &canary, &fleet).await,
+        } => deploy(&name, &file, key.as_deref(), (&canary, &shadow), &fleet).await,
+        Action::Shadow { name, json, fleet } => {
+            let (_, f) = open(&name, &fleet).await?;
+            super::canary::show_shadow(&f, &name, json).await
+        }
         Action::Promote { name, fleet } => {
             let (_, f) = open(&name, &fleet).await?;
             super::canary::end(&f, &name, Outcome::Promoted).await
@@ -267,7 +285,7 @@ async fn deploy(
     name: &str,
     file: &std::path::Path,
     key: Option<&std::path::Path>,
-    canary: &super::canary::CanaryArgs,
+    (canary, shadow): (&super::canary::CanaryArgs, &super::canary::ShadowArgs),
     args: &FleetArgs,
 ) -> anyhow::Result<ExitCode> {
     let config = crate::host::resolve::load(&args.config)?;
@@ -290,6 +308,9 @@ async fn deploy(
     .with_context(|| format!("{} is not a valid new version of `{name}`", file.display()))?;
     let signature = signature_for(&config, file, &bytes, key)?;
     let (_, fleet) = open(name, args).await?;
+    if shadow.shadow {
+        return super::canary::start_shadow(&fleet, name, &bytes, signature, shadow).await;
+    }
     if let Some(percent) = canary.canary {
         return super::canary::start(&fleet, name, &bytes, signature, canary, percent).await;
     }

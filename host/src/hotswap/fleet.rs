@@ -111,7 +111,7 @@ pub enum FleetError {
         "a canary of plugin `{plugin}` is running ({id}): promote or abort it first (`jetplug plugin promote|abort {plugin}`)"
     )]
     CanaryRunning { plugin: String, id: String },
-    #[error("no canary of plugin `{0}` is running")]
+    #[error("no canary or shadow of plugin `{0}` is running")]
     NoCanary(String),
     #[error("the canary of plugin `{0}` ended meanwhile (see `jetplug plugin canary {0}`)")]
     CanaryEnded(String),

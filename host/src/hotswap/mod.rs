@@ -11,6 +11,7 @@
 pub mod config;
 pub mod fleet;
 pub mod rollout;
+pub mod shadow;
 pub mod signing;
 pub mod watch;
 

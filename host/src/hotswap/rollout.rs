@@ -28,7 +28,7 @@ use super::Swapper;
 use super::fleet::{Announcement, Fleet, FleetError, check_name};
 use super::signing::{self, Signature};
 use crate::metrics::labels;
-use crate::plugin::{Canary, Figures};
+use crate::plugin::{Canary, Figures, Shadow};
 
 /// What a canary must show, and when it is judged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,10 +68,25 @@ pub struct Rollout {
     /// Share of the keys it takes, in percent.
     pub percent: u32,
     pub rules: Rules,
+    /// Set for a shadow (then `percent` is 0: no message goes to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRules>,
     pub started_at: String,
     /// Set when it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<Ended>,
+}
+
+/// How a shadow runs and ends (`plugin deploy --shadow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowRules {
+    /// Share of the batches shadowed, in percent.
+    pub sample: u32,
+    /// How long it runs.
+    pub for_secs: u64,
+    /// Promote when the window ends with at least this agreement (0–1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_if: Option<f64>,
 }
 
 /// How a canary ended.
@@ -95,6 +110,8 @@ pub enum Outcome {
     Promoted,
     RolledBack,
     Aborted,
+    /// A shadow's window ended without a promotion.
+    Finished,
 }
 
 impl Outcome {
@@ -103,6 +120,7 @@ impl Outcome {
             Outcome::Promoted => "promoted",
             Outcome::RolledBack => "rolled-back",
             Outcome::Aborted => "aborted",
+            Outcome::Finished => "finished",
         }
     }
 }
@@ -180,7 +198,7 @@ pub fn key(plugin: &str) -> String {
     format!("{plugin}.canary")
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -194,6 +212,32 @@ impl Fleet {
         signature: Option<Signature>,
         percent: u32,
         rules: Rules,
+    ) -> Result<Rollout, FleetError> {
+        self.start_rollout(plugin, bytes, signature, percent.clamp(1, 99), rules, None)
+            .await
+    }
+
+    /// Stores `bytes` and starts a shadow of them: run beside `plugin`'s
+    /// running version on a sample of the batches, effects held back.
+    pub async fn start_shadow(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        signature: Option<Signature>,
+        rules: ShadowRules,
+    ) -> Result<Rollout, FleetError> {
+        self.start_rollout(plugin, bytes, signature, 0, Rules::default(), Some(rules))
+            .await
+    }
+
+    async fn start_rollout(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        signature: Option<Signature>,
+        percent: u32,
+        rules: Rules,
+        shadow: Option<ShadowRules>,
     ) -> Result<Rollout, FleetError> {
         check_name(plugin)?;
         let current = self.rollout(plugin).await?;
@@ -216,8 +260,9 @@ impl Fleet {
             id,
             plugin: plugin.to_owned(),
             candidate,
-            percent: percent.clamp(1, 99),
+            percent,
             rules,
+            shadow,
             started_at,
             ended: None,
         };
@@ -335,7 +380,15 @@ impl Fleet {
         let Some(slot) = swapper.slots().get(name) else {
             return;
         };
-        let running = slot.canary();
+        let running = slot
+            .canary()
+            .map(|c| c.id.clone())
+            .or_else(|| slot.shadow().map(|s| s.id.clone()));
+        let kind = if r.shadow.is_some() {
+            "shadow"
+        } else {
+            "canary"
+        };
         let metric = |p: u32| {
             swapper
                 .metrics()
@@ -344,8 +397,11 @@ impl Fleet {
                 .set(i64::from(p));
         };
         if let Some(ended) = &r.ended {
-            if running.is_some_and(|c| c.id == r.id) {
+            if running.as_deref() == Some(r.id.as_str()) {
                 slot.set_canary(None);
+                if let Some(shadow) = slot.set_shadow(None) {
+                    super::shadow::report(self, swapper, name, &shadow).await;
+                }
                 metric(0);
                 swapper
                     .metrics()
@@ -357,17 +413,19 @@ impl Fleet {
                     .inc();
                 match ended.outcome {
                     Outcome::Promoted => {
-                        tracing::info!(plugin = %name, canary = %r.id, by = %ended.by,
-                        reason = %ended.reason, "canary promoted; the candidate becomes the running version")
+                        tracing::info!(plugin = %name, rollout = %r.id, kind, by = %ended.by,
+                        reason = %ended.reason, "promoted; the new version becomes the running version")
                     }
-                    _ => tracing::warn!(plugin = %name, canary = %r.id, by = %ended.by,
+                    Outcome::Finished => tracing::info!(plugin = %name, rollout = %r.id, kind,
+                        reason = %ended.reason, "shadow finished; see `jetplug plugin shadow`"),
+                    _ => tracing::warn!(plugin = %name, rollout = %r.id, kind, by = %ended.by,
                         outcome = ended.outcome.as_str(), reason = %ended.reason,
-                        "canary ended; every message goes to the running version again"),
+                        "ended; every message goes to the running version alone again"),
                 }
             }
             return;
         }
-        if running.is_some_and(|c| c.id == r.id) {
+        if running.as_deref() == Some(r.id.as_str()) {
             return;
         }
         let Announcement::Store {
@@ -407,12 +465,19 @@ impl Fleet {
             Err(e) => Err(e.to_string()),
         };
         match loaded {
-            Ok(plugin) => {
-                slot.set_canary(Some(Arc::new(Canary::new(&r.id, plugin, r.percent))));
-                metric(r.percent);
-                tracing::info!(plugin = %name, canary = %r.id, percent = r.percent,
-                    candidate = %super::short(hash), "canary started: the candidate takes its share of the keys");
-            }
+            Ok(plugin) => match &r.shadow {
+                Some(rules) => {
+                    slot.set_shadow(Some(Arc::new(Shadow::new(&r.id, plugin, rules.sample))));
+                    tracing::info!(plugin = %name, shadow = %r.id, sample = rules.sample,
+                        version = %super::short(hash), "shadow started: the new version runs beside, its effects held back");
+                }
+                None => {
+                    slot.set_canary(Some(Arc::new(Canary::new(&r.id, plugin, r.percent))));
+                    metric(r.percent);
+                    tracing::info!(plugin = %name, canary = %r.id, percent = r.percent,
+                        candidate = %super::short(hash), "canary started: the candidate takes its share of the keys");
+                }
+            },
             Err(e) => {
                 tracing::error!(plugin = %name, canary = %r.id, error = %e,
                     "canary candidate refused; rolling the canary back");
@@ -425,6 +490,10 @@ impl Fleet {
     /// Judges this host's running canaries once; ends those with a verdict.
     pub(super) async fn judge_all(&self, swapper: &Swapper, rollouts: &BTreeMap<String, Rollout>) {
         for (name, r) in rollouts {
+            if let Some(rules) = &r.shadow {
+                super::shadow::tick(self, swapper, name, r, rules).await;
+                continue;
+            }
             let Some(canary) = swapper.slots().get(name).and_then(|s| s.canary()) else {
                 continue;
             };
@@ -474,7 +543,7 @@ fn parse(plugin: &str, value: &[u8], revision: u64) -> Result<Rollout, FleetErro
 }
 
 /// This host's name in verdicts (`HOSTNAME`, else `host`).
-fn host_name() -> String {
+pub(super) fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -547,6 +616,7 @@ mod tests {
             },
             percent: 20,
             rules: Rules::default(),
+            shadow: None,
             started_at: "2026-12-05T00:00:00Z".into(),
             ended: Some(Ended {
                 outcome: Outcome::RolledBack,

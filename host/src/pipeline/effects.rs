@@ -292,6 +292,7 @@ pub(super) async fn run_batch(
     p: &super::Pipeline,
     plan: &EffectsPlan,
     instance: &mut crate::plugin::PluginInstance,
+    shadow: &mut Option<crate::plugin::PluginInstance>,
     mut delivered: Vec<jetstream::Message>,
     msgs: Vec<Message>,
     trace: &crate::telemetry::context::BatchTrace,
@@ -383,10 +384,26 @@ pub(super) async fn run_batch(
             }
         };
         super::Stats::add(&p.stats.batches, 1);
+        // A shadow runs the batch first, its effects held back.
+        let shadowed = super::shadow::run(p, shadow, &msgs).await;
         let started = std::time::Instant::now();
-        let (outcome, tx) = instance
-            .handle_in(msgs.clone(), trace.call(), Some(tx))
+        let observe = shadowed
+            .as_ref()
+            .map(|_| crate::capability::record::Recording::observe());
+        let (outcome, tx, recording) = instance
+            .handle_recorded(msgs.clone(), trace.call(), Some(tx), observe)
             .await;
+        if let Some(ran) = shadowed {
+            let memory = instance.last_call_usage().memory;
+            super::shadow::compare(
+                ran,
+                &msgs,
+                &outcome,
+                recording.as_ref(),
+                started.elapsed(),
+                memory,
+            );
+        }
         p.stats.batch_took(started.elapsed());
         let decided = outcome.as_ref().ok().map(Vec::as_slice);
         super::canary::tally(p, instance, msgs.len(), started.elapsed(), decided);
@@ -425,6 +442,7 @@ pub(super) async fn run_batch(
                             p,
                             plan,
                             instance,
+                            shadow,
                             vec![js_msg],
                             vec![m.clone()],
                             &trace.only(i),

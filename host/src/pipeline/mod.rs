@@ -20,6 +20,7 @@ mod keyed;
 mod puller;
 pub mod quota;
 pub mod settle;
+mod shadow;
 mod stats;
 mod worker;
 

@@ -33,8 +33,7 @@ pub(super) enum Source {
 }
 
 pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: Source) {
-    // The candidate's instance, while a canary runs.
-    let mut candidate = None;
+    let mut spare = Spare::default();
     loop {
         match &source {
             Source::Shared(rx) => {
@@ -42,7 +41,7 @@ pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: 
                 let Some(Batch(batch, _alive)) = next else {
                     return;
                 };
-                process(&p, &mut instance, &mut candidate, batch).await;
+                process(&p, &mut instance, &mut spare, batch).await;
             }
             Source::Keyed(queue) => {
                 // A failing plugin takes one message at a time (see `failing`).
@@ -52,17 +51,26 @@ pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: 
                 };
                 let batch = std::mem::take(&mut taken.messages);
                 let started = std::time::Instant::now();
-                process(&p, &mut instance, &mut candidate, batch).await;
+                process(&p, &mut instance, &mut spare, batch).await;
                 queue.release(taken, started.elapsed());
             }
         }
     }
 }
 
+/// A worker's instances of the versions on trial, made when first needed.
+#[derive(Default)]
+struct Spare {
+    /// The canary's candidate.
+    candidate: Option<PluginInstance>,
+    /// The shadow version.
+    shadow: Option<PluginInstance>,
+}
+
 async fn process(
     p: &Pipeline,
     instance: &mut PluginInstance,
-    candidate: &mut Option<PluginInstance>,
+    spare: &mut Spare,
     batch: Vec<jetstream::Message>,
 ) {
     let mut delivered = Vec::with_capacity(batch.len());
@@ -97,16 +105,16 @@ async fn process(
     // again on the version it started with (docs/hotswap.md).
     instance.follow(&p.plugin);
     let Some(canary) = p.plugin.canary() else {
-        return handle(p, instance, delivered, msgs).await;
+        return handle(p, instance, &mut spare.shadow, delivered, msgs).await;
     };
     // A canary: each part on its version, as a batch of its own.
     let ((live_js, live), (cand_js, cand)) = super::canary::split(p, &canary, delivered, msgs);
     if !cand.is_empty() {
-        let c = super::canary::candidate_instance(candidate, &canary);
-        handle(p, c, cand_js, cand).await;
+        let c = super::canary::candidate_instance(&mut spare.candidate, &canary);
+        handle(p, c, &mut spare.shadow, cand_js, cand).await;
     }
     if !live.is_empty() {
-        handle(p, instance, live_js, live).await;
+        handle(p, instance, &mut spare.shadow, live_js, live).await;
     }
 }
 
@@ -114,15 +122,18 @@ async fn process(
 async fn handle(
     p: &Pipeline,
     instance: &mut PluginInstance,
+    shadow: &mut Option<PluginInstance>,
     mut delivered: Vec<jetstream::Message>,
     msgs: Vec<Message>,
 ) {
     let trace = BatchTrace::start(&p.cfg.name, &p.cfg.plugin, &msgs);
     if let Some(plan) = &p.effects {
-        super::effects::run_batch(p, plan, instance, delivered, msgs, &trace).await;
+        super::effects::run_batch(p, plan, instance, shadow, delivered, msgs, &trace).await;
         return;
     }
     let mut msgs: Arc<[Message]> = msgs.into();
+    // A shadow runs the batch first, its effects held back.
+    let mut shadowed = super::shadow::run(p, shadow, &msgs).await;
     let mut _slot = None;
     let held_since = std::time::Instant::now();
     let mut holds = 0u32;
@@ -139,7 +150,25 @@ async fn handle(
         };
         Stats::add(&p.stats.batches, 1);
         let started = std::time::Instant::now();
-        let outcome = instance.handle_traced(msgs.clone(), trace.call()).await;
+        let outcome = match shadowed.take() {
+            Some(ran) => {
+                let observe = Some(crate::capability::record::Recording::observe());
+                let (outcome, _, recording) = instance
+                    .handle_recorded(msgs.clone(), trace.call(), None, observe)
+                    .await;
+                let memory = instance.last_call_usage().memory;
+                super::shadow::compare(
+                    ran,
+                    &msgs,
+                    &outcome,
+                    recording.as_ref(),
+                    started.elapsed(),
+                    memory,
+                );
+                outcome
+            }
+            None => instance.handle_traced(msgs.clone(), trace.call()).await,
+        };
         p.stats.batch_took(started.elapsed());
         let decided = outcome.as_ref().ok().map(Vec::as_slice);
         super::canary::tally(p, instance, msgs.len(), started.elapsed(), decided);

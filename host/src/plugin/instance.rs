@@ -20,6 +20,7 @@ use super::{Plugin, PluginState};
 use crate::bindings::{Decision, EventPlugin, Message};
 use crate::capability::Usage;
 use crate::capability::effects::EffectsTx;
+use crate::capability::record::Recording;
 use crate::engine::lane::LaneError;
 use crate::engine::lane::on_lane;
 
@@ -205,6 +206,24 @@ impl PluginInstance {
         trace: Option<tracing::Span>,
         effects: Option<EffectsTx>,
     ) -> (Result<Vec<Decision>, BatchError>, Option<EffectsTx>) {
+        let (result, effects, _) = self.handle_recorded(batch, trace, effects, None).await;
+        (result, effects)
+    }
+
+    /// [`handle_in`](Self::handle_in) with the call's effects recorded into
+    /// `recording` (and held back when it holds: a shadow run), which is
+    /// handed back filled.
+    pub async fn handle_recorded(
+        &mut self,
+        batch: impl Into<Arc<[Message]>>,
+        trace: Option<tracing::Span>,
+        effects: Option<EffectsTx>,
+        recording: Option<Recording>,
+    ) -> (
+        Result<Vec<Decision>, BatchError>,
+        Option<EffectsTx>,
+        Option<Recording>,
+    ) {
         let plugin = self.plugin.clone();
         let fresh = self.live.is_none();
         let call = Call {
@@ -215,6 +234,7 @@ impl PluginInstance {
             meter: self.meter.clone(),
             trace,
             effects,
+            recording,
         };
         // The epoch interrupts wasm code; this outer limit also bounds time
         // spent in host calls (a hung downstream). A fresh instance runs
@@ -232,6 +252,7 @@ impl PluginInstance {
                 memory: 0,
                 result: Err(deadline_error(&plugin)),
                 effects: None,
+                recording: None,
             },
         };
         self.instantiated += u64::from(done.instantiated);
@@ -245,7 +266,7 @@ impl PluginInstance {
         self.plugin
             .faulted
             .store(done.result.is_err(), Ordering::Relaxed);
-        (done.result, done.effects)
+        (done.result, done.effects, done.recording)
     }
 }
 
@@ -258,6 +279,7 @@ struct Call {
     meter: Arc<CallMeter>,
     trace: Option<tracing::Span>,
     effects: Option<EffectsTx>,
+    recording: Option<Recording>,
 }
 
 /// What a call leaves behind: the instance to reuse (none after a failure:
@@ -271,6 +293,8 @@ struct Done {
     result: Result<Vec<Decision>, BatchError>,
     /// The exactly-once batch transaction the call ran in, handed back.
     effects: Option<EffectsTx>,
+    /// The call's recorded effects, handed back.
+    recording: Option<Recording>,
 }
 
 /// Runs `call` here until it is long, then on the slow lane; a plugin whose
@@ -331,6 +355,7 @@ fn lost(plugin: &Plugin, e: LaneError) -> Done {
             reason: e.to_string(),
         }),
         effects: None,
+        recording: None,
     }
 }
 
@@ -343,6 +368,7 @@ async fn run(call: Call) -> Done {
         meter,
         trace,
         effects,
+        recording,
     } = call;
     let (mut live, instantiated) = match live {
         Some(live) => (live, false),
@@ -357,6 +383,7 @@ async fn run(call: Call) -> Done {
                     memory: 0,
                     result: Err(e),
                     effects,
+                    recording,
                 };
             }
         },
@@ -369,7 +396,16 @@ async fn run(call: Call) -> Done {
     if let Some(tx) = effects {
         live.store.data().caps.calls().effects().install(tx).await;
     }
+    let recorded = recording.is_some();
+    if let Some(r) = recording {
+        live.store.data().caps.calls().record(r);
+    }
     let result = call_handle(&plugin, &mut live, &batch).await;
+    let recording = if recorded {
+        live.store.data().caps.calls().take_recording()
+    } else {
+        None
+    };
     let effects = if redirected {
         live.store.data().caps.calls().effects().take().await
     } else {
@@ -391,6 +427,7 @@ async fn run(call: Call) -> Done {
         memory,
         result,
         effects,
+        recording,
     }
 }
 

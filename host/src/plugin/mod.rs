@@ -7,6 +7,7 @@ pub mod limits;
 pub mod load;
 pub mod meter;
 pub mod pace;
+pub mod shadow;
 pub mod slot;
 pub mod state;
 
@@ -16,6 +17,7 @@ pub use canary::{Canary, Counted, Figures, Tally};
 pub use instance::{BatchError, CallUsage, PluginInstance};
 pub use limits::Limits;
 pub use load::{LoadError, Plugin, load, load_bytes, load_with};
+pub use shadow::Shadow;
 pub use slot::PluginSlot;
 pub use state::PluginState;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::{Canary, Plugin};
+use super::{Canary, Plugin, Shadow};
 
 /// How many replaced versions' hashes a slot remembers.
 const HISTORY: usize = 8;
@@ -22,6 +22,8 @@ pub struct PluginSlot {
     replaced: Mutex<Vec<String>>,
     /// A candidate version taking a share of the messages, during a canary.
     canary: ArcSwapOption<Canary>,
+    /// A version run beside the current one with its effects held back.
+    shadow: ArcSwapOption<Shadow>,
 }
 
 impl PluginSlot {
@@ -31,6 +33,7 @@ impl PluginSlot {
             current: ArcSwap::new(plugin),
             replaced: Mutex::new(Vec::new()),
             canary: ArcSwapOption::empty(),
+            shadow: ArcSwapOption::empty(),
         })
     }
 
@@ -67,6 +70,16 @@ impl PluginSlot {
     /// Starts (`Some`) or ends (`None`) a canary; returns the one it ends.
     pub fn set_canary(&self, canary: Option<Arc<Canary>>) -> Option<Arc<Canary>> {
         self.canary.swap(canary)
+    }
+
+    /// The shadow running beside the current version, if any.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.load_full()
+    }
+
+    /// Starts (`Some`) or ends (`None`) a shadow; returns the one it ends.
+    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
+        self.shadow.swap(shadow)
     }
 
     /// The hashes of the versions this slot ran before the current one, oldest first.

@@ -251,7 +251,7 @@ async fn a_canary_as_good_as_the_running_version_is_promoted_on_every_host() -> 
     let out = jetplug(&["plugin", "abort", "p", "-c", conf])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("no canary of plugin `p` is running"),
+        text(&out).contains("no canary or shadow of plugin `p` is running"),
         "{}",
         text(&out)
     );

@@ -168,5 +168,6 @@ pub(crate) use jetplug_tests::jetplug;
 mod canary;
 mod config_edits;
 mod fleet;
+mod shadow;
 mod signed;
 mod swap;

@@ -233,6 +233,18 @@ async fn query_on(
     Ok(Rows { columns, rows })
 }
 
+/// A shadow run's SQL runs only in the transaction held for it (rolled
+/// back afterwards); without one it must not run at all.
+async fn held_without_tx(calls: &CallPath, database: &str) -> Result<(), CapabilityError> {
+    if calls.holding() && calls.effects().lock().await.is_none() {
+        return Err(CapabilityError::AccessDenied(format!(
+            "a shadow run holds SQL back, and database `{database}` has no held transaction for it \
+             (a shadow's SQL runs on its plugin's one granted database)"
+        )));
+    }
+    Ok(())
+}
+
 struct SqlCap;
 
 impl HasData for SqlCap {
@@ -259,7 +271,9 @@ impl sql::Host for SqlState {
             .and_then(|()| self.check_statement(&statement));
         self.calls
             .call(Capability::Sql, "execute", &database)
+            .effect(|| format!("{statement} {params:?}"))
             .run(grant, |_| async move {
+                held_without_tx(&self.calls, &database).await?;
                 if let Some(tx) = self.calls.effects().lock().await.as_mut() {
                     effects_target(tx, &database)?;
                     return tx
@@ -285,7 +299,9 @@ impl sql::Host for SqlState {
             .and_then(|()| self.check_statement(&statement));
         self.calls
             .call(Capability::Sql, "query", &database)
+            .effect(|| format!("{statement} {params:?}"))
             .run(grant, |_| async move {
+                held_without_tx(&self.calls, &database).await?;
                 if let Some(tx) = self.calls.effects().lock().await.as_mut() {
                     effects_target(tx, &database)?;
                     return tx
@@ -311,7 +327,9 @@ impl sql::Host for SqlState {
             .and_then(|()| self.check_statement(&statement));
         self.calls
             .call(Capability::Sql, "execute_batch", &database)
+            .effect(|| format!("{statement} {param_rows:?}"))
             .run(grant, |_| async move {
+                held_without_tx(&self.calls, &database).await?;
                 if let Some(tx) = self.calls.effects().lock().await.as_mut() {
                     effects_target(tx, &database)?;
                     return tx
@@ -354,7 +372,9 @@ impl sql::Host for SqlState {
         let grant = self.check(&database);
         self.calls
             .call(Capability::Sql, "insert_rows", &database)
+            .effect(|| format!("{table} {columns:?} {rows:?} {on_conflict:?}"))
             .run(grant, |_| async move {
+                held_without_tx(&self.calls, &database).await?;
                 let plan = bulk::plan(
                     &table,
                     &columns,
@@ -394,6 +414,7 @@ impl sql::Host for SqlState {
         self.calls
             .call(Capability::Sql, "begin", &database)
             .run(grant, |_| async move {
+                held_without_tx(&self.calls, &database).await?;
                 let effects = self.calls.effects().clone();
                 if let Some(tx) = effects.lock().await.as_mut() {
                     effects_target(tx, &database)?;
