@@ -226,6 +226,13 @@ async fn a_canary_as_good_as_the_running_version_is_promoted_on_every_host() -> 
         conf,
     ])?;
     assert!(out.status.success(), "{}", text(&out));
+    for host in [&a, &b] {
+        eventually(WAIT, "the canary running", || async {
+            Ok(canary_of(&host.admin).await?["percent"] == 50)
+        })
+        .await
+        .with_context(|| host.log())?;
+    }
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     publish_distinct(&js, 0, 1500).await?;
     runs(&a, &v2).await?;
@@ -281,5 +288,98 @@ async fn a_canary_as_good_as_the_running_version_is_promoted_on_every_host() -> 
             "aborting keeps the running version"
         );
     }
+    Ok(())
+}
+
+/// The candidate may be any component: a Python version of a Rust plugin
+/// (both terminate every message, so it is as good, and promoted). With
+/// `host.trusted_keys`, a candidate with no trusted signature is refused
+/// on the host and the canary rolled back, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_candidate_is_promoted_and_an_unsigned_one_refused() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let admin = admin_addr()?;
+    let conf = write_config(dir.path(), &nats.url(), &admin, "watch_plugins = false")?;
+    let conf_s = conf.to_str().context("utf-8 path")?;
+    let host = host_process(&conf, admin.clone(), dir.path().join("host.log"))?;
+    host.ready().await?;
+    let out = jetplug(&[
+        "plugin",
+        "deploy",
+        "p",
+        plugins::TEST_PY,
+        "--canary",
+        "50",
+        "--decide-after-messages",
+        "50",
+        "-c",
+        conf_s,
+    ])?;
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(
+        WAIT,
+        "the Python candidate compiled and running",
+        || async { Ok(canary_of(&host.admin).await?["percent"] == 50) },
+    )
+    .await
+    .with_context(|| host.log())?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    publish_steadily(&js, 400, 50).await?;
+    let py = content_hash(&std::fs::read(plugins::TEST_PY)?);
+    runs(&host, &py).await?;
+    let letters = dead_letters(&js).await?;
+    assert!(
+        letters.iter().any(|(_, r)| r == "handled-by:py")
+            && letters.iter().any(|(_, r)| r == "handled-by:v1"),
+        "both versions handled a share before the promotion"
+    );
+    drop(host);
+
+    // Signed deploys: a forged, unsigned candidate is refused.
+    let key = dir.path().join("deploy.key");
+    let out = jetplug(&["plugin", "keygen", "--out", key.to_str().context("utf-8")?])?;
+    let public = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned();
+    let admin = admin_addr()?;
+    let conf = write_config(
+        dir.path(),
+        &nats.url(),
+        &admin,
+        &format!("watch_plugins = false\ntrusted_keys = [\"{public}\"]"),
+    )?;
+    let conf_s = conf.to_str().context("utf-8 path")?;
+    let host = host_process(&conf, admin, dir.path().join("signed.log"))?;
+    host.ready().await?;
+    let out = jetplug(&[
+        "plugin",
+        "deploy",
+        "p",
+        plugins::TEST_V2,
+        "--canary",
+        "20",
+        "-c",
+        conf_s,
+    ])?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the CLI refuses it first: {}",
+        text(&out)
+    );
+    let fleet = jetplug::hotswap::fleet::Fleet::open(&js, "jetplug-plugins").await?;
+    let bytes = std::fs::read(plugins::TEST_V2)?;
+    fleet
+        .start_canary("p", &bytes, None, 20, Default::default())
+        .await?;
+    eventually(WAIT, "the unsigned canary rolled back", || async {
+        let o = jetplug(&["plugin", "canary", "p", "-c", conf_s])?;
+        Ok(text(&o).contains("rolled-back") && text(&o).contains("refused on host"))
+    })
+    .await
+    .with_context(|| host.log())?;
     Ok(())
 }

@@ -165,7 +165,7 @@ async fn a_shadow_that_writes_other_rows_changes_nothing_and_reports_it() -> any
         plugins::TEST_NAIVE,
         "--shadow",
         "--for",
-        "4s",
+        "6s",
         "--promote-if",
         "99",
         "-c",
