@@ -383,3 +383,60 @@ async fn a_python_candidate_is_promoted_and_an_unsigned_one_refused() -> anyhow:
     .with_context(|| host.log())?;
     Ok(())
 }
+
+/// A JavaScript candidate in a tenant's pipeline (one batch of the tenant
+/// at a time): promoted, every message settled once, counted for the
+/// tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_candidate_in_a_tenant_pipeline_is_promoted() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let admin = admin_addr()?;
+    let wasm = dir.path().join("canary.wasm");
+    std::fs::copy(plugins::TEST_CANARY_V1, &wasm)?;
+    let conf = TestConfig::main(dir.path(), &nats.url(), &wasm)
+        .set("admin", "address", admin.as_str())
+        .set("plugin.p", "tenant", "acme")
+        .set("plugin.p.grants", "publish", vec!["handled.>"])
+        .merge("host", "watch_plugins = false")?
+        .merge(
+            "tenant.acme",
+            "consume = [\"events.>\"]\npublish = [\"handled.>\"]\nlimits = { max_concurrent_batches = 1 }",
+        )?
+        .write(&config_path(dir.path(), &admin))?;
+    let conf_s = conf.to_str().context("utf-8 path")?;
+    let host = host_process(&conf, admin, dir.path().join("host.log"))?;
+    host.ready().await?;
+    let out = jetplug(&[
+        "plugin",
+        "deploy",
+        "p",
+        plugins::BENCH_JS,
+        "--canary",
+        "50",
+        "--decide-after-messages",
+        "100",
+        "-c",
+        conf_s,
+    ])?;
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(
+        WAIT,
+        "the JavaScript candidate compiled and running",
+        || async { Ok(canary_of(&host.admin).await?["percent"] == 50) },
+    )
+    .await
+    .with_context(|| host.log())?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    publish_steadily(&js, 600, 50).await?;
+    let bench_js = content_hash(&std::fs::read(plugins::BENCH_JS)?);
+    runs(&host, &bench_js).await?;
+    let acked = r#"jetplug_messages_total{tenant="acme",plugin="p",pipeline="main",outcome="ack"}"#;
+    eventually(WAIT, "all 600 acked for the tenant", || async {
+        Ok(metric(&host.admin, acked).await? == 600)
+    })
+    .await
+    .with_context(|| host.log())?;
+    assert_eq!(dlq_count(&js).await?, 0);
+    Ok(())
+}
