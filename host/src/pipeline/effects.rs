@@ -394,14 +394,13 @@ pub(super) async fn run_batch(
             .handle_recorded(msgs.clone(), trace.call(), Some(tx), observe)
             .await;
         if let Some(ran) = shadowed {
-            let memory = instance.last_call_usage().memory;
             super::shadow::compare(
                 ran,
                 &msgs,
                 &outcome,
                 recording.as_ref(),
                 started.elapsed(),
-                memory,
+                instance,
             );
         }
         p.stats.batch_took(started.elapsed());

@@ -59,20 +59,21 @@ pub(super) async fn run(
     })
 }
 
-/// Compares the shadow's run with the live one's and reports it.
+/// Compares the shadow's run with the live one's (on `instance`, just
+/// called) and reports it.
 pub(super) fn compare(
     ran: Ran,
     msgs: &[Message],
     live: &Result<Vec<Decision>, BatchError>,
     live_recording: Option<&Recording>,
     took: Duration,
-    memory: u64,
+    instance: &PluginInstance,
 ) {
     let live = Run {
         result: live,
         recording: live_recording,
         took,
-        memory,
+        memory: instance.last_call_usage().memory,
     };
     let shadow = Run {
         result: &ran.result,

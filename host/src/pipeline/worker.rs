@@ -156,14 +156,13 @@ async fn handle(
                 let (outcome, _, recording) = instance
                     .handle_recorded(msgs.clone(), trace.call(), None, observe)
                     .await;
-                let memory = instance.last_call_usage().memory;
                 super::shadow::compare(
                     ran,
                     &msgs,
                     &outcome,
                     recording.as_ref(),
                     started.elapsed(),
-                    memory,
+                    instance,
                 );
                 outcome
             }
