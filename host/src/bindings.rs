@@ -12,6 +12,8 @@ wasmtime::component::bindgen!({
         default: async,
     },
     exports: { default: async },
+    // Capture and replay keep capability arguments and answers as JSON.
+    additional_derives: [PartialEq, serde::Serialize, serde::Deserialize],
 });
 
 pub use self::exports::jetplug::plugin::handler::{Decision, Message};

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod authoring;
 pub mod bindings;
 pub mod capability;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod deadletter;

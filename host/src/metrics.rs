@@ -34,6 +34,7 @@ pub struct Metrics {
     pub dead_letters: Family<Labels, Counter>,
     pub dead_letter_failures: Family<Labels, Counter>,
     pub dead_letters_held: Family<Labels, Gauge>,
+    pub captures: Family<Labels, Counter>,
     pub pull_requests_lost: Family<Labels, Counter>,
     pub held_batches: Family<Labels, Counter>,
     pub held_expired: Family<Labels, Counter>,
@@ -76,6 +77,7 @@ impl Metrics {
             dead_letters: Family::default(),
             dead_letter_failures: Family::default(),
             dead_letters_held: Family::default(),
+            captures: Family::default(),
             pull_requests_lost: Family::default(),
             held_batches: Family::default(),
             held_expired: Family::default(),
@@ -124,6 +126,11 @@ impl Metrics {
             m.messages.clone(),
         );
         reg!("batches", "Batches run, by pipeline", m.batches.clone());
+        reg!(
+            "captures",
+            "Captured plugin calls, by pipeline and outcome (stored, too-large: past capture_max_size, failed: the bucket refused it)",
+            m.captures.clone(),
+        );
         reg!(
             "batch_failures",
             "Failed batches, by pipeline and kind (trap, deadline, memory-limit, ...)",

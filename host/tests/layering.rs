@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["capability"],
     &["plugin"],
     &["jetstream", "authoring"],
-    &["deadletter", "hotswap", "replay"],
+    &["deadletter", "hotswap", "replay", "capture"],
     &["pipeline"],
     &["admin"],
     &["host"],

@@ -9,6 +9,13 @@
 //! `published_at_ms`, `expect` (what the plugin must answer, see
 //! [`crate::authoring::expect`]). Blank lines are skipped. Any other key, or a malformed
 //! line, is an error naming the file and line number.
+//!
+//! For `jetplug test`, a line may also carry `answers` (what the capability
+//! calls of its batch answer) and `expect_effects` (calls its batch must
+//! make), and a line without a `subject` declares `answers` for every batch
+//! of the file, `time_ms` (the clock the plugin sees) and `config` (what its
+//! `init` gets) (docs/plugins/testing.md).
+//! `run-plugin` ignores them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +25,7 @@ use serde::Deserialize;
 
 use crate::authoring::expect::Expectation;
 use crate::bindings::Message;
+use crate::capability::transcript::Entry;
 use crate::subject;
 
 /// Why the input could not be used.
@@ -44,12 +52,33 @@ pub struct InputMessage {
     pub message: Message,
     /// What the plugin must answer (`"expect"`), for `jetplug test`.
     pub expect: Option<Expectation>,
+    /// Answers for the capability calls of this line's batch.
+    pub answers: Vec<Entry>,
+    /// Calls this line's batch must make (each given argument equal).
+    pub effects: Vec<Entry>,
+}
+
+/// What a fixture file declares for all its batches.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    pub answers: Vec<Entry>,
+    /// The wall clock the plugin sees, ms since the epoch.
+    pub time_ms: Option<i64>,
+    /// The plugin's `config` for `init` (`--config` pairs override it).
+    pub config: Option<Vec<(String, String)>>,
+}
+
+impl Declared {
+    /// Whether the file runs its batches on declared answers (no servers).
+    pub fn any(&self) -> bool {
+        !self.answers.is_empty() || self.time_ms.is_some()
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEvent {
-    subject: String,
+    subject: Option<String>,
     payload: Option<serde_json::Value>,
     payload_text: Option<String>,
     payload_base64: Option<String>,
@@ -59,6 +88,13 @@ struct RawEvent {
     delivered: Option<u32>,
     published_at_ms: Option<i64>,
     expect: Option<serde_json::Value>,
+    answers: Option<Vec<Entry>>,
+    expect_effects: Option<Vec<Entry>>,
+    time_ms: Option<i64>,
+    config: Option<BTreeMap<String, String>>,
+    /// The capture a fixture was made from (`capture to-fixture`); informational.
+    #[allow(dead_code)]
+    capture: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +125,28 @@ pub fn read_jsonl(path: &Path, tenant: &str) -> Result<Vec<InputMessage>, InputE
 
 /// Parses JSONL text; `path` is used in error messages.
 pub fn parse_jsonl(path: &Path, text: &str, tenant: &str) -> Result<Vec<InputMessage>, InputError> {
+    parse_fixture(path, text, tenant).map(|(messages, _)| messages)
+}
+
+/// Reads a fixture file: its messages and what it declares.
+pub fn read_fixture(
+    path: &Path,
+    tenant: &str,
+) -> Result<(Vec<InputMessage>, Declared), InputError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_fixture(path, &text, tenant)
+}
+
+/// [`parse_jsonl`], with the file's declarations.
+pub fn parse_fixture(
+    path: &Path,
+    text: &str,
+    tenant: &str,
+) -> Result<(Vec<InputMessage>, Declared), InputError> {
+    let mut declared = Declared::default();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -106,7 +164,34 @@ pub fn parse_jsonl(path: &Path, text: &str, tenant: &str) -> Result<Vec<InputMes
         };
         let event: RawEvent =
             serde_json::from_str(raw).map_err(|e| err(format!("invalid event: {e}")))?;
-        subject::validate_publish_subject(&event.subject).map_err(|e| err(e.to_string()))?;
+        let Some(subject) = event.subject.clone() else {
+            let declares =
+                event.answers.is_some() || event.time_ms.is_some() || event.config.is_some();
+            let message_keys = event.payload.is_some()
+                || event.payload_text.is_some()
+                || event.payload_base64.is_some()
+                || event.expect.is_some()
+                || event.expect_effects.is_some();
+            if !declares || message_keys {
+                return Err(err("invalid event: missing field `subject`".into()));
+            }
+            declared.answers.extend(event.answers.unwrap_or_default());
+            if event.time_ms.is_some() {
+                declared.time_ms = event.time_ms;
+            }
+            if let Some(c) = event.config {
+                declared.config = Some(c.into_iter().collect());
+            }
+            continue;
+        };
+        if event.time_ms.is_some() || event.config.is_some() {
+            return Err(err(
+                "`time_ms` and `config` belong on a line of their own (without `subject`): \
+                 they hold for the whole file"
+                    .into(),
+            ));
+        }
+        subject::validate_publish_subject(&subject).map_err(|e| err(e.to_string()))?;
         let payload = payload_of(&event).map_err(|e| err(e.to_string()))?;
         let headers = match event.headers {
             None => Vec::new(),
@@ -123,10 +208,12 @@ pub fn parse_jsonl(path: &Path, text: &str, tenant: &str) -> Result<Vec<InputMes
         out.push(InputMessage {
             line,
             expect,
+            answers: event.answers.unwrap_or_default(),
+            effects: event.expect_effects.unwrap_or_default(),
             message: Message {
                 stream: event.stream.unwrap_or_else(|| "OFFLINE".into()),
                 consumer: String::new(),
-                subject: event.subject,
+                subject,
                 headers,
                 payload,
                 stream_seq: seq,
@@ -136,7 +223,7 @@ pub fn parse_jsonl(path: &Path, text: &str, tenant: &str) -> Result<Vec<InputMes
             },
         });
     }
-    Ok(out)
+    Ok((out, declared))
 }
 
 /// A line's payload fields that do not make a payload.

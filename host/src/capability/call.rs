@@ -11,9 +11,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::Capability;
+use super::transcript::{Answer, Entry, Script};
 use crate::bindings::CapabilityError;
 use crate::telemetry::CallTrace;
 
@@ -34,6 +37,8 @@ struct Counts {
     effects: super::effects::Effects,
     /// The effects of the running call, while they are recorded (shadow runs).
     recording: Mutex<Option<super::record::Recording>>,
+    /// The running call's transcript, recorded or played back.
+    script: Mutex<Option<Script>>,
     unavailable: AtomicU32,
     calls: [AtomicU64; 4],
     errors: [[AtomicU64; 5]; 4],
@@ -87,7 +92,50 @@ impl CallPath {
             op,
             target: target.to_owned(),
             effect: None,
+            scripted: self.script().is_some(),
+            args: None,
         }
+    }
+
+    /// Records the capability calls that follow into a transcript, or
+    /// answers them from one (until [`take_script`](Self::take_script)).
+    pub fn set_script(&self, script: Script) {
+        *self.script() = Some(script);
+    }
+
+    /// The script installed by [`set_script`](Self::set_script), filled.
+    pub fn take_script(&self) -> Option<Script> {
+        self.script().take()
+    }
+
+    /// True while calls are answered from a transcript, not run.
+    pub fn replaying(&self) -> bool {
+        matches!(*self.script(), Some(Script::Replay(_)))
+    }
+
+    /// A log line, into the running transcript (log calls take no other path).
+    pub fn note_log(&self, level: &str, message: &str) {
+        let mut script = self.script();
+        let Some(script) = script.as_mut() else {
+            return;
+        };
+        let args = serde_json::json!({ "level": level, "message": message });
+        match script {
+            Script::Record(r) => {
+                r.push("log.log".into(), "", Some(Arc::new(args)), Ok(Arc::new(())))
+            }
+            Script::Replay(r) => r.log(Entry {
+                call: "log.log".into(),
+                target: String::new(),
+                args,
+                ok: Some(serde_json::Value::Null),
+                error: None,
+            }),
+        }
+    }
+
+    fn script(&self) -> std::sync::MutexGuard<'_, Option<Script>> {
+        self.0.script.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records the effects of the calls that follow into `recording`
@@ -156,6 +204,10 @@ pub struct Call {
     target: String,
     /// What the call does to the world, for a recording (`detail`).
     effect: Option<String>,
+    /// A transcript was being recorded or played back when the call started.
+    scripted: bool,
+    /// The call's arguments, for the transcript (only kept while scripted).
+    args: Option<Arc<dyn Answer>>,
 }
 
 impl Call {
@@ -168,6 +220,65 @@ impl Call {
         self
     }
 
+    /// The call's arguments, for a transcript; only computed while one is
+    /// recorded or played back. (Share large values, e.g. through an `Arc`,
+    /// rather than copying them.)
+    pub fn args<A: Serialize + Send + Sync + 'static>(mut self, args: impl FnOnce() -> A) -> Self {
+        if self.scripted {
+            self.args = Some(Arc::new(args()));
+        }
+        self
+    }
+
+    fn name(&self) -> String {
+        format!("{}.{}", self.cap.name(), self.op)
+    }
+
+    /// The answer from the transcript being played back, if one is.
+    fn replayed<T: DeserializeOwned>(&self) -> Option<Result<T, CapabilityError>> {
+        if !self.scripted {
+            return None;
+        }
+        let mut script = self.path.script();
+        let Some(Script::Replay(r)) = script.as_mut() else {
+            return None;
+        };
+        let now = Entry {
+            call: self.name(),
+            target: self.target.clone(),
+            args: self.args.as_ref().map(|a| a.to_json()).unwrap_or_default(),
+            ok: None,
+            error: None,
+        };
+        Some(match r.answer(now) {
+            Ok(Ok(v)) => serde_json::from_value(v).map_err(|e| {
+                CapabilityError::Invalid(format!(
+                    "replay: the recorded answer of {} does not fit this call: {e}",
+                    self.name()
+                ))
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(why) => Err(CapabilityError::Unavailable(why)),
+        })
+    }
+
+    /// Writes the call and its answer into the transcript being recorded.
+    fn transcribe<T: Serialize + Clone + Send + Sync + 'static>(
+        &self,
+        r: &Result<T, CapabilityError>,
+    ) {
+        if !self.scripted {
+            return;
+        }
+        if let Some(Script::Record(rec)) = self.path.script().as_mut() {
+            let result = match r {
+                Ok(v) => Ok(Arc::new(v.clone()) as Arc<dyn Answer>),
+                Err(e) => Err(e.clone()),
+            };
+            rec.push(self.name(), &self.target, self.args.clone(), result);
+        }
+    }
+
     /// [`run`](Self::run), except that while a recording *holds* effects
     /// back (a shadow run) the body does not run: the call is recorded and
     /// answered with `held()`.
@@ -178,6 +289,7 @@ impl Call {
         body: F,
     ) -> Result<T, CapabilityError>
     where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce(tracing::Span) -> Fut,
         Fut: Future<Output = Result<T, CapabilityError>>,
     {
@@ -207,13 +319,20 @@ impl Call {
         body: F,
     ) -> Result<T, CapabilityError>
     where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce(tracing::Span) -> Fut,
         Fut: Future<Output = Result<T, CapabilityError>>,
     {
+        // A refused call is not transcribed: its answer follows from the grants.
         let r = match grant {
             Ok(()) => {
                 self.note();
-                body(self.span.clone()).instrument(self.span.clone()).await
+                let r = match self.replayed() {
+                    Some(answer) => answer,
+                    None => body(self.span.clone()).instrument(self.span.clone()).await,
+                };
+                self.transcribe(&r);
+                r
             }
             Err(e) => Err(e),
         };

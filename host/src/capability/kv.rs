@@ -10,6 +10,9 @@ use wasmtime::component::{HasData, Linker};
 
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 
+use serde_json::json;
+
+use super::transcript::text_or_bytes;
 use super::{Backends, CallPath, Capability, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::kv::{self, Entry};
@@ -67,6 +70,7 @@ impl kv::Host for KvState {
         let grant = self.check(&bucket);
         self.calls
             .call(Capability::Kv, "get", &bucket)
+            .args(|| json!({ "key": key }))
             .run(grant, |_| async move {
                 let store = self.backends.bucket(&bucket).await?;
                 match store.entry(key).await.map_err(unavailable)? {
@@ -89,6 +93,7 @@ impl kv::Host for KvState {
         let grant = self.check(&bucket);
         self.calls
             .call(Capability::Kv, "put", &bucket)
+            .args(|| json!({ "key": key, "value": text_or_bytes(&value) }))
             .effect(|| format!("{key} = {}", String::from_utf8_lossy(&value)))
             .run_or_hold(
                 grant,
@@ -105,6 +110,7 @@ impl kv::Host for KvState {
         let grant = self.check(&bucket);
         self.calls
             .call(Capability::Kv, "delete", &bucket)
+            .args(|| json!({ "key": key }))
             .effect(|| key.clone())
             .run_or_hold(
                 grant,
@@ -127,6 +133,7 @@ impl kv::Host for KvState {
         let grant = self.check(&bucket);
         self.calls
             .call(Capability::Kv, "compare_and_set", &bucket)
+            .args(|| json!({ "key": key, "value": text_or_bytes(&value), "expected": expected }))
             .effect(|| {
                 format!(
                     "{key} = {} if revision {expected:?}",

@@ -72,8 +72,9 @@ pub struct LogState {
     /// Log calls in the current `handle` call, and the most allowed.
     calls: u32,
     max_calls: u32,
-    /// The running call's span: each line is also an event on it.
-    trace: crate::telemetry::CallTrace,
+    /// The instance's call path: each line is also an event on the running
+    /// call's span, and a line of its transcript.
+    path: super::CallPath,
 }
 
 /// The trap raised when one call logs more lines than `log_lines_per_batch`.
@@ -91,10 +92,10 @@ impl LogState {
         tenant: &str,
         budget: Arc<LogBudget>,
         per_batch: u32,
-        trace: crate::telemetry::CallTrace,
+        path: super::CallPath,
     ) -> Self {
         LogState {
-            trace,
+            path,
             plugin: plugin.to_owned(),
             tenant: tenant.to_owned(),
             budget,
@@ -137,6 +138,7 @@ impl log::Host for LogState {
             }
             .into());
         }
+        self.path.note_log(level_name(level), &message);
         // Lines the host would not print cost nothing and use no budget.
         let enabled = match level {
             Level::Trace => tracing::enabled!(target: "plugin", tracing::Level::TRACE),
@@ -164,7 +166,7 @@ impl log::Host for LogState {
             message.push('…');
         }
         let (plugin, tenant) = (&self.plugin, &self.tenant);
-        self.trace.log(level_name(level), &message);
+        self.path.trace().log(level_name(level), &message);
         match level {
             Level::Trace => tracing::trace!(target: "plugin", plugin, tenant, "{message}"),
             Level::Debug => tracing::debug!(target: "plugin", plugin, tenant, "{message}"),

@@ -16,6 +16,7 @@ pub mod publish;
 pub mod record;
 mod set;
 pub mod sql;
+pub mod transcript;
 
 use std::fmt;
 

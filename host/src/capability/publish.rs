@@ -72,6 +72,13 @@ impl publish::Host for PublishState {
         let held_stream = String::new();
         self.calls
             .call(Capability::Publish, "publish", &msg.subject)
+            .args(|| {
+                serde_json::json!({
+                    "headers": msg.headers,
+                    "payload": super::transcript::text_or_bytes(&msg.payload),
+                    "message_id": msg.message_id,
+                })
+            })
             .effect(|| {
                 format!(
                     "{:?} {}",

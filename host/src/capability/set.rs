@@ -46,7 +46,7 @@ impl Capabilities {
                 owner.tenant,
                 log_budget,
                 owner.log_lines_per_batch,
-                calls.trace().clone(),
+                calls.clone(),
             ),
             publish: PublishState::new(grants.clone(), backends.clone(), calls.clone()),
             sql: SqlState::new(grants.clone(), backends.clone(), calls.clone()),

@@ -2,6 +2,7 @@
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
 mod canary;
+mod capture;
 mod check;
 mod dlq;
 mod doctor;
@@ -58,6 +59,8 @@ enum Command {
     Run(run::Args),
     /// Validate a configuration and load its plugins, without connecting.
     Check(check::Args),
+    /// Look at the captures of failing plugin calls, pull one, or make it a fixture.
+    Capture(capture::Args),
     /// Find messages a pipeline's consumer passed without handling or dead-lettering them.
     Doctor(doctor::Args),
     /// Show or apply the stream plan (create missing, reconcile drifted).
@@ -141,6 +144,7 @@ pub fn main() -> ExitCode {
             Command::Doctor(args) => doctor::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
+            Command::Capture(args) => capture::run(args).await,
             Command::New(args) => new::run(args).await,
             Command::Plugin(args) => plugin::run(args).await,
             Command::Publish(args) => publish::run(args).await,

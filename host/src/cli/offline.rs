@@ -54,6 +54,20 @@ impl RunnerArgs {
         grants: Grants,
         backends: Arc<Backends>,
     ) -> anyhow::Result<PluginInstance> {
+        self.start_as(path, grants, backends, &[], None).await
+    }
+
+    /// [`start`](Self::start) with `base` as the plugin's config (the
+    /// `--config` pairs override it) and, for a replay, a fixed world
+    /// (insecure seed, and the time `init` runs at).
+    pub async fn start_as(
+        &self,
+        path: &Path,
+        grants: Grants,
+        backends: Arc<Backends>,
+        base: &[(String, String)],
+        fixed: Option<(u128, u64)>,
+    ) -> anyhow::Result<PluginInstance> {
         let mut settings = EngineSettings {
             max_instances: 8,
             ..EngineSettings::default()
@@ -78,16 +92,53 @@ impl RunnerArgs {
                 deadline: self.deadline,
                 ..Limits::default()
             },
-            config: self.config.clone(),
+            config: merged(base, &self.config),
             ..PluginSpec::new(name, path)
         };
         let plugin = plugin::load_with(&runtime, spec, backends)?;
         tracing::info!(plugin = plugin.name(), hash = plugin.hash(), cache = ?plugin.cache_outcome(), "loaded");
         let mut instance = PluginInstance::new(Arc::new(plugin));
+        if let Some((seed, wall)) = fixed {
+            instance.fix_world(seed, wall);
+        }
         instance
             .ready()
             .await
             .with_context(|| format!("plugin {} failed to start", path.display()))?;
         Ok(instance)
+    }
+}
+
+/// `base` with `over`'s keys replaced or added (in `base`'s order, then the new ones).
+fn merged(base: &[(String, String)], over: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = base
+        .iter()
+        .map(|(k, v)| {
+            let v = over
+                .iter()
+                .rev()
+                .find(|(o, _)| o == k)
+                .map_or(v, |(_, v)| v);
+            (k.clone(), v.clone())
+        })
+        .collect();
+    for (k, v) in over {
+        if !out.iter().any(|(o, _)| o == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_pairs_override_the_base_and_add_to_it() {
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let got = super::merged(
+            &[pair("a", "1"), pair("b", "2")],
+            &[pair("b", "3"), pair("c", "4")],
+        );
+        assert_eq!(got, [pair("a", "1"), pair("b", "3"), pair("c", "4")]);
     }
 }

@@ -15,7 +15,9 @@ use serde_json::json;
 use super::EXIT_BATCH_FAILED;
 use super::offline::{RunnerArgs, parse_key_value};
 use crate::authoring::expect::Outcome;
+use crate::authoring::fixture;
 use crate::authoring::input::{self, InputMessage};
+use crate::capability::transcript::Entry;
 use crate::capability::{Backends, Grants};
 use crate::config::{DatabaseConfig, NatsConfig};
 
@@ -24,8 +26,14 @@ pub struct Args {
     /// The plugin component (.wasm).
     plugin: PathBuf,
     /// Fixture files: JSONL messages, each line may carry `"expect"`.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "replay")]
     fixtures: Vec<PathBuf>,
+    /// Replay a capture (`jetplug capture pull ID -o case.jplug`) instead:
+    /// its batch, with every capability call answered from it and its
+    /// clocks and random bytes; reports the decisions then and now and the
+    /// first call that differs (exit 2 when one does). No servers needed.
+    #[arg(long, value_name = "CASE.jplug", conflicts_with_all = ["fixtures", "nats", "databases"])]
+    replay: Option<PathBuf>,
     /// One JSON object per message on stdout (summary on stderr).
     #[arg(long)]
     json: bool,
@@ -128,37 +136,56 @@ fn toml_string(s: &str) -> String {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(case) = &args.replay {
+        return replay(&args, case).await;
+    }
     // Every fixture is read (and its expectations checked) before the plugin runs.
     let mut files = Vec::new();
     for path in &args.fixtures {
-        files.push((path, input::read_jsonl(path, &args.runner.tenant)?));
+        let (messages, declared) = input::read_fixture(path, &args.runner.tenant)?;
+        files.push((path, messages, declared));
     }
+    let base = declared_config(&files)?;
     let backends = backends(&args).await?;
     let mut instance = args
         .runner
-        .start(&args.plugin, grants_of(&args.grants), backends)
+        .start_as(&args.plugin, grants_of(&args.grants), backends, &base, None)
         .await?;
+    // Recorded, so that the capability errors behind an answer can be shown.
+    instance.set_capture(true);
 
     let mut tally = Tally::default();
-    for (path, messages) in &files {
+    for (path, messages, declared) in &files {
         for chunk in messages.chunks(args.runner.batch as usize) {
-            let batch: Vec<_> = chunk.iter().map(|m| m.message.clone()).collect();
-            match instance.handle(batch).await {
-                Ok(decisions) => {
-                    for (m, d) in chunk.iter().zip(&decisions) {
-                        tally.check(&args, path, m, Outcome::Decided(d));
-                    }
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    for m in chunk {
-                        let outcome = Outcome::Failed {
-                            kind: e.kind(),
-                            reason: &reason,
-                        };
-                        tally.check(&args, path, m, outcome);
-                    }
-                }
+            let judged = fixture::judge(&mut instance, chunk, declared).await;
+            if let Some((e, culprits)) = &judged.isolated
+                && !args.json
+            {
+                let lines: Vec<String> = culprits.iter().map(usize::to_string).collect();
+                println!(
+                    "note: {}: the batch of lines {}–{} failed ({}); run alone, line(s) {} failed \
+                     (the culprit), the others are judged on their own",
+                    path.display(),
+                    chunk.first().map_or(0, |m| m.line),
+                    chunk.last().map_or(0, |m| m.line),
+                    e.kind(),
+                    if lines.is_empty() {
+                        "none".into()
+                    } else {
+                        lines.join(", ")
+                    },
+                );
+            }
+            for (m, (outcome, calls)) in chunk.iter().zip(&judged.lines) {
+                let reason = outcome.as_ref().err().map(ToString::to_string);
+                let got = match outcome {
+                    Ok(d) => Outcome::Decided(d),
+                    Err(e) => Outcome::Failed {
+                        kind: e.kind(),
+                        reason: reason.as_deref().unwrap_or(""),
+                    },
+                };
+                tally.check(&args, path, m, got, calls);
             }
         }
     }
@@ -186,6 +213,56 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The `config` the fixture files declare (one plugin instance serves them
+/// all, so they must agree).
+fn declared_config(
+    files: &[(&PathBuf, Vec<InputMessage>, input::Declared)],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut found: Option<(&PathBuf, &Vec<(String, String)>)> = None;
+    for (path, _, declared) in files {
+        let Some(config) = &declared.config else {
+            continue;
+        };
+        match found {
+            Some((first, c)) if c != config => anyhow::bail!(
+                "{} and {} declare different `config`: test them in separate runs",
+                first.display(),
+                path.display()
+            ),
+            _ => found = Some((path, config)),
+        }
+    }
+    Ok(found.map(|(_, c)| c.clone()).unwrap_or_default())
+}
+
+/// `--replay CASE`: the capture's batch in the capture's world.
+async fn replay(args: &Args, case: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let capture = super::capture::read_file(case)?;
+    let grants = if args.grants.is_empty() {
+        capture.grants.clone()
+    } else {
+        grants_of(&args.grants)
+    };
+    let fixed = Some((capture.seed(), capture.wall()));
+    let mut instance = args
+        .runner
+        .start_as(
+            &args.plugin,
+            grants,
+            Backends::offline(),
+            &capture.config,
+            fixed,
+        )
+        .await?;
+    let report = crate::capture::replay::replay(&capture, &mut instance)
+        .await
+        .with_context(|| format!("replaying {}", case.display()))?;
+    let digest = instance.plugin().hash().to_owned();
+    Ok(super::capture::print_report(
+        &capture, &digest, &report, args.json,
+    ))
+}
+
 #[derive(Default)]
 struct Tally {
     messages: usize,
@@ -197,12 +274,22 @@ struct Tally {
 impl Tally {
     /// Compares one outcome with its line's expectation and reports it. A line
     /// without expectation only fails when its batch failed.
-    fn check(&mut self, args: &Args, path: &std::path::Path, m: &InputMessage, got: Outcome<'_>) {
+    fn check(
+        &mut self,
+        args: &Args,
+        path: &std::path::Path,
+        m: &InputMessage,
+        got: Outcome<'_>,
+        calls: &[Entry],
+    ) {
         self.messages += 1;
-        let (ok, expected) = match &m.expect {
+        let (decided_ok, expected) = match &m.expect {
             Some(e) => (e.matches(got), Some(e.describe())),
             None => (!matches!(got, Outcome::Failed { .. }), None),
         };
+        let missing = fixture::missing_effects(m, calls);
+        let ok = decided_ok && missing.is_empty();
+        let behind = fixture::errors(calls);
         match (ok, &expected) {
             (true, Some(_)) => self.met += 1,
             (true, None) => self.unchecked += 1,
@@ -220,14 +307,41 @@ impl Tally {
                     "ok": ok,
                     "expected": if m.expect.is_some() { json!(expected) } else { json!(null) },
                     "got": got.describe(),
+                    "capability_errors": behind,
+                    "missing_effects": missing,
                 })
             );
         } else if !ok {
-            println!(
-                "MISMATCH {where_}  {}\n  expected: {expected}\n       got: {}",
-                m.message.subject,
-                got.describe()
-            );
+            println!("MISMATCH {where_}  {}", m.message.subject);
+            if !decided_ok {
+                println!("  expected: {expected}\n       got: {}", got.describe());
+                for e in &behind {
+                    println!("  behind it: {e}");
+                }
+            }
+            for want in &missing {
+                println!(
+                    "  expected effect not made: {} `{}` {}",
+                    want.call,
+                    want.target,
+                    crate::capability::transcript::short(&want.args)
+                );
+            }
+            if !missing.is_empty() {
+                let made: Vec<String> = calls
+                    .iter()
+                    .filter(|c| !c.call.starts_with("log."))
+                    .map(|c| format!("{} `{}`", c.call, c.target))
+                    .collect();
+                println!(
+                    "  calls made: {}",
+                    if made.is_empty() {
+                        "none".into()
+                    } else {
+                        made.join(", ")
+                    }
+                );
+            }
         }
     }
 }

@@ -2,11 +2,11 @@
 //! and inside each which subjects, databases and buckets it may touch. Plain
 //! settings; the checks made on every call live with the capabilities.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A plugin's grants. An interface is granted when its list is non-empty
 /// (`log` is granted unless switched off).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// Structured logging (default: on).

@@ -25,8 +25,8 @@ use serde::Deserialize;
 pub use grants::Grants;
 pub use nats::{NatsConfig, ServerList};
 pub use pipeline::{
-    BackoffConfig, BreakerConfig, DeliverPolicy, Effects, Ordering, PIN_GROUP, PipelineConfig,
-    dead_letter_subject,
+    BackoffConfig, BreakerConfig, Capture, DeliverPolicy, Effects, Ordering, PIN_GROUP,
+    PipelineConfig, dead_letter_subject,
 };
 pub use plugin::{ConfigValue, LimitsConfig, PluginConfig};
 pub use secret::Secret;
@@ -89,6 +89,14 @@ pub struct HostConfig {
     /// dead-lettered when one starts (default `JETPLUG_ADVISORIES`; `""`
     /// turns it off: advisories are then only heard live).
     pub advisory_stream: String,
+    /// The Object Store bucket that keeps captures (default
+    /// `JETPLUG_CAPTURES`; replicated like the most replicated stream).
+    pub capture_bucket: String,
+    /// How long a capture is kept (default 7d).
+    pub capture_retention: Dur,
+    /// The most the capture bucket holds (default 1GiB; the oldest
+    /// captures make room).
+    pub capture_max_bytes: Size,
 }
 
 /// `host.deploy_bucket` by default.
@@ -106,6 +114,9 @@ impl Default for HostConfig {
             deploy_bucket: DEFAULT_DEPLOY_BUCKET.to_owned(),
             trusted_keys: Vec::new(),
             advisory_stream: "JETPLUG_ADVISORIES".to_owned(),
+            capture_bucket: "JETPLUG_CAPTURES".to_owned(),
+            capture_retention: Dur(Duration::from_secs(7 * 24 * 3600)),
+            capture_max_bytes: Size(1 << 30),
         }
     }
 }

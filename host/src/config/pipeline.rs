@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::quantity::Dur;
+use super::quantity::{Dur, Size};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -80,6 +80,21 @@ pub enum Effects {
     /// handled origins and relays publishes through an outbox: each effect
     /// happens exactly once, with no dedupe code in the plugin.
     ExactlyOnce,
+}
+
+/// `capture`: which plugin calls the host keeps, with everything the plugin
+/// saw, for `jetplug capture` and `jetplug test --replay` (docs/capture.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capture {
+    /// None.
+    Off,
+    /// Calls that dead-letter a message: a `term`, a retry on the last
+    /// delivery, a failed batch on the last delivery (default).
+    #[default]
+    Failures,
+    /// Every call (costly: see docs/performance.md).
+    All,
 }
 
 /// Host retry backoff for `retry(none)` and plugin failures:
@@ -207,6 +222,19 @@ pub struct PipelineConfig {
     /// be recognised).
     #[serde(default = "default_effects_retention")]
     pub effects_retention: Dur,
+    /// `"off"`, `"failures"` (default) or `"all"`: the plugin calls kept
+    /// as captures (docs/capture.md).
+    #[serde(default)]
+    pub capture: Capture,
+    /// Keep message payloads (and headers) in captures (default true);
+    /// false where they hold personal data (a capture then replays with
+    /// empty payloads).
+    #[serde(default = "default_true")]
+    pub capture_payloads: bool,
+    /// Largest capture kept (default 1MiB); a larger one is not stored
+    /// (counted in `jetplug_captures_total{outcome="too-large"}`).
+    #[serde(default = "default_capture_max_size")]
+    pub capture_max_size: Size,
 }
 
 fn default_ack_wait() -> Dur {
@@ -238,6 +266,12 @@ fn default_outbox_table() -> String {
 }
 fn default_effects_retention() -> Dur {
     Dur(Duration::from_secs(7 * 24 * 3600))
+}
+fn default_true() -> bool {
+    true
+}
+fn default_capture_max_size() -> Size {
+    Size(1 << 20)
 }
 fn default_pin_timeout() -> Dur {
     Dur(Duration::from_secs(10))

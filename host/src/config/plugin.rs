@@ -28,19 +28,54 @@ fn default_tenant() -> String {
 }
 
 /// A value in a plugin's `config` table: strings, numbers and booleans are
-/// handed to `init` as text.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+/// handed to `init` as text; `"${ENV_VAR}"` is read from the environment and
+/// is a [`Secret`](super::Secret) (masked in logs and captures).
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConfigValue {
     Text(String),
     Int(i64),
     Float(f64),
     Bool(bool),
+    Secret(super::Secret),
 }
 
+impl<'de> Deserialize<'de> for ConfigValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Text(s) if s.starts_with("${") && s.ends_with('}') => {
+                ConfigValue::Secret(super::secret::from_text(&s).map_err(serde::de::Error::custom)?)
+            }
+            Raw::Text(s) => ConfigValue::Text(s),
+            Raw::Int(i) => ConfigValue::Int(i),
+            Raw::Float(x) => ConfigValue::Float(x),
+            Raw::Bool(b) => ConfigValue::Bool(b),
+        })
+    }
+}
+
+impl ConfigValue {
+    /// The text `init` gets (a secret's value included).
+    pub fn value(&self) -> String {
+        match self {
+            ConfigValue::Secret(s) => s.expose().to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A secret shows as `***`.
 impl std::fmt::Display for ConfigValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ConfigValue::Secret(s) => write!(f, "{s}"),
             ConfigValue::Text(s) => f.write_str(s),
             ConfigValue::Int(i) => write!(f, "{i}"),
             ConfigValue::Float(x) => write!(f, "{x}"),

@@ -49,7 +49,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// `"${NAME}"` → the environment variable NAME; anything else as written.
-fn from_text(text: &str) -> Result<Secret, Refused> {
+pub(super) fn from_text(text: &str) -> Result<Secret, Refused> {
     let Some(name) = text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
         return Ok(Secret::new(text));
     };

@@ -37,6 +37,8 @@ pub mod headers {
     pub const REDRIVE_TO: &str = "Jetplug-Redrive-To";
     /// On a redriven message: the dead letter it came from, `STREAM:SEQUENCE`.
     pub const REDRIVEN_FROM: &str = "Jetplug-Redriven-From";
+    /// The capture of the plugin call that failed (`jetplug capture show ID`).
+    pub const CAPTURE: &str = "Jetplug-Capture";
 }
 
 /// A message that will not be processed, and why.
@@ -55,6 +57,8 @@ pub struct DeadLetter {
     /// Where the message was first stored (differs from stream/sequence
     /// when the failed message was itself a redrive).
     pub origin: Origin,
+    /// The capture of the failing call, when one was kept.
+    pub capture: Option<String>,
 }
 
 impl DeadLetter {
@@ -77,6 +81,7 @@ impl DeadLetter {
                 msg.stream_seq,
                 msg.published_at_ms,
             ),
+            capture: None,
         }
     }
 
@@ -108,6 +113,9 @@ impl DeadLetter {
                 self.origin.published_at_ms.to_string(),
             ),
         ]);
+        if let Some(id) = &self.capture {
+            h.push((headers::CAPTURE.into(), id.clone()));
+        }
         h
     }
 
@@ -166,6 +174,7 @@ mod tests {
                 sequence: 3,
                 published_at_ms: 1,
             },
+            capture: Some("indexer.LEARNING.42.5".into()),
         };
         let h = dl.all_headers();
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -179,6 +188,7 @@ mod tests {
         assert_eq!(get(headers::REASON), Some("bad json"));
         assert_eq!(get(headers::ORIGIN), Some("LEARNING:3"));
         assert_eq!(get(headers::ORIGIN_PUBLISHED), Some("1"));
+        assert_eq!(get(headers::CAPTURE), Some("indexer.LEARNING.42.5"));
         assert_eq!(dl.default_subject(), "dlq.learning.indexer");
         assert_eq!(dl.message_id(), "jetplug-dlq:LEARNING:42:indexer");
     }

@@ -33,7 +33,7 @@ pub enum Route {
     Builtin { js: jetstream::Context },
     /// Hand to a plugin (the dlq-router), which must `ack` it.
     Plugin {
-        instance: Mutex<PluginInstance>,
+        instance: Box<Mutex<PluginInstance>>,
         slot: Arc<PluginSlot>,
         tenant: String,
     },

@@ -147,6 +147,43 @@ async fn keep_advisories(config: &Config, js: &async_nats::jetstream::Context) -
     }
 }
 
+/// Opens the capture bucket (`host.capture_bucket`) when a pipeline
+/// captures; None if none does, it is off, or it cannot be opened (then no
+/// captures are kept, said once).
+async fn open_captures(
+    config: &Config,
+    js: &async_nats::jetstream::Context,
+) -> Option<crate::pipeline::capture::Capturer> {
+    let wanted = config
+        .pipelines
+        .iter()
+        .any(|p| p.capture != crate::config::Capture::Off);
+    if !wanted || config.host.capture_bucket.is_empty() {
+        return None;
+    }
+    let settings = crate::capture::store::BucketSettings {
+        bucket: config.host.capture_bucket.clone(),
+        retention: config.host.capture_retention.0,
+        max_bytes: config.host.capture_max_bytes.0,
+        replicas: config
+            .streams
+            .iter()
+            .map(|s| usize::from(s.replicas))
+            .max()
+            .unwrap_or(1),
+    };
+    match crate::capture::store::Captures::open(js, &settings).await {
+        Ok(store) => Some(crate::pipeline::capture::Capturer {
+            store,
+            host: crate::hotswap::rollout::host_name(),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "captures are off: the capture bucket cannot be opened");
+            None
+        }
+    }
+}
+
 /// Brings the plugins to the fleet's announced versions (before any
 /// pipeline runs), then follows new deploys in the background.
 async fn follow_deploys(
@@ -349,6 +386,7 @@ pub async fn run(
             })
         })
         .collect();
+    let captures = open_captures(&config, &js).await;
     let mut tasks = JoinSet::new();
     let mut stats = BTreeMap::new();
     let mut running = Vec::new();
@@ -356,7 +394,9 @@ pub async fn run(
         let route = match &pc.dead_letter {
             None => Route::Builtin { js: js.clone() },
             Some(name) => Route::Plugin {
-                instance: tokio::sync::Mutex::new(PluginInstance::new(plugins[name].current())),
+                instance: Box::new(tokio::sync::Mutex::new(PluginInstance::new(
+                    plugins[name].current(),
+                ))),
                 slot: plugins[name].clone(),
                 tenant: config.plugins[name].tenant.clone(),
             },
@@ -380,6 +420,7 @@ pub async fn run(
             keepalive: Default::default(),
             advisory_stream: advisory_stream.clone(),
             effects: effects_plan(&config, pc, &backends)?,
+            captures: captures.clone(),
         });
         stats.insert(pc.name.clone(), pipeline.stats.clone());
         running.push(pipeline.clone());

@@ -543,7 +543,7 @@ fn parse(plugin: &str, value: &[u8], revision: u64) -> Result<Rollout, FleetErro
 }
 
 /// This host's name in verdicts (`HOSTNAME`, else `host`).
-pub(super) fn host_name() -> String {
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

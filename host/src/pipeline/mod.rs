@@ -14,6 +14,7 @@ mod advisories;
 pub mod backoff;
 pub mod breaker;
 mod canary;
+pub mod capture;
 pub mod effects;
 mod keepalive;
 mod keyed;
@@ -70,6 +71,8 @@ pub struct Pipeline {
     pub advisory_stream: Option<String>,
     /// With `effects = "exactly-once"`: its ledger and outbox.
     pub effects: Option<Arc<effects::EffectsPlan>>,
+    /// Where captures go (None: the host keeps none).
+    pub captures: Option<capture::Capturer>,
 }
 
 /// Hands messages the host holds but will not run back to JetStream (a

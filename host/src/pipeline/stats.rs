@@ -25,6 +25,8 @@ pub struct Stats {
     pub dead_letter_failures: Counter,
     /// Messages held now because their dead letter could not be stored.
     pub dead_letters_held: Gauge,
+    /// Captures by outcome: stored, too large, refused by the bucket.
+    pub captures: [Counter; 3],
     /// Pull requests that got no answer (lost by the server) and were made again.
     pub pull_requests_lost: Counter,
     /// Batches held (not settled) because the breaker opened on a downstream outage.
@@ -84,6 +86,11 @@ impl Stats {
             dead_letter_failures: metrics.dead_letter_failures.get_or_create_owned(&p),
             dead_letters_held: metrics.dead_letters_held.get_or_create_owned(&p),
             pull_requests_lost: metrics.pull_requests_lost.get_or_create_owned(&p),
+            captures: ["stored", "too-large", "failed"].map(|o| {
+                metrics
+                    .captures
+                    .get_or_create_owned(&with(&[("outcome", o)]))
+            }),
             held_batches: metrics.held_batches.get_or_create_owned(&p),
             held_expired: metrics.held_expired.get_or_create_owned(&p),
             effects_ledger: metrics.effects_ledger.get_or_create_owned(&p),

@@ -33,6 +33,7 @@ pub(super) enum Source {
 }
 
 pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: Source) {
+    instance.set_capture(p.capturing());
     let mut spare = Spare::default();
     loop {
         match &source {
@@ -207,39 +208,53 @@ async fn handle(
             }
         }
     };
+    let witness = instance.take_witness();
     let max = p.cfg.max_deliver;
-    let actions: Vec<Action> = match outcome {
+    // The capture that explains each message's dead letter, if any.
+    let mut captured: Vec<Option<String>> = vec![None; msgs.len()];
+    let actions: Vec<Action> = match &outcome {
         Ok(decisions) => decisions
             .iter()
             .zip(msgs.iter())
             .map(|(d, m)| settle::for_decision(d, m.delivered, max, &p.backoff))
             .collect(),
         Err(e) => {
-            trace.failed(&e);
+            trace.failed(e);
             p.stats.batch_failed(e.kind());
             tracing::warn!(pipeline = %p.cfg.name, plugin = %instance.plugin().name(), error = %e, kind = e.kind(),
                 messages = msgs.len(), "batch failed; retrying with backoff");
             let mut actions = Vec::with_capacity(msgs.len());
             let mut failed_alone = 0;
-            for m in msgs.iter() {
+            for (i, m) in msgs.iter().enumerate() {
                 let action =
                     if m.delivered >= max && msgs.len() > 1 && failed_alone < ISOLATION_GIVE_UP {
                         // Last chance: before dead-lettering a message for its
                         // batch's failure, see whether it fails on its own.
-                        let (action, failed) = isolate(p, instance, m).await;
+                        let (action, failed, capture) = isolate(p, instance, m).await;
                         failed_alone = if failed { failed_alone + 1 } else { 0 };
+                        captured[i] = capture;
                         action
                     } else {
-                        settle::for_failure(&e, m.delivered, max, &p.backoff)
+                        settle::for_failure(e, m.delivered, max, &p.backoff)
                     };
                 actions.push(action);
             }
             actions
         }
     };
-    for (i, ((js_msg, msg), action)) in delivered.iter().zip(msgs.iter()).zip(actions).enumerate() {
+    let dead = super::capture::first_dead(&actions, &captured);
+    let plugin = instance.plugin().clone();
+    if let Some(id) = super::capture::keep(p, &plugin, &msgs, &outcome, witness, dead).await {
+        for (c, a) in captured.iter_mut().zip(&actions) {
+            if c.is_none() && matches!(a, Action::DeadLetter(_)) {
+                *c = Some(id.clone());
+            }
+        }
+    }
+    let settled = delivered.iter().zip(msgs.iter()).zip(actions).zip(captured);
+    for (i, (((js_msg, msg), action), capture)) in settled.enumerate() {
         trace.decided(i, action.kind());
-        settle_one(p, js_msg, msg, action).await;
+        settle_captured(p, js_msg, msg, action, capture).await;
     }
 }
 
@@ -318,19 +333,32 @@ fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, super::breaker::Breaker> {
 
 /// Runs one message alone (on its last delivery, after its batch failed) so
 /// that only a message that itself fails is dead-lettered.
-/// True with the action when the plugin failed on the message alone.
-async fn isolate(p: &Pipeline, instance: &mut PluginInstance, m: &Message) -> (Action, bool) {
+/// True with the action when the plugin failed on the message alone; the
+/// capture of that run when it dead-letters the message.
+async fn isolate(
+    p: &Pipeline,
+    instance: &mut PluginInstance,
+    m: &Message,
+) -> (Action, bool, Option<String>) {
     let max = p.cfg.max_deliver;
-    let outcome = instance.handle([m.clone()]).await;
+    let alone = [m.clone()];
+    let outcome = instance.handle(alone.to_vec()).await;
     p.stats.paused(instance.last_call_paused());
     p.stats.used(instance.last_call_usage());
-    match outcome {
+    let (action, failed) = match &outcome {
         Ok(d) => (
             settle::for_decision(&d[0], m.delivered, max, &p.backoff),
             false,
         ),
-        Err(e) => (settle::for_failure(&e, m.delivered, max, &p.backoff), true),
-    }
+        Err(e) => (settle::for_failure(e, m.delivered, max, &p.backoff), true),
+    };
+    let witness = instance.take_witness();
+    let actions = [action];
+    let dead = super::capture::first_dead(&actions, &[]);
+    let plugin = instance.plugin().clone();
+    let capture = super::capture::keep(p, &plugin, &alone, &outcome, witness, dead).await;
+    let [action] = actions;
+    (action, failed, capture)
 }
 
 /// Messages in a row that fail alone after which the plugin is taken to
@@ -344,6 +372,17 @@ pub(super) async fn settle_one(
     msg: &Message,
     action: Action,
 ) {
+    settle_captured(p, js_msg, msg, action, None).await;
+}
+
+/// [`settle_one`], a dead letter naming `capture`.
+pub(super) async fn settle_captured(
+    p: &Pipeline,
+    js_msg: &jetstream::Message,
+    msg: &Message,
+    action: Action,
+    capture: Option<String>,
+) {
     let result = match action {
         Action::Ack => {
             Stats::add(&p.stats.acked, 1);
@@ -354,7 +393,8 @@ pub(super) async fn settle_one(
             js_msg.ack_with(AckKind::Nak(Some(delay))).await
         }
         Action::DeadLetter(reason) => {
-            let dl = DeadLetter::from_message(&p.cfg.name, msg, reason);
+            let mut dl = DeadLetter::from_message(&p.cfg.name, msg, reason);
+            dl.capture = capture;
             if p.store_dead_letter(&dl).await {
                 js_msg.ack_with(AckKind::Term).await
             } else {

@@ -16,6 +16,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::limits::MemoryLimitExceeded;
 use super::meter::CallMeter;
 use super::pace::{Pace, Pacing, Tick};
+use super::tape::Handed;
+use super::world::{Witness, World, collect};
 use super::{Plugin, PluginState};
 use crate::bindings::{Decision, EventPlugin, Message};
 use crate::capability::Usage;
@@ -89,6 +91,12 @@ pub struct PluginInstance {
     /// The running call's ticks in wasm (a long call moves to the slow
     /// lane, see [`Pacing::is_long`]) and its excused pauses.
     meter: Arc<CallMeter>,
+    /// Record every call's world (capture); what the last one saw.
+    record: bool,
+    witness: Option<Box<Witness>>,
+    /// A replay's instances: this insecure seed, and `init` at this time
+    /// (ns since the epoch) with fixed random bytes.
+    fixed: Option<(u128, u64)>,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -111,7 +119,55 @@ impl PluginInstance {
             last_downstream: 0,
             last: CallUsage::default(),
             meter: Arc::default(),
+            record: false,
+            witness: None,
+            fixed: None,
         }
+    }
+
+    /// With `true`, every call records what it saw (capability calls with
+    /// their answers, clock reads, random bytes), for
+    /// [`take_witness`](Self::take_witness) — what a capture keeps.
+    pub fn set_capture(&mut self, on: bool) {
+        self.record = on;
+    }
+
+    /// What the last call saw (recorded) or how it was replayed.
+    pub fn take_witness(&mut self) -> Option<Witness> {
+        self.witness.take().map(|w| *w)
+    }
+
+    /// Makes this instance's future instances deterministic for a replay:
+    /// `seed` as the insecure-random seed, `init` run at `wall` (ns since
+    /// the epoch) with fixed random bytes.
+    pub fn fix_world(&mut self, seed: u128, wall: u64) {
+        self.fixed = Some((seed, wall));
+        self.live = None;
+    }
+
+    /// Runs `batch` with its capability calls answered from `calls` and
+    /// its clocks and random bytes from `handed` (see [`Witness::Replayed`]).
+    pub async fn replay(
+        &mut self,
+        batch: impl Into<Arc<[Message]>>,
+        calls: Vec<crate::capability::transcript::Entry>,
+        handed: Handed,
+    ) -> Result<Vec<Decision>, BatchError> {
+        let world = World::Replay { calls, handed };
+        self.call(batch, None, None, None, world).await.0
+    }
+
+    /// Runs `batch` with its capability calls answered from a test
+    /// fixture's `answers` (see `Replayer::fixture`) and, given `wall` (ns
+    /// since the epoch), the clock fixed there.
+    pub async fn handle_fixture(
+        &mut self,
+        batch: impl Into<Arc<[Message]>>,
+        answers: Vec<crate::capability::transcript::Entry>,
+        wall: Option<u64>,
+    ) -> Result<Vec<Decision>, BatchError> {
+        let world = World::Fixture { answers, wall };
+        self.call(batch, None, None, None, world).await.0
     }
 
     /// With `false`, every batch runs on a fresh instance (for benchmarks and
@@ -162,7 +218,7 @@ impl PluginInstance {
         if self.live.is_none() {
             self.instantiated += 1;
             self.meter.start();
-            let init = instantiate(&self.plugin, &self.meter);
+            let init = instantiate(&self.plugin, &self.meter, self.fixed);
             self.live = Some(
                 tokio::time::timeout(grace(&self.plugin), init)
                     .await
@@ -224,6 +280,26 @@ impl PluginInstance {
         Option<EffectsTx>,
         Option<Recording>,
     ) {
+        let world = if self.record {
+            World::Record
+        } else {
+            World::Live
+        };
+        self.call(batch, trace, effects, recording, world).await
+    }
+
+    async fn call(
+        &mut self,
+        batch: impl Into<Arc<[Message]>>,
+        trace: Option<tracing::Span>,
+        effects: Option<EffectsTx>,
+        recording: Option<Recording>,
+        world: World,
+    ) -> (
+        Result<Vec<Decision>, BatchError>,
+        Option<EffectsTx>,
+        Option<Recording>,
+    ) {
         let plugin = self.plugin.clone();
         let fresh = self.live.is_none();
         let call = Call {
@@ -235,6 +311,8 @@ impl PluginInstance {
             trace,
             effects,
             recording,
+            world,
+            fixed: self.fixed,
         };
         // The epoch interrupts wasm code; this outer limit also bounds time
         // spent in host calls (a hung downstream). A fresh instance runs
@@ -253,8 +331,10 @@ impl PluginInstance {
                 result: Err(deadline_error(&plugin)),
                 effects: None,
                 recording: None,
+                witness: None,
             },
         };
+        self.witness = done.witness.map(Box::new);
         self.instantiated += u64::from(done.instantiated);
         self.live = done.live;
         self.last_downstream = done.downstream;
@@ -280,6 +360,8 @@ struct Call {
     trace: Option<tracing::Span>,
     effects: Option<EffectsTx>,
     recording: Option<Recording>,
+    world: World,
+    fixed: Option<(u128, u64)>,
 }
 
 /// What a call leaves behind: the instance to reuse (none after a failure:
@@ -295,6 +377,8 @@ struct Done {
     effects: Option<EffectsTx>,
     /// The call's recorded effects, handed back.
     recording: Option<Recording>,
+    /// What the call saw of the world, when it was recorded or replayed.
+    witness: Option<Witness>,
 }
 
 /// Runs `call` here until it is long, then on the slow lane; a plugin whose
@@ -356,6 +440,7 @@ fn lost(plugin: &Plugin, e: LaneError) -> Done {
         }),
         effects: None,
         recording: None,
+        witness: None,
     }
 }
 
@@ -369,10 +454,12 @@ async fn run(call: Call) -> Done {
         trace,
         effects,
         recording,
+        world,
+        fixed,
     } = call;
     let (mut live, instantiated) = match live {
         Some(live) => (live, false),
-        None => match instantiate(&plugin, &meter).await {
+        None => match instantiate(&plugin, &meter, fixed).await {
             Ok(live) => (live, true),
             Err(e) => {
                 return Done {
@@ -384,6 +471,7 @@ async fn run(call: Call) -> Done {
                     result: Err(e),
                     effects,
                     recording,
+                    witness: None,
                 };
             }
         },
@@ -400,7 +488,9 @@ async fn run(call: Call) -> Done {
     if let Some(r) = recording {
         live.store.data().caps.calls().record(r);
     }
+    world.install(live.store.data());
     let result = call_handle(&plugin, &mut live, &batch).await;
+    let witness = collect(live.store.data());
     let recording = if recorded {
         live.store.data().caps.calls().take_recording()
     } else {
@@ -428,6 +518,7 @@ async fn run(call: Call) -> Done {
         result,
         effects,
         recording,
+        witness,
     }
 }
 
@@ -457,12 +548,24 @@ async fn call_handle(
     Ok(decisions)
 }
 
-async fn instantiate(plugin: &Arc<Plugin>, meter: &Arc<CallMeter>) -> Result<Live, BatchError> {
+/// A fresh instance, `init` run. `fixed`: a replay's seed, and the time
+/// its `init` runs at (with fixed random bytes).
+async fn instantiate(
+    plugin: &Arc<Plugin>,
+    meter: &Arc<CallMeter>,
+    fixed: Option<(u128, u64)>,
+) -> Result<Live, BatchError> {
     let name = plugin.name().to_owned();
-    let mut store = Store::new(
-        plugin.runtime.engine(),
-        PluginState::new(&plugin.spec, &plugin.backends, plugin.log_budget.clone()),
+    let state = PluginState::new(
+        &plugin.spec,
+        &plugin.backends,
+        plugin.log_budget.clone(),
+        fixed.map(|f| f.0),
     );
+    if let Some((_, wall)) = fixed {
+        state.tape.fix(wall);
+    }
+    let mut store = Store::new(plugin.runtime.engine(), state);
     store.limiter(|s| &mut s.limiter);
     // Every epoch tick, a running plugin yields to the other tasks and is
     // paced (see `pace`); past its deadline it is interrupted.
@@ -535,7 +638,9 @@ async fn instantiate(plugin: &Arc<Plugin>, meter: &Arc<CallMeter>) -> Result<Liv
     let init = bindings
         .jetplug_plugin_handler()
         .call_init(&mut store, &plugin.spec.config);
-    match init.await {
+    let init = init.await;
+    store.data().tape.stop();
+    match init {
         Ok(Ok(())) => Ok(Live { store, bindings }),
         Ok(Err(reason)) => Err(BatchError::Init {
             plugin: name,

@@ -10,6 +10,8 @@ pub mod pace;
 pub mod shadow;
 pub mod slot;
 pub mod state;
+pub mod tape;
+pub mod world;
 
 use std::path::PathBuf;
 
@@ -20,6 +22,7 @@ pub use load::{LoadError, Plugin, load, load_bytes, load_with};
 pub use shadow::Shadow;
 pub use slot::PluginSlot;
 pub use state::PluginState;
+pub use world::{Replayed, Seen, Witness};
 
 use crate::config::{Grants, PluginConfig};
 
@@ -64,7 +67,7 @@ impl PluginSpec {
             config: c
                 .config
                 .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
+                .map(|(k, v)| (k.clone(), v.value()))
                 .collect(),
         }
     }

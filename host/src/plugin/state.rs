@@ -27,6 +27,10 @@ pub struct PluginState {
     pub(crate) limiter: MemoryBudget,
     pub(crate) stderr: OutputTail,
     pub(crate) caps: Capabilities,
+    /// Clock reads and random bytes, recorded or played back (see `tape`).
+    pub(crate) tape: super::tape::Tape,
+    /// The seed `wasi:random/insecure-seed` hands out (part of a capture).
+    pub(crate) seed: u128,
     /// When the running call started and when it must stop (see `instance::start_clock`).
     pub(crate) clock: Option<(std::time::Instant, std::time::Instant)>,
 }
@@ -40,11 +44,32 @@ impl std::fmt::Debug for PluginState {
 }
 
 impl PluginState {
-    pub fn new(spec: &PluginSpec, backends: &Arc<Backends>, log_budget: Arc<LogBudget>) -> Self {
+    /// `seed`: the insecure-random seed to hand out (a replay's is the
+    /// captured one); None draws one.
+    pub fn new(
+        spec: &PluginSpec,
+        backends: &Arc<Backends>,
+        log_budget: Arc<LogBudget>,
+        seed: Option<u128>,
+    ) -> Self {
         let stderr = OutputTail::default();
+        let tape = super::tape::Tape::default();
+        let seed = seed.unwrap_or_else(|| {
+            let mut b = [0u8; 16];
+            if getrandom::fill(&mut b).is_err() {
+                fastrand::fill(&mut b);
+            }
+            u128::from_le_bytes(b)
+        });
         // No args, env, preopened dirs or network: WASI only as far as the
-        // guest language runtime needs (clocks, random, stdio).
+        // guest language runtime needs (clocks, random, stdio) — those
+        // through the tape.
         let wasi = WasiCtx::builder()
+            .wall_clock(tape.wall_clock())
+            .monotonic_clock(tape.monotonic_clock())
+            .secure_random(tape.random())
+            .insecure_random(tape.random())
+            .insecure_random_seed(seed)
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
@@ -66,6 +91,8 @@ impl PluginState {
                 log_budget,
             ),
             clock: None,
+            tape,
+            seed,
         }
     }
 }

@@ -17,6 +17,8 @@ use deadpool_postgres::Object;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::effects::EffectsTx;
+use serde_json::json;
+
 use super::{Backends, CallPath, Capability, Grants, denied};
 use crate::bindings::CapabilityError;
 use crate::bindings::jetplug::plugin::sql::{self, OnConflict, Rows, Transaction, Value};
@@ -245,6 +247,22 @@ async fn held_without_tx(calls: &CallPath, database: &str) -> Result<(), Capabil
     Ok(())
 }
 
+/// The arguments of the calls that carry many rows, as transcribed (the
+/// rows shared, not copied, until a capture is written).
+#[derive(serde::Serialize)]
+struct InsertArgs {
+    table: String,
+    columns: Vec<String>,
+    rows: Arc<Vec<Vec<Value>>>,
+    on_conflict: OnConflict,
+}
+
+#[derive(serde::Serialize)]
+struct BatchArgs {
+    statement: String,
+    param_rows: Arc<Vec<Vec<Value>>>,
+}
+
 struct SqlCap;
 
 impl HasData for SqlCap {
@@ -271,6 +289,7 @@ impl sql::Host for SqlState {
             .and_then(|()| self.check_statement(&statement));
         self.calls
             .call(Capability::Sql, "execute", &database)
+            .args(|| json!({ "statement": statement, "params": params }))
             .effect(|| format!("{statement} {params:?}"))
             .run(grant, |_| async move {
                 held_without_tx(&self.calls, &database).await?;
@@ -299,6 +318,7 @@ impl sql::Host for SqlState {
             .and_then(|()| self.check_statement(&statement));
         self.calls
             .call(Capability::Sql, "query", &database)
+            .args(|| json!({ "statement": statement, "params": params }))
             .effect(|| format!("{statement} {params:?}"))
             .run(grant, |_| async move {
                 held_without_tx(&self.calls, &database).await?;
@@ -325,8 +345,13 @@ impl sql::Host for SqlState {
         let grant = self
             .check(&database)
             .and_then(|()| self.check_statement(&statement));
+        let param_rows = Arc::new(param_rows);
         self.calls
             .call(Capability::Sql, "execute_batch", &database)
+            .args(|| BatchArgs {
+                statement: statement.clone(),
+                param_rows: param_rows.clone(),
+            })
             .effect(|| format!("{statement} {param_rows:?}"))
             .run(grant, |_| async move {
                 held_without_tx(&self.calls, &database).await?;
@@ -335,7 +360,7 @@ impl sql::Host for SqlState {
                     return tx
                         .savepoint(async |c| {
                             let mut total = 0;
-                            for row in &param_rows {
+                            for row in param_rows.iter() {
                                 total += execute_on(c, &statement, row).await?;
                             }
                             Ok(total)
@@ -351,7 +376,7 @@ impl sql::Host for SqlState {
                 let client = open(&tx)?;
                 client.batch_execute("BEGIN").await.map_err(pg_error)?;
                 let mut total = 0;
-                for row in &param_rows {
+                for row in param_rows.iter() {
                     // On error `tx` is dropped: its connection is closed, rolling back.
                     total += execute_on(client, &statement, row).await?;
                 }
@@ -370,8 +395,16 @@ impl sql::Host for SqlState {
         on_conflict: OnConflict,
     ) -> Result<u64, CapabilityError> {
         let grant = self.check(&database);
+        // Shared with the transcript, not copied.
+        let rows = Arc::new(rows);
         self.calls
             .call(Capability::Sql, "insert_rows", &database)
+            .args(|| InsertArgs {
+                table: table.clone(),
+                columns: columns.clone(),
+                rows: rows.clone(),
+                on_conflict: on_conflict.clone(),
+            })
             .effect(|| format!("{table} {columns:?} {rows:?} {on_conflict:?}"))
             .run(grant, |_| async move {
                 held_without_tx(&self.calls, &database).await?;
@@ -411,38 +444,54 @@ impl sql::Host for SqlState {
 
     async fn begin(&mut self, database: String) -> Result<Resource<Transaction>, CapabilityError> {
         let grant = self.check(&database);
-        self.calls
+        let too_many = |e| CapabilityError::Other(format!("too many open transactions: {e}"));
+        // The handle's number is what the transcript keeps.
+        let this = &mut *self;
+        let rep = this
+            .calls
             .call(Capability::Sql, "begin", &database)
             .run(grant, |_| async move {
-                held_without_tx(&self.calls, &database).await?;
-                let effects = self.calls.effects().clone();
+                held_without_tx(&this.calls, &database).await?;
+                let effects = this.calls.effects().clone();
                 if let Some(tx) = effects.lock().await.as_mut() {
                     effects_target(tx, &database)?;
                     let savepoint = tx.open_savepoint().await?;
-                    return self
+                    return this
                         .table
                         .push(OpenTx {
                             database,
                             client: None,
                             savepoint: Some(savepoint),
                         })
-                        .map(|r| Resource::new_own(r.rep()))
-                        .map_err(|e| {
-                            CapabilityError::Other(format!("too many open transactions: {e}"))
-                        });
+                        .map(|r| r.rep())
+                        .map_err(too_many);
                 }
-                let conn = self.client(&database).await?;
+                let conn = this.client(&database).await?;
                 conn.get()?.batch_execute("BEGIN").await.map_err(pg_error)?;
-                self.table
+                this.table
                     .push(OpenTx {
                         database,
                         client: Some(conn),
                         savepoint: None,
                     })
-                    .map(|r| Resource::new_own(r.rep()))
-                    .map_err(|e| CapabilityError::Other(format!("too many open transactions: {e}")))
+                    .map(|r| r.rep())
+                    .map_err(too_many)
             })
-            .await
+            .await?;
+        if self.calls.replaying() {
+            // Played back: a handle with nothing behind it (its calls are answered too).
+            let detached = OpenTx {
+                database: String::new(),
+                client: None,
+                savepoint: None,
+            };
+            return self
+                .table
+                .push(detached)
+                .map(|r| Resource::new_own(r.rep()))
+                .map_err(too_many);
+        }
+        Ok(Resource::new_own(rep))
     }
 }
 
@@ -456,6 +505,7 @@ impl sql::HostTransaction for SqlState {
         let grant = self.check_statement(&statement);
         self.calls
             .call(Capability::Sql, "execute", "transaction")
+            .args(|| json!({ "statement": statement, "params": params }))
             .run(grant, |_| async move {
                 let effects = self.calls.effects().clone();
                 let tx = self.transaction(&tx)?;
@@ -478,6 +528,7 @@ impl sql::HostTransaction for SqlState {
         let grant = self.check_statement(&statement);
         self.calls
             .call(Capability::Sql, "query", "transaction")
+            .args(|| json!({ "statement": statement, "params": params }))
             .run(grant, |_| async move {
                 let effects = self.calls.effects().clone();
                 let tx = self.transaction(&tx)?;
