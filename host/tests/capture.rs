@@ -40,8 +40,19 @@ fn replay(plugin: &str, case: &Path, extra: &[&str]) -> anyhow::Result<(i32, Val
     Ok((out.status.code().unwrap_or(-1), report, text))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failure_captured_in_a_run_replays_offline_and_becomes_a_fixture() -> anyhow::Result<()> {
+/// Captures taken by a real host and pulled to files, the servers stopped.
+struct Captured {
+    dir: tempfile::TempDir,
+    /// Per plugin, in the order given: the pulled `.jplug` file and its text.
+    cases: Vec<(std::path::PathBuf, String)>,
+}
+
+/// Runs `jetplug run` with one pipeline per `(name, component)` over the
+/// accounts `a1` (open) and `a2` (frozen), cutoff 00:00: each dead-letters
+/// `a2`. Each dead letter's capture is pulled (after `capture list` and
+/// `capture show` have seen it), then the host, nats-server and PostgreSQL
+/// are stopped.
+async fn capture_failures(plugins: &[(&str, &str)]) -> anyhow::Result<Captured> {
     let mut nats = NatsServer::start().await?;
     let mut pg = Postgres::start().await?;
     let db = pg.connect().await?;
@@ -53,18 +64,25 @@ async fn a_failure_captured_in_a_run_replays_offline_and_becomes_a_fixture() -> 
     .await?;
     let dir = tempfile::tempdir()?;
     let admin = format!("127.0.0.1:{}", free_port()?);
-    let config = TestConfig::new(dir.path(), &nats.url())
+    let mut config = TestConfig::new(dir.path(), &nats.url())
         .stream("ACCOUNTS", &["accounts.>"])
         .stream("DLQ", &["dlq.>"])
         .database("bank", &pg.url())
-        .plugin("accounts", plugins::TEST_CAPTURE)
-        .set("plugin.accounts.grants", "sql", vec!["bank"])
-        .set("plugin.accounts.config", "database", "bank")
-        .set("plugin.accounts.config", "cutoff", "00:00")
-        .set("plugin.accounts.config", "api_key", "${CAPTURE_API_KEY}")
-        .pipeline("accounts", &["ACCOUNTS"], "accounts")
-        .set("admin", "address", admin.clone())
-        .write(&dir.path().join("jetplug.toml"))?;
+        .set("admin", "address", admin.clone());
+    for (name, path) in plugins {
+        config = config
+            .plugin(name, path)
+            .set(&format!("plugin.{name}.grants"), "sql", vec!["bank"])
+            .set(&format!("plugin.{name}.config"), "database", "bank")
+            .set(&format!("plugin.{name}.config"), "cutoff", "00:00")
+            .set(
+                &format!("plugin.{name}.config"),
+                "api_key",
+                "${CAPTURE_API_KEY}",
+            )
+            .pipeline(name, &["ACCOUNTS"], name);
+    }
+    let config = config.write(&dir.path().join("jetplug.toml"))?;
     let config = config.display().to_string();
 
     let bin = jetplug_binary()?;
@@ -81,71 +99,98 @@ async fn a_failure_captured_in_a_run_replays_offline_and_becomes_a_fixture() -> 
         js.publish("accounts.settle", account.into()).await?.await?;
     }
     eventually(WAIT, "the frozen account dead-lettered", || async {
-        Ok(rig::dlq_messages(&js).await?.len() == 1)
+        Ok(rig::dlq_messages(&js).await?.len() == plugins.len())
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", host.log()))?;
-    let dead = &rig::dlq_messages(&js).await?[0];
-    let reason = rig::header(dead, "Jetplug-Reason");
-    assert!(reason.contains("cannot settle account a2"), "{reason}");
-    let id = rig::header(dead, "Jetplug-Capture").to_owned();
-    assert!(
-        id.starts_with("accounts.ACCOUNTS."),
-        "the dead letter names its capture: {id:?}"
-    );
+    let dead = rig::dlq_messages(&js).await?;
+    let mut cases = Vec::new();
+    for (name, _) in plugins {
+        let letter = dead
+            .iter()
+            .find(|m| rig::header(m, "Jetplug-Pipeline") == *name)
+            .ok_or_else(|| anyhow::anyhow!("no dead letter of {name}"))?;
+        let reason = rig::header(letter, "Jetplug-Reason");
+        assert!(
+            reason.contains("cannot settle account a2"),
+            "{name}: {reason}"
+        );
+        let id = rig::header(letter, "Jetplug-Capture").to_owned();
+        assert!(
+            id.starts_with(&format!("{name}.ACCOUNTS.")),
+            "the dead letter names its capture: {id:?}"
+        );
 
-    // Listed, shown, pulled.
-    let listed = cli(&["capture", "list", "-c", &config, "--json"])?;
-    assert!(
-        output_text(&listed).contains(&id),
-        "{}",
-        output_text(&listed)
-    );
-    let shown = cli(&["capture", "show", &id, "-c", &config])?;
-    let shown = output_text(&shown);
-    assert!(
-        shown.contains("sql.query `bank`") && shown.contains("a2"),
-        "{shown}"
-    );
-    let case = dir.path().join("case.jplug");
-    let pulled = cli(&[
-        "capture",
-        "pull",
-        &id,
-        "-o",
-        &case.display().to_string(),
-        "-c",
-        &config,
-    ])?;
-    assert!(pulled.status.success(), "{}", output_text(&pulled));
-    let stored = std::fs::read_to_string(&case)?;
-    assert!(!stored.contains(SECRET), "a secret reached the capture");
-    assert!(
-        stored.contains("(key ***)"),
-        "the plugin's log line, masked: {stored}"
-    );
-
+        let listed = cli(&["capture", "list", "-c", &config, "--json"])?;
+        assert!(
+            output_text(&listed).contains(&id),
+            "{}",
+            output_text(&listed)
+        );
+        let shown = output_text(&cli(&["capture", "show", &id, "-c", &config])?);
+        assert!(
+            shown.contains("sql.query `bank`") && shown.contains("a2"),
+            "{shown}"
+        );
+        let case = dir.path().join(format!("{name}.jplug"));
+        let pulled = cli(&[
+            "capture",
+            "pull",
+            &id,
+            "-o",
+            &case.display().to_string(),
+            "-c",
+            &config,
+        ])?;
+        assert!(pulled.status.success(), "{}", output_text(&pulled));
+        let stored = std::fs::read_to_string(&case)?;
+        assert!(
+            !stored.contains(SECRET),
+            "a secret reached the capture of {name}"
+        );
+        assert!(
+            stored.contains("(key ***"),
+            "the plugin's log line, masked: {stored}"
+        );
+        cases.push((case, stored));
+    }
     // Offline from here: no server is left.
     host.kill()?;
     nats.stop().await?;
     pg.stop().await?;
+    Ok(Captured { dir, cases })
+}
 
-    let (code, first, text) = replay(plugins::TEST_CAPTURE, &case, &[])?;
+/// The cutoff a minute after the capture's first clock read: the same
+/// build then acks, if it sees the recorded time.
+fn cutoff_after(stored: &str) -> anyhow::Result<String> {
+    let capture: Value = serde_json::from_str(stored)?;
+    let wall_ns = capture["handed"]["wall"][0].as_u64().unwrap_or(0);
+    let minute = wall_ns / 1_000_000_000 % 86_400 / 60 + 1;
+    Ok(format!("cutoff={:02}:{:02}", minute / 60, minute % 60))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_captured_in_a_run_replays_offline_and_becomes_a_fixture() -> anyhow::Result<()> {
+    let captured = capture_failures(&[("accounts", plugins::TEST_CAPTURE)]).await?;
+    let (case, stored) = &captured.cases[0];
+
+    let (code, first, text) = replay(plugins::TEST_CAPTURE, case, &[])?;
     assert_eq!(code, 0, "{text}");
     assert_eq!(first["same"], true, "the failure is reproduced: {text}");
     assert!(text.contains("cannot settle account a2"), "{text}");
-    let (_, _, again) = replay(plugins::TEST_CAPTURE, &case, &[])?;
+    let (_, _, again) = replay(plugins::TEST_CAPTURE, case, &[])?;
     assert_eq!(again, text, "a replay is deterministic");
 
     // The fixed build acks the same capture.
-    let (code, fixed, text) = replay(plugins::TEST_CAPTURE_FIXED, &case, &[])?;
+    let (code, fixed, text) = replay(plugins::TEST_CAPTURE_FIXED, case, &[])?;
     assert_eq!(code, 0, "{text}");
     assert_eq!(fixed["same_outcome"], false, "{text}");
     let now = fixed["report"]["now"]["decisions"].to_string();
     assert!(now.contains("Ack") && !now.contains("Term"), "{text}");
 
     // A build asking another query diverges at its first call.
-    let (code, changed, text) = replay(plugins::TEST_CAPTURE_QUERY, &case, &[])?;
+    let (code, changed, text) = replay(plugins::TEST_CAPTURE_QUERY, case, &[])?;
     assert_eq!(code, 2, "{text}");
     let d = &changed["report"]["divergence"];
     assert_eq!(d["number"], 1, "{text}");
@@ -154,15 +199,12 @@ async fn a_failure_captured_in_a_run_replays_offline_and_becomes_a_fixture() -> 
 
     // The time of day is the recorded one: with the cutoff a minute after
     // it, the same build acks (the laptop's clock is later still).
-    let capture: Value = serde_json::from_str(&stored)?;
-    let wall_ns = capture["handed"]["wall"][0].as_u64().unwrap_or(0);
-    let minute = wall_ns / 1_000_000_000 % 86_400 / 60 + 1;
-    let cutoff = format!("cutoff={:02}:{:02}", minute / 60, minute % 60);
-    let (_, later, text) = replay(plugins::TEST_CAPTURE, &case, &["-c", &cutoff])?;
+    let cutoff = cutoff_after(stored)?;
+    let (_, later, text) = replay(plugins::TEST_CAPTURE, case, &["-c", &cutoff])?;
     assert_eq!(later["same_outcome"], false, "{text}");
 
     // One command makes it a regression test.
-    let fixture = dir.path().join("case.jsonl");
+    let fixture = captured.dir.path().join("case.jsonl");
     let made = cli(&[
         "capture",
         "to-fixture",
@@ -181,5 +223,46 @@ async fn a_failure_captured_in_a_run_replays_offline_and_becomes_a_fixture() -> 
         "{}",
         output_text(&fails)
     );
+    Ok(())
+}
+
+/// The recorded clock and random bytes reach componentize-py's and
+/// componentize-js's runtimes through WASI: a replay logs the very nonce
+/// (`os.urandom`, `crypto.getRandomValues`) and time (`time.time()`,
+/// `Date.now()`) the production run logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_captures_replay_their_clock_and_random_bytes() -> anyhow::Result<()>
+{
+    let plugins = [
+        ("py", plugins::TEST_CAPTURE_PY),
+        ("js", plugins::TEST_CAPTURE_JS),
+    ];
+    let captured = capture_failures(&plugins).await?;
+    for ((name, path), (case, stored)) in plugins.iter().zip(&captured.cases) {
+        let capture: Value = serde_json::from_str(stored)?;
+        let logged = |calls: &Value| -> Vec<String> {
+            calls
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["call"] == "log.log")
+                .filter_map(|c| c["args"]["message"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let then = logged(&capture["calls"]);
+        assert!(then.iter().any(|l| l.contains("nonce")), "{name}: {then:?}");
+        let (code, report, text) = replay(path, case, &[])?;
+        assert_eq!(code, 0, "{name}: {text}");
+        assert_eq!(report["same"], true, "{name}: {text}");
+        assert_eq!(
+            logged(&report["report"]["calls"]),
+            then,
+            "{name}: the same time and nonce"
+        );
+        let (_, _, again) = replay(path, case, &[])?;
+        assert_eq!(again, text, "{name}: a replay is deterministic");
+        let (_, later, text) = replay(path, case, &["-c", &cutoff_after(stored)?])?;
+        assert_eq!(later["same_outcome"], false, "{name}: {text}");
+    }
     Ok(())
 }

@@ -258,7 +258,7 @@ impl Call {
                 ))
             }),
             Ok(Err(e)) => Err(e),
-            Err(why) => Err(CapabilityError::Unavailable(why)),
+            Err(why) => Err(CapabilityError::Unavailable(why.0)),
         })
     }
 

@@ -21,6 +21,12 @@ pub const MAX_CALLS: usize = 10_000;
 /// Characters of a value shown in a divergence.
 const SHOWN: usize = 200;
 
+/// Why a played-back call got no answer from the transcript (it is
+/// answered `unavailable` with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unanswered(pub String);
+
 /// A value that can be written into a transcript later (kept typed until then).
 pub trait Answer: Send + Sync {
     fn to_json(&self) -> Value;
@@ -214,7 +220,7 @@ impl Replayer {
     }
 
     /// A fixture's answer to `now` (see [`Replayer::fixture`]).
-    fn declared(&mut self, now: &Entry) -> Result<Result<Value, CapabilityError>, String> {
+    fn declared(&mut self, now: &Entry) -> Result<Result<Value, CapabilityError>, Unanswered> {
         let used = self.loose.get_or_insert_with(Vec::new);
         let fitting: Vec<usize> = (0..self.calls.len())
             .filter(|&i| fits(&self.calls[i], now))
@@ -251,12 +257,12 @@ impl Replayer {
             "kv.put" | "kv.compare_and_set" => Value::from(1),
             "kv.get" | "kv.delete" | "sql.commit" => Value::Null,
             _ => {
-                return Err(format!(
+                return Err(Unanswered(format!(
                     "the fixture declares no answer for {} on `{}` with {} (add one to `answers`)",
                     now.call,
                     now.target,
                     short(&now.args)
-                ));
+                )));
             }
         }))
     }
@@ -270,14 +276,14 @@ impl Replayer {
     pub(super) fn answer(
         &mut self,
         mut now: Entry,
-    ) -> Result<Result<Value, CapabilityError>, String> {
+    ) -> Result<Result<Value, CapabilityError>, Unanswered> {
         self.answered += 1;
         let answer = match (&self.divergence, self.calls.get(self.next)) {
             _ if self.loose.is_some() => self.declared(&now),
-            (Some(d), _) => Err(format!(
+            (Some(d), _) => Err(Unanswered(format!(
                 "the replay diverged at call {} ({}); later calls are not answered",
                 d.number, d.now.call
-            )),
+            ))),
             (None, None) => {
                 Err(self.diverge(&now, None, "the transcript holds no more calls".into()))
             }
@@ -298,13 +304,13 @@ impl Replayer {
         match &answer {
             Ok(Ok(v)) => now.ok = Some(v.clone()),
             Ok(Err(e)) => now.error = Some(e.clone()),
-            Err(why) => now.error = Some(CapabilityError::Unavailable(why.clone())),
+            Err(why) => now.error = Some(CapabilityError::Unavailable(why.0.clone())),
         }
         self.made.push(now);
         answer
     }
 
-    fn diverge(&mut self, now: &Entry, then: Option<Entry>, detail: String) -> String {
+    fn diverge(&mut self, now: &Entry, then: Option<Entry>, detail: String) -> Unanswered {
         let d = Divergence {
             number: self.answered,
             now: now.clone(),
@@ -313,7 +319,7 @@ impl Replayer {
         };
         let text = format!("replay: no recorded answer: {d}");
         self.divergence = Some(Box::new(d));
-        text
+        Unanswered(text)
     }
 }
 
@@ -447,7 +453,7 @@ mod tests {
             d.detail
         );
         let third = r.answer(entry("kv.get", json!({"key": "a"}), Value::Null));
-        assert!(matches!(third, Err(m) if m.contains("diverged at call 2")));
+        assert!(matches!(third, Err(m) if m.0.contains("diverged at call 2")));
         assert_eq!(r.made.len(), 3);
     }
 
@@ -482,7 +488,7 @@ mod tests {
         assert_eq!(f.answer(w), Ok(Ok(json!(2))));
         let mut empty = Replayer::fixture(Vec::new());
         let e = empty.answer(q("a1"));
-        assert!(matches!(e, Err(m) if m.contains("declares no answer for sql.query")));
+        assert!(matches!(e, Err(m) if m.0.contains("declares no answer for sql.query")));
         assert!(empty.divergence.is_none(), "a fixture does not diverge");
         assert_eq!(f.made.len(), 4);
     }
