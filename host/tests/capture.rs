@@ -121,6 +121,8 @@ async fn capture_failures(plugins: &[(&str, &str)]) -> anyhow::Result<Captured> 
             "the dead letter names its capture: {id:?}"
         );
 
+        let dlq = output_text(&cli(&["dlq", "list", "-c", &config])?);
+        assert!(dlq.contains(&format!("[capture {id}]")), "{dlq}");
         let listed = cli(&["capture", "list", "-c", &config, "--json"])?;
         assert!(
             output_text(&listed).contains(&id),

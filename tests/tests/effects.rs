@@ -463,6 +463,16 @@ async fn a_publish_no_stream_captures_is_refused_not_queued() -> anyhow::Result<
     let dlq = dlq_messages(&js).await?;
     assert_eq!(dlq.len(), 1, "order-3 dead-lettered");
     assert_eq!(&dlq[0].payload[..], b"order-3");
+    // Its capture holds the refused publish the plugin kept retrying on.
+    let id = jetplug_tests::rig::header(&dlq[0], "Jetplug-Capture");
+    let store = jetplug::capture::store::Captures::existing(&js, "JETPLUG_CAPTURES").await?;
+    let capture = jetplug::capture::Capture::parse(&store.get(id).await?)?;
+    let publish = capture.calls.iter().find(|c| c.call == "publish.publish");
+    assert!(
+        publish.is_some_and(|c| c.target == "out.events.b" && c.error.is_some()),
+        "{:?}",
+        capture.calls
+    );
     assert_eq!(scalar(&db, "select count(*) from jetplug.outbox").await?, 0);
     assert_exact(&db, &js, 2).await
 }

@@ -308,8 +308,13 @@ async fn list(dlq: &mut Dlq, c: &Common, selection: &Selection) -> anyhow::Resul
 
 fn describe(d: &Stored) -> String {
     let f = &d.facts;
+    let capture = f
+        .capture
+        .as_ref()
+        .map(|id| format!(" [capture {id}]"))
+        .unwrap_or_default();
     format!(
-        "#{} {} (from {} #{} via {}, {} deliveries): {}",
+        "#{} {} (from {} #{} via {}, {} deliveries): {}{capture}",
         d.seq, d.dlq_subject, f.stream, f.sequence, f.pipeline, f.deliveries, f.reason
     )
 }

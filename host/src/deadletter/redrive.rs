@@ -24,6 +24,8 @@ pub struct Facts {
     pub deliveries: String,
     /// `STREAM:SEQUENCE` and publish time of the first stored message.
     pub origin: Option<Origin>,
+    /// The capture of the failing call (`jetplug capture show ID`), if kept.
+    pub capture: Option<String>,
 }
 
 impl Facts {
@@ -58,6 +60,7 @@ impl Facts {
             stream,
             sequence,
             deliveries: get(headers::DELIVERIES),
+            capture: Some(get(headers::CAPTURE)).filter(|c| !c.is_empty()),
             origin,
         }
     }

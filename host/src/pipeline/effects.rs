@@ -393,6 +393,7 @@ pub(super) async fn run_batch(
         let (outcome, tx, recording) = instance
             .handle_recorded(msgs.clone(), trace.call(), Some(tx), observe)
             .await;
+        let witness = instance.take_witness();
         if let Some(ran) = shadowed {
             super::shadow::compare(
                 ran,
@@ -454,10 +455,22 @@ pub(super) async fn run_batch(
                     }
                     return Ran::Settled;
                 }
-                for (i, (js_msg, m)) in delivered.iter().zip(msgs.iter()).enumerate() {
-                    let action = settle::for_failure(&e, m.delivered, max, &p.backoff);
+                let actions: Vec<Action> = msgs
+                    .iter()
+                    .map(|m| settle::for_failure(&e, m.delivered, max, &p.backoff))
+                    .collect();
+                let dead = super::capture::first_dead(&actions, &[]);
+                let plugin = instance.plugin().clone();
+                let failed = Err(e.clone());
+                let capture = super::capture::keep(p, &plugin, &msgs, &failed, witness, dead).await;
+                for (i, ((js_msg, m), action)) in
+                    delivered.iter().zip(msgs.iter()).zip(actions).enumerate()
+                {
                     trace.decided(at[i], action.kind());
-                    worker::settle_one(p, js_msg, m, action).await;
+                    let capture = matches!(action, Action::DeadLetter(_))
+                        .then(|| capture.clone())
+                        .flatten();
+                    worker::settle_captured(p, js_msg, m, action, capture).await;
                 }
                 return Ran::PluginFailed;
             }
@@ -475,6 +488,19 @@ pub(super) async fn run_batch(
         if decisions.iter().any(|d| matches!(d, Decision::Retry(_))) {
             tx.rollback().await;
             super::Stats::add(&p.stats.effects_reruns, 1);
+            // A retry on the last delivery is dead-lettered: captured.
+            let retried: Vec<Action> = decisions
+                .iter()
+                .zip(msgs.iter())
+                .map(|(d, m)| match d {
+                    Decision::Retry(_) => settle::for_decision(d, m.delivered, max, &p.backoff),
+                    _ => Action::Ack,
+                })
+                .collect();
+            let dead = super::capture::first_dead(&retried, &[]);
+            let plugin = instance.plugin().clone();
+            let decided = Ok(decisions.clone());
+            let capture = super::capture::keep(p, &plugin, &msgs, &decided, witness, dead).await;
             let (mut keep_js, mut keep, mut keep_at) = (Vec::new(), Vec::new(), Vec::new());
             for (((js_msg, m), d), i) in delivered
                 .into_iter()
@@ -485,7 +511,10 @@ pub(super) async fn run_batch(
                 if matches!(d, Decision::Retry(_)) {
                     let action = settle::for_decision(d, m.delivered, max, &p.backoff);
                     trace.decided(i, action.kind());
-                    worker::settle_one(p, &js_msg, m, action).await;
+                    let capture = matches!(action, Action::DeadLetter(_))
+                        .then(|| capture.clone())
+                        .flatten();
+                    worker::settle_captured(p, &js_msg, m, action, capture).await;
                 } else {
                     keep_js.push(js_msg);
                     keep.push(m.clone());
@@ -496,12 +525,20 @@ pub(super) async fn run_batch(
             continue;
         }
         // All ack or term: dead letters stored first, then one commit.
+        let actions: Vec<Action> = decisions
+            .iter()
+            .zip(msgs.iter())
+            .map(|(d, m)| settle::for_decision(d, m.delivered, max, &p.backoff))
+            .collect();
+        let dead = super::capture::first_dead(&actions, &[]);
+        let plugin = instance.plugin().clone();
+        let decided = Ok(decisions);
+        let capture = super::capture::keep(p, &plugin, &msgs, &decided, witness, dead).await;
         let mut terms = vec![false; msgs.len()];
-        for (i, (d, m)) in decisions.iter().zip(msgs.iter()).enumerate() {
-            if let Action::DeadLetter(reason) =
-                settle::for_decision(d, m.delivered, max, &p.backoff)
-            {
-                let dl = crate::deadletter::DeadLetter::from_message(&p.cfg.name, m, reason);
+        for (i, (action, m)) in actions.into_iter().zip(msgs.iter()).enumerate() {
+            if let Action::DeadLetter(reason) = action {
+                let mut dl = crate::deadletter::DeadLetter::from_message(&p.cfg.name, m, reason);
+                dl.capture = capture.clone();
                 if !p.store_dead_letter(&dl).await {
                     // Stopping: nothing is committed; JetStream redelivers.
                     tx.rollback().await;
