@@ -4,6 +4,7 @@
 //! local nats-server (and PostgreSQL), with the host as a child process.
 
 pub mod aivo;
+pub mod capture;
 pub mod cluster;
 pub mod dispatch;
 pub mod effects;

@@ -55,6 +55,9 @@ enum What {
     /// Tenant isolation: a tenant's msg/s alone and beside a tenant flooding
     /// at 10× its quota with a CPU-heavy plugin.
     Tenants,
+    /// What capture costs: the no-op pipeline with `capture` off, failures
+    /// (the default) and all.
+    Capture,
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,6 +200,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 | What::Aivo
                 | What::Languages
                 | What::Tenants
+                | What::Capture
         );
     let env = if needs_nats {
         Some(Env::new(&c.nats, &c.plugins).await?)
@@ -243,6 +247,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         && (all || matches!(what, What::Tenants))
     {
         rows::tenants(env, &c, &mut rows).await?;
+    }
+
+    if let Some(env) = &env
+        && (all || matches!(what, What::Capture))
+    {
+        rows::capture(env, &c, &mut rows).await?;
     }
 
     if all || matches!(what, What::Cluster) {

@@ -2,7 +2,8 @@
 //! rows to the table (part of the binary, not the library).
 
 use jetplug_bench::{
-    aivo, cluster, dispatch, env::Env, indexer, languages, latency, record, tenants, throughput,
+    aivo, capture, cluster, dispatch, env::Env, indexer, languages, latency, record, tenants,
+    throughput,
 };
 
 use super::{Common, TENANT_QUOTA, mib, row};
@@ -116,6 +117,39 @@ pub(crate) async fn throughput(
     rows.push(row(
         "host peak RSS (throughput run: backlog, max_ack_pending 1000 full)",
         r.host_peak_rss.map(mib).unwrap_or_else(|| "n/a".into()),
+        "",
+        None,
+    ));
+    Ok(())
+}
+
+/// The `capture` rows.
+pub(crate) async fn capture(
+    env: &Env,
+    c: &Common,
+    rows: &mut Vec<record::Line>,
+) -> anyhow::Result<()> {
+    let r = capture::run(
+        env,
+        capture::Settings {
+            count: c.count,
+            size: c.size,
+            batch: c.batch,
+            concurrency: c.concurrency,
+            repeat: c.repeat,
+        },
+    )
+    .await?;
+    let failures = r.failures / r.off;
+    rows.push(row(
+        "capture = \"failures\" (default) / \"off\", no-op plugin",
+        format!("{failures:.2} ({:.0} / {:.0} msg/s)", r.failures, r.off),
+        "≥ 0.95 (within noise)",
+        Some(failures >= 0.95),
+    ));
+    rows.push(row(
+        "capture = \"all\" / \"off\", no-op plugin (every batch stored)",
+        format!("{:.2} ({:.0} msg/s)", r.all / r.off, r.all),
         "",
         None,
     ));
