@@ -7,16 +7,7 @@
 use std::time::Duration;
 
 use super::env::{self, Env};
-
-/// Settings for [`run`].
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub count: u64,
-    pub size: usize,
-    pub batch: u32,
-    pub concurrency: u32,
-    pub repeat: u32,
-}
+pub use super::throughput::Settings;
 
 /// msg/s of the no-op pipeline by capture mode.
 #[derive(Debug, Clone)]
@@ -29,29 +20,10 @@ pub struct Report {
 const TIMEOUT: Duration = Duration::from_secs(600);
 pub const MODES: [&str; 3] = ["off", "failures", "all"];
 
+/// The throughput benchmark's no-op pipeline, capturing as `mode`.
 fn body(env: &Env, s: Settings, mode: &str) -> String {
-    format!(
-        r#"
-[[stream]]
-name = "BENCH_CAPTURE"
-subjects = ["bench_capture.>"]
-
-[plugin.noop]
-path = "{noop}"
-
-[[pipeline]]
-name = "noop"
-streams = ["BENCH_CAPTURE"]
-plugin = "noop"
-batch = {batch}
-batch_max_wait = "5ms"
-concurrency = {concurrency}
-capture = "{mode}"
-"#,
-        noop = env.plugin("test_noop.wasm").display(),
-        batch = s.batch,
-        concurrency = s.concurrency,
-    )
+    let pipeline = super::throughput::body(env, "BENCH_CAPTURE", s.batch, s.concurrency);
+    format!("{pipeline}capture = \"{mode}\"\n")
 }
 
 pub async fn run(env: &Env, s: Settings) -> anyhow::Result<Report> {

@@ -54,23 +54,24 @@ pub(crate) async fn dispatch(
     Ok(())
 }
 
+/// The throughput benchmark's settings (also the capture benchmark's).
+fn throughput_settings(c: &Common) -> throughput::Settings {
+    throughput::Settings {
+        count: c.count,
+        size: c.size,
+        batch: c.batch,
+        concurrency: c.concurrency,
+        repeat: c.repeat,
+    }
+}
+
 /// The `throughput` rows.
 pub(crate) async fn throughput(
     env: &Env,
     c: &Common,
     rows: &mut Vec<record::Line>,
 ) -> anyhow::Result<()> {
-    let r = throughput::run(
-        env,
-        throughput::Settings {
-            count: c.count,
-            size: c.size,
-            batch: c.batch,
-            concurrency: c.concurrency,
-            repeat: c.repeat,
-        },
-    )
-    .await?;
+    let r = throughput::run(env, throughput_settings(c)).await?;
     let ratio = r.jetplug_per_sec / r.native_per_sec;
     rows.push(row(
         "native async-nats consumer (baseline)",
@@ -129,17 +130,7 @@ pub(crate) async fn capture(
     c: &Common,
     rows: &mut Vec<record::Line>,
 ) -> anyhow::Result<()> {
-    let r = capture::run(
-        env,
-        capture::Settings {
-            count: c.count,
-            size: c.size,
-            batch: c.batch,
-            concurrency: c.concurrency,
-            repeat: c.repeat,
-        },
-    )
-    .await?;
+    let r = capture::run(env, throughput_settings(c)).await?;
     let failures = r.failures / r.off;
     rows.push(row(
         "capture = \"failures\" (default) / \"off\", no-op plugin",

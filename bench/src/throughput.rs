@@ -45,7 +45,7 @@ const NATIVE_STALL: Duration = Duration::from_secs(5);
 const NATIVE_REOPEN: u32 = 5;
 
 /// A jetplug.toml body: `stream` and a `noop` pipeline on it.
-fn body(env: &Env, stream: &str, batch: u32, concurrency: u32) -> String {
+pub(crate) fn body(env: &Env, stream: &str, batch: u32, concurrency: u32) -> String {
     format!(
         r#"
 [[stream]]

@@ -20,11 +20,14 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(60);
 /// The plugin's `api_key`, given to the host through the environment.
 const SECRET: &str = "sk-live-7f3a9c2e51d0";
+/// The host's `admin.token`.
+const ADMIN_TOKEN: &str = "admin-token-41d7c9";
 
 fn cli(args: &[&str]) -> anyhow::Result<Output> {
     Ok(jetplug_cmd()?
         .args(args)
         .env("CAPTURE_API_KEY", SECRET)
+        .env("CAPTURE_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()?)
 }
 
@@ -68,7 +71,8 @@ async fn capture_failures(plugins: &[(&str, &str)]) -> anyhow::Result<Captured> 
         .stream("ACCOUNTS", &["accounts.>"])
         .stream("DLQ", &["dlq.>"])
         .database("bank", &pg.url())
-        .set("admin", "address", admin.clone());
+        .set("admin", "address", admin.clone())
+        .set("admin", "token", "${CAPTURE_ADMIN_TOKEN}");
     for (name, path) in plugins {
         config = config
             .plugin(name, path)
@@ -89,9 +93,12 @@ async fn capture_failures(plugins: &[(&str, &str)]) -> anyhow::Result<Captured> 
     let mut host = HostProcess::start_with_env(
         bin.to_str().unwrap_or_default(),
         Path::new(&config),
-        admin,
+        admin.clone(),
         dir.path().join("host.log"),
-        &[("CAPTURE_API_KEY", SECRET)],
+        &[
+            ("CAPTURE_API_KEY", SECRET),
+            ("CAPTURE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
     )?;
     host.ready().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
@@ -128,6 +135,28 @@ async fn capture_failures(plugins: &[(&str, &str)]) -> anyhow::Result<Captured> 
             output_text(&listed).contains(&id),
             "{}",
             output_text(&listed)
+        );
+        // Through the host's admin API too, with its token (and not without).
+        let via_admin = cli(&["capture", "list", "--admin", &admin, "-c", &config])?;
+        assert!(
+            output_text(&via_admin).contains(&id),
+            "{}",
+            output_text(&via_admin)
+        );
+        let refused = cli(&[
+            "capture",
+            "show",
+            &id,
+            "--admin",
+            &admin,
+            "-c",
+            "no-such.toml",
+        ])?;
+        assert!(!refused.status.success(), "{}", output_text(&refused));
+        assert!(
+            output_text(&refused).contains("401"),
+            "{}",
+            output_text(&refused)
         );
         let shown = output_text(&cli(&["capture", "show", &id, "-c", &config])?);
         assert!(

@@ -1,7 +1,9 @@
 //! The admin HTTP server: `/healthz`, `/readyz`, `/metrics` (Prometheus
-//! text), `/v1/pipelines`, `/v1/plugins` and `/v1/tenants` (JSON). Read-only; it reads the
-//! same handles the pipelines update, so it never slows them down.
+//! text), `/v1/pipelines`, `/v1/plugins`, `/v1/tenants` and `/v1/captures`
+//! (JSON). Read-only; it reads the same handles the pipelines update, so it
+//! never slows them down.
 
+mod captures;
 pub mod client;
 mod tenants;
 
@@ -32,6 +34,8 @@ pub struct AdminState {
     pub pipelines: OnceLock<Vec<Arc<Pipeline>>>,
     /// Each declared tenant's limits (empty: the one implicit tenant).
     pub tenants: BTreeMap<String, crate::config::TenantLimits>,
+    /// The capture bucket, once opened (no captures kept: unset).
+    pub captures: OnceLock<crate::capture::store::Captures>,
 }
 
 /// Binds `addr` (so a taken port fails the start) and serves until `shutdown`.
@@ -52,6 +56,8 @@ pub async fn serve(
         .route("/v1/pipelines", get(pipelines))
         .route("/v1/plugins", get(plugins))
         .route("/v1/tenants", get(tenants::tenants))
+        .route("/v1/captures", get(captures::list))
+        .route("/v1/captures/{id}", get(captures::one))
         .layer(axum::middleware::from_fn(move |req, next| {
             guard(token.clone(), req, next)
         }));

@@ -22,7 +22,7 @@ pub struct BucketSettings {
 }
 
 /// A capture as listed.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Listed {
     pub id: String,
     pub pipeline: String,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::EXIT_BATCH_FAILED;
 use crate::capability::transcript::short;
 use crate::capture::replay::Report;
-use crate::capture::store::Captures;
+use crate::capture::store::{Captures, Listed};
 use crate::capture::{Capture, Outcome};
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +41,68 @@ struct Source {
     /// The capture bucket (default: the configuration's `host.capture_bucket`).
     #[arg(long)]
     bucket: Option<String>,
+    /// Read through a running host's admin API (`HOST:PORT`) instead of
+    /// NATS, with the configuration's `admin.token` when it has one.
+    #[arg(long, value_name = "ADDR", conflicts_with = "bucket")]
+    admin: Option<std::net::SocketAddr>,
+}
+
+/// Where captures are read: the bucket, or a host's admin API.
+enum Reader {
+    Bucket(Box<Captures>),
+    Admin {
+        addr: std::net::SocketAddr,
+        token: Option<crate::config::Secret>,
+    },
+}
+
+impl Reader {
+    fn name(&self) -> String {
+        match self {
+            Reader::Bucket(b) => format!("bucket `{}`", b.bucket()),
+            Reader::Admin { addr, .. } => format!("the host at {addr}"),
+        }
+    }
+
+    async fn list(&self, pipeline: Option<&str>) -> anyhow::Result<Vec<Listed>> {
+        match self {
+            Reader::Bucket(b) => Ok(b.list(pipeline).await?),
+            Reader::Admin { addr, token } => {
+                let path = match pipeline {
+                    Some(p) => format!("/v1/captures?pipeline={}", query_escape(p)),
+                    None => "/v1/captures".into(),
+                };
+                let body = crate::admin::client::get(*addr, &path, token.as_ref()).await?;
+                serde_json::from_str(&body)
+                    .context("the admin API answered something that is not a capture list")
+            }
+        }
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Reader::Bucket(b) => Ok(b.get(id).await?),
+            Reader::Admin { addr, token } => {
+                let path = format!("/v1/captures/{}", query_escape(id));
+                Ok(crate::admin::client::get(*addr, &path, token.as_ref())
+                    .await?
+                    .into_bytes())
+            }
+        }
+    }
+}
+
+/// `text` safe in a URL path or query (ids and pipeline names are plain,
+/// but a `%`, space or `?` must not break the request).
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,7 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let store = open(&a.source).await?;
             let list = store.list(a.pipeline.as_deref()).await?;
             if list.is_empty() {
-                eprintln!("no captures in bucket `{}`", store.bucket());
+                eprintln!("no captures in {}", store.name());
             }
             for c in &list {
                 if a.json {
@@ -152,7 +214,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn open(source: &Source) -> anyhow::Result<Captures> {
+async fn open(source: &Source) -> anyhow::Result<Reader> {
+    if let Some(addr) = source.admin {
+        // The token comes from the configuration when it can be read.
+        let token = crate::host::resolve::load(&source.config)
+            .ok()
+            .and_then(|c| c.admin.token);
+        return Ok(Reader::Admin { addr, token });
+    }
     let config = crate::host::resolve::load(&source.config)?;
     let bucket = source
         .bucket
@@ -164,7 +233,9 @@ async fn open(source: &Source) -> anyhow::Result<Captures> {
         source.config.display()
     );
     let js = super::connect_once(&config.nats).await?;
-    Ok(Captures::existing(&js, &bucket).await?)
+    Ok(Reader::Bucket(Box::new(
+        Captures::existing(&js, &bucket).await?,
+    )))
 }
 
 /// A capture from a file (when `what` is one) or from the bucket.

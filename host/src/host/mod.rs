@@ -267,6 +267,7 @@ pub async fn run(
         registry,
         plugins: plugins.clone(),
         pipelines: OnceLock::new(),
+        captures: OnceLock::new(),
         tenants: config
             .tenants
             .iter()
@@ -387,6 +388,9 @@ pub async fn run(
         })
         .collect();
     let captures = open_captures(&config, &js).await;
+    if let Some(c) = &captures {
+        let _ = admin.captures.set(c.store.clone());
+    }
     let mut tasks = JoinSet::new();
     let mut stats = BTreeMap::new();
     let mut running = Vec::new();
