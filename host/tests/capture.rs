@@ -297,3 +297,86 @@ async fn python_and_javascript_captures_replay_their_clock_and_random_bytes() ->
     }
     Ok(())
 }
+
+/// `jetplug test` as a plugin author's whole loop, no servers: declared
+/// answers (by arguments, then any), the clock and config of the file, the
+/// capability error behind a `retry`, expected effects met and missed, and
+/// a trapping line isolated with the others still judged.
+#[test]
+fn fixtures_declare_answers_and_effects_and_isolate_a_trapping_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, lines: &[Value]| -> anyhow::Result<String> {
+        let path = dir.path().join(name);
+        let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+        std::fs::write(&path, text.join("\n") + "\n")?;
+        Ok(path.display().to_string())
+    };
+    let rows =
+        |status: &str| serde_json::json!({"columns": ["status"], "rows": [[{"Text": status}]]});
+    // 12:00 UTC on 2026-12-05; the cutoff is 11:00.
+    let declared = serde_json::json!({
+        "config": {"database": "bank", "cutoff": "11:00"},
+        "time_ms": 1_764_936_000_000_i64,
+        "answers": [
+            {"call": "sql.query", "args": {"params": [{"Text": "a2"}]}, "ok": rows("frozen")},
+            {"call": "sql.query", "target": "bank", "args": {"params": [{"Text": "a1"}]}, "ok": rows("open")},
+        ],
+    });
+    let accounts = write(
+        "accounts.jsonl",
+        &[
+            declared,
+            serde_json::json!({"subject": "accounts.settle", "payload_text": "a2",
+                "expect": {"decision": "term", "reason": "cannot settle account a2 at 12:00"}}),
+            serde_json::json!({"subject": "accounts.settle", "payload_text": "a1", "expect": "ack"}),
+            serde_json::json!({"subject": "accounts.settle", "payload_text": "a3", "expect": "ack"}),
+        ],
+    )?;
+    let out = cli(&["test", plugins::TEST_CAPTURE, &accounts])?;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("accounts.jsonl:4"),
+        "only a3 has no answer: {text}"
+    );
+    assert!(text.contains("got: retry after 100 ms"), "{text}");
+    assert!(
+        text.contains(
+            "behind it: sql.query on `bank`: unavailable: the fixture declares no answer"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("2 expectations met, 1 not met"), "{text}");
+
+    // Effects: writes succeed by default and are checked.
+    let effect = |call: &str, target: &str, args: Value| serde_json::json!({"call": call, "target": target, "args": args});
+    let orders = write(
+        "orders.jsonl",
+        &[
+            serde_json::json!({"subject": "events.a", "payload_text": "order-1", "expect": "ack",
+            "expect_effects": [
+                effect("sql.execute", "db", serde_json::json!({"params": [{"Text": "order-1"}]})),
+                effect("publish.publish", "out.events.a", Value::Null),
+            ]}),
+            serde_json::json!({"subject": "events.a", "payload_text": "trap",
+                "expect": {"decision": "failed", "error": "trap"}}),
+            serde_json::json!({"subject": "events.a", "payload_text": "order-2", "expect": "ack",
+                "expect_effects": [effect("kv.put", "", Value::Null)]}),
+        ],
+    )?;
+    let out = cli(&["test", plugins::TEST_NAIVE, &orders])?;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("lines 1–3 failed (trap); run alone, line(s) 2 failed (the culprit)"),
+        "{text}"
+    );
+    assert!(text.contains("orders.jsonl:3"), "{text}");
+    assert!(text.contains("expected effect not made: kv.put"), "{text}");
+    assert!(
+        !text.contains("orders.jsonl:1 ") && !text.contains("orders.jsonl:2 "),
+        "lines 1 and 2 are met: {text}"
+    );
+    assert!(text.contains("2 expectations met, 1 not met"), "{text}");
+    Ok(())
+}

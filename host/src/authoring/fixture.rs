@@ -33,7 +33,18 @@ pub async fn judge(
     chunk: &[InputMessage],
     declared: &Declared,
 ) -> Judged {
-    let ran = run(instance, chunk, declared).await;
+    // Run alone, a line keeps its batch's answers.
+    let answered = on_answers(chunk, declared).then(|| Answered {
+        answers: chunk
+            .iter()
+            .flat_map(|m| m.answers.iter().cloned())
+            .chain(declared.answers.iter().cloned())
+            .collect(),
+        wall: declared
+            .time_ms
+            .map(|ms| u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)),
+    });
+    let ran = run(instance, chunk, answered.as_ref()).await;
     match ran.outcome {
         Ok(decisions) => Judged {
             lines: decisions
@@ -46,7 +57,7 @@ pub async fn judge(
             let mut lines = Vec::with_capacity(chunk.len());
             let mut culprits = Vec::new();
             for m in chunk {
-                let alone = run(instance, std::slice::from_ref(m), declared).await;
+                let alone = run(instance, std::slice::from_ref(m), answered.as_ref()).await;
                 let outcome = match alone.outcome {
                     Ok(mut d) if d.len() == 1 => Ok(d.remove(0)),
                     Ok(_) => Err(e.clone()),
@@ -77,17 +88,25 @@ fn on_answers(chunk: &[InputMessage], declared: &Declared) -> bool {
             .any(|m| !m.answers.is_empty() || !m.effects.is_empty())
 }
 
-async fn run(instance: &mut PluginInstance, chunk: &[InputMessage], declared: &Declared) -> Ran {
+/// A batch's declared answers and clock (ns since the epoch).
+struct Answered {
+    answers: Vec<Entry>,
+    wall: Option<u64>,
+}
+
+async fn run(
+    instance: &mut PluginInstance,
+    chunk: &[InputMessage],
+    answered: Option<&Answered>,
+) -> Ran {
     let batch: Vec<_> = chunk.iter().map(|m| m.message.clone()).collect();
-    let outcome = if on_answers(chunk, declared) {
-        let mut answers: Vec<Entry> = chunk.iter().flat_map(|m| m.answers.clone()).collect();
-        answers.extend(declared.answers.iter().cloned());
-        let wall = declared
-            .time_ms
-            .map(|ms| u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000));
-        instance.handle_fixture(batch, answers, wall).await
-    } else {
-        instance.handle(batch).await
+    let outcome = match answered {
+        Some(a) => {
+            instance
+                .handle_fixture(batch, a.answers.clone(), a.wall)
+                .await
+        }
+        None => instance.handle(batch).await,
     };
     let calls = match instance.take_witness() {
         Some(Witness::Seen(seen)) => seen.calls.entries(),
