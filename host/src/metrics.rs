@@ -16,6 +16,11 @@ use std::sync::atomic::AtomicU64;
 /// host; registered as `jetplug_trace_spans_total`.
 pub static SPANS: LazyLock<Family<Labels, Counter>> = LazyLock::new(Family::default);
 
+/// JetStream publishes retried under `[nats.publish]`, by source
+/// (`plugin`, `dead-letter`). Global: the retry sits below the pipelines;
+/// registered as `jetplug_publish_retries_total`.
+pub static PUBLISH_RETRIES: LazyLock<Family<Labels, Counter>> = LazyLock::new(Family::default);
+
 pub type Labels = Vec<(String, String)>;
 
 fn batch_histogram() -> Histogram {
@@ -119,6 +124,11 @@ impl Metrics {
             "trace_spans",
             "Spans for trace export, by outcome (exported, dropped: the queue was full, failed: the collector refused or did not answer)",
             SPANS.clone(),
+        );
+        reg!(
+            "publish_retries",
+            "JetStream publishes retried after a transient failure ([nats.publish]), by source (plugin, dead-letter)",
+            PUBLISH_RETRIES.clone(),
         );
         reg!(
             "messages",

@@ -73,6 +73,24 @@ fn good_config_with_defaults() -> TestResult {
     assert_eq!(p.batch, 100);
     assert_eq!(p.deliver, DeliverPolicy::ByStartSequence);
     assert_eq!(p.consumer_name("LEARNING"), "jetplug-indexer-LEARNING");
+    assert_eq!(
+        p.advisory_consumer_name("LEARNING"),
+        "jetplug-indexer-LEARNING-advisories"
+    );
+    let named = load(
+        dir.path(),
+        &GOOD.replacen(
+            "max_deliver = 5",
+            "max_deliver = 5\nconsumer = \"indexer\"",
+            1,
+        ),
+    )?;
+    let p = named.pipeline("indexer").ok_or("pipeline")?;
+    assert_eq!(p.consumer_name("LEARNING"), "indexer");
+    assert_eq!(
+        p.advisory_consumer_name("LEARNING"),
+        "indexer-LEARNING-advisories"
+    );
     let spec = jetplug::plugin::PluginSpec::from_config("indexer", &c.plugins["indexer"]);
     assert_eq!(
         spec.path,
@@ -263,6 +281,19 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
             "max_deliver = 0",
             "pipeline[0].max_deliver",
             "at least 1",
+        ),
+        (
+            "max_deliver = 5",
+            "max_deliver = 5\nconsumer = \"in dexer\"",
+            "pipeline[0].consumer",
+            "contains ` `",
+        ),
+        (
+            "start_sequence = 10\n",
+            "start_sequence = 10\nconsumer = \"jetplug-again-LEARNING\"\n\n\
+             [[pipeline]]\nname = \"again\"\nstreams = [\"LEARNING\"]\nplugin = \"indexer\"\n",
+            "pipeline[1].consumer",
+            "pipelines `indexer` and `again` would both use consumer `jetplug-again-LEARNING` on stream `LEARNING`",
         ),
         (
             "max_deliver = 5",

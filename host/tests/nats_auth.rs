@@ -279,6 +279,27 @@ async fn run_ends_on_a_refusal_and_reads_the_token_from_the_environment() -> any
         !text.contains("wrong-t0ken-000"),
         "the token is masked: {text}"
     );
+    // NATS_TOKEN, when the file names no credentials.
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(
+        &bare,
+        format!("[nats]\nurl = \"{}\"\nconnect_attempts = 0\n", server.url()),
+    )?;
+    let with_env = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_jetplug"))
+            .args(["streams", "diff", "--config"])
+            .arg(&bare)
+            .env("NATS_TOKEN", token)
+            .env_remove("NATS_CREDS")
+            .output()
+    };
+    let ok = with_env("env-t0ken-777")?;
+    assert!(ok.status.success(), "{}", output_text(&ok));
+    let wrong = with_env("wrong-t0ken-000")?;
+    let text = output_text(&wrong);
+    assert_eq!(wrong.status.code(), Some(1), "{text}");
+    assert!(text.contains("NATS_TOKEN (environment)"), "{text}");
+    assert!(!text.contains("wrong-t0ken-000"), "masked: {text}");
     // Unset: a configuration error naming the variable.
     let unset = Command::new(env!("CARGO_BIN_EXE_jetplug"))
         .args(["check", "--config"])
@@ -417,5 +438,26 @@ async fn creds_file_in_operator_mode() -> anyhow::Result<()> {
         .await,
         "nats.credentials",
     );
+
+    // NATS_CREDS, with nothing in the file: a one-shot command connects.
+    let path = dir.path().join("env.toml");
+    std::fs::write(
+        &path,
+        format!("[nats]\n{url}\n\n[[stream]]\nname = \"EVENTS\"\nsubjects = [\"events.>\"]\n"),
+    )?;
+    let with_creds = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_jetplug"))
+            .args(["streams", "apply", "--config"])
+            .arg(&path)
+            .env_remove("NATS_TOKEN")
+            .env("NATS_CREDS", file)
+            .output()
+    };
+    let ok = with_creds(&good)?;
+    assert!(ok.status.success(), "{}", output_text(&ok));
+    let wrong = with_creds(&stranger)?;
+    let text = output_text(&wrong);
+    assert!(!wrong.status.success(), "{text}");
+    assert!(text.contains("NATS_CREDS (environment)"), "{text}");
     Ok(())
 }

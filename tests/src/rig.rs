@@ -44,6 +44,7 @@ pub struct RunningHost {
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), host::HostError>>,
     pub handle: tokio::sync::oneshot::Receiver<HostHandle>,
+    started: Option<HostHandle>,
 }
 
 pub fn start(config: Config) -> RunningHost {
@@ -56,15 +57,25 @@ pub fn start(config: Config) -> RunningHost {
         shutdown,
         task,
         handle: rx,
+        started: None,
     }
 }
 
 impl RunningHost {
-    pub async fn stats(&mut self) -> anyhow::Result<Arc<Stats>> {
+    /// The running host's shared parts (health, stats), once it started.
+    pub async fn started(&mut self) -> anyhow::Result<HostHandle> {
+        if let Some(h) = &self.started {
+            return Ok(h.clone());
+        }
         let h = tokio::time::timeout(WAIT, &mut self.handle)
             .await
             .context("host did not start")??;
-        Ok(h.stats["main"].clone())
+        self.started = Some(h.clone());
+        Ok(h)
+    }
+
+    pub async fn stats(&mut self) -> anyhow::Result<Arc<Stats>> {
+        Ok(self.started().await?.stats["main"].clone())
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {

@@ -36,6 +36,9 @@ const TRAFFIC: &[(&str, usize, usize)] = &[
     ("focus.session.started", 30, 0),
     ("homework.assignment.submitted", 20, 1),
     ("recommendation.item.shown", 10, 0),
+    // The topology's two-token subjects: `<domain>.<action>`.
+    ("focus.ping", 4, 0),
+    ("recommendation.created", 6, 0),
 ];
 
 async fn publish_traffic(js: &jetstream::Context) -> anyhow::Result<()> {
@@ -84,7 +87,7 @@ async fn settled(js: &jetstream::Context) -> anyhow::Result<bool> {
         let mut c: jetstream::consumer::PullConsumer = js
             .get_stream(stream)
             .await?
-            .get_consumer(&format!("jetplug-{pipeline}-{stream}"))
+            .get_consumer(pipeline)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let info = c.info().await?;
@@ -107,7 +110,7 @@ async fn run_until_settled(
         "all events indexed and every consumer settled",
         || async {
             Ok(
-                scalar(db, "select count(*) from events").await.unwrap_or(0) >= 100
+                scalar(db, "select count(*) from events").await.unwrap_or(0) >= 110
                     && settled(js).await?
                     && dlq(js).await?.len() >= 5,
             )
@@ -122,8 +125,31 @@ async fn run_until_settled(
 async fn check_results(js: &jetstream::Context, db: &tokio_postgres::Client) -> anyhow::Result<()> {
     assert_eq!(
         scalar(db, "select count(*) from events").await?,
-        100,
+        110,
         "each valid event indexed once"
+    );
+    for (domain, entity, action, n) in [
+        ("focus", "focus", "ping", 4),
+        ("recommendation", "recommendation", "created", 6),
+        ("recommendation", "item", "shown", 10),
+    ] {
+        let rows = db
+            .query_one(
+                "select count(*) from events where domain = $1 and entity = $2 and action = $3",
+                &[&domain, &entity, &action],
+            )
+            .await?
+            .get::<_, i64>(0);
+        assert_eq!(rows, n, "{domain}/{entity}/{action}");
+    }
+    assert_eq!(
+        scalar(
+            db,
+            "select count(*) from events where '' in (domain, entity, action)"
+        )
+        .await?,
+        0,
+        "no empty subject part"
     );
     assert_eq!(
         scalar(db, "select count(*) from events where domain = 'learning' and entity = 'quiz' and action = 'answered'").await?,
@@ -135,11 +161,11 @@ async fn check_results(js: &jetstream::Context, db: &tokio_postgres::Client) -> 
             "select count(distinct (stream, stream_seq)) from events"
         )
         .await?,
-        100
+        110
     );
     assert_eq!(
         scalar(db, "select coalesce(sum(count), 0)::int8 from event_counts").await?,
-        70,
+        74,
         "learning + focus, exact"
     );
     assert_eq!(
@@ -148,7 +174,7 @@ async fn check_results(js: &jetstream::Context, db: &tokio_postgres::Client) -> 
             "select coalesce(sum(count), 0)::int8 from event_counts where domain = 'focus'"
         )
         .await?,
-        30
+        34
     );
     let dead = dlq(js).await?;
     assert_eq!(dead.len(), 5, "{dead:?}");
@@ -189,7 +215,7 @@ async fn aivo_end_to_end_exact_under_redelivery() -> anyhow::Result<()> {
     ] {
         js.get_stream(stream)
             .await?
-            .delete_consumer(&format!("jetplug-{pipeline}-{stream}"))
+            .delete_consumer(pipeline)
             .await?;
     }
     run_until_settled(aivo_config(&nats, &pg, cache.path())?, &js, &db).await?;

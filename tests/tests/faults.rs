@@ -42,7 +42,7 @@ async fn redeliveries(js: &jetstream::Context) -> anyhow::Result<(u64, u64)> {
         let mut c: jetstream::consumer::PullConsumer = js
             .get_stream(stream)
             .await?
-            .get_consumer(&format!("jetplug-{pipeline}-{stream}"))
+            .get_consumer(pipeline)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let info = c.info().await?;

@@ -62,7 +62,7 @@ pub async fn serve(
             guard(token.clone(), req, next)
         }));
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(guarded)
         .with_state(state);
@@ -110,10 +110,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// Live unless the NATS client gave up reconnecting (a restart is the
+/// only way back, so the orchestrator should make one).
+async fn healthz(State(s): State<Arc<AdminState>>) -> Response {
+    if s.health.gave_up() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NATS connection given up (nats.max_reconnect_attempts); restart the host\n",
+        )
+            .into_response()
+    } else {
+        "ok\n".into_response()
+    }
+}
+
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     let body = json!({
         "ready": s.health.ready(),
         "connected": s.health.connected(),
+        "reconnect_given_up": s.health.gave_up(),
         "consumers_bound": s.health.consumers_bound(),
         "consumers_wanted": s.health.consumers_wanted(),
     });

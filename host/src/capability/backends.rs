@@ -12,8 +12,9 @@ use async_nats::jetstream::{self, kv};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::Mutex;
 
+use super::publish::retry::Refusals;
 use crate::bindings::CapabilityError;
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, PublishPolicy};
 
 /// Shared connections for capabilities.
 #[derive(Default)]
@@ -23,6 +24,8 @@ pub struct Backends {
     buckets: Mutex<HashMap<String, kv::Store>>,
     /// Subjects known to be captured by a stream, and by which.
     captured: Mutex<HashMap<String, String>>,
+    /// `[nats.publish]` and the server's publish refusals (set with NATS).
+    publishing: OnceLock<(PublishPolicy, Arc<Refusals>)>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -87,6 +90,26 @@ impl Backends {
     /// Makes NATS available to plugins (once the host is connected).
     pub fn set_nats(&self, js: jetstream::Context) {
         let _ = self.js.set(js);
+    }
+
+    /// The publish retry policy, and where the connection notes the
+    /// server's publish refusals (default policy and none until set).
+    pub fn set_publishing(&self, policy: PublishPolicy, refusals: Arc<Refusals>) {
+        let _ = self.publishing.set((policy, refusals));
+    }
+
+    pub(crate) fn publishing(&self) -> super::publish::retry::Retrying<'_> {
+        static DEFAULT: std::sync::LazyLock<PublishPolicy> =
+            std::sync::LazyLock::new(PublishPolicy::default);
+        let (policy, refusals) = match self.publishing.get() {
+            Some((p, r)) => (p, Some(r.as_ref())),
+            None => (&*DEFAULT, None),
+        };
+        super::publish::retry::Retrying {
+            policy,
+            refusals,
+            source: super::publish::retry::Source::Plugin,
+        }
     }
 
     pub(crate) fn js(&self) -> Result<&jetstream::Context, CapabilityError> {

@@ -63,7 +63,7 @@ enum Command {
     Capture(capture::Args),
     /// Find messages a pipeline's consumer passed without handling or dead-lettering them.
     Doctor(doctor::Args),
-    /// Show or apply the stream plan (create missing, reconcile drifted).
+    /// Show or apply the stream plan (create missing, reconcile drifted); purge or delete a stream.
     Streams(streams::Args),
     /// Look at dead letters, or send them back to their original subjects.
     Dlq(dlq::Args),

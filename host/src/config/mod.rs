@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use grants::Grants;
-pub use nats::{NatsConfig, ServerList};
+pub use nats::{NatsConfig, PublishPolicy, ServerList};
 pub use pipeline::{
     BackoffConfig, BreakerConfig, Capture, DeliverPolicy, Effects, Ordering, PIN_GROUP,
     PipelineConfig, dead_letter_subject,
@@ -324,6 +324,7 @@ impl Config {
                 .unwrap_or(1)
                 .max(1),
             compression: Compression::None,
+            manage: true,
         })
     }
 

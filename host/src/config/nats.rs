@@ -9,7 +9,7 @@ use super::secret::Secret;
 use std::time::Duration;
 
 /// Connection settings. Defaults suit a local server and never give up.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URL(s): one string (a comma-separated list allowed) or a list
@@ -52,6 +52,57 @@ pub struct NatsConfig {
     pub reconnect_delay: Dur,
     /// Time limit for JetStream API requests (default 10s).
     pub request_timeout: Dur,
+    /// `[nats.publish]`: how plugin publishes and dead letters are retried.
+    pub publish: PublishPolicy,
+}
+
+/// `[nats.publish]`: the retry policy of every JetStream publish the host
+/// makes for a plugin (`publish` capability, the outbox relay excepted) and
+/// for the built-in dead-letter route. Only transient failures are retried
+/// (no acknowledgement in time, connection lost, a stream that exists but
+/// did not answer); a refused publish (no stream captures the subject, a
+/// permission violation, a full stream with `discard = "new"`) fails at once.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishPolicy {
+    /// Attempts in all, the first included (default 4; 1 = no retry).
+    pub attempts: u32,
+    /// Pause before the second attempt (default 100ms).
+    pub initial_delay: Dur,
+    /// Each further pause is the last one times this (default 2.0).
+    pub multiplier: f64,
+    /// Longest pause (default 2s).
+    pub max_delay: Dur,
+    /// How long one attempt waits for the stream's acknowledgement
+    /// (default 1s: four attempts fit in the default plugin deadline).
+    pub timeout: Dur,
+}
+
+impl Default for PublishPolicy {
+    fn default() -> Self {
+        PublishPolicy {
+            attempts: 4,
+            initial_delay: Dur(Duration::from_millis(100)),
+            multiplier: 2.0,
+            max_delay: Dur(Duration::from_secs(2)),
+            timeout: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl PublishPolicy {
+    /// The pause after failed attempt `attempt` (1-based).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let factor = self
+            .multiplier
+            .powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX));
+        let delay = self.initial_delay.0.as_secs_f64() * factor;
+        if !delay.is_finite() || delay >= self.max_delay.0.as_secs_f64() {
+            self.max_delay.0
+        } else {
+            Duration::from_secs_f64(delay)
+        }
+    }
 }
 
 impl Default for NatsConfig {
@@ -76,6 +127,7 @@ impl Default for NatsConfig {
             max_reconnect_attempts: 0,
             reconnect_delay: Dur(Duration::from_secs(2)),
             request_timeout: Dur(Duration::from_secs(10)),
+            publish: PublishPolicy::default(),
         }
     }
 }
@@ -184,6 +236,21 @@ mod tests {
                 .is_some_and(|e| e.to_string().contains("expected a URL string or a list"))
         );
         Ok(())
+    }
+
+    #[test]
+    fn publish_delays_grow_and_stop_at_the_cap() {
+        let p = PublishPolicy::default();
+        let ms = |a| p.delay_after(a).as_millis();
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5), ms(60)],
+            [100, 200, 400, 800, 1600, 2000]
+        );
+        let flat = PublishPolicy {
+            multiplier: 1.0,
+            ..p
+        };
+        assert_eq!(flat.delay_after(9), Duration::from_millis(100));
     }
 
     #[test]

@@ -156,6 +156,11 @@ pub struct PipelineConfig {
     pub name: String,
     /// Streams to consume (one durable consumer each).
     pub streams: Vec<String>,
+    /// The durable consumer's name on each of its streams (default
+    /// `jetplug-<pipeline>-<stream>`), e.g. `indexer` for a runbook's
+    /// `nats consumer info LEARNING indexer`.
+    #[serde(default)]
+    pub consumer: Option<String>,
     /// Only these subjects (default: everything in the stream).
     #[serde(default)]
     pub filter_subjects: Vec<String>,
@@ -283,7 +288,20 @@ pub const PIN_GROUP: &str = "jetplug";
 impl PipelineConfig {
     /// The durable consumer name for one of this pipeline's streams.
     pub fn consumer_name(&self, stream: &str) -> String {
-        format!("jetplug-{}-{}", self.name, stream)
+        match &self.consumer {
+            Some(name) => name.clone(),
+            None => format!("jetplug-{}-{}", self.name, stream),
+        }
+    }
+
+    /// The durable consumer on the host's advisory stream that follows
+    /// this pipeline's MAX_DELIVERIES advisories from `stream` (a named
+    /// `consumer` is shared by several streams, so it gets the stream too).
+    pub fn advisory_consumer_name(&self, stream: &str) -> String {
+        match &self.consumer {
+            Some(name) => format!("{name}-{stream}-advisories"),
+            None => format!("{}-advisories", self.consumer_name(stream)),
+        }
     }
 
     /// The filter subjects that can match something in `stream`.

@@ -71,6 +71,11 @@ pub struct StreamConfig {
     pub replicas: u8,
     #[serde(default)]
     pub compression: Compression,
+    /// The host creates and updates this stream (default true); false for
+    /// a stream owned elsewhere: the host only checks that it exists and
+    /// reports how it differs, never creating or changing it.
+    #[serde(default = "default_manage")]
+    pub manage: bool,
 }
 
 impl StreamConfig {
@@ -84,6 +89,10 @@ impl StreamConfig {
 
 fn default_duplicate_window() -> Dur {
     Dur(std::time::Duration::from_secs(120))
+}
+
+fn default_manage() -> bool {
+    true
 }
 
 fn default_replicas() -> u8 {

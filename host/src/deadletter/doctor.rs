@@ -98,7 +98,7 @@ pub async fn examine(
     }
     if let Some(kept) = config.advisory_stream()
         && let Ok(k) = js.get_stream(&kept.name).await
-        && let Ok(a) = k.consumer_info(format!("{name}-advisories")).await
+        && let Ok(a) = k.consumer_info(p.advisory_consumer_name(&s.name)).await
     {
         out.advisories_waiting = a.num_pending + a.num_ack_pending as u64;
     }
@@ -144,7 +144,11 @@ pub async fn repair(
     seqs: &[u64],
 ) -> Result<(), DoctorError> {
     let client = js.client();
-    let route = Route::Builtin { js: js.clone() };
+    let route = Route::Builtin {
+        js: js.clone(),
+        policy: config.nats.publish,
+        refusals: None,
+    };
     let tenant = config
         .plugins
         .get(&p.plugin)

@@ -1,27 +1,23 @@
 //! Where dead letters go: a dead-letter plugin, or the built-in publish to
 //! `dlq.<stream>.<pipeline>`.
 
-use std::time::Duration;
-
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::jetstream;
 use tokio::sync::Mutex;
 
 use super::DeadLetter;
 use crate::bindings::Decision;
 use std::sync::Arc;
 
+use crate::capability::publish::retry::{self, Refusals};
+use crate::config::PublishPolicy;
 use crate::plugin::{PluginInstance, PluginSlot};
 
 /// The route could not take the dead letter; the original must be retried.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    #[error("publishing the dead letter to `{subject}` failed after {attempts} attempts: {reason}")]
-    Publish {
-        subject: String,
-        attempts: u32,
-        reason: String,
-    },
+    #[error("publishing the dead letter failed: {0}")]
+    Publish(retry::PublishFailure),
     #[error("dead-letter plugin `{plugin}` did not accept the dead letter: {reason}")]
     Plugin { plugin: String, reason: String },
 }
@@ -29,8 +25,13 @@ pub enum DeadLetterError {
 /// A pipeline's dead-letter route.
 #[derive(Debug)]
 pub enum Route {
-    /// Publish to `dlq.<stream>.<pipeline>` with the facts as headers.
-    Builtin { js: jetstream::Context },
+    /// Publish to `dlq.<stream>.<pipeline>` with the facts as headers,
+    /// retried under `[nats.publish]`.
+    Builtin {
+        js: jetstream::Context,
+        policy: PublishPolicy,
+        refusals: Option<Arc<Refusals>>,
+    },
     /// Hand to a plugin (the dlq-router), which must `ack` it.
     Plugin {
         instance: Box<Mutex<PluginInstance>>,
@@ -39,13 +40,21 @@ pub enum Route {
     },
 }
 
-/// Attempts of a dead-letter publish before giving up (then the original is retried).
-const PUBLISH_ATTEMPTS: u32 = 4;
-
 impl Route {
     pub async fn send(&self, dl: &DeadLetter) -> Result<(), DeadLetterError> {
         match self {
-            Route::Builtin { js } => publish(js, dl).await,
+            Route::Builtin {
+                js,
+                policy,
+                refusals,
+            } => {
+                let how = retry::Retrying {
+                    policy,
+                    refusals: refusals.as_deref(),
+                    source: retry::Source::DeadLetter,
+                };
+                publish(js, dl, how).await
+            }
             Route::Plugin {
                 instance,
                 slot,
@@ -70,41 +79,20 @@ impl Route {
     }
 }
 
-async fn publish(js: &jetstream::Context, dl: &DeadLetter) -> Result<(), DeadLetterError> {
+/// A failed publish leaves the original to be retried: nothing is lost.
+async fn publish(
+    js: &jetstream::Context,
+    dl: &DeadLetter,
+    how: retry::Retrying<'_>,
+) -> Result<(), DeadLetterError> {
     let subject = dl.default_subject();
     let mut headers = HeaderMap::new();
     for (k, v) in dl.all_headers() {
         headers.append(k.as_str(), v.as_str());
     }
     headers.insert("Nats-Msg-Id", dl.message_id().as_str());
-    let mut delay = Duration::from_millis(100);
-    let mut last = String::new();
-    for attempt in 1..=PUBLISH_ATTEMPTS {
-        let result = async {
-            js.publish_with_headers(subject.clone(), headers.clone(), dl.payload.clone().into())
-                .await?
-                .await
-        }
-        .await;
-        match result {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                last = e.to_string();
-                // No stream captures the subject: retrying now will not help.
-                if e.kind() == PublishErrorKind::StreamNotFound {
-                    break;
-                }
-                tracing::debug!(%subject, attempt, error = %e, "dead-letter publish failed; retrying");
-            }
-        }
-        if attempt < PUBLISH_ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
-    }
-    Err(DeadLetterError::Publish {
-        subject,
-        attempts: PUBLISH_ATTEMPTS,
-        reason: last,
-    })
+    retry::publish(js, &subject, headers, dl.payload.clone().into(), how)
+        .await
+        .map(|_| ())
+        .map_err(DeadLetterError::Publish)
 }

@@ -343,6 +343,7 @@ pub async fn run(
 
     let advisory_stream = keep_advisories(&config, &js).await;
     backends.set_nats(js.clone());
+    backends.set_publishing(config.nats.publish, health.publish_refusals());
     if !config.host.deploy_bucket.is_empty() {
         follow_deploys(&config, &js, &swapper, &loaded, resolved.trusted, &shutdown).await;
     }
@@ -396,7 +397,11 @@ pub async fn run(
     let mut running = Vec::new();
     for pc in &config.pipelines {
         let route = match &pc.dead_letter {
-            None => Route::Builtin { js: js.clone() },
+            None => Route::Builtin {
+                js: js.clone(),
+                policy: config.nats.publish,
+                refusals: Some(health.publish_refusals()),
+            },
             Some(name) => Route::Plugin {
                 instance: Box::new(tokio::sync::Mutex::new(PluginInstance::new(
                     plugins[name].current(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::ConnectErrorKind;
 use async_nats::{Client, ConnectOptions, Event};
 
+use crate::capability::publish::retry::Refusals;
 use crate::config::NatsConfig;
 
 /// Liveness facts shared with the admin API and logs.
@@ -20,6 +21,8 @@ pub struct Health {
     consumers_wanted: AtomicUsize,
     disconnects: AtomicU64,
     disconnected: tokio::sync::Notify,
+    gave_up: AtomicBool,
+    publish_refusals: Arc<Refusals>,
 }
 
 impl Health {
@@ -68,6 +71,20 @@ impl Health {
             wake.await;
         }
     }
+    /// Where the server's publish permission violations are noted, for
+    /// the publish retry policy (a refusal is not retried).
+    pub fn publish_refusals(&self) -> Arc<Refusals> {
+        self.publish_refusals.clone()
+    }
+    /// The client stopped reconnecting (`nats.reconnect = false` or
+    /// `max_reconnect_attempts` used up): only a restart brings it back.
+    pub fn gave_up(&self) -> bool {
+        self.gave_up.load(Ordering::Relaxed)
+    }
+    fn give_up(&self) {
+        self.gave_up.store(true, Ordering::Relaxed);
+        self.set_connected(false);
+    }
     /// Connected and every consumer bound.
     pub fn ready(&self) -> bool {
         self.connected()
@@ -79,8 +96,9 @@ impl Health {
 /// The host could not connect and was configured to give up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("nats.credentials: cannot use the credentials file {path}: {source}")]
+    #[error("{key}: cannot use the credentials file {path}: {source}")]
     Credentials {
+        key: &'static str,
         path: String,
         #[source]
         source: std::io::Error,
@@ -102,12 +120,48 @@ pub enum ConnectError {
     },
 }
 
+/// Credentials from the environment, as the NATS tools read them:
+/// `NATS_TOKEN` (a token) or `NATS_CREDS` (a `.creds` file), used only when
+/// the configuration names no way to authenticate (keys or URL).
+pub const TOKEN_ENV: &str = "NATS_TOKEN";
+/// See [`TOKEN_ENV`].
+pub const CREDS_ENV: &str = "NATS_CREDS";
+
+/// `cfg` with `NATS_TOKEN` / `NATS_CREDS` filled in when it names no
+/// credentials of its own; the variable used, if any.
+pub fn with_environment(cfg: &NatsConfig) -> (NatsConfig, Option<&'static str>) {
+    let named = cfg.token.is_some()
+        || cfg.user.is_some()
+        || cfg.nkey_seed_file.is_some()
+        || cfg.credentials.is_some()
+        || cfg.url.credentials().is_some();
+    let mut out = cfg.clone();
+    if named {
+        return (out, None);
+    }
+    let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(token) = var(TOKEN_ENV) {
+        out.token = Some(crate::config::Secret::new(token.trim()));
+        return (out, Some(TOKEN_ENV));
+    }
+    if let Some(file) = var(CREDS_ENV) {
+        out.credentials = Some(file.trim().into());
+        return (out, Some(CREDS_ENV));
+    }
+    (out, None)
+}
+
 /// Connects, retrying per `cfg` (`connect_attempts = 0`: forever).
 pub async fn connect(cfg: &NatsConfig, health: &Arc<Health>) -> Result<Client, ConnectError> {
+    let (cfg, from_env) = with_environment(cfg);
+    let cfg = &cfg;
+    if let Some(var) = from_env {
+        tracing::info!(variable = var, "NATS credentials from the environment");
+    }
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let options = options(cfg, health).await?;
+        let options = options(cfg, health, from_env).await?;
         let servers = cfg
             .url
             .addrs()
@@ -122,6 +176,12 @@ pub async fn connect(cfg: &NatsConfig, health: &Arc<Health>) -> Result<Client, C
                 health.set_connected(false);
                 let last = e.to_string();
                 if let Some(keys) = refusal_keys(cfg, e.kind(), &last) {
+                    let keys = match from_env {
+                        Some(var) if keys.contains("token") || keys.contains("credentials") => {
+                            format!("{var} (environment)")
+                        }
+                        _ => keys,
+                    };
                     return Err(ConnectError::Refused {
                         keys,
                         url: cfg.url.to_string(),
@@ -202,11 +262,19 @@ fn refusal_keys(cfg: &NatsConfig, kind: ConnectErrorKind, text: &str) -> Option<
     }
 }
 
-async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOptions, ConnectError> {
+async fn options(
+    cfg: &NatsConfig,
+    health: &Arc<Health>,
+    from_env: Option<&'static str>,
+) -> Result<ConnectOptions, ConnectError> {
     let mut o = match &cfg.credentials {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
             .map_err(|source| ConnectError::Credentials {
+                key: match from_env {
+                    Some(var) => var,
+                    None => "nats.credentials",
+                },
                 path: path.display().to_string(),
                 source,
             })?,
@@ -275,6 +343,18 @@ async fn options(cfg: &NatsConfig, health: &Arc<Health>) -> Result<ConnectOption
                     Event::Disconnected => {
                         h.lost_connection();
                         tracing::warn!("NATS connection lost; reconnecting");
+                    }
+                    Event::ServerError(e) => match h.publish_refusals.note(&e.to_string()) {
+                        Some(subject) => tracing::warn!(%subject,
+                            "the NATS server's permissions forbid publishing here"),
+                        None => tracing::warn!(error = %e, "NATS server error"),
+                    },
+                    Event::ClientError(async_nats::ClientError::MaxReconnects) => {
+                        h.give_up();
+                        tracing::error!(
+                            "gave up reconnecting to NATS (nats.reconnect / nats.max_reconnect_attempts); \
+                             not ready and not live until the host is restarted"
+                        );
                     }
                     Event::Closed => {
                         h.set_connected(false);

@@ -4,8 +4,12 @@
 //! compression, discard) are updated in place. `storage` and `retention`
 //! cannot be changed on a live stream: such a drift is reported as refused
 //! and the existing stream is used as it is. If JetStream refuses an update
-//! anyway (say, replicas on a single server), that is logged as a warning and
+//! anyway (say, subjects that overlap another stream's), that is logged as a warning and
 //! the existing stream is used.
+//!
+//! A stream declared with `manage = false` belongs to someone else: it is
+//! only checked. Missing, it is an error (the host waits for it); drifted,
+//! the differences are logged and nothing is changed.
 
 use std::fmt;
 use std::time::Duration;
@@ -31,6 +35,9 @@ pub enum Plan {
     Unchanged,
     /// The stream exists and differs.
     Update(Vec<Change>),
+    /// `manage = false`: the stream exists and is used as it is; these are
+    /// its differences from the declaration (none: it matches).
+    Unmanaged(Vec<Change>),
 }
 
 /// The plan for one stream.
@@ -47,6 +54,10 @@ pub struct StreamPlan {
 pub enum Applied {
     Created,
     Unchanged,
+    /// `manage = false`: checked, not changed; the differences found.
+    Checked {
+        differences: Vec<Change>,
+    },
     Updated {
         refused: Vec<Change>,
     },
@@ -229,7 +240,9 @@ pub async fn plan(
             Ok(mut s) => {
                 let info = s.info().await.map_err(|e| err(e.to_string()))?;
                 let changes = diff(&info.config, &desired);
-                let plan = if changes.is_empty() {
+                let plan = if !cfg.manage {
+                    Plan::Unmanaged(changes)
+                } else if changes.is_empty() {
                     Plan::Unchanged
                 } else {
                     Plan::Update(changes)
@@ -240,6 +253,14 @@ pub async fn plan(
                 if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(je)
                     if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
             {
+                if !cfg.manage {
+                    return Err(err(format!(
+                        "does not exist, and `manage = false` says it is owned elsewhere, so \
+                         jetplug does not create it: create it (e.g. `nats stream add {}`) or \
+                         set manage = true",
+                        cfg.name
+                    )));
+                }
                 (Plan::Create, None)
             }
             Err(e) => return Err(err(e.to_string())),
@@ -262,6 +283,15 @@ pub async fn apply(js: &jetstream::Context, plan: &StreamPlan) -> Result<Applied
     };
     match (&plan.plan, &plan.current) {
         (Plan::Unchanged, _) => Ok(Applied::Unchanged),
+        (Plan::Unmanaged(differences), _) => {
+            for c in differences {
+                tracing::warn!(stream = %plan.name, field = c.field, current = %c.current, declared = %c.wanted,
+                    "stream differs from its declaration; manage = false, so it is used as it is");
+            }
+            Ok(Applied::Checked {
+                differences: differences.clone(),
+            })
+        }
         (Plan::Create, _) | (Plan::Update(_), None) => {
             js.create_stream(plan.desired.clone())
                 .await
@@ -326,6 +356,24 @@ impl fmt::Display for StreamPlan {
         match &self.plan {
             Plan::Create => write!(f, "+ {}: create", self.name),
             Plan::Unchanged => write!(f, "= {}: up to date", self.name),
+            Plan::Unmanaged(differences) if differences.is_empty() => {
+                write!(f, "= {}: not managed (manage = false); matches", self.name)
+            }
+            Plan::Unmanaged(differences) => {
+                write!(
+                    f,
+                    "! {}: not managed (manage = false); differs, left as it is",
+                    self.name
+                )?;
+                for c in differences {
+                    write!(
+                        f,
+                        "\n    {}: {} (declared {})",
+                        c.field, c.current, c.wanted
+                    )?;
+                }
+                Ok(())
+            }
             Plan::Update(changes) => {
                 write!(f, "~ {}: update", self.name)?;
                 for c in changes {

@@ -40,7 +40,7 @@ impl Pipeline {
     ) {
         let consumer_name = self.cfg.consumer_name(&stream.name);
         let config = jetstream::consumer::pull::Config {
-            durable_name: Some(format!("{consumer_name}-advisories")),
+            durable_name: Some(self.cfg.advisory_consumer_name(&stream.name)),
             description: Some(format!(
                 "jetplug: MAX_DELIVERIES advisories of {consumer_name}"
             )),

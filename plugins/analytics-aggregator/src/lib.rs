@@ -81,9 +81,12 @@ fn row(m: &Message) -> Result<Key, String> {
     let text = m.text().map_err(|e| e.to_string())?;
     serde_json::from_str::<jetplug_sdk::serde::de::IgnoredAny>(text)
         .map_err(|e| format!("payload is not JSON: {e}"))?;
-    let mut parts = m.subject.splitn(3, '.');
-    let mut next = || parts.next().unwrap_or("").to_owned();
-    let (domain, entity, action) = (next(), next(), next());
+    let p = m.subject_parts();
+    let (domain, entity, action) = (
+        p.domain.to_owned(),
+        p.entity.to_owned(),
+        p.action.to_owned(),
+    );
     let at = m.origin().published_at_ms;
     Ok((at - at.rem_euclid(60_000), domain, entity, action))
 }

@@ -4,7 +4,10 @@
 //! nor a redriven message ever adds a row. `stream`, `stream_seq` and
 //! `published_at` are the origin's.
 //!
-//! Subjects are `<domain>.<entity>.<action>`. A payload that is not JSON is
+//! Subjects are `<domain>.<entity>.<action>`; a two-token subject such as
+//! `focus.ping` is `<domain>.<action>` and stored with the domain as its
+//! entity (`focus`, `focus`, `ping`), a longer one keeps the rest in the
+//! action (`Message::subject_parts`). A payload that is not JSON is
 //! terminated with the reason (→ dead letter). A database that is down makes
 //! the whole batch `retry`. If the batch statement is rejected, rows are
 //! written one by one so only the offending events are terminated.
@@ -101,9 +104,13 @@ fn row(m: &Message) -> Result<Vec<Value>, String> {
     let text = m.text().map_err(|e| e.to_string())?;
     let _: &serde_json::value::RawValue =
         serde_json::from_str(text).map_err(|e| format!("payload is not JSON: {e}"))?;
-    let mut parts = m.subject.splitn(3, '.');
-    let mut part = || Value::Text(parts.next().unwrap_or("").to_owned());
-    let (domain, entity, action) = (part(), part(), part());
+    let parts = m.subject_parts();
+    let text_of = |s: &str| Value::Text(s.to_owned());
+    let (domain, entity, action) = (
+        text_of(parts.domain),
+        text_of(parts.entity),
+        text_of(parts.action),
+    );
     let headers: BTreeMap<&str, &str> = m
         .headers
         .iter()

@@ -49,7 +49,7 @@ pub mod __private;
 pub use config::{Config, ConfigError};
 pub use decision::Decision;
 pub use error::Error;
-pub use message::{Message, Origin, PayloadError};
+pub use message::{Message, Origin, PayloadError, SubjectParts, subject_parts};
 
 /// Re-exported so plugins need not depend on them separately.
 pub use serde;

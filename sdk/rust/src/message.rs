@@ -68,7 +68,28 @@ impl std::fmt::Display for PayloadError {
 
 impl std::error::Error for PayloadError {}
 
+/// A subject read as `<domain>.<entity>.<action>` ([`Message::subject_parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectParts<'a> {
+    pub domain: &'a str,
+    pub entity: &'a str,
+    pub action: &'a str,
+}
+
 impl Message {
+    /// The subject as `<domain>.<entity>.<action>`, for subjects that do
+    /// not always have three tokens:
+    /// - three tokens `learning.lesson.completed`: as they are;
+    /// - two tokens `focus.ping` are `<domain>.<action>`: the entity is the
+    ///   domain (`focus`, `focus`, `ping`);
+    /// - one token `heartbeat`: all three are that token;
+    /// - more than three `a.b.c.d`: the action keeps the rest (`c.d`).
+    ///
+    /// No part is ever empty for a valid subject.
+    pub fn subject_parts(&self) -> SubjectParts<'_> {
+        subject_parts(&self.subject)
+    }
+
     /// The payload as UTF-8 text.
     pub fn text(&self) -> Result<&str, PayloadError> {
         std::str::from_utf8(&self.payload).map_err(|e| PayloadError::NotUtf8(e.to_string()))
@@ -163,6 +184,29 @@ impl From<RawMessage> for Message {
     }
 }
 
+/// [`Message::subject_parts`] of a subject string.
+pub fn subject_parts(subject: &str) -> SubjectParts<'_> {
+    let mut tokens = subject.splitn(3, '.');
+    let first = tokens.next().unwrap_or("");
+    match (tokens.next(), tokens.next()) {
+        (Some(entity), Some(action)) => SubjectParts {
+            domain: first,
+            entity,
+            action,
+        },
+        (Some(action), None) => SubjectParts {
+            domain: first,
+            entity: first,
+            action,
+        },
+        _ => SubjectParts {
+            domain: first,
+            entity: first,
+            action: first,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +231,22 @@ mod tests {
     #[derive(serde::Deserialize)]
     struct Event {
         student: String,
+    }
+
+    #[test]
+    fn subjects_of_one_two_three_and_more_tokens() {
+        let parts = |s| {
+            let p = subject_parts(s);
+            (p.domain, p.entity, p.action)
+        };
+        assert_eq!(
+            parts("learning.lesson.completed"),
+            ("learning", "lesson", "completed")
+        );
+        assert_eq!(parts("focus.ping"), ("focus", "focus", "ping"));
+        assert_eq!(parts("heartbeat"), ("heartbeat", "heartbeat", "heartbeat"));
+        assert_eq!(parts("a.b.c.d"), ("a", "b", "c.d"));
+        assert_eq!(message(b"", &[]).subject_parts().action, "c");
     }
 
     #[test]

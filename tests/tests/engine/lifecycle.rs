@@ -43,6 +43,73 @@ async fn a_server_list_skips_a_dead_first_server() -> anyhow::Result<()> {
     host.stop().await
 }
 
+/// `connect_attempts = 3` with no server: `jetplug run` gives up after
+/// three attempts and exits 1, naming the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finite_number_of_connect_attempts_ends_the_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("nats://127.0.0.1:{}", jetplug_tests::free_port()?);
+    let path = main_config(dir.path(), &url, plugins::TEST_NOOP)
+        .set("nats", "connect_attempts", 3)
+        .set("nats", "connect_timeout", "1s")
+        .write_in(dir.path())?;
+    let mut child = jetplug_tests::jetplug_cmd()?
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // A guard, not a goal: a host that retries forever never exits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            child.kill()?;
+            anyhow::bail!("still retrying after 60 s: connect_attempts was ignored");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output()?;
+    let text = jetplug_tests::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("cannot connect to NATS at {url} after 3 attempts")),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// `max_reconnect_attempts = 2`: after the server goes away the client
+/// gives up, and the host says so — not ready, not live — and does not
+/// come back by itself when the server does (a restart is needed, which
+/// is what the liveness probe is for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_reconnect_gives_up_and_the_host_is_not_ready() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let cfg = main_config(dir.path(), &nats.url(), plugins::TEST_NOOP)
+        .set("nats", "max_reconnect_attempts", 2)
+        .load_in(dir.path())?;
+    let mut host = start(cfg);
+    let started = host.started().await?;
+    let health = started.health.clone();
+    eventually(WAIT, "ready", || async { Ok(health.ready()) }).await?;
+    assert!(!health.gave_up());
+    nats.kill().await?;
+    eventually(WAIT, "gave up reconnecting", || async {
+        Ok(health.gave_up())
+    })
+    .await?;
+    assert!(!health.ready() && !health.connected());
+    nats.restart().await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !health.connected() && !health.ready(),
+        "a client that gave up stays down"
+    );
+    host.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_when_nats_comes_up_later() -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
@@ -162,6 +229,258 @@ async fn reconcile_updates_max_age_and_keeps_refused_fields() -> anyhow::Result<
         "only the refused drift remains"
     );
     Ok(())
+}
+
+/// `jetplug streams purge|delete`: refused without a terminal or `--yes`
+/// (nothing removed), then `--subject`, `--keep` and a whole purge remove
+/// exactly what they say; `delete` removes the stream and says a host
+/// would re-create the declared one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_purged_and_deleted_with_confirmation() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let js = js(&nats).await?;
+    let cfg = config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?;
+    jetplug::jetstream::streams::reconcile(&js, &cfg.streams).await?;
+    let file = dir.path().join("jetplug.toml");
+    let file = file.to_str().context("path")?;
+    publish(&js, "events.a", &["1", "2", "3", "4"]).await?;
+    publish(&js, "events.b", &["5", "6", "7"]).await?;
+    let messages = |js: jetstream::Context| async move {
+        anyhow::Ok(js.get_stream("EVENTS").await?.info().await?.state.messages)
+    };
+    let run = |args: &[&str]| -> anyhow::Result<(bool, String)> {
+        let out = jetplug_tests::jetplug_cmd()?
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+
+    let (ok, text) = run(&["streams", "purge", "EVENTS", "-c", file])?;
+    assert!(!ok && text.contains("pass --yes"), "{text}");
+    assert_eq!(messages(js.clone()).await?, 7, "nothing purged unconfirmed");
+
+    let (ok, text) = run(&[
+        "streams",
+        "purge",
+        "EVENTS",
+        "--subject",
+        "events.a",
+        "--keep",
+        "1",
+        "--yes",
+        "-c",
+        file,
+    ])?;
+    assert!(ok && text.contains("purged 3 message(s)"), "{text}");
+    assert_eq!(messages(js.clone()).await?, 4);
+    let (ok, text) = run(&[
+        "streams",
+        "purge",
+        "EVENTS",
+        "--subject",
+        "events.b",
+        "--yes",
+        "-c",
+        file,
+    ])?;
+    assert!(ok && text.contains("purged 3 message(s)"), "{text}");
+    let (ok, text) = run(&["streams", "purge", "EVENTS", "--yes", "-c", file])?;
+    assert!(ok && text.contains("purged 1 message(s)"), "{text}");
+    assert_eq!(messages(js.clone()).await?, 0);
+
+    let (ok, text) = run(&["streams", "delete", "EVENTS", "-c", file])?;
+    assert!(!ok && text.contains("pass --yes"), "{text}");
+    assert!(js.get_stream("EVENTS").await.is_ok(), "kept unconfirmed");
+    let (ok, text) = run(&["streams", "delete", "EVENTS", "--yes", "-c", file])?;
+    assert!(ok && text.contains("deleted stream `EVENTS`"), "{text}");
+    assert!(text.contains("re-creates it"), "{text}");
+    assert!(js.get_stream("EVENTS").await.is_err(), "deleted");
+    let (ok, text) = run(&["streams", "delete", "NOPE", "--yes", "-c", file])?;
+    assert!(!ok && text.contains("NOPE"), "{text}");
+    Ok(())
+}
+
+/// The settings the systems jetplug replaces set on their streams —
+/// compression, duplicate window, per-subject limit, discard policy — are
+/// created as declared and each updated in place when the declaration
+/// changes; the AIVO topology's retention, storage, ages and sizes are
+/// what its streams get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_creates_and_updates_the_settings_operators_set() -> anyhow::Result<()> {
+    use jetplug::config::{Compression, Discard, Dur, Size};
+    use jetplug::jetstream::streams::{self, Applied, Plan};
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let js = js(&nats).await?;
+    let mut cfg = config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?;
+    let events = &mut cfg.streams[0];
+    events.compression = Compression::S2;
+    events.duplicate_window = Dur(Duration::from_secs(600));
+    events.max_messages_per_subject = 5;
+    events.discard = Discard::New;
+    events.max_bytes = Size(64 << 20);
+    let made = streams::reconcile(&js, &cfg.streams[..1]).await?;
+    assert_eq!(made[0].1, Applied::Created);
+    let c = js.get_stream("EVENTS").await?.info().await?.config.clone();
+    assert_eq!(c.compression, Some(stream::Compression::S2));
+    assert_eq!(c.duplicate_window, Duration::from_secs(600));
+    assert_eq!(c.max_messages_per_subject, 5);
+    assert_eq!(c.discard, stream::DiscardPolicy::New);
+    assert_eq!(c.max_bytes, 64 << 20);
+
+    let events = &mut cfg.streams[0];
+    events.compression = Compression::None;
+    events.duplicate_window = Dur(Duration::from_secs(60));
+    events.max_messages_per_subject = 0;
+    events.discard = Discard::Old;
+    let plans = streams::plan(&js, &cfg.streams[..1]).await?;
+    let Plan::Update(changes) = &plans[0].plan else {
+        anyhow::bail!("expected an update, got {:?}", plans[0].plan);
+    };
+    let mut fields: Vec<_> = changes.iter().map(|c| (c.field, c.editable)).collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            ("compression", true),
+            ("discard", true),
+            ("duplicate_window", true),
+            ("max_messages_per_subject", true),
+        ]
+    );
+    streams::apply(&js, &plans[0]).await?;
+    let c = js.get_stream("EVENTS").await?.info().await?.config.clone();
+    assert_eq!(c.compression, Some(stream::Compression::None));
+    assert_eq!(c.duplicate_window, Duration::from_secs(60));
+    assert_eq!(c.max_messages_per_subject, -1);
+    assert_eq!(c.discard, stream::DiscardPolicy::Old);
+    let again = streams::plan(&js, &cfg.streams[..1]).await?;
+    assert_eq!(again[0].plan, Plan::Unchanged);
+
+    let aivo =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/aivo/jetplug.toml");
+    let aivo = jetplug::config::Config::load(&aivo)?;
+    streams::reconcile(&js, &aivo.streams).await?;
+    for declared in &aivo.streams {
+        let c = js
+            .get_stream(&declared.name)
+            .await?
+            .info()
+            .await?
+            .config
+            .clone();
+        let want = streams::desired(declared);
+        let name = &declared.name;
+        assert_eq!(c.retention, want.retention, "{name}");
+        assert_eq!(c.storage, want.storage, "{name}");
+        assert_eq!(c.max_age, declared.max_age.0, "{name}");
+        assert_eq!(c.max_bytes, want.max_bytes, "{name}");
+        assert_eq!(c.max_messages, want.max_messages, "{name}");
+        assert_eq!(c.subjects, declared.subjects, "{name}");
+    }
+    let learning = js
+        .get_stream("LEARNING")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    assert_eq!(learning.max_age, Duration::from_secs(30 * 86_400));
+    assert_eq!(learning.max_bytes, 10_000_000_000);
+    Ok(())
+}
+
+/// `manage = false`: a missing stream is an error naming the key (the
+/// host waits for it instead of creating it); one made by its owner is
+/// used as it is, its drift reported and left alone. A managed stream
+/// whose update the server refuses (subjects overlapping another stream)
+/// is logged, kept, and consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmanaged_stream_is_only_checked_and_a_refused_update_keeps_it() -> anyhow::Result<()> {
+    use jetplug::jetstream::streams::{self, Applied, Plan};
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let js = js(&nats).await?;
+    let mut cfg = config(dir.path(), &nats.url(), plugins::TEST_NOOP, "")?;
+    cfg.streams[0].manage = false;
+    let err = streams::plan(&js, &cfg.streams[..1])
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a missing unmanaged stream was planned"))?;
+    assert!(err.to_string().contains("manage = false"), "{err}");
+
+    let mut host = start(cfg.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!host.task.is_finished(), "the host waits for the stream");
+    assert!(js.get_stream("EVENTS").await.is_err(), "and never makes it");
+    // Its owner makes it, with limits of their own.
+    js.create_stream(stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.>".into()],
+        max_age: Duration::from_secs(600),
+        max_messages: 50,
+        ..Default::default()
+    })
+    .await?;
+    let stats = host.stats().await?;
+    publish(&js, "events.a", &["one", "two"]).await?;
+    eventually(WAIT, "both acked", || async {
+        Ok(Stats::get(&stats.acked) == 2)
+    })
+    .await?;
+    let plans = streams::plan(&js, &cfg.streams[..1]).await?;
+    let Plan::Unmanaged(differences) = &plans[0].plan else {
+        anyhow::bail!("expected a check, got {:?}", plans[0].plan);
+    };
+    assert!(
+        differences.iter().any(|c| c.field == "max_age"),
+        "{differences:?}"
+    );
+    assert!(matches!(
+        streams::apply(&js, &plans[0]).await?,
+        Applied::Checked { differences } if !differences.is_empty()
+    ));
+    let info = js.get_stream("EVENTS").await?.info().await?.config.clone();
+    assert_eq!(
+        info.max_age,
+        Duration::from_secs(600),
+        "left as its owner made it"
+    );
+    assert_eq!(info.max_messages, 50);
+    host.stop().await?;
+
+    // Managed again, asking for what the server refuses: subjects that
+    // overlap another stream's (DLQ's).
+    cfg.streams[0].manage = true;
+    cfg.streams[0].subjects.push("dlq.extra.>".into());
+    assert!(js.get_stream("DLQ").await.is_ok());
+    let plans = streams::plan(&js, &cfg.streams[..1]).await?;
+    assert!(matches!(&plans[0].plan, Plan::Update(c) if c.iter().any(|c| c.field == "subjects")));
+    let applied = streams::apply(&js, &plans[0]).await?;
+    assert!(
+        matches!(&applied, Applied::UpdateRefused { reason } if !reason.is_empty()),
+        "{applied:?}"
+    );
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    publish(&js, "events.a", &["three"]).await?;
+    eventually(WAIT, "the existing stream consumed", || async {
+        Ok(Stats::get(&stats.acked) >= 1)
+    })
+    .await?;
+    assert_eq!(
+        js.get_stream("EVENTS").await?.info().await?.config.subjects,
+        ["events.>"],
+        "the existing stream kept"
+    );
+    host.stop().await
 }
 
 /// An account whose operators already keep every advisory in a stream of

@@ -168,6 +168,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
     }
     super::tenants::validate(config, path)?;
     let mut names = BTreeSet::new();
+    let mut consumers = std::collections::BTreeMap::new();
     for (i, p) in config.pipelines.iter().enumerate() {
         pipeline(config, p).map_err(|(k, r)| invalid(format!("pipeline[{i}].{k}"), r))?;
         if !names.insert(p.name.as_str()) {
@@ -175,6 +176,19 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
                 format!("pipeline[{i}].name"),
                 format!("pipeline `{}` is declared twice", p.name),
             ));
+        }
+        for s in &p.streams {
+            let consumer = p.consumer_name(s);
+            if let Some(other) = consumers.insert((s.clone(), consumer.clone()), &p.name) {
+                return Err(invalid(
+                    format!("pipeline[{i}].consumer"),
+                    format!(
+                        "pipelines `{other}` and `{}` would both use consumer `{consumer}` on \
+                         stream `{s}`: give each its own `consumer` name",
+                        p.name
+                    ),
+                ));
+            }
         }
     }
     Ok(())
@@ -274,6 +288,28 @@ fn nats(config: &Config) -> Result<(), Problem> {
     }
     if n.request_timeout.0.is_zero() {
         return Err(p("request_timeout", "must be greater than zero"));
+    }
+    let policy = &n.publish;
+    if !(1..=100).contains(&policy.attempts) {
+        return Err(p(
+            "publish.attempts",
+            &format!("must be between 1 and 100 (got {})", policy.attempts),
+        ));
+    }
+    if !(policy.multiplier.is_finite() && (1.0..=10.0).contains(&policy.multiplier)) {
+        return Err(p(
+            "publish.multiplier",
+            &format!("must be between 1.0 and 10.0 (got {})", policy.multiplier),
+        ));
+    }
+    if policy.max_delay.0 < policy.initial_delay.0 {
+        return Err(p(
+            "publish.max_delay",
+            "must be at least publish.initial_delay",
+        ));
+    }
+    if policy.timeout.0.is_zero() {
+        return Err(p("publish.timeout", "must be greater than zero"));
     }
     Ok(())
 }

@@ -106,6 +106,9 @@ pub(super) fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Proble
             );
         }
     }
+    if let Some(c) = &p.consumer {
+        name(c).map_err(|r| ("consumer".to_owned(), r.0))?;
+    }
     for (j, s) in p.filter_subjects.iter().enumerate() {
         subject_pattern(s).map_err(|r| (format!("filter_subjects[{j}]"), r.0))?;
     }

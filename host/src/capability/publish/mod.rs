@@ -2,14 +2,15 @@
 //! publish grant on every call.
 //!
 //! The acknowledgement is awaited (the message is stored); transient
-//! failures are retried with a short bounded backoff, then reported as
-//! `unavailable` so the plugin can `retry` and the breaker can see it.
+//! failures are retried under `[nats.publish]` ([`retry`]), then reported
+//! as `unavailable` so the plugin can `retry` and the breaker can see it;
+//! a refusal is reported at once.
+
+pub mod retry;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
 
 use wasmtime::component::{HasData, Linker};
 
@@ -25,9 +26,6 @@ pub struct PublishState {
     backends: Arc<Backends>,
     calls: CallPath,
 }
-
-/// Publish attempts before `unavailable`.
-const ATTEMPTS: u32 = 3;
 
 impl PublishState {
     pub fn new(grants: Arc<Grants>, backends: Arc<Backends>, calls: CallPath) -> Self {
@@ -132,49 +130,35 @@ impl publish::Host for PublishState {
                         });
                     }
                     let js = self.backends.js()?;
-                    if let Some(id) = &msg.message_id {
-                        headers.insert("Nats-Msg-Id", id.as_str());
-                    }
+                    // One id through every attempt: an attempt whose
+                    // acknowledgement was lost is not stored twice.
+                    let own_id = msg.message_id.is_none();
+                    let id = msg
+                        .message_id
+                        .clone()
+                        .unwrap_or_else(|| format!("jetplug-publish:{:032x}", fastrand::u128(..)));
+                    headers.insert("Nats-Msg-Id", id.as_str());
                     crate::telemetry::context::inject(&span, &mut headers);
-                    let payload: bytes::Bytes = msg.payload.into();
-                    let mut delay = Duration::from_millis(50);
-                    let mut last = String::new();
-                    for attempt in 1..=ATTEMPTS {
-                        let result = async {
-                            js.publish_with_headers(
-                                msg.subject.clone(),
-                                headers.clone(),
-                                payload.clone(),
-                            )
-                            .await?
-                            .await
+                    let how = self.backends.publishing();
+                    match retry::publish(js, &msg.subject, headers, msg.payload.into(), how).await {
+                        Ok(ack) => Ok(Receipt {
+                            stream: ack.stream,
+                            sequence: ack.sequence,
+                            // With the host's own id a duplicate is an
+                            // earlier attempt of this very call.
+                            duplicate: ack.duplicate && !own_id,
+                        }),
+                        Err(
+                            e @ (retry::PublishFailure::NoStream(_)
+                            | retry::PublishFailure::Rejected { .. }),
+                        ) => Err(CapabilityError::Invalid(e.to_string())),
+                        Err(e @ retry::PublishFailure::Forbidden(_)) => {
+                            Err(CapabilityError::AccessDenied(e.to_string()))
                         }
-                        .await;
-                        match result {
-                            Ok(ack) => {
-                                return Ok(Receipt {
-                                    stream: ack.stream,
-                                    sequence: ack.sequence,
-                                    duplicate: ack.duplicate,
-                                });
-                            }
-                            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                                return Err(CapabilityError::Invalid(format!(
-                                    "no stream captures subject `{}`",
-                                    msg.subject
-                                )));
-                            }
-                            Err(e) => last = e.to_string(),
-                        }
-                        if attempt < ATTEMPTS {
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
+                        Err(e @ retry::PublishFailure::Exhausted { .. }) => {
+                            Err(CapabilityError::Unavailable(e.to_string()))
                         }
                     }
-                    Err(CapabilityError::Unavailable(format!(
-                        "publish to `{}` failed after {ATTEMPTS} attempts: {last}",
-                        msg.subject
-                    )))
                 },
             )
             .await
