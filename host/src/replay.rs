@@ -59,6 +59,9 @@ pub struct Request {
     pub to: Option<u64>,
     /// Messages per `handle` call.
     pub batch: usize,
+    /// How long the server keeps the ephemeral consumer once nothing
+    /// reads it ([`INACTIVE_THRESHOLD`] by default).
+    pub inactive_threshold: Duration,
 }
 
 /// The span a replay covers: first and last sequence to expect.
@@ -68,8 +71,8 @@ pub struct Span {
     pub last: u64,
 }
 
-/// How long an abandoned replay consumer lives on the server.
-const INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
+/// How long an abandoned replay consumer lives on the server, by default.
+pub const INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
 
 /// Checks the start against the stream; returns the span to replay, or
 /// `None` when there is nothing after the start.
@@ -139,7 +142,7 @@ pub async fn run(
         .create_consumer(consumer::pull::Config {
             deliver_policy,
             ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: INACTIVE_THRESHOLD,
+            inactive_threshold: req.inactive_threshold,
             description: Some("jetplug replay".into()),
             ..Default::default()
         })

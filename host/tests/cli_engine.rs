@@ -130,10 +130,61 @@ async fn replay_runs_history_and_names_a_start_below_retention() -> anyhow::Resu
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("replayed 8 messages"), "{}", text(&out));
 
+    // Resuming after the last sequence a run reported.
+    let out = replay(&config, "main", &["--after-seq", "6"])?;
+    assert!(
+        text(&out).contains("replayed 4 messages of `EVENTS` (up to sequence 10)"),
+        "{}",
+        text(&out)
+    );
+    let out = replay(&config, "main", &["--after-seq", "10"])?;
+    assert!(text(&out).contains("nothing to replay"), "{}", text(&out));
+
+    // From a time: only what was stored at or after it, kept for 5 minutes
+    // by the server if nothing reads it (as the replay server did).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish(&nats.url(), 2).await?;
+    let out = replay(
+        &config,
+        "main",
+        &["--from-time", &since, "--inactive-threshold", "5m"],
+    )?;
+    assert!(
+        text(&out).contains("replayed 2 messages of `EVENTS` (up to sequence 12)"),
+        "{}",
+        text(&out)
+    );
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    let stream = js.get_stream("EVENTS").await?;
+    let mut names = stream.consumer_names();
+    let mut thresholds = Vec::new();
+    while let Some(name) = futures::StreamExt::next(&mut names).await {
+        let info = stream.consumer_info(name?).await?;
+        if info.config.description.as_deref() == Some("jetplug replay") {
+            thresholds.push(info.config.inactive_threshold);
+        }
+    }
+    assert!(
+        thresholds.contains(&Duration::from_secs(300)),
+        "{thresholds:?}"
+    );
+    assert!(
+        thresholds.contains(&Duration::from_secs(30)),
+        "the default: {thresholds:?}"
+    );
+    let out = replay(&config, "main", &["--from-time", "yesterday"])?;
+    assert!(
+        text(&out).contains("--from-time `yesterday` is not an RFC 3339 time"),
+        "{}",
+        text(&out)
+    );
+
     let out = replay(&config, "main", &["--from-seq", "2"])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("sequence 2 is below the first retained sequence 3"),
+        text(&out).contains("sequence 2 is below the first retained sequence 5"),
         "{}",
         text(&out)
     );

@@ -12,7 +12,7 @@ use crate::plugin::{self, PluginInstance, PluginSpec};
 use crate::replay::{self, From};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("start").required(true).args(["from_seq", "from_time"])))]
+#[command(group(clap::ArgGroup::new("start").required(true).args(["from_seq", "after_seq", "from_time"])))]
 pub struct Args {
     /// The configuration file.
     #[arg(long, short = 'c', default_value = "jetplug.toml")]
@@ -26,6 +26,10 @@ pub struct Args {
     /// First stream sequence to replay (inclusive).
     #[arg(long)]
     from_seq: Option<u64>,
+    /// First stream sequence after this one (to resume after the last
+    /// sequence a previous run reported).
+    #[arg(long)]
+    after_seq: Option<u64>,
     /// Replay messages stored at or after this RFC 3339 time.
     #[arg(long)]
     from_time: Option<String>,
@@ -38,6 +42,10 @@ pub struct Args {
     /// Messages per batch (default: the pipeline's).
     #[arg(long)]
     batch: Option<u32>,
+    /// How long the server keeps the replay's ephemeral consumer once
+    /// nothing reads it (an interrupted replay cleans itself up after it).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    inactive_threshold: std::time::Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -64,7 +72,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             pipeline.name
         ),
     };
-    let from = match (args.from_seq, &args.from_time) {
+    let from_seq = match args.after_seq {
+        Some(after) => Some(after.checked_add(1).context("--after-seq is too large")?),
+        None => args.from_seq,
+    };
+    if args.inactive_threshold < std::time::Duration::from_secs(1) {
+        bail!("--inactive-threshold must be at least 1s");
+    }
+    let from = match (from_seq, &args.from_time) {
         (Some(0), _) => bail!("--from-seq: stream sequences start at 1"),
         (Some(seq), _) => From::Sequence(seq),
         (None, Some(t)) => From::Time(
@@ -75,10 +90,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => bail!("give --from-seq or --from-time"),
     };
-    if let (Some(from), Some(to)) = (args.from_seq, args.to_seq)
+    if let (Some(from), Some(to)) = (from_seq, args.to_seq)
         && to < from
     {
-        bail!("--to-seq {to} is before --from-seq {from}");
+        bail!("--to-seq {to} is before the first sequence to replay ({from})");
     }
 
     let runtime = Arc::new(Runtime::new(crate::engine::EngineSettings::from(
@@ -105,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         from,
         to: args.to_seq,
         batch: args.batch.unwrap_or(pipeline.batch).max(1) as usize,
+        inactive_threshold: args.inactive_threshold,
     };
     let Some(span) = replay::span(&js, &req).await? else {
         eprintln!("nothing to replay in stream `{stream}`");

@@ -43,6 +43,65 @@ async fn a_server_list_skips_a_dead_first_server() -> anyhow::Result<()> {
     host.stop().await
 }
 
+/// Where a new consumer starts: `deliver = "new"` skips what the stream
+/// held before, `deliver = "by_start_time"` starts at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_consumer_starts_where_deliver_says() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let js = js(&nats).await?;
+    let dir = tempfile::tempdir()?;
+    let cfg = config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "deliver = \"new\"",
+    )?;
+    jetplug::jetstream::streams::reconcile(&js, &cfg.streams).await?;
+    publish(&js, "events.old", &["1", "2", "3"]).await?;
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    eventually(WAIT, "consumer made", || async {
+        Ok(consumer(&js).await.is_ok())
+    })
+    .await?;
+    publish(&js, "events.new", &["4", "5"]).await?;
+    eventually(WAIT, "the new two settled", || async {
+        Ok(all_settled(&js, 5).await?)
+    })
+    .await?;
+    host.stop().await?;
+    assert_eq!(Stats::get(&stats.acked), 2, "the three older ones skipped");
+
+    // by_start_time, on a fresh consumer: from a moment between two groups.
+    js.get_stream("EVENTS")
+        .await?
+        .delete_consumer("jetplug-main-EVENTS")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish(&js, "events.later", &["6", "7", "8"]).await?;
+    let cfg = config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        &format!("deliver = \"by_start_time\"\nstart_time = \"{since}\""),
+    )?;
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    eventually(WAIT, "the later three settled", || async {
+        Ok(all_settled(&js, 8).await?)
+    })
+    .await?;
+    host.stop().await?;
+    assert_eq!(
+        Stats::get(&stats.acked),
+        3,
+        "only those stored after the time"
+    );
+    Ok(())
+}
+
 /// `connect_attempts = 3` with no server: `jetplug run` gives up after
 /// three attempts and exits 1, naming the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
