@@ -51,6 +51,19 @@ pub struct Metrics {
     pub breaker_opened: Family<Labels, Counter>,
     pub consumer_pending: Family<Labels, Gauge>,
     pub consumer_ack_pending: Family<Labels, Gauge>,
+    pub consumer_redelivered: Family<Labels, Gauge>,
+    pub consumer_oldest_unacked_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub consumer_last_active_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub stream_messages: Family<Labels, Gauge>,
+    pub stream_bytes: Family<Labels, Gauge>,
+    pub stream_first_sequence: Family<Labels, Gauge>,
+    pub stream_last_sequence: Family<Labels, Gauge>,
+    pub stream_oldest_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub stream_consumers: Family<Labels, Gauge>,
+    /// 1 when the host is ready (`/readyz` 200), else 0; set on scrape.
+    pub ready: Gauge,
+    /// 1 while connected to NATS, else 0; set on scrape.
+    pub nats_connected: Gauge,
     pub plugin_info: Family<Labels, Gauge>,
     pub plugin_swaps: Family<Labels, Counter>,
     pub canary_percent: Family<Labels, Gauge>,
@@ -94,6 +107,17 @@ impl Metrics {
             breaker_opened: Family::default(),
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
+            consumer_redelivered: Family::default(),
+            consumer_oldest_unacked_age: Family::default(),
+            consumer_last_active_age: Family::default(),
+            stream_messages: Family::default(),
+            stream_bytes: Family::default(),
+            stream_first_sequence: Family::default(),
+            stream_last_sequence: Family::default(),
+            stream_oldest_age: Family::default(),
+            stream_consumers: Family::default(),
+            ready: Gauge::default(),
+            nats_connected: Gauge::default(),
             plugin_info: Family::default(),
             plugin_swaps: Family::default(),
             canary_percent: Family::default(),
@@ -225,6 +249,61 @@ impl Metrics {
             "consumer_ack_pending",
             "Messages delivered and not yet settled",
             m.consumer_ack_pending.clone(),
+        );
+        reg!(
+            "consumer_redelivered",
+            "Messages delivered more than once and not yet settled",
+            m.consumer_redelivered.clone(),
+        );
+        reg!(
+            "consumer_oldest_unacked_age_seconds",
+            "Age of the oldest message the consumer has not settled (0 when none)",
+            m.consumer_oldest_unacked_age.clone(),
+        );
+        reg!(
+            "consumer_last_active_age_seconds",
+            "Seconds since the consumer last delivered a message",
+            m.consumer_last_active_age.clone(),
+        );
+        reg!(
+            "stream_messages",
+            "Messages in the stream (JetStream API)",
+            m.stream_messages.clone(),
+        );
+        reg!(
+            "stream_bytes",
+            "Bytes in the stream (JetStream API)",
+            m.stream_bytes.clone(),
+        );
+        reg!(
+            "stream_first_sequence",
+            "The stream's first retained sequence",
+            m.stream_first_sequence.clone(),
+        );
+        reg!(
+            "stream_last_sequence",
+            "The stream's last sequence",
+            m.stream_last_sequence.clone(),
+        );
+        reg!(
+            "stream_oldest_message_age_seconds",
+            "Age of the stream's oldest message (0 when empty)",
+            m.stream_oldest_age.clone(),
+        );
+        reg!(
+            "stream_consumers",
+            "Consumers on the stream",
+            m.stream_consumers.clone(),
+        );
+        reg!(
+            "ready",
+            "1 when the host is ready (connected, every consumer bound), else 0",
+            m.ready.clone(),
+        );
+        reg!(
+            "nats_connected",
+            "1 while the host is connected to NATS, else 0",
+            m.nats_connected.clone(),
         );
         reg!(
             "plugin_info",

@@ -327,6 +327,7 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
     let addr = format!("127.0.0.1:{}", jetplug_tests::free_port()?);
     let mut cfg = jetplug::config::Config::load(Path::new(&config))?;
     cfg.admin.address = Some(jetplug::config::AdminAddr(addr.parse()?));
+    cfg.host.stats_interval = jetplug::config::Dur(Duration::from_millis(200));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let host = tokio::spawn(jetplug::host::run(cfg, shutdown.clone(), |_| {}));
 
@@ -366,6 +367,75 @@ async fn admin_endpoints_and_metrics() -> anyhow::Result<()> {
     ] {
         assert!(m.contains(&want), "missing {want} in\n{m}");
     }
+    // Figures read from the JetStream API.
+    let series = |m: &str, name: &str| -> Option<f64> {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let consumer = r#"{tenant="default",plugin="noop",pipeline="main",stream="EVENTS"}"#;
+    eventually(WAIT, "stream and consumer figures", || async {
+        let (_, m) = http_get(&addr, "/metrics").await?;
+        Ok(
+            series(&m, r#"jetplug_stream_messages{stream="EVENTS"}"#) == Some(4.0)
+                && series(&m, r#"jetplug_stream_last_sequence{stream="EVENTS"}"#) == Some(4.0)
+                && series(&m, &format!("jetplug_consumer_pending{consumer}")) == Some(0.0),
+        )
+    })
+    .await?;
+    let (_, m) = http_get(&addr, "/metrics").await?;
+    for (name, want) in [
+        (
+            r#"jetplug_stream_first_sequence{stream="EVENTS"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            r#"jetplug_stream_consumers{stream="EVENTS"}"#.to_owned(),
+            1.0,
+        ),
+        ("jetplug_ready ".to_owned(), 1.0),
+        ("jetplug_nats_connected ".to_owned(), 1.0),
+        (format!("jetplug_consumer_redelivered{consumer}"), 0.0),
+        (
+            format!("jetplug_consumer_oldest_unacked_age_seconds{consumer}"),
+            0.0,
+        ),
+    ] {
+        assert_eq!(series(&m, &name), Some(want), "{name} in\n{m}");
+    }
+    assert!(
+        series(
+            &m,
+            r#"jetplug_stream_oldest_message_age_seconds{stream="EVENTS"}"#
+        )
+        .is_some_and(|age| age > 0.0 && age < 600.0),
+        "{m}"
+    );
+    assert!(
+        series(
+            &m,
+            &format!("jetplug_consumer_last_active_age_seconds{consumer}")
+        )
+        .is_some_and(|age| age < 600.0),
+        "{m}"
+    );
+    // A message held by a slow batch: the oldest unsettled one ages.
+    js.publish("events.x", b"sleep:4000".to_vec().into())
+        .await?
+        .await?;
+    eventually(WAIT, "the held message ages", || async {
+        let (_, m) = http_get(&addr, "/metrics").await?;
+        Ok(
+            series(&m, &format!("jetplug_consumer_ack_pending{consumer}")) == Some(1.0)
+                && series(
+                    &m,
+                    &format!("jetplug_consumer_oldest_unacked_age_seconds{consumer}"),
+                )
+                .is_some_and(|age| age >= 0.5),
+        )
+    })
+    .await?;
+
     let (_, p) = http_get(&addr, "/v1/pipelines").await?;
     let p: serde_json::Value = serde_json::from_str(&p)?;
     assert_eq!(p["pipelines"][0]["name"], "main");

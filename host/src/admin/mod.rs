@@ -29,6 +29,8 @@ use crate::plugin::PluginSlot;
 pub struct AdminState {
     pub health: Arc<Health>,
     pub registry: Registry,
+    /// The registry's metrics (readiness is set on each scrape).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub plugins: BTreeMap<String, Arc<PluginSlot>>,
     /// Filled in once the pipelines run.
     pub pipelines: OnceLock<Vec<Arc<Pipeline>>>,
@@ -141,6 +143,10 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    s.metrics.ready.set(i64::from(s.health.ready()));
+    s.metrics
+        .nats_connected
+        .set(i64::from(s.health.connected()));
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
         Ok(()) => (

@@ -97,6 +97,9 @@ pub struct HostConfig {
     /// The most the capture bucket holds (default 1GiB; the oldest
     /// captures make room).
     pub capture_max_bytes: Size,
+    /// How often stream and consumer figures are read from the JetStream
+    /// API for the metrics (default 5s).
+    pub stats_interval: Dur,
 }
 
 /// `host.deploy_bucket` by default.
@@ -117,6 +120,7 @@ impl Default for HostConfig {
             capture_bucket: "JETPLUG_CAPTURES".to_owned(),
             capture_retention: Dur(Duration::from_secs(7 * 24 * 3600)),
             capture_max_bytes: Size(1 << 30),
+            stats_interval: Dur(Duration::from_secs(5)),
         }
     }
 }

@@ -265,6 +265,7 @@ pub async fn run(
     let admin = Arc::new(AdminState {
         health: health.clone(),
         registry,
+        metrics: metrics.clone(),
         plugins: plugins.clone(),
         pipelines: OnceLock::new(),
         captures: OnceLock::new(),
@@ -341,6 +342,13 @@ pub async fn run(
         }
     }
 
+    tokio::spawn(jetstream::figures::watch_streams(
+        js.clone(),
+        config.streams.iter().map(|s| s.name.clone()).collect(),
+        metrics.clone(),
+        config.host.stats_interval.0,
+        shutdown.clone(),
+    ));
     let advisory_stream = keep_advisories(&config, &js).await;
     backends.set_nats(js.clone());
     backends.set_publishing(config.nats.publish, health.publish_refusals());
@@ -430,6 +438,7 @@ pub async fn run(
             advisory_stream: advisory_stream.clone(),
             effects: effects_plan(&config, pc, &backends)?,
             captures: captures.clone(),
+            stats_interval: config.host.stats_interval.0,
         });
         stats.insert(pc.name.clone(), pipeline.stats.clone());
         running.push(pipeline.clone());

@@ -6,6 +6,7 @@ pub mod buckets;
 pub mod connect;
 pub mod consumer;
 pub mod convert;
+pub mod figures;
 pub mod raw_get;
 pub mod streams;
 

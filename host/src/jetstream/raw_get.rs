@@ -67,12 +67,36 @@ pub async fn get(
     stream: &str,
     seq: u64,
 ) -> Result<RawMessage, RawGetError> {
+    fetch(client, stream, seq, None).await
+}
+
+/// Fetches the first message of `stream` at or after `seq` whose subject
+/// matches `subject` (wildcards allowed).
+pub async fn next(
+    client: &async_nats::Client,
+    stream: &str,
+    seq: u64,
+    subject: &str,
+) -> Result<RawMessage, RawGetError> {
+    fetch(client, stream, seq, Some(subject)).await
+}
+
+async fn fetch(
+    client: &async_nats::Client,
+    stream: &str,
+    seq: u64,
+    subject: Option<&str>,
+) -> Result<RawMessage, RawGetError> {
     let request = |reason: String| RawGetError::Request {
         stream: stream.to_owned(),
         seq,
         reason,
     };
-    let body = serde_json::json!({ "seq": seq }).to_string();
+    let body = match subject {
+        Some(subject) => serde_json::json!({ "seq": seq, "next_by_subj": subject }),
+        None => serde_json::json!({ "seq": seq }),
+    }
+    .to_string();
     let reply = client
         .request(format!("$JS.API.STREAM.MSG.GET.{stream}"), body.into())
         .await

@@ -73,6 +73,8 @@ pub struct Pipeline {
     pub effects: Option<Arc<effects::EffectsPlan>>,
     /// Where captures go (None: the host keeps none).
     pub captures: Option<capture::Capturer>,
+    /// How often the consumer's figures are read (`host.stats_interval`).
+    pub stats_interval: Duration,
 }
 
 /// Hands messages the host holds but will not run back to JetStream (a
@@ -164,10 +166,7 @@ impl Pipeline {
         let listen_stop = CancellationToken::new();
         let mut listeners = JoinSet::new();
         for stream in streams {
-            tasks.spawn(
-                self.clone()
-                    .watch_consumer(stream.name.clone(), stop.clone()),
-            );
+            tasks.spawn(self.clone().watch_consumer(stream.clone(), stop.clone()));
             consumers.spawn(self.clone().consume(stream.clone(), stop.clone()));
             listeners.spawn(
                 self.clone()
@@ -485,19 +484,23 @@ impl Pipeline {
 
     /// Updates the consumer's pending / ack-pending gauges every few
     /// seconds, and the breaker's (which an idle pipeline does not move).
-    async fn watch_consumer(self: Arc<Self>, stream: String, shutdown: CancellationToken) {
-        let name = self.cfg.consumer_name(&stream);
+    async fn watch_consumer(self: Arc<Self>, stream: StreamConfig, shutdown: CancellationToken) {
+        let name = self.cfg.consumer_name(&stream.name);
+        let filter = match self.cfg.filters_for(&stream).as_slice() {
+            [one] => one.clone(),
+            _ => ">".to_owned(),
+        };
+        let stream = stream.name;
         loop {
             self.stats
                 .breaker_state
                 .set(i64::from(self.breaker_shown().code()));
-            if let Ok(s) = self.js.get_stream_no_info(&stream).await
-                && let Ok(info) = s.consumer_info(&name).await
+            if let Ok(f) =
+                crate::jetstream::figures::consumer(&self.js, &stream, &name, &filter).await
             {
-                self.stats
-                    .consumer(&stream, info.num_pending, info.num_ack_pending);
+                self.stats.consumer(&stream, &f);
             }
-            if sleep_or_cancel(Duration::from_secs(5), &shutdown).await {
+            if sleep_or_cancel(self.stats_interval, &shutdown).await {
                 return;
             }
         }

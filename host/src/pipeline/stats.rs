@@ -187,15 +187,24 @@ impl Stats {
             .inc();
     }
 
-    pub(crate) fn consumer(&self, stream: &str, pending: u64, ack_pending: usize) {
+    pub(crate) fn consumer(&self, stream: &str, f: &crate::jetstream::figures::ConsumerFigures) {
         let l = self.labels_with(&[("stream", stream)]);
-        self.metrics
-            .consumer_pending
+        let m = &self.metrics;
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        m.consumer_pending.get_or_create(&l).set(n(f.pending));
+        m.consumer_ack_pending
             .get_or_create(&l)
-            .set(i64::try_from(pending).unwrap_or(i64::MAX));
-        self.metrics
-            .consumer_ack_pending
+            .set(n(f.ack_pending));
+        m.consumer_redelivered
             .get_or_create(&l)
-            .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
+            .set(n(f.redelivered));
+        m.consumer_oldest_unacked_age
+            .get_or_create(&l)
+            .set(f.oldest_unacked_age.as_secs_f64());
+        if let Some(age) = f.last_active_age {
+            m.consumer_last_active_age
+                .get_or_create(&l)
+                .set(age.as_secs_f64());
+        }
     }
 }

@@ -69,6 +69,12 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             format!("`{bucket}` contains `{c}`; use ASCII letters, digits, `-` and `_`"),
         ));
     }
+    if config.host.stats_interval.0 < std::time::Duration::from_millis(100) {
+        return Err(invalid(
+            "host.stats_interval".into(),
+            "must be at least 100ms".into(),
+        ));
+    }
     let advisories = &config.host.advisory_stream;
     if !advisories.is_empty() {
         name(advisories).map_err(|r| invalid("host.advisory_stream".into(), r.0))?;
