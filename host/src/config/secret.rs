@@ -50,8 +50,15 @@ impl<'de> Deserialize<'de> for Secret {
 
 /// `"${NAME}"` → the environment variable NAME; anything else as written.
 pub(super) fn from_text(text: &str) -> Result<Secret, Refused> {
+    expand(text).map(Secret::new)
+}
+
+/// `"${NAME}"` → the environment variable NAME (set and not empty);
+/// anything else as written. For values that are not secret but differ
+/// per deployment (a public key), so they are not masked.
+pub fn expand(text: &str) -> Result<String, Refused> {
     let Some(name) = text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
-        return Ok(Secret::new(text));
+        return Ok(text.to_owned());
     };
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(Refused(format!(
@@ -59,7 +66,7 @@ pub(super) fn from_text(text: &str) -> Result<Secret, Refused> {
         )));
     }
     match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
+        Ok(v) if !v.is_empty() => Ok(v),
         Ok(_) => Err(Refused(format!("environment variable {name} is empty"))),
         Err(_) => Err(Refused(format!("environment variable {name} is not set"))),
     }

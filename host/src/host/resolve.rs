@@ -34,8 +34,9 @@ pub fn resolve(config: &Config) -> Result<Resolved, ConfigError> {
     };
     let mut trusted = Vec::new();
     for (i, k) in config.host.trusted_keys.iter().enumerate() {
-        let key = TrustedKey::parse(k)
-            .map_err(|r| invalid(format!("host.trusted_keys[{i}]"), r.to_string()))?;
+        let at = || format!("host.trusted_keys[{i}]");
+        let k = crate::config::secret::expand(k).map_err(|r| invalid(at(), r.0))?;
+        let key = TrustedKey::parse(&k).map_err(|r| invalid(at(), r.to_string()))?;
         trusted.push(key);
     }
     for (name, db) in &config.databases {
