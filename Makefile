@@ -10,7 +10,7 @@ GUEST_DIR := target/plugins/guest
 PY_PLUGINS := $(patsubst plugins/%/app.py,$(GUEST_DIR)/%.wasm,$(wildcard plugins/*-py/app.py))
 JS_PLUGINS := $(patsubst plugins/%/plugin.js,$(GUEST_DIR)/%.wasm,$(wildcard plugins/*-js/plugin.js))
 
-.PHONY: demo demo-cluster demo-offline test bench setup plugins rust-plugins build lint fmt clean
+.PHONY: demo demo-cluster demo-offline test bench setup plugins rust-plugins build lint fmt clean image
 
 ## demo: the AIVO topology end to end (local nats-server + PostgreSQL, sample traffic, summary).
 demo: setup plugins build
@@ -32,6 +32,11 @@ test: setup plugins
 bench: setup plugins
 	cargo build --release -p jetplug -p jetplug-bench -p jetplug-tests --bins
 	scripts/bench.sh $(BENCH_ARGS)
+
+## image: the container image (release build, FROM scratch, no registry needed) with podman or docker.
+image: setup rust-plugins
+	cargo build --release -p jetplug
+	scripts/image.sh $(IMAGE_ARGS)
 
 ## setup: wasm32-wasip2 target, nats-server, PostgreSQL (idempotent).
 setup:

@@ -7,7 +7,7 @@
 #   - PostgreSQL server binaries (Debian package `postgresql`);
 #   - promtool (Debian package `prometheus`), which tests the shipped alert rules;
 #   - kubernetes-validate (PyPI, pinned) into .local/venv, which checks the
-#     shipped Kubernetes manifests;
+#     shipped Kubernetes manifests, and podman (Debian), which builds the image;
 #   - the plugin toolchains for Python and JavaScript, pinned, under .local/:
 #     componentize-py (PyPI) into .local/venv, @bytecodealliance/componentize-js
 #     (npm) into .local/node.
@@ -97,20 +97,30 @@ else
   [ -f "$node_dir/package.json" ] || echo '{"private": true}' > "$node_dir/package.json"
   npm install --silent --no-audit --no-fund --prefix "$node_dir" "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION"
 fi
-# --- Operations tooling: promtool and kubernetes-validate -----------------------
-if command -v promtool >/dev/null 2>&1; then
-  say "promtool: present ($(command -v promtool))"
-else
-  say "installing promtool (Debian package prometheus)"
-  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+# --- Operations tooling: promtool, podman, kubernetes-validate -----------------
+# debian_tool COMMAND PACKAGE WHY: installs PACKAGE unless COMMAND is on PATH.
+debian_tool() {
+  local cmd="$1" pkg="$2" why="$3" sudo=
+  if command -v "$cmd" >/dev/null 2>&1; then
+    say "$cmd: present ($(command -v "$cmd"))"; return 0
+  fi
+  say "installing $cmd (Debian package $pkg), $why"
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+  command -v "$cmd" >/dev/null 2>&1 || { say "$cmd install failed"; exit 1; }
+}
+if ! command -v promtool >/dev/null 2>&1; then
+  debian_tool promtool prometheus "which tests the alert rules"
   # Only the tool is wanted, not the server the package may start.
-  $sudo service prometheus stop >/dev/null 2>&1 || true
-  command -v promtool >/dev/null 2>&1 || { say "promtool install failed"; exit 1; }
+  if [ "$(id -u)" -ne 0 ]; then sudo service prometheus stop >/dev/null 2>&1 || true
+  else service prometheus stop >/dev/null 2>&1 || true; fi
+else
+  debian_tool promtool prometheus ""
 fi
+debian_tool podman podman "which builds the container image"
 if [ -x "$venv/bin/kubernetes-validate" ] && \
-   "$venv/bin/pip" show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
+   [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ]; then
   say "kubernetes-validate $KUBERNETES_VALIDATE_VERSION: present (.local/venv)"
 else
   say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI) into .local/venv"

@@ -2,7 +2,9 @@
 //! pass their `promtool` unit tests and query only metrics the host
 //! exposes; the Kubernetes manifests pass `kubernetes-validate --strict`,
 //! their `jetplug.toml` is a valid configuration, and their timing matches
-//! the host's drain; the systemd unit passes `systemd-analyze verify`.
+//! the host's drain; the systemd unit passes `systemd-analyze verify`; the
+//! container image builds without a registry, and the binary extracted
+//! from it runs (this sandbox refuses to run containers).
 //! `make test` installs the tools (scripts/setup.sh); a missing one fails
 //! here with what to run, never skips.
 
@@ -275,5 +277,106 @@ fn the_systemd_unit_verifies() -> TestResult {
         "{} → {report}",
         unit.display()
     );
+    Ok(())
+}
+
+fn run_in(
+    rootfs: &Path,
+    user: Option<&str>,
+    args: &[&str],
+) -> std::io::Result<std::process::Output> {
+    // chroot needs root; elsewhere a user namespace maps us to it.
+    let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
+    let mut cmd = if root {
+        Command::new("chroot")
+    } else {
+        let mut c = Command::new("unshare");
+        c.args(["--user", "--map-root-user", "chroot"]);
+        c
+    };
+    if let Some(u) = user {
+        cmd.arg(format!("--userspec={u}"));
+    }
+    cmd.arg(rootfs)
+        .arg("/usr/local/bin/jetplug")
+        .args(args)
+        .output()
+}
+
+#[test]
+fn the_image_builds_without_a_registry_and_its_binary_runs() -> TestResult {
+    let podman = tool("podman")?;
+    let dir = tempfile::tempdir()?;
+    let tag = format!("localhost/jetplug-test:{}", std::process::id());
+    let binary = jetplug_tests::jetplug_binary()?;
+    let out = Command::new(root().join("scripts/image.sh"))
+        .arg("--binary")
+        .arg(&binary)
+        .args(["--tag", &tag, "--out"])
+        .arg(dir.path().join("context"))
+        .output()?;
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let inspect = Command::new(&podman)
+        .args(["image", "inspect", &tag, "--format"])
+        .arg("{{.Config.User}}|{{.Config.Volumes}}|{{.Config.Entrypoint}}|{{.Config.Env}}")
+        .output()?;
+    let facts = output_text(&inspect);
+    for want in [
+        "65532:65532|",
+        "/var/cache/jetplug",
+        "[/usr/local/bin/jetplug]",
+        "JETPLUG_CACHE_DIR=/var/cache/jetplug",
+    ] {
+        assert!(facts.contains(want), "image config lacks {want}: {facts}");
+    }
+    let archive = dir.path().join("image.tar");
+    let saved = Command::new(&podman)
+        .args(["save", "--format", "docker-archive", "-o"])
+        .arg(&archive)
+        .arg(&tag)
+        .output()?;
+    let _ = Command::new(&podman).args(["rmi", "-f", &tag]).output();
+    assert!(saved.status.success(), "{}", output_text(&saved));
+
+    // Unpack the image's layers, in order, into a root file system.
+    let unpacked = dir.path().join("unpacked");
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(&unpacked)?;
+    std::fs::create_dir_all(&rootfs)?;
+    let untar = |file: &Path, into: &Path| -> TestResult {
+        let out = Command::new("tar")
+            .arg("xf")
+            .arg(file)
+            .arg("-C")
+            .arg(into)
+            .output()?;
+        assert!(out.status.success(), "{}", output_text(&out));
+        Ok(())
+    };
+    untar(&archive, &unpacked)?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(unpacked.join("manifest.json"))?)?;
+    let layers = manifest[0]["Layers"].as_array().ok_or("no layers")?;
+    assert!(!layers.is_empty());
+    for layer in layers {
+        untar(&unpacked.join(layer.as_str().ok_or("layer")?), &rootfs)?;
+    }
+    for shipped in ["postgres_indexer", "analytics_aggregator", "dlq_router"] {
+        let p = rootfs.join(format!("usr/lib/jetplug/plugins/{shipped}.wasm"));
+        assert!(p.is_file(), "{} missing from the image", p.display());
+    }
+    assert!(rootfs.join("etc/ssl/certs/ca-certificates.crt").is_file());
+
+    // The binary runs from the image's own files, as its non-root user.
+    let version = run_in(&rootfs, Some("65532:65532"), &["--version"])?;
+    assert!(
+        output_text(&version).contains(&format!("jetplug {}", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        output_text(&version)
+    );
+    let wit = run_in(&rootfs, Some("65532:65532"), &["wit", "--out", "/tmp/wit"])?;
+    assert!(wit.status.success(), "{}", output_text(&wit));
+    assert!(rootfs.join("tmp/wit").is_dir());
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetplug_tests::{HostProcess, NatsServer, TestConfig, eventually, free_port, plugins};
+use jetplug_tests::{HostProcess, NatsServer, TestConfig, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -53,7 +53,7 @@ async fn a_rolling_upgrade_loses_and_repeats_nothing() -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let body = if i % 10 == 0 {
+                let body = if i.is_multiple_of(10) {
                     "sleep:20".to_owned()
                 } else {
                     format!("event {i}")

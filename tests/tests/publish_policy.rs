@@ -98,7 +98,7 @@ async fn publishes_ride_out_a_server_restart_without_loss_or_duplicates() -> any
             let _ = t.send(());
         }
         // Half with the plugin's own ids, half with the host's.
-        let id = if i % 2 == 0 {
+        let id = if i.is_multiple_of(2) {
             format!("id-{i}")
         } else {
             String::new()

@@ -145,7 +145,7 @@ pub async fn repair(
 ) -> Result<(), DoctorError> {
     let client = js.client();
     let route = Route::Builtin {
-        js: js.clone(),
+        js: Box::new(js.clone()),
         policy: config.nats.publish,
         refusals: None,
     };

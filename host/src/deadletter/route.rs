@@ -28,7 +28,7 @@ pub enum Route {
     /// Publish to `dlq.<stream>.<pipeline>` with the facts as headers,
     /// retried under `[nats.publish]`.
     Builtin {
-        js: jetstream::Context,
+        js: Box<jetstream::Context>,
         policy: PublishPolicy,
         refusals: Option<Arc<Refusals>>,
     },

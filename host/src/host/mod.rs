@@ -406,7 +406,7 @@ pub async fn run(
     for pc in &config.pipelines {
         let route = match &pc.dead_letter {
             None => Route::Builtin {
-                js: js.clone(),
+                js: Box::new(js.clone()),
                 policy: config.nats.publish,
                 refusals: Some(health.publish_refusals()),
             },

@@ -66,7 +66,7 @@ async fn a_new_consumer_starts_where_deliver_says() -> anyhow::Result<()> {
     .await?;
     publish(&js, "events.new", &["4", "5"]).await?;
     eventually(WAIT, "the new two settled", || async {
-        Ok(all_settled(&js, 5).await?)
+        all_settled(&js, 5).await
     })
     .await?;
     host.stop().await?;
@@ -90,7 +90,7 @@ async fn a_new_consumer_starts_where_deliver_says() -> anyhow::Result<()> {
     let mut host = start(cfg);
     let stats = host.stats().await?;
     eventually(WAIT, "the later three settled", || async {
-        Ok(all_settled(&js, 8).await?)
+        all_settled(&js, 8).await
     })
     .await?;
     host.stop().await?;
