@@ -29,7 +29,9 @@ pub fn register(secret: &str) {
     all.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
-fn url_encoded(s: &str) -> String {
+/// `s` percent-encoded but for RFC 3986's unreserved characters (the
+/// form a secret takes in a URL, and a safe query-string value).
+pub fn url_encoded(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

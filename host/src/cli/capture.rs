@@ -69,7 +69,7 @@ impl Reader {
             Reader::Bucket(b) => Ok(b.list(pipeline).await?),
             Reader::Admin { addr, token } => {
                 let path = match pipeline {
-                    Some(p) => format!("/v1/captures?pipeline={}", query_escape(p)),
+                    Some(p) => format!("/v1/captures?pipeline={}", crate::redact::url_encoded(p)),
                     None => "/v1/captures".into(),
                 };
                 let body = crate::admin::client::get(*addr, &path, token.as_ref()).await?;
@@ -83,26 +83,13 @@ impl Reader {
         match self {
             Reader::Bucket(b) => Ok(b.get(id).await?),
             Reader::Admin { addr, token } => {
-                let path = format!("/v1/captures/{}", query_escape(id));
+                let path = format!("/v1/captures/{}", crate::redact::url_encoded(id));
                 Ok(crate::admin::client::get(*addr, &path, token.as_ref())
                     .await?
                     .into_bytes())
             }
         }
     }
-}
-
-/// `text` safe in a URL path or query (ids and pipeline names are plain,
-/// but a `%`, space or `?` must not break the request).
-fn query_escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[derive(Debug, clap::Args)]
