@@ -13,6 +13,7 @@ pub mod indexer;
 pub mod languages;
 pub mod latency;
 pub mod memory;
+pub mod payloads;
 pub mod record;
 pub mod tenants;
 pub mod throughput;

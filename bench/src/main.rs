@@ -58,6 +58,9 @@ enum What {
     /// What capture costs: the no-op pipeline with `capture` off, failures
     /// (the default) and all.
     Capture,
+    /// Payload size sweep (100 B … 1 MiB): native vs jetplug + no-op plugin,
+    /// msg/s and MB/s, and the host's peak memory against its bound.
+    Payloads,
 }
 
 #[derive(Debug, clap::Args)]
@@ -201,6 +204,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 | What::Languages
                 | What::Tenants
                 | What::Capture
+                | What::Payloads
         );
     let env = if needs_nats {
         Some(Env::new(&c.nats, &c.plugins).await?)
@@ -253,6 +257,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         && (all || matches!(what, What::Capture))
     {
         rows::capture(env, &c, &mut rows).await?;
+    }
+
+    if let Some(env) = &env
+        && (all || matches!(what, What::Payloads))
+    {
+        rows::payloads(env, &c, &mut rows).await?;
     }
 
     if all || matches!(what, What::Cluster) {

@@ -2,8 +2,8 @@
 //! rows to the table (part of the binary, not the library).
 
 use jetplug_bench::{
-    aivo, capture, cluster, dispatch, env::Env, indexer, languages, latency, record, tenants,
-    throughput,
+    aivo, capture, cluster, dispatch, env::Env, indexer, languages, latency, payloads, record,
+    tenants, throughput,
 };
 
 use super::{Common, TENANT_QUOTA, mib, row};
@@ -144,6 +144,47 @@ pub(crate) async fn capture(
         "",
         None,
     ));
+    Ok(())
+}
+
+/// The `payloads` rows: one line per size, and the ratio's goal.
+pub(crate) async fn payloads(
+    env: &Env,
+    c: &Common,
+    rows: &mut Vec<record::Line>,
+) -> anyhow::Result<()> {
+    let points = payloads::run(env, throughput_settings(c)).await?;
+    for p in points {
+        let mb = |per_sec: f64| per_sec * p.size as f64 / 1e6;
+        let ratio = p.jetplug_per_sec / p.native_per_sec;
+        let label = match p.size {
+            n if n >= 1 << 20 => format!("{} MiB", n >> 20),
+            n if n >= 1 << 10 => format!("{} KiB", n >> 10),
+            n => format!("{n} B"),
+        };
+        rows.push(row(
+            &format!("payload {label}: jetplug / native ({} messages)", p.count),
+            format!(
+                "{ratio:.2} ({:.0} / {:.0} msg/s, {:.1} / {:.1} MB/s)",
+                p.jetplug_per_sec,
+                p.native_per_sec,
+                mb(p.jetplug_per_sec),
+                mb(p.native_per_sec)
+            ),
+            "≥ 0.9",
+            Some(ratio >= 0.9),
+        ));
+        rows.push(row(
+            &format!("payload {label}: host peak RSS (bound: messages held)"),
+            format!(
+                "{} ({} held at most)",
+                p.host_peak_rss.map(mib).unwrap_or_else(|| "n/a".into()),
+                mib(p.held_bound)
+            ),
+            "",
+            None,
+        ));
+    }
     Ok(())
 }
 

@@ -84,12 +84,13 @@ impl Node {
             .append(true)
             .open(self.dir.join("server.log"))?;
         // Generous JetStream limits: streams reserve their max_bytes against
-        // them, and the AIVO topology declares 42 GB.
+        // them, and the AIVO topology declares 42 GB. Messages up to 2 MiB
+        // (the payload benchmark sends 1 MiB payloads with headers).
         let conf = self.dir.join("server.conf");
         std::fs::write(
             &conf,
             format!(
-                "listen: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\n\
+                "listen: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\nmax_payload: 2MB\n\
                  jetstream {{\n  store_dir: {:?}\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}}\n{}",
                 self.port,
                 self.monitor_port,

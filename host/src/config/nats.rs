@@ -44,7 +44,8 @@ pub struct NatsConfig {
     pub connect_attempts: u32,
     /// Pause between startup attempts (default 2s).
     pub connect_delay: Dur,
-    /// Reconnect after the connection is lost (default true).
+    /// Reconnect after the connection is lost (default true; false: one
+    /// immediate attempt, then give up).
     pub reconnect: bool,
     /// Reconnect attempts before giving up; 0 = unlimited (default 0).
     pub max_reconnect_attempts: u32,

@@ -317,8 +317,10 @@ async fn options(
         o = o.require_tls(true);
     }
     let delay = cfg.reconnect_delay.0;
+    // async-nats reads `Some(0)` as "unlimited", so "no reconnect" is one
+    // immediate attempt (a blip heals; a server that is gone is given up).
     let max_reconnects = match (cfg.reconnect, cfg.max_reconnect_attempts) {
-        (false, _) => Some(0),
+        (false, _) => Some(1),
         (true, 0) => None,
         (true, n) => Some(n as usize),
     };

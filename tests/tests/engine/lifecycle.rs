@@ -138,17 +138,21 @@ async fn a_finite_number_of_connect_attempts_ends_the_start() -> anyhow::Result<
     Ok(())
 }
 
-/// `max_reconnect_attempts = 2`: after the server goes away the client
-/// gives up, and the host says so — not ready, not live — and does not
-/// come back by itself when the server does (a restart is needed, which
-/// is what the liveness probe is for).
+/// `max_reconnect_attempts = 2`, and `reconnect = false`: after the server
+/// goes away the client gives up, and the host says so — not ready, not
+/// live — and does not come back by itself when the server does (a
+/// restart is needed, which is what the liveness probe is for).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limited_reconnect_gives_up_and_the_host_is_not_ready() -> anyhow::Result<()> {
+    gives_up(|c| c.set("nats", "max_reconnect_attempts", 2)).await?;
+    gives_up(|c| c.set("nats", "reconnect", false)).await
+}
+
+async fn gives_up(limit: impl FnOnce(TestConfig) -> TestConfig) -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let cfg = main_config(dir.path(), &nats.url(), plugins::TEST_NOOP)
-        .set("nats", "max_reconnect_attempts", 2)
-        .load_in(dir.path())?;
+    let cfg =
+        limit(main_config(dir.path(), &nats.url(), plugins::TEST_NOOP)).load_in(dir.path())?;
     let mut host = start(cfg);
     let started = host.started().await?;
     let health = started.health.clone();
