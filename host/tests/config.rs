@@ -302,6 +302,12 @@ fn bad_values_name_file_key_and_reason() -> TestResult {
             "less than batch",
         ),
         (
+            "max_deliver = 5",
+            "max_deliver = 5\nbatch_max_bytes = \"40MiB\"",
+            "pipeline[0].batch_max_bytes",
+            "is more than plugin `indexer`'s limits.memory (33554432 bytes)",
+        ),
+        (
             "memory = \"32MiB\"",
             "memory = \"2GiB\"",
             "plugin.indexer.limits.memory",

@@ -188,6 +188,11 @@ pub struct PipelineConfig {
     pub batch: u32,
     #[serde(default = "default_batch_max_wait")]
     pub batch_max_wait: Dur,
+    /// A batch also ends before its messages (payloads and headers) pass
+    /// this many bytes (default 8MiB; at least one message): they are all
+    /// copied into the plugin's memory at once.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: Size,
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
     #[serde(default)]
@@ -256,6 +261,9 @@ fn default_batch() -> u32 {
 }
 fn default_batch_max_wait() -> Dur {
     Dur(Duration::from_millis(100))
+}
+fn default_batch_max_bytes() -> Size {
+    Size(8 << 20)
 }
 fn default_concurrency() -> u32 {
     1

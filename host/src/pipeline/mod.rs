@@ -384,7 +384,11 @@ impl Pipeline {
                                 }
                                 None
                             }
-                            None => Some(puller.collect(pull, max_wait).await),
+                            None => Some(
+                                puller
+                                    .collect(pull, self.cfg.batch_max_bytes.0 as usize, max_wait)
+                                    .await,
+                            ),
                         }
                     };
                     tokio::select! {

@@ -383,7 +383,12 @@ impl Puller {
     /// at once with what has arrived, so a quiet pipeline does not wait for
     /// batches to fill; under load batches fill. Empty when the open request
     /// ended without any; the error ends pulling on this binding.
-    pub async fn collect(&mut self, size: usize, max_wait: Duration) -> (Pulled, Option<String>) {
+    pub async fn collect(
+        &mut self,
+        size: usize,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> (Pulled, Option<String>) {
         self.take_in_ready();
         if self.count == 0 && self.outstanding > 0 && self.error.is_none() {
             self.arrive().await;
@@ -392,6 +397,7 @@ impl Puller {
         while self.error.is_none()
             && self.backlog
             && self.count > 0
+            && self.fitting(size, max_bytes) == self.count
             && self.count < size
             && self.outstanding > 0
         {
@@ -402,7 +408,26 @@ impl Puller {
                 break;
             }
         }
-        (self.take(size), self.error.take())
+        let n = self.fitting(size, max_bytes);
+        (self.take(n), self.error.take())
+    }
+
+    /// How many of the first `size` buffered messages fit in `max_bytes`
+    /// (payload and headers), at least one: a batch is cut by bytes too,
+    /// so large messages do not overrun the plugin's memory.
+    fn fitting(&self, size: usize, max_bytes: usize) -> usize {
+        let (mut n, mut bytes) = (0, 0usize);
+        for m in self.buffered.iter().flat_map(|(msgs, _)| msgs.iter()) {
+            if n == size {
+                break;
+            }
+            bytes = bytes.saturating_add(m.length);
+            if n > 0 && bytes > max_bytes {
+                break;
+            }
+            n += 1;
+        }
+        n
     }
 
     fn take(&mut self, size: usize) -> Pulled {

@@ -213,3 +213,45 @@ async fn an_exclusive_pipeline_keeps_its_pin_through_a_slow_batch() -> anyhow::R
     a.stop().await?;
     b.stop().await
 }
+
+/// Messages of 1 MiB in batches of up to 100: a batch is cut by bytes too
+/// (`batch_max_bytes`, 8 MiB by default), so it never overruns the plugin's
+/// 64 MiB — every message acked, no batch failed, none over 8 MiB. (Cut by
+/// count alone, batches of tens of MiB reached the plugin, and past its
+/// memory the pipeline crawled along one message at a time: `jetplug-bench
+/// payloads` at 1 MiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_are_batched_by_bytes() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let js = js(&nats).await?;
+    let dir = tempfile::tempdir()?;
+    let cfg = config(
+        dir.path(),
+        &nats.url(),
+        plugins::TEST_NOOP,
+        "batch = 100\nmax_ack_pending = 200",
+    )?;
+    jetplug::jetstream::streams::reconcile(&js, &cfg.streams).await?;
+    let big = "x".repeat(1 << 20);
+    let payloads: Vec<&str> = std::iter::repeat_n(big.as_str(), 60).collect();
+    publish(&js, "events.big", &payloads).await?;
+    let mut host = start(cfg);
+    let stats = host.stats().await?;
+    eventually(WAIT, "all 60 settled", || async {
+        all_settled(&js, 60).await
+    })
+    .await?;
+    host.stop().await?;
+    assert_eq!(Stats::get(&stats.acked), 60);
+    assert_eq!(
+        Stats::get(&stats.failed_batches),
+        0,
+        "no batch overran the plugin's memory"
+    );
+    assert!(
+        Stats::get(&stats.batches) >= 60 / 8,
+        "{} batches: at most 8 MiB each",
+        Stats::get(&stats.batches)
+    );
+    Ok(())
+}

@@ -219,6 +219,21 @@ pub(super) fn pipeline(config: &Config, p: &PipelineConfig) -> Result<(), Proble
             format!("must be between 1 and 10000 (got {})", p.batch),
         );
     }
+    if p.batch_max_bytes.0 < 1024 {
+        return e("batch_max_bytes", "must be at least 1KiB".into());
+    }
+    if let Some(plugin) = config.plugins.get(&p.plugin)
+        && p.batch_max_bytes.0 > plugin.limits.memory.0
+    {
+        return e(
+            "batch_max_bytes",
+            format!(
+                "{} bytes is more than plugin `{}`'s limits.memory ({} bytes), and a batch is \
+                 copied into that memory whole: lower it, or raise the plugin's memory",
+                p.batch_max_bytes.0, p.plugin, plugin.limits.memory.0
+            ),
+        );
+    }
     if !(1..=256).contains(&p.concurrency) {
         return e(
             "concurrency",
