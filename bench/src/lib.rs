@@ -14,6 +14,7 @@ pub mod languages;
 pub mod latency;
 pub mod memory;
 pub mod payloads;
+pub mod pipelines;
 pub mod record;
 pub mod tenants;
 pub mod throughput;

@@ -61,6 +61,10 @@ enum What {
     /// Payload size sweep (100 B … 1 MiB): native vs jetplug + no-op plugin,
     /// msg/s and MB/s, and the host's peak memory against its bound.
     Payloads,
+    /// Many tenants' pipelines on one host (its own nats-server): ready
+    /// time, memory per idle pipeline, idle CPU, busy pipelines beside the
+    /// idle ones, an idle pipeline's first message.
+    Pipelines,
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +122,13 @@ struct Common {
     /// Batches timed by the dispatch benchmark.
     #[arg(long, global = true, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     batches: u64,
+    /// Pipelines of the `pipelines` scenario (over `--many-streams`
+    /// streams, one tenant and plugin entry each).
+    #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(6..=1_000_000))]
+    many_pipelines: u32,
+    /// Streams (and tenants, and plugin entries) of the `pipelines` scenario.
+    #[arg(long, global = true, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(3..=100_000))]
+    many_streams: u32,
     /// Directory of the plugin components.
     #[arg(
         long,
@@ -267,6 +278,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     if all || matches!(what, What::Cluster) {
         rows::cluster(&c, &mut rows).await?;
+    }
+
+    if all || matches!(what, What::Pipelines) {
+        rows::pipelines(&c, &mut rows).await?;
     }
 
     let settings = format!(

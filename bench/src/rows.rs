@@ -2,8 +2,8 @@
 //! rows to the table (part of the binary, not the library).
 
 use jetplug_bench::{
-    aivo, capture, cluster, dispatch, env::Env, indexer, languages, latency, payloads, record,
-    tenants, throughput,
+    aivo, capture, cluster, dispatch, env::Env, indexer, languages, latency, payloads, pipelines,
+    record, tenants, throughput,
 };
 
 use super::{Common, TENANT_QUOTA, mib, row};
@@ -183,6 +183,68 @@ pub(crate) async fn payloads(
             ),
             "",
             None,
+        ));
+    }
+    Ok(())
+}
+
+/// The `pipelines` rows.
+pub(crate) async fn pipelines(c: &Common, rows: &mut Vec<record::Line>) -> anyhow::Result<()> {
+    let s = pipelines::Settings {
+        pipelines: c.many_pipelines,
+        streams: c.many_streams,
+        busy: 10.min(c.many_streams / 3),
+        count: 20_000,
+        idle_seconds: 20,
+    };
+    let r = pipelines::run(&c.plugins, &c.guest_plugins, s).await?;
+    let what = format!(
+        "{} pipelines, {} streams/tenants/entries",
+        s.pipelines, s.streams
+    );
+    rows.push(row(
+        &format!("{what}: start to every consumer ready"),
+        format!("{:.1} s", r.ready.as_secs_f64()),
+        "≤ 10 s",
+        Some(r.ready <= std::time::Duration::from_secs(10)),
+    ));
+    let per = r.per_idle_pipeline();
+    rows.push(row(
+        &format!("{what}: host RSS per idle pipeline"),
+        format!("{:.1} KiB ({} in all)", per as f64 / 1024.0, mib(r.rss_all)),
+        "≤ 32 KiB",
+        Some(per <= 32 << 10),
+    ));
+    let cpu = r.host_cpu + r.nats_cpu;
+    rows.push(row(
+        &format!("{what}: idle CPU, host + nats-server"),
+        format!(
+            "{:.1} % of a core ({:.1} % + {:.1} %; nats-server RSS {})",
+            cpu * 100.0,
+            r.host_cpu * 100.0,
+            r.nats_cpu * 100.0,
+            mib(r.nats_rss)
+        ),
+        "≤ 5 %",
+        Some(cpu <= 0.05),
+    ));
+    let ratio = r.beside_per_sec / r.alone_per_sec;
+    rows.push(row(
+        &format!("{what}: {} busy beside the idle / alone", s.busy),
+        format!(
+            "{ratio:.2} ({:.0} / {:.0} msg/s)",
+            r.beside_per_sec, r.alone_per_sec
+        ),
+        "≥ 0.95",
+        Some(ratio >= 0.95),
+    ));
+    for (lang, took) in &r.cold {
+        let ms = took.as_secs_f64() * 1e3;
+        rows.push(row(
+            &format!("{what}: an idle pipeline's first message, {lang}"),
+            format!("{ms:.1} ms"),
+            "≤ 50 ms",
+            Some(ms <= 50.0),
         ));
     }
     Ok(())

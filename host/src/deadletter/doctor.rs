@@ -98,9 +98,27 @@ pub async fn examine(
     }
     if let Some(kept) = config.advisory_stream()
         && let Ok(k) = js.get_stream(&kept.name).await
-        && let Ok(a) = k.consumer_info(p.advisory_consumer_name(&s.name)).await
     {
-        out.advisories_waiting = a.num_pending + a.num_ack_pending as u64;
+        // Its advisory durable is made when the first advisory is read:
+        // without one, every kept advisory of the consumer is waiting.
+        out.advisories_waiting = match k.consumer_info(p.advisory_consumer_name(&s.name)).await {
+            Ok(a) => a.num_pending + a.num_ack_pending as u64,
+            Err(_) => {
+                let subject = super::advisory::subject(&s.name, &p.consumer_name(&s.name));
+                match k.info_with_subjects(&subject).await {
+                    Ok(mut subjects) => {
+                        let mut n = 0;
+                        while let Some(Ok((_, count))) =
+                            futures::StreamExt::next(&mut subjects).await
+                        {
+                            n += count as u64;
+                        }
+                        n
+                    }
+                    Err(_) => 0,
+                }
+            }
+        };
     }
     let Some(handled) = handled else {
         return Ok(out);

@@ -112,12 +112,13 @@ pub async fn load_plugins(
             .filter_map(|p| p.dead_letter.as_ref()),
     );
     let mut loaded = BTreeMap::new();
+    let mut loader = plugin::Loader::default();
     for name in used {
         if loaded.contains_key(name) {
             continue;
         }
         let spec = PluginSpec::from_config(name, &config.plugins[name]);
-        let plugin = Arc::new(plugin::load_with(runtime, spec, backends.clone())?);
+        let plugin = Arc::new(loader.load(runtime, spec, backends.clone())?);
         PluginInstance::new(plugin.clone())
             .ready()
             .await
@@ -342,13 +343,6 @@ pub async fn run(
         }
     }
 
-    tokio::spawn(jetstream::figures::watch_streams(
-        js.clone(),
-        config.streams.iter().map(|s| s.name.clone()).collect(),
-        metrics.clone(),
-        config.host.stats_interval.0,
-        shutdown.clone(),
-    ));
     let advisory_stream = keep_advisories(&config, &js).await;
     backends.set_nats(js.clone());
     backends.set_publishing(config.nats.publish, health.publish_refusals());
@@ -435,10 +429,8 @@ pub async fn run(
             breaker: std::sync::Mutex::new(crate::pipeline::breaker::Breaker::new(pc.breaker)),
             shutdown: shutdown.clone(),
             keepalive: Default::default(),
-            advisory_stream: advisory_stream.clone(),
             effects: effects_plan(&config, pc, &backends)?,
             captures: captures.clone(),
-            stats_interval: config.host.stats_interval.0,
         });
         stats.insert(pc.name.clone(), pipeline.stats.clone());
         running.push(pipeline.clone());
@@ -449,6 +441,23 @@ pub async fn run(
             .collect();
         tasks.spawn(pipeline.run(streams, shutdown.clone()));
     }
+    tokio::spawn(crate::pipeline::watch::run(
+        js.clone(),
+        config.streams.clone(),
+        running.clone(),
+        metrics.clone(),
+        config.host.stats_interval.0,
+        shutdown.clone(),
+    ));
+    // Advisories are listened to until the last batch is settled.
+    let advisories_stop = CancellationToken::new();
+    let advisories = tokio::spawn(crate::pipeline::advisories::run(
+        running.clone(),
+        advisory_stream,
+        js.clone(),
+        client.clone(),
+        advisories_stop.clone(),
+    ));
     let _ = admin.pipelines.set(running);
     on_start(HostHandle {
         health: health.clone(),
@@ -480,6 +489,8 @@ pub async fn run(
         tracing::warn!(timeout = ?config.host.shutdown_timeout.0,
             "in-flight batches did not finish in time; their messages will be redelivered");
     }
+    advisories_stop.cancel();
+    let _ = advisories.await;
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "could not flush the last acknowledgements");
     }

@@ -123,12 +123,22 @@ fn transient(e: &jetstream::Error) -> bool {
     matches!(e.code(), 408 | 503) || TRANSIENT.contains(&e.error_code())
 }
 
+/// Consumers being created or updated at once, host-wide. nats-server
+/// queues JetStream API requests and drops what is past its queue limit
+/// (10,000): ten thousand pipelines binding at once had their requests
+/// dropped and waited out timeouts (37 s to ready); in turns of this many,
+/// none is dropped.
+const BINDS_AT_ONCE: usize = 64;
+static BINDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BINDS_AT_ONCE);
+
 /// Creates or updates the durable consumer and returns it.
 pub async fn ensure(
     js: &jetstream::Context,
     pipeline: &PipelineConfig,
     stream: &StreamConfig,
 ) -> Result<consumer::PullConsumer, BindError> {
+    // Never closed: a permit is always given.
+    let _turn = BINDS.acquire().await;
     let s = js
         .get_stream_no_info(&stream.name)
         .await

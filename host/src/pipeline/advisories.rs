@@ -2,87 +2,240 @@
 //! stored; and from MAX_DELIVERIES advisories — JetStream's word that it
 //! gave up on a message whose last (spare) delivery ended without a
 //! decision — read from the advisory stream or heard live.
+//!
+//! One task per host listens for them all ([`run`]), so an idle pipeline
+//! costs nothing here. Kept advisories (`host.advisory_stream`) are read
+//! through a durable consumer per pipeline consumer — shared by the
+//! fleet, so each is handled once, also those emitted while no host ran,
+//! and acked once the dead letter is stored — made only when there is an
+//! advisory to read: found by one look at the stream's subjects at start
+//! and every [`RESCAN`], or heard live. (A durable per pipeline consumer,
+//! each with a pull open, was ten thousand more consumers on the server
+//! and a thousand requests a second for ten thousand idle pipelines.)
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{PULL_EXPIRES, Pipeline, RESUBSCRIBE_DELAY, Stats, sleep_or_cancel};
-use crate::config::StreamConfig;
+use super::{Pipeline, RESUBSCRIBE_DELAY, Stats, sleep_or_cancel};
 use crate::deadletter::{self, DeadLetter};
 
-impl Pipeline {
-    /// Dead-letters messages whose spare delivery timed out with no
-    /// decision, from their MAX_DELIVERIES advisories: read from the
-    /// advisory stream through a durable consumer per pipeline consumer
-    /// (shared by the fleet, so each is handled once, also those emitted
-    /// while no host ran; acked once the dead letter is stored), or heard
-    /// live in one queue group per consumer when there is no such stream.
-    pub(super) async fn listen_max_deliveries(
-        self: Arc<Self>,
-        stream: StreamConfig,
-        stop: CancellationToken,
-    ) {
-        match self.advisory_stream.clone() {
-            Some(kept) => self.follow_kept_advisories(&kept, &stream, &stop).await,
-            None => self.hear_advisories(&stream, &stop).await,
+/// How often the advisory stream is looked at again for advisories not
+/// heard live (missed while disconnected, or left unacked by a host that
+/// stopped): the advisory consumers' `ack_wait`.
+pub const RESCAN: Duration = Duration::from_secs(60);
+
+/// The pipelines by (stream, consumer name).
+type Owners = HashMap<(String, String), Arc<Pipeline>>;
+
+/// Handles the MAX_DELIVERIES advisories of every consumer of
+/// `pipelines` until `stop` (given once the last batch is settled). With
+/// `kept`, from the advisory stream of that name; else heard live only
+/// (each host running the pipeline handles it; the built-in route's
+/// message id keeps the dead letter single).
+pub async fn run(
+    pipelines: Vec<Arc<Pipeline>>,
+    kept: Option<String>,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    stop: CancellationToken,
+) {
+    let mut owners = Owners::new();
+    for p in &pipelines {
+        for s in &p.cfg.streams {
+            owners.insert((s.clone(), p.cfg.consumer_name(s)), p.clone());
         }
     }
+    let owners = Arc::new(owners);
+    let all = deadletter::advisory::subject("*", "*");
+    let mut live = loop {
+        match client.subscribe(all.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(subject = %all, error = %e, "cannot subscribe to advisories; retrying");
+                if sleep_or_cancel(RESUBSCRIBE_DELAY, &stop).await {
+                    return;
+                }
+            }
+        }
+    };
+    let mut drains = Drains::default();
+    let mut rescan = tokio::time::interval(RESCAN);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = rescan.tick(), if kept.is_some() => {
+                if let Some(kept) = &kept {
+                    for key in waiting(&js, kept, &owners).await {
+                        drains.start(key, kept, &js, &owners);
+                    }
+                }
+            }
+            Some(()) = drains.next() => {}
+            msg = live.next() => {
+                let Some(msg) = msg else { break };
+                let a = match deadletter::advisory::MaxDeliveries::parse(&msg.payload) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(subject = %msg.subject, error = %e, "unreadable MAX_DELIVERIES advisory");
+                        continue;
+                    }
+                };
+                let key = (a.stream.clone(), a.consumer.clone());
+                match (&kept, owners.get(&key)) {
+                    (_, None) => {}
+                    (Some(kept), Some(_)) => drains.start(key, kept, &js, &owners),
+                    (None, Some(p)) => {
+                        let p = p.clone();
+                        drains.tasks.spawn(async move {
+                            p.dead_letter_from_advisory(&a).await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+    drains.tasks.abort_all();
+}
 
-    async fn follow_kept_advisories(
-        &self,
+/// Consumers whose kept advisories are being read, one reader each.
+#[derive(Default)]
+struct Drains {
+    tasks: JoinSet<()>,
+    running: HashMap<tokio::task::Id, (String, String)>,
+    busy: HashSet<(String, String)>,
+}
+
+impl Drains {
+    fn start(
+        &mut self,
+        key: (String, String),
         kept: &str,
-        stream: &StreamConfig,
-        stop: &CancellationToken,
+        js: &jetstream::Context,
+        owners: &Arc<Owners>,
     ) {
-        let consumer_name = self.cfg.consumer_name(&stream.name);
+        if !self.busy.insert(key.clone()) {
+            return;
+        }
+        let (js, kept, owners, k) = (js.clone(), kept.to_owned(), owners.clone(), key.clone());
+        let handle = self.tasks.spawn(async move {
+            if let Some(p) = owners.get(&k) {
+                p.read_kept_advisories(&js, &kept, &k.0).await;
+            }
+        });
+        self.running.insert(handle.id(), key);
+    }
+
+    /// Waits for a reader to end (pending forever when none runs).
+    async fn next(&mut self) -> Option<()> {
+        match self.tasks.join_next_with_id().await {
+            Some(Ok((id, ()))) => self.forget(id),
+            Some(Err(e)) => self.forget(e.id()),
+            None => std::future::pending::<()>().await,
+        }
+        Some(())
+    }
+
+    fn forget(&mut self, id: tokio::task::Id) {
+        if let Some(key) = self.running.remove(&id) {
+            self.busy.remove(&key);
+        }
+    }
+}
+
+/// Our consumers with kept advisories to read: a durable with messages
+/// pending or unacknowledged, or none yet and advisories for its subject
+/// in the stream.
+async fn waiting(js: &jetstream::Context, kept: &str, owners: &Owners) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(stream) = js.get_stream(kept).await else {
+        return out;
+    };
+    let mut durables = HashMap::new();
+    let mut list = stream.consumers();
+    while let Some(Ok(info)) = list.next().await {
+        durables.insert(
+            info.name.clone(),
+            info.num_pending + info.num_ack_pending as u64,
+        );
+    }
+    let subjects = match stream
+        .info_with_subjects(deadletter::advisory::subject("*", "*"))
+        .await
+    {
+        Ok(mut s) => {
+            let mut all = HashMap::new();
+            while let Some(Ok((subject, n))) = s.next().await {
+                all.insert(subject, n);
+            }
+            all
+        }
+        Err(_) => HashMap::new(),
+    };
+    for ((stream_name, consumer), p) in owners {
+        let durable = p.cfg.advisory_consumer_name(stream_name);
+        let wanted = match durables.get(&durable) {
+            Some(n) => *n > 0,
+            None => subjects
+                .get(&deadletter::advisory::subject(stream_name, consumer))
+                .is_some_and(|n| *n > 0),
+        };
+        if wanted {
+            out.push((stream_name.clone(), consumer.clone()));
+        }
+    }
+    out
+}
+
+impl Pipeline {
+    /// Reads the kept advisories of this pipeline's consumer on `stream`
+    /// (its durable on `kept`, made if missing) until none is left;
+    /// each is acked once its dead letter is stored.
+    async fn read_kept_advisories(&self, js: &jetstream::Context, kept: &str, stream: &str) {
+        let consumer_name = self.cfg.consumer_name(stream);
         let config = jetstream::consumer::pull::Config {
-            durable_name: Some(self.cfg.advisory_consumer_name(&stream.name)),
+            durable_name: Some(self.cfg.advisory_consumer_name(stream)),
             description: Some(format!(
                 "jetplug: MAX_DELIVERIES advisories of {consumer_name}"
             )),
-            filter_subject: deadletter::advisory::subject(&stream.name, &consumer_name),
+            filter_subject: deadletter::advisory::subject(stream, &consumer_name),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(60),
+            ack_wait: RESCAN,
             max_deliver: -1,
             ..Default::default()
         };
+        let consumer = async {
+            js.get_stream_no_info(kept)
+                .await?
+                .create_consumer(config)
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        let consumer = match consumer.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(stream = %kept, consumer = %consumer_name, error = %e,
+                    "cannot read kept advisories; trying again at the next look");
+                return;
+            }
+        };
         loop {
-            let messages = async {
-                let s = self.js.get_stream_no_info(kept).await?;
-                let c = s.create_consumer(config.clone()).await?;
-                Ok::<_, async_nats::Error>(c.stream().expires(PULL_EXPIRES).messages().await?)
+            let mut batch = match consumer.fetch().max_messages(100).messages().await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(stream = %kept, consumer = %consumer_name, error = %e,
+                        "cannot read kept advisories; trying again at the next look");
+                    return;
+                }
             };
-            let mut messages = tokio::select! {
-                _ = stop.cancelled() => return,
-                m = messages => match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(stream = %kept, consumer = %consumer_name, error = %e,
-                            "cannot read kept advisories; retrying");
-                        if sleep_or_cancel(RESUBSCRIBE_DELAY, stop).await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-            };
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    m = messages.next() => m,
-                };
-                let msg = match msg {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::debug!(stream = %kept, error = %e, "advisory reader interrupted");
-                        break;
-                    }
-                    None => break,
-                };
+            let mut got = 0;
+            while let Some(Ok(msg)) = batch.next().await {
+                got += 1;
                 let done = match deadletter::advisory::MaxDeliveries::parse(&msg.payload) {
                     Ok(a) => self.dead_letter_from_advisory(&a).await,
                     Err(e) => {
@@ -93,40 +246,12 @@ impl Pipeline {
                 if done && let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, "acknowledging an advisory failed; it will be handled again");
                 }
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
             }
-            if sleep_or_cancel(RESUBSCRIBE_DELAY, stop).await {
+            if got == 0 {
                 return;
-            }
-        }
-    }
-
-    async fn hear_advisories(&self, stream: &StreamConfig, shutdown: &CancellationToken) {
-        let consumer_name = self.cfg.consumer_name(&stream.name);
-        let subject = deadletter::advisory::subject(&stream.name, &consumer_name);
-        let mut sub = loop {
-            let group = format!("jetplug-advisories-{consumer_name}");
-            match self.client.queue_subscribe(subject.clone(), group).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!(%subject, error = %e, "cannot subscribe to advisories; retrying");
-                    if sleep_or_cancel(RESUBSCRIBE_DELAY, shutdown).await {
-                        return;
-                    }
-                }
-            }
-        };
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = sub.next() => match m { Some(m) => m, None => return },
-            };
-            match deadletter::advisory::MaxDeliveries::parse(&msg.payload) {
-                Ok(a) => {
-                    self.dead_letter_from_advisory(&a).await;
-                }
-                Err(e) => {
-                    tracing::warn!(%subject, error = %e, "unreadable MAX_DELIVERIES advisory")
-                }
             }
         }
     }

@@ -10,7 +10,7 @@
 //! letters the pipeline stores itself, and those of MAX_DELIVERIES
 //! advisories, are in `advisories`.
 
-mod advisories;
+pub mod advisories;
 pub mod backoff;
 pub mod breaker;
 mod canary;
@@ -23,6 +23,7 @@ pub mod quota;
 pub mod settle;
 mod shadow;
 mod stats;
+pub mod watch;
 mod worker;
 
 use std::sync::Arc;
@@ -66,15 +67,10 @@ pub struct Pipeline {
     pub breaker: std::sync::Mutex<breaker::Breaker>,
     pub shutdown: CancellationToken,
     pub keepalive: Arc<keepalive::KeepAlive>,
-    /// Where MAX_DELIVERIES advisories are kept (`host.advisory_stream`);
-    /// None: they are only heard live.
-    pub advisory_stream: Option<String>,
     /// With `effects = "exactly-once"`: its ledger and outbox.
     pub effects: Option<Arc<effects::EffectsPlan>>,
     /// Where captures go (None: the host keeps none).
     pub captures: Option<capture::Capturer>,
-    /// How often the consumer's figures are read (`host.stats_interval`).
-    pub stats_interval: Duration,
 }
 
 /// Hands messages the host holds but will not run back to JetStream (a
@@ -99,10 +95,15 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// After a connection loss, this many batches' worth of messages are
 /// pulled one at a time.
 const CAREFUL_BATCHES: usize = 2;
-/// Idle heartbeat asked of the server on pull requests.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Idle heartbeat asked of the server on an idle pipeline's pull
+/// requests (while an answer is due, see `puller::QUICK_HEARTBEAT`). Every
+/// heartbeat and renewed request is work for the server and the host:
+/// with 5 s and 30 s, ten thousand idle pipelines cost 2,700 messages a
+/// second; with these, 230. A request lost while idle (which a leader
+/// change or a reconnect does not already cover) is noticed in two minutes.
+const HEARTBEAT: Duration = Duration::from_secs(60);
 /// How long the server keeps a pull request open.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
+const PULL_EXPIRES: Duration = Duration::from_secs(300);
 /// How often a paused puller looks at the breaker again.
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
 
@@ -152,7 +153,6 @@ impl Pipeline {
                 plan.clone(),
             )));
         }
-        let mut tasks = JoinSet::new();
         let mut consumers = JoinSet::new();
         let period = (self.cfg.ack_wait.0 / 2).max(Duration::from_millis(100));
         // Stops with the pipeline (after the last batch is settled).
@@ -162,16 +162,8 @@ impl Pipeline {
             period,
             keepalive_stop.clone(),
         ));
-        // Advisories are listened to until the last batch is settled.
-        let listen_stop = CancellationToken::new();
-        let mut listeners = JoinSet::new();
         for stream in streams {
-            tasks.spawn(self.clone().watch_consumer(stream.clone(), stop.clone()));
             consumers.spawn(self.clone().consume(stream.clone(), stop.clone()));
-            listeners.spawn(
-                self.clone()
-                    .listen_max_deliveries(stream, listen_stop.clone()),
-            );
         }
         let mut refused = None;
         while let Some(ended) = consumers.join_next().await {
@@ -180,9 +172,6 @@ impl Pipeline {
                 refused.get_or_insert(e);
             }
         }
-        while tasks.join_next().await.is_some() {}
-        listen_stop.cancel();
-        while listeners.join_next().await.is_some() {}
         keepalive_stop.cancel();
         let _ = keepalive.await;
         if let Some(relay) = relay {
@@ -484,30 +473,6 @@ impl Pipeline {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .shown(std::time::Instant::now())
-    }
-
-    /// Updates the consumer's pending / ack-pending gauges every few
-    /// seconds, and the breaker's (which an idle pipeline does not move).
-    async fn watch_consumer(self: Arc<Self>, stream: StreamConfig, shutdown: CancellationToken) {
-        let name = self.cfg.consumer_name(&stream.name);
-        let filter = match self.cfg.filters_for(&stream).as_slice() {
-            [one] => one.clone(),
-            _ => ">".to_owned(),
-        };
-        let stream = stream.name;
-        loop {
-            self.stats
-                .breaker_state
-                .set(i64::from(self.breaker_shown().code()));
-            if let Ok(f) =
-                crate::jetstream::figures::consumer(&self.js, &stream, &name, &filter).await
-            {
-                self.stats.consumer(&stream, &f);
-            }
-            if sleep_or_cancel(self.stats_interval, &shutdown).await {
-                return;
-            }
-        }
     }
 
     /// Hands messages to the workers; false if they are gone.

@@ -179,6 +179,77 @@ pub fn load_bytes(
 ) -> Result<Plugin, LoadError> {
     let path = spec.path.clone();
     check_header(&path, bytes)?;
+    check_memory(runtime, &spec)?;
+
+    let hash = cache::content_hash(bytes);
+    let (component, cache) = compile(runtime, &path, bytes, &hash)?;
+    from_component(runtime, spec, component, hash, cache, backends)
+}
+
+/// The compiled component of `bytes` (through the cache).
+fn compile(
+    runtime: &Runtime,
+    path: &Path,
+    bytes: &[u8],
+    hash: &str,
+) -> Result<(Component, CacheOutcome), LoadError> {
+    let engine = runtime.engine();
+    match runtime.cache() {
+        Some(c) => c.load_or_compile(engine, bytes, hash),
+        None => Component::new(engine, bytes).map(|c| (c, CacheOutcome::Compiled)),
+    }
+    .map_err(|e| LoadError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("{e:#}"),
+    })
+}
+
+/// Loads many plugins at once (a host's start): a file named by several
+/// entries is read, hashed and compiled once, and its entries share the
+/// compiled code — a thousand tenants' entries of one component cost one
+/// component's memory, not a thousand.
+#[derive(Default)]
+pub struct Loader {
+    /// Files read: their bytes' hash and compiled component.
+    files: std::collections::HashMap<PathBuf, (String, Component, CacheOutcome)>,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Loader {
+    /// Loads the plugin file named by `spec.path` (as [`load_with`]).
+    pub fn load(
+        &mut self,
+        runtime: &Arc<Runtime>,
+        spec: PluginSpec,
+        backends: Arc<Backends>,
+    ) -> Result<Plugin, LoadError> {
+        if let Some((hash, component, cache)) = self.files.get(&spec.path) {
+            let (hash, component, cache) = (hash.clone(), component.clone(), *cache);
+            check_memory(runtime, &spec)?;
+            return from_component(runtime, spec, component, hash, cache, backends);
+        }
+        let bytes = std::fs::read(&spec.path).map_err(|source| LoadError::Read {
+            path: spec.path.clone(),
+            source,
+        })?;
+        check_header(&spec.path, &bytes)?;
+        check_memory(runtime, &spec)?;
+        let hash = cache::content_hash(&bytes);
+        let (component, cache) = compile(runtime, &spec.path, &bytes, &hash)?;
+        self.files
+            .insert(spec.path.clone(), (hash.clone(), component.clone(), cache));
+        from_component(runtime, spec, component, hash, cache, backends)
+    }
+}
+
+fn check_memory(runtime: &Runtime, spec: &PluginSpec) -> Result<(), LoadError> {
     let max = runtime.settings().max_memory_bytes;
     if spec.limits.memory_bytes > max {
         return Err(LoadError::MemoryLimitTooLarge {
@@ -187,18 +258,19 @@ pub fn load_bytes(
             max,
         });
     }
+    Ok(())
+}
 
-    let hash = cache::content_hash(bytes);
-    let engine = runtime.engine();
-    let (component, cache) = match runtime.cache() {
-        Some(c) => c.load_or_compile(engine, bytes, &hash),
-        None => Component::new(engine, bytes).map(|c| (c, CacheOutcome::Compiled)),
-    }
-    .map_err(|e| LoadError::Invalid {
-        path: path.clone(),
-        reason: format!("{e:#}"),
-    })?;
-
+/// Checks a compiled component against `spec` and pre-instantiates it.
+fn from_component(
+    runtime: &Arc<Runtime>,
+    spec: PluginSpec,
+    component: Component,
+    hash: String,
+    cache: CacheOutcome,
+    backends: Arc<Backends>,
+) -> Result<Plugin, LoadError> {
+    let path = spec.path.clone();
     let imports = check_imports(&spec, &component, runtime)?;
     check_exports(&spec, &component, runtime)?;
 

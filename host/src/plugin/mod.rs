@@ -18,7 +18,7 @@ use std::path::PathBuf;
 pub use canary::{Canary, Counted, Figures, Tally};
 pub use instance::{BatchError, CallUsage, PluginInstance};
 pub use limits::Limits;
-pub use load::{LoadError, Plugin, load, load_bytes, load_with};
+pub use load::{LoadError, Loader, Plugin, load, load_bytes, load_with};
 pub use shadow::Shadow;
 pub use slot::PluginSlot;
 pub use state::PluginState;
