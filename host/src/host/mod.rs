@@ -396,6 +396,7 @@ pub async fn run(
     }
     let mut tasks = JoinSet::new();
     let mut stats = BTreeMap::new();
+    let leaders = jetstream::leaders::Leaders::start(client.clone(), shutdown.clone());
     let mut running = Vec::new();
     for pc in &config.pipelines {
         let route = match &pc.dead_letter {
@@ -429,6 +430,7 @@ pub async fn run(
             breaker: std::sync::Mutex::new(crate::pipeline::breaker::Breaker::new(pc.breaker)),
             shutdown: shutdown.clone(),
             keepalive: Default::default(),
+            leaders: leaders.clone(),
             effects: effects_plan(&config, pc, &backends)?,
             captures: captures.clone(),
         });

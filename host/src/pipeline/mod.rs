@@ -67,6 +67,8 @@ pub struct Pipeline {
     pub breaker: std::sync::Mutex<breaker::Breaker>,
     pub shutdown: CancellationToken,
     pub keepalive: Arc<keepalive::KeepAlive>,
+    /// New consumer leaders, heard host-wide.
+    pub leaders: Arc<crate::jetstream::leaders::Leaders>,
     /// With `effects = "exactly-once"`: its ledger and outbox.
     pub effects: Option<Arc<effects::EffectsPlan>>,
     /// Where captures go (None: the host keeps none).
@@ -252,7 +254,7 @@ impl Pipeline {
         'outer: while !shutdown.is_cancelled() {
             let bound = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                c = consumer::ensure(&self.js, &self.cfg, &stream) => c,
+                c = Box::pin(consumer::ensure(&self.js, &self.cfg, &stream)) => c,
             };
             // Whether the server holds messages for it: then an answer is due.
             let backlog = match bound {
@@ -295,7 +297,9 @@ impl Pipeline {
                     group: None,
                 }
             };
-            let started = Puller::start(
+            // The rare steps are boxed, so that an idle pipeline's task
+            // holds only the state of the step it waits in.
+            let started = Box::pin(Puller::start(
                 &self.js,
                 &self.client,
                 &stream.name,
@@ -304,7 +308,8 @@ impl Pipeline {
                 self.keepalive.clone(),
                 pin.take(),
                 backlog,
-            )
+                &self.leaders,
+            ))
             .await;
             let mut puller = match started {
                 Ok(p) => p,
@@ -346,17 +351,17 @@ impl Pipeline {
                             self.stats.throttled(waiting.elapsed());
                             if stop {
                                 self.health.consumer_lost();
-                                self.run_the_rest(puller, &out).await;
+                                Box::pin(self.run_the_rest(puller, &out)).await;
                                 break 'outer;
                             }
                             want
                         }
                     };
-                    if let Err(e) = puller.request(want).await {
+                    if let Err(e) = Box::pin(puller.request(want)).await {
                         tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                             "cannot pull; re-binding the consumer");
                         self.health.consumer_lost();
-                        pin = self.run_the_rest(puller, &out).await;
+                        pin = Box::pin(self.run_the_rest(puller, &out)).await;
                         sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
                         continue 'outer;
                     }
@@ -393,7 +398,7 @@ impl Pipeline {
                 let (pulled, error) = match next {
                     Next::Stop => {
                         self.health.consumer_lost();
-                        self.run_the_rest(puller, &out).await;
+                        Box::pin(self.run_the_rest(puller, &out)).await;
                         break 'outer;
                     }
                     Next::Disconnected => {
@@ -409,14 +414,14 @@ impl Pipeline {
                         }
                         careful = CAREFUL_BATCHES * self.cfg.batch as usize;
                         self.health.consumer_lost();
-                        pin = self.run_the_rest(puller, &out).await;
+                        pin = Box::pin(self.run_the_rest(puller, &out)).await;
                         continue 'outer;
                     }
                     Next::Paused => continue,
                     Next::Pulled(p, e) => (p, e),
                 };
                 let got = pulled.messages.len();
-                if got > 0 && !self.dispatch(pulled, &out, &mut puller).await {
+                if got > 0 && !Box::pin(self.dispatch(pulled, &out, &mut puller)).await {
                     self.health.consumer_lost();
                     break 'outer;
                 }
@@ -426,7 +431,7 @@ impl Pipeline {
                         tracing::info!(pipeline = %self.cfg.name, consumer = %consumer_name,
                             "back to full batches");
                         self.health.consumer_lost();
-                        pin = self.run_the_rest(puller, &out).await;
+                        pin = Box::pin(self.run_the_rest(puller, &out)).await;
                         continue 'outer;
                     }
                 }
@@ -434,7 +439,7 @@ impl Pipeline {
                     self.health.consumer_lost();
                     tracing::warn!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                         "message stream interrupted; re-binding the consumer");
-                    pin = self.run_the_rest(puller, &out).await;
+                    pin = Box::pin(self.run_the_rest(puller, &out)).await;
                     sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
                     continue 'outer;
                 }

@@ -50,6 +50,10 @@ fn window_of(batch: u32, concurrency: u32, max_ack_pending: u32) -> usize {
 /// word for two of them was lost.
 pub const QUICK_HEARTBEAT: Duration = Duration::from_millis(500);
 
+/// How long a request made while an answer is due lasts: a few quick
+/// heartbeats (ten thousand pipelines bound at once each get about four).
+pub const QUICK_EXPIRES: Duration = Duration::from_secs(2);
+
 /// How requests are made.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -83,8 +87,8 @@ pub struct Puller {
     subject: String,
     inbox: Subject,
     sub: Subscriber,
-    /// The consumer's `LEADER_ELECTED` advisories.
-    leader: Subscriber,
+    /// Fires on the consumer's `LEADER_ELECTED` advisories.
+    leader: Arc<tokio::sync::Notify>,
     opts: PullOptions,
     /// The heartbeat asked for in the last request.
     heartbeat: Duration,
@@ -147,6 +151,7 @@ impl Puller {
         keepalive: Arc<KeepAlive>,
         pin: Option<String>,
         backlog: bool,
+        leaders: &crate::jetstream::leaders::Leaders,
     ) -> Result<Self, PullError> {
         let inbox = Subject::from(client.new_inbox());
         let sub = client
@@ -156,15 +161,7 @@ impl Puller {
                 what: "the pull inbox",
                 reason: e.to_string(),
             })?;
-        let leader = client
-            .subscribe(format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}"
-            ))
-            .await
-            .map_err(|e| PullError::Subscribe {
-                what: "leader advisories",
-                reason: e.to_string(),
-            })?;
+        let leader = leaders.watch(stream, consumer);
         Ok(Puller {
             leader,
             heartbeat: opts.heartbeat,
@@ -229,15 +226,20 @@ impl Puller {
 
     /// Asks the server for up to `n` messages.
     pub async fn request(&mut self, n: usize) -> Result<(), PullError> {
-        // An answer is due while the server holds messages for us.
-        self.heartbeat = if self.fresh || self.backlog {
-            QUICK_HEARTBEAT.min(self.opts.heartbeat)
+        // An answer is due while the server holds messages for us. Such a
+        // request is short-lived: an idle pipeline's first one would
+        // otherwise bring quick heartbeats for its whole (long) life.
+        let quick = self.fresh || self.backlog;
+        let expires = if quick {
+            self.heartbeat = QUICK_HEARTBEAT.min(self.opts.heartbeat);
+            QUICK_EXPIRES.min(self.opts.expires)
         } else {
-            self.opts.heartbeat
+            self.heartbeat = self.opts.heartbeat;
+            self.opts.expires
         };
         let body = serde_json::to_vec(&Request {
             batch: n,
-            expires: self.opts.expires,
+            expires,
             idle_heartbeat: self.heartbeat,
             group: self.opts.group.as_deref(),
             id: self.pin.clone(),
@@ -267,7 +269,7 @@ impl Puller {
             }
             let next = tokio::select! {
                 m = tokio::time::timeout(self.heartbeat, self.sub.next()) => m,
-                Some(_) = self.leader.next() => {
+                _ = self.leader.notified() => {
                     // A new leader knows nothing of the open requests.
                     tracing::debug!(subject = %self.subject, "consumer leader changed; asking again");
                     self.outstanding = 0;

@@ -27,6 +27,9 @@ use crate::metrics::Metrics;
 /// Every this many rounds, every stream's consumers are read.
 pub const FULL_EVERY: u32 = 12;
 
+/// How long the first read waits for every consumer to be bound.
+const FIRST_READ_WAIT: Duration = Duration::from_secs(30);
+
 /// One of our consumers: its pipeline and the filter of its first
 /// unsettled message.
 struct Watched {
@@ -75,6 +78,19 @@ pub async fn run(
     let ours: std::collections::HashSet<String> = streams.into_iter().map(|s| s.name).collect();
     let mut seen: HashMap<String, Seen> = HashMap::new();
     let mut round = 0u32;
+    // The first read waits for the consumers to be bound (or a while):
+    // while they are being made, a listing would miss them.
+    if let Some(p) = pipelines.first() {
+        let bound = async {
+            while !p.health.ready() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::timeout(FIRST_READ_WAIT, bound) => {}
+        }
+    }
     loop {
         for p in &pipelines {
             p.stats
@@ -94,9 +110,10 @@ pub async fn run(
                 last: f.last_sequence,
             });
             let changed = now.is_none() || now.as_ref() != seen.get(stream);
+            // A consumer not listed yet is read at the next full round.
             let busy = watched
                 .values()
-                .any(|w| w.last.is_none_or(|(f, _)| f.pending + f.ack_pending > 0));
+                .any(|w| w.last.is_some_and(|(f, _)| f.pending + f.ack_pending > 0));
             if full || changed || busy {
                 if read_consumers(&js, stream, watched).await
                     && let Some(now) = now

@@ -42,7 +42,9 @@ pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: 
                 let Some(Batch(batch, _alive)) = next else {
                     return;
                 };
-                process(&p, &mut instance, &mut spare, batch).await;
+                // Boxed: an idle worker holds only a pointer to this
+                // (large) future's state, not its whole size.
+                Box::pin(process(&p, &mut instance, &mut spare, batch)).await;
             }
             Source::Keyed(queue) => {
                 // A failing plugin takes one message at a time (see `failing`).
@@ -52,7 +54,9 @@ pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: 
                 };
                 let batch = std::mem::take(&mut taken.messages);
                 let started = std::time::Instant::now();
-                process(&p, &mut instance, &mut spare, batch).await;
+                // Boxed: an idle worker holds only a pointer to this
+                // (large) future's state, not its whole size.
+                Box::pin(process(&p, &mut instance, &mut spare, batch)).await;
                 queue.release(taken, started.elapsed());
             }
         }
