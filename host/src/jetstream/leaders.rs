@@ -64,7 +64,10 @@ impl Leaders {
                 _ = stop.cancelled() => return,
                 m = sub.next() => match m { Some(m) => m, None => return },
             };
-            let Some(key) = msg.subject.strip_prefix(SUBJECT).and_then(|k| k.strip_prefix('.'))
+            let Some(key) = msg
+                .subject
+                .strip_prefix(SUBJECT)
+                .and_then(|k| k.strip_prefix('.'))
             else {
                 continue;
             };

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::metrics::{Metrics, labels, reason_kind};
+use crate::metrics::{Labels, Metrics, labels, reason_kind};
 
 /// Counters per pipeline: handles into the host's Prometheus metrics, also
 /// read directly by tests and the admin API.
@@ -53,18 +53,25 @@ pub struct Stats {
     /// Capability calls that failed (all kinds).
     pub capability_errors: std::sync::atomic::AtomicU64,
     /// tenant, plugin, pipeline.
-    labels: [(&'static str, String); 3],
+    labels: [(&'static str, Arc<str>); 3],
     metrics: Arc<Metrics>,
+}
+
+/// The pipeline's labels (shared) and `more`.
+fn with_base(base: &[(&'static str, Arc<str>)], more: &[(&'static str, &str)]) -> Labels {
+    let mut l = base.to_vec();
+    l.extend(labels(more));
+    l
 }
 
 impl Stats {
     pub fn new(metrics: &Arc<Metrics>, pipeline: &str, tenant: &str, plugin: &str) -> Self {
-        let base = [
-            ("tenant", tenant),
-            ("plugin", plugin),
-            ("pipeline", pipeline),
+        let base: [(&'static str, Arc<str>); 3] = [
+            ("tenant", tenant.into()),
+            ("plugin", plugin.into()),
+            ("pipeline", pipeline.into()),
         ];
-        let with = |more: &[(&str, &str)]| labels(&[&base[..], more].concat());
+        let with = |more: &[(&'static str, &str)]| with_base(&base, more);
         let p = with(&[]);
         let outcome = |o: &str| {
             metrics
@@ -106,14 +113,13 @@ impl Stats {
             throttled_seconds: metrics.throttled_seconds.get_or_create_owned(&p),
             capability_calls,
             capability_errors: Default::default(),
-            labels: base.map(|(k, v)| (k, v.to_owned())),
+            labels: base,
             metrics: metrics.clone(),
         }
     }
 
-    fn labels_with(&self, more: &[(&str, &str)]) -> crate::metrics::Labels {
-        let base: Vec<(&str, &str)> = self.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        labels(&[&base[..], more].concat())
+    fn labels_with(&self, more: &[(&'static str, &str)]) -> crate::metrics::Labels {
+        with_base(&self.labels, more)
     }
 
     /// Records what one plugin call used (CPU, memory, capability calls).

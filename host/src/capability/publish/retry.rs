@@ -153,7 +153,7 @@ pub async fn publish(
         if attempt < attempts {
             let pause = policy.delay_after(attempt);
             crate::metrics::PUBLISH_RETRIES
-                .get_or_create(&vec![("source".to_owned(), how.source.label().to_owned())])
+                .get_or_create(&crate::metrics::labels(&[("source", how.source.label())]))
                 .inc();
             tracing::warn!(%subject, attempt, of = attempts, error = %last, retry_in = ?pause,
                 source = how.source.label(), "publish failed; retrying");
