@@ -190,6 +190,17 @@ impl PluginInstance {
         &self.plugin
     }
 
+    /// Drops the live instance (its memory goes back to the pool); the
+    /// next batch makes a new one. For a pipeline gone idle.
+    pub fn release(&mut self) {
+        self.live = None;
+    }
+
+    /// Whether an instance is live (made and not released).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
     /// How many instances this runner has created (1 + one per failure, with reuse).
     pub fn instances_created(&self) -> u64 {
         self.instantiated
