@@ -235,6 +235,7 @@ pub async fn run(env_plugins: &Path, guest: &Path, s: Settings) -> anyhow::Resul
     );
     let mut server = jetplug_tests::NatsServer::start().await?;
     let env = Env::new(&server.url(), env_plugins).await?;
+    let guest = std::path::absolute(guest)?;
     let files = [
         env.plugin("test_noop.wasm"),
         guest.join("bench-py.wasm"),
@@ -258,8 +259,20 @@ pub async fn run(env_plugins: &Path, guest: &Path, s: Settings) -> anyhow::Resul
     let rss_busy_only = rss_of(host.pid())?;
     host.stop()?;
 
-    // Everything.
+    // Everything, its plugins compiled beforehand (`jetplug check` fills
+    // the cache), as on any start but a host's first: compiling is the
+    // `languages` scenario's figure, and its memory is not a pipeline's.
     let (path, config) = env.config("many-all", "cache", &body(&files, &s, None))?;
+    let checked = std::process::Command::new(super::env::host_binary()?)
+        .args(["--log", "warn", "check", "--config"])
+        .arg(&path)
+        .output()
+        .context("cannot run jetplug check")?;
+    anyhow::ensure!(
+        checked.status.success(),
+        "jetplug check failed: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     let mut host = env.spawn_host(&path, "many-all.log")?;
     let ready = wait_ready(&mut host, &config).await?;
     // Past the start's own work (first stats rounds, timers settling).

@@ -38,10 +38,8 @@ pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: 
     loop {
         match &source {
             Source::Shared(rx) => {
-                let next = next_or_release(&mut instance, async {
-                    rx.lock().await.recv().await
-                })
-                .await;
+                let next =
+                    next_or_release(&mut instance, async { rx.lock().await.recv().await }).await;
                 let Some(Batch(batch, _alive)) = next else {
                     return;
                 };
@@ -78,9 +76,17 @@ async fn next_or_release<T>(
     instance: &mut PluginInstance,
     next: impl std::future::Future<Output = T>,
 ) -> T {
+    next_or_release_after(INSTANCE_IDLE, instance, next).await
+}
+
+async fn next_or_release_after<T>(
+    idle: Duration,
+    instance: &mut PluginInstance,
+    next: impl std::future::Future<Output = T>,
+) -> T {
     tokio::pin!(next);
     if instance.is_live() {
-        match tokio::time::timeout(INSTANCE_IDLE, &mut next).await {
+        match tokio::time::timeout(idle, &mut next).await {
             Ok(v) => return v,
             Err(_) => instance.release(),
         }
@@ -438,5 +444,56 @@ pub(super) async fn settle_captured(
     if let Err(e) = result {
         tracing::warn!(pipeline = %p.cfg.name, stream = %msg.stream, seq = msg.stream_seq, error = %e,
             "settling failed; JetStream will redeliver after ack_wait");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineSettings, Runtime};
+    use crate::plugin::PluginSpec;
+
+    fn msg() -> Message {
+        Message {
+            stream: "S".into(),
+            consumer: "c".into(),
+            subject: "s.x".into(),
+            headers: vec![],
+            payload: b"{}".to_vec(),
+            stream_seq: 1,
+            delivered: 1,
+            published_at_ms: 0,
+            tenant: "default".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_worker_releases_its_instance_and_the_next_batch_makes_one()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let rt = Arc::new(Runtime::new(EngineSettings {
+            max_instances: 4,
+            ..EngineSettings::default()
+        })?);
+        let spec = PluginSpec::new("noop", jetplug_tests::plugins::TEST_NOOP);
+        let mut inst = PluginInstance::new(Arc::new(crate::plugin::load(&rt, spec)?));
+        assert!(!inst.is_live(), "made on the first batch, not before");
+        inst.handle(vec![msg()]).await?;
+        assert!(inst.is_live());
+        let idle = Duration::from_millis(200);
+        // A batch within the idle time: the instance is kept.
+        let got = next_or_release_after(idle, &mut inst, async { 1 }).await;
+        assert_eq!(got, 1);
+        assert!(inst.is_live());
+        // None for longer: released, and what comes later is still returned.
+        let late = async {
+            tokio::time::sleep(idle * 3).await;
+            2
+        };
+        assert_eq!(next_or_release_after(idle, &mut inst, late).await, 2);
+        assert!(!inst.is_live(), "released after {idle:?} idle");
+        inst.handle(vec![msg()]).await?;
+        assert!(inst.is_live());
+        assert_eq!(inst.instances_created(), 2);
+        Ok(())
     }
 }
