@@ -468,6 +468,15 @@ fn figures_read_the_same_everywhere() -> TestResult {
             "README row not in docs/performance.md's latest run: {row}"
         );
     }
+    let many = table_after(&perf, "### Many pipelines: figures");
+    let readme_many = table_after(&readme, "### Many pipelines on one host");
+    assert!(!readme_many.is_empty(), "README: no many-pipelines table");
+    for row in &readme_many {
+        assert!(
+            many.contains(row),
+            "README row not in docs/performance.md's many-pipelines figures: {row}"
+        );
+    }
     let status = &readme[readme.find("**Status.**").ok_or("no Status")?..];
     let status = &status[..status.find("\n\n").unwrap_or(status.len())];
     for figure in status

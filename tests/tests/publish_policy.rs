@@ -68,7 +68,7 @@ async fn out_stream(js: &jetstream::Context) -> anyhow::Result<()> {
 
 fn retries() -> u64 {
     jetplug::metrics::PUBLISH_RETRIES
-        .get_or_create(&vec![("source".to_owned(), "plugin".to_owned())])
+        .get_or_create(&jetplug::metrics::labels(&[("source", "plugin")]))
         .get()
 }
 

@@ -97,7 +97,7 @@ pub async fn run(
                 .breaker_state
                 .set(i64::from(p.breaker_shown().code()));
         }
-        let full = round % FULL_EVERY == 0;
+        let full = round.is_multiple_of(FULL_EVERY);
         round = round.wrapping_add(1);
         let listed = list_streams(&js, &ours).await;
         for (name, f) in &listed {
@@ -114,12 +114,11 @@ pub async fn run(
             let busy = watched
                 .values()
                 .any(|w| w.last.is_some_and(|(f, _)| f.pending + f.ack_pending > 0));
-            if full || changed || busy {
-                if read_consumers(&js, stream, watched).await
-                    && let Some(now) = now
-                {
-                    seen.insert(stream.clone(), now);
-                }
+            if (full || changed || busy)
+                && read_consumers(&js, stream, watched).await
+                && let Some(now) = now
+            {
+                seen.insert(stream.clone(), now);
             }
             for w in watched.values() {
                 if let Some((f, at)) = &w.last {
