@@ -30,6 +30,12 @@ use crate::deadletter::{self, DeadLetter};
 /// stopped): the advisory consumers' `ack_wait`.
 pub const RESCAN: Duration = Duration::from_secs(60);
 
+/// Reads of a consumer's kept advisories that may come back empty (or
+/// fail) before the reader leaves them to the next look, and how long
+/// each waits.
+const READ_TRIES: u32 = 5;
+const READ_WAIT: Duration = Duration::from_secs(1);
+
 /// The pipelines by (stream, consumer name).
 type Owners = HashMap<(String, String), Arc<Pipeline>>;
 
@@ -209,28 +215,44 @@ impl Pipeline {
             max_deliver: -1,
             ..Default::default()
         };
-        let consumer = async {
-            js.get_stream_no_info(kept)
-                .await?
-                .create_consumer(config)
-                .await
-                .map_err(async_nats::Error::from)
-        };
-        let consumer = match consumer.await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(stream = %kept, consumer = %consumer_name, error = %e,
-                    "cannot read kept advisories; trying again at the next look");
-                return;
-            }
-        };
-        loop {
-            let mut batch = match consumer.fetch().max_messages(100).messages().await {
+        // A new (clustered) durable may answer only once it has a leader,
+        // and an advisory heard live may not be stored in the stream yet:
+        // a few short waits before leaving it to the next look.
+        let mut tries = 0;
+        let mut read = 0u64;
+        let mut consumer = None;
+        while tries < READ_TRIES && !self.shutdown.is_cancelled() {
+            let c = match &consumer {
+                Some(c) => c,
+                None => {
+                    let made = async {
+                        js.get_stream_no_info(kept)
+                            .await?
+                            .create_consumer(config.clone())
+                            .await
+                            .map_err(async_nats::Error::from)
+                    };
+                    match made.await {
+                        Ok(c) => consumer.insert(c),
+                        Err(e) => {
+                            tries += 1;
+                            tracing::debug!(stream = %kept, consumer = %consumer_name, error = %e,
+                                "cannot make the advisory reader yet");
+                            tokio::time::sleep(READ_WAIT / 2).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let batch = c.batch().max_messages(100).expires(READ_WAIT).messages().await;
+            let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(stream = %kept, consumer = %consumer_name, error = %e,
-                        "cannot read kept advisories; trying again at the next look");
-                    return;
+                    tries += 1;
+                    tracing::debug!(stream = %kept, consumer = %consumer_name, error = %e,
+                        "cannot read kept advisories yet");
+                    tokio::time::sleep(READ_WAIT / 2).await;
+                    continue;
                 }
             };
             let mut got = 0;
@@ -250,9 +272,17 @@ impl Pipeline {
                     return;
                 }
             }
+            read += got;
             if got == 0 {
-                return;
+                if read > 0 {
+                    return;
+                }
+                tries += 1;
             }
+        }
+        if read == 0 && !self.shutdown.is_cancelled() {
+            tracing::debug!(stream = %kept, consumer = %consumer_name,
+                "no kept advisory read; the next look at the stream tries again");
         }
     }
 
