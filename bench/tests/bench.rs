@@ -39,6 +39,10 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
                     "20",
                     "--latency-count",
                     "50",
+                    "--many-pipelines",
+                    "60",
+                    "--many-streams",
+                    "30",
                     "--nats",
                     &nats,
                 ])
