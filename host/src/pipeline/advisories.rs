@@ -244,7 +244,12 @@ impl Pipeline {
                     }
                 }
             };
-            let batch = c.batch().max_messages(100).expires(READ_WAIT).messages().await;
+            let batch = c
+                .batch()
+                .max_messages(100)
+                .expires(READ_WAIT)
+                .messages()
+                .await;
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
