@@ -197,15 +197,19 @@ pub(crate) async fn native(
         .create_consumer(consumer::config(pc, sc))
         .await?;
     let (count, batch) = (s.count, s.batch as usize);
+    // The consumer acks whatever it is given until the stream's ack floor
+    // says the run is done: a message redelivered after its ack_wait (large
+    // payloads on a busy machine) is acked again rather than left behind.
     let mut task = tokio::spawn(async move {
         let (mut n, mut reopened) = (0, 0);
+        let mut seen = std::collections::HashSet::new();
         loop {
             // A pull stream that fails or goes quiet is opened again (the
             // durable consumer keeps the progress): on a fresh clustered
             // consumer a pull request can be lost while it elects a leader,
             // and the stream then waited for ever.
             let mut messages = c.stream().max_messages_per_batch(batch).messages().await?;
-            while n < count {
+            loop {
                 let m = match tokio::time::timeout(NATIVE_STALL, messages.next()).await {
                     Ok(Some(Ok(m))) => m,
                     Ok(Some(Err(e))) => {
@@ -214,32 +218,36 @@ pub(crate) async fn native(
                     }
                     Ok(None) | Err(_) => break,
                 };
+                // Stream sequences, not deliveries, count toward the run.
+                let seq = m
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .stream_sequence;
                 m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                n += 1;
+                if seen.insert(seq) {
+                    n += 1;
+                }
             }
-            if n >= count {
-                return anyhow::Ok(());
+            if n < count {
+                reopened += 1;
+                anyhow::ensure!(
+                    reopened <= NATIVE_REOPEN,
+                    "the native consumer stalled {reopened} times after {n} of {count} messages"
+                );
             }
-            reopened += 1;
-            anyhow::ensure!(
-                reopened <= NATIVE_REOPEN,
-                "the native consumer stalled {reopened} times after {n} of {count} messages"
-            );
         }
     });
     let durable = pc.consumer_name(&sc.name);
     let wait = env::wait_acked(&env.js, &sc.name, &durable, count, TIMEOUT, &bar);
-    tokio::pin!(wait);
     // A failed consumer ends the wait at once instead of at the timeout.
     let run = tokio::select! {
-        run = &mut wait => {
-            let run = run?;
-            task.await??;
-            run
+        run = wait => {
+            task.abort();
+            run?
         }
         done = &mut task => {
-            done??;
-            wait.await?
+            let failed: anyhow::Result<()> = done?;
+            return Err(failed.err().unwrap_or_else(|| anyhow::anyhow!("the native consumer ended")));
         }
     };
     bar.finish_and_clear();
