@@ -1,15 +1,23 @@
 //! The same handlers in Rust, Python and JavaScript (`bench-rust`,
 //! `bench-py`, `bench-js`: a no-op, and one that parses every payload as
 //! JSON): messages per second through the host (nats-server, a host child
-//! process, one pipeline), and cold start — compiling the component, then
-//! from the compiled-component cache — so authors can weigh a language.
+//! process, one pipeline), and cold start — compiling the component, from
+//! the fleet (another host's compiled code, `engine.fleet_cache_key`), then
+//! from the local compiled-component cache — so authors can weigh a language.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use super::dispatch;
 use super::env::{self, Env};
-use jetplug::plugin::PluginSpec;
+use jetplug::engine::cache::{CacheOutcome, FleetKey};
+use jetplug::engine::{EngineSettings, Runtime};
+use jetplug::hotswap::artifacts::Pulled;
+use jetplug::hotswap::fleet::Fleet;
+use jetplug::plugin::{self, Plugin, PluginInstance, PluginSpec};
 
 /// Settings for [`run`].
 #[derive(Debug, Clone)]
@@ -28,6 +36,9 @@ pub struct Row {
     pub handler: &'static str,
     pub per_sec: f64,
     pub compile: Duration,
+    /// Start on a host whose cache is empty, from another host's compiled
+    /// code in the deploy bucket: fetch, verify, import, load, `init`.
+    pub fleet: Duration,
     pub cached: Duration,
     /// Resident memory per further live instance (no-op handler, after one
     /// batch), when it could be read.
@@ -77,8 +88,11 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut published = false;
     for (language, path) in &s.plugins {
-        let (compile, cached, plugin) =
-            dispatch::cold_start(PluginSpec::new("bench", path)).await?;
+        let spec = PluginSpec::new("bench", path);
+        let (compile, cached, plugin) = dispatch::cold_start(spec.clone()).await?;
+        let fleet = fleet_start(env, spec, &plugin)
+            .await
+            .with_context(|| format!("fleet-cached start of the {language} plugin"))?;
         let batch: std::sync::Arc<[jetplug::Message]> = (0..s.batch)
             .map(|i| dispatch::message(i as usize, EVENT))
             .collect();
@@ -136,10 +150,45 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
                 },
                 per_sec: run.rate(s.count),
                 compile,
+                fleet,
                 cached,
                 instance_rss,
             });
         }
     }
     Ok(rows)
+}
+
+/// One host shares `plugin`'s compiled code through a deploy bucket; a host
+/// with an empty cache then starts it from there, timed like
+/// [`dispatch::cold_start`] (engine, load, `init`).
+async fn fleet_start(env: &Env, spec: PluginSpec, plugin: &Plugin) -> anyhow::Result<Duration> {
+    let fleet = Fleet::open(&env.js, "bench-fleet").await?;
+    let key = FleetKey::new(&[7; 32]).context("a 32-byte key")?;
+    let settings = |dir: &tempfile::TempDir| EngineSettings {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..EngineSettings::default()
+    };
+    let (sharer, joiner) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let runtime = Arc::new(Runtime::new(settings(&sharer))?);
+    fleet.artifacts(key.clone(), runtime).share(plugin).await?;
+
+    let t = Instant::now();
+    let runtime = Arc::new(Runtime::new(settings(&joiner))?);
+    let pulled = fleet
+        .artifacts(key, runtime.clone())
+        .pull(plugin.hash())
+        .await;
+    anyhow::ensure!(
+        pulled == Pulled::Imported,
+        "pulling the shared code: {pulled:?}"
+    );
+    let loaded = Arc::new(plugin::load(&runtime, spec)?);
+    anyhow::ensure!(
+        loaded.cache_outcome() == CacheOutcome::Hit,
+        "the shared code was compiled again ({:?})",
+        loaded.cache_outcome()
+    );
+    PluginInstance::new(loaded).ready().await?;
+    Ok(t.elapsed())
 }

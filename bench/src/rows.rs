@@ -488,9 +488,10 @@ pub(crate) async fn languages(
         rows.push(row(
             &format!("{} plugin, {}", l.language, l.handler),
             format!(
-                "{:.0} msg/s; cold start {:.0} ms compiling / {:.0} ms cached; {} per instance",
+                "{:.0} msg/s; cold start {:.0} ms compiling / {:.0} ms from the fleet / {:.0} ms cached; {} per instance",
                 l.per_sec,
                 l.compile.as_secs_f64() * 1e3,
+                l.fleet.as_secs_f64() * 1e3,
                 l.cached.as_secs_f64() * 1e3,
                 l.instance_rss.map(mib).unwrap_or_else(|| "n/a".into()),
             ),

@@ -299,7 +299,7 @@ async fn deploy(
     ))?);
     let mut spec = PluginSpec::from_config(name, pc);
     spec.path = file.to_path_buf();
-    crate::plugin::load_bytes(
+    let plugin = crate::plugin::load_bytes(
         &runtime,
         spec,
         &bytes,
@@ -308,6 +308,9 @@ async fn deploy(
     .with_context(|| format!("{} is not a valid new version of `{name}`", file.display()))?;
     let signature = signature_for(&config, file, &bytes, key)?;
     let (_, fleet) = open(name, args).await?;
+    if let Some(key) = crate::hotswap::artifacts::fleet_key(&config.engine, &runtime) {
+        share_compiled(&fleet.artifacts(key, runtime.clone()), &plugin).await;
+    }
     if shadow.shadow {
         return super::canary::start_shadow(&fleet, name, &bytes, signature, shadow).await;
     }
@@ -318,6 +321,21 @@ async fn deploy(
     println!("deployed plugin `{name}`: {}", describe(&ann));
     println!("running hosts swap to it within seconds; check with `jetplug plugin list`");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shares the new version's compiled code, so hosts swap to it without
+/// compiling (`engine.fleet_cache_key`); a failure only costs them a compile.
+async fn share_compiled(
+    artifacts: &crate::hotswap::artifacts::Artifacts,
+    plugin: &crate::plugin::Plugin,
+) {
+    match artifacts.share(plugin).await {
+        Ok(true) => {
+            println!("compiled code shared with the fleet: hosts load it without compiling")
+        }
+        Ok(false) => println!("compiled code already shared with the fleet"),
+        Err(e) => eprintln!("warning: compiled code not shared ({e}); each host compiles it"),
+    }
 }
 
 fn plugin_config<'a>(

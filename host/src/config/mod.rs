@@ -192,6 +192,12 @@ pub struct EngineConfig {
     /// How much lower the slow lane's priority is, in `nice` steps, 0–19
     /// (default 10; Linux only).
     pub slow_lane_nice: u8,
+    /// Shared by a fleet's hosts (at least 32 bytes) to trust one another's
+    /// compiled components, kept in the deploy bucket (default: none, every
+    /// host compiles for itself).
+    pub fleet_cache_key: Option<Secret>,
+    /// A file holding `fleet_cache_key`.
+    pub fleet_cache_key_file: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -206,6 +212,8 @@ impl Default for EngineConfig {
             throttle_after: Dur(Duration::from_millis(20)),
             slow_lane_threads: (cores / 2).max(1),
             slow_lane_nice: 10,
+            fleet_cache_key: None,
+            fleet_cache_key_file: None,
         }
     }
 }
@@ -421,6 +429,7 @@ impl Config {
             &mut n.tls_cert,
             &mut n.tls_key,
             &mut self.admin.token_file,
+            &mut self.engine.fleet_cache_key_file,
         ]
         .into_iter()
         .flatten()
@@ -444,6 +453,12 @@ impl Config {
         from_file(&mut n.token, &n.token_file, "nats.token")?;
         from_file(&mut n.password, &n.password_file, "nats.password")?;
         from_file(&mut self.admin.token, &self.admin.token_file, "admin.token")?;
+        let e = &mut self.engine;
+        from_file(
+            &mut e.fleet_cache_key,
+            &e.fleet_cache_key_file,
+            "engine.fleet_cache_key",
+        )?;
         for (name, db) in self.databases.iter_mut() {
             from_file(&mut db.url, &db.url_file, &format!("database.{name}.url"))?;
             from_file(

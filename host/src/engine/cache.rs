@@ -120,6 +120,27 @@ impl ComponentCache {
             .join(format!("{content_hash}-{}-m1.cwasm", self.engine_key))
     }
 
+    /// The engine's compatibility key: compiled code made for another key
+    /// is never loaded here.
+    pub fn engine_key(&self) -> &str {
+        &self.engine_key
+    }
+
+    /// Whether a trusted entry for this content hash is on disk (not
+    /// verified: loading does that).
+    pub fn has(&self, content_hash: &str) -> bool {
+        self.key.is_some() && self.entry_path(content_hash).exists()
+    }
+
+    /// Stores `compiled` (trusted by the caller: the fleet's MAC verified
+    /// it) as this host's entry for `content_hash`, under this host's MAC.
+    pub fn import(&self, content_hash: &str, compiled: &[u8]) -> std::io::Result<()> {
+        let Some(key) = &self.key else {
+            return Err(std::io::Error::other("the compiled-component cache is off"));
+        };
+        self.store(&self.entry_path(content_hash), compiled, key, content_hash)
+    }
+
     /// Loads the compiled component from the cache, or compiles `wasm` and
     /// stores it. Cache I/O problems are logged and never fail the load.
     pub fn load_or_compile(
@@ -163,14 +184,7 @@ impl ComponentCache {
 
     /// The MAC of an entry: over the engine key, the content hash and the code.
     fn mac(&self, key: &[u8; KEY_LEN], content_hash: &str, compiled: &[u8]) -> HmacSha256 {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| {
-            // HMAC takes keys of any length.
-            unreachable!("HMAC-SHA256 accepts a {KEY_LEN}-byte key")
-        });
-        mac.update(self.engine_key.as_bytes());
-        mac.update(content_hash.as_bytes());
-        mac.update(compiled);
-        mac
+        mac(key, b"", &self.engine_key, content_hash, compiled)
     }
 
     /// The compiled code of an entry whose MAC this host's key confirms.
@@ -180,14 +194,7 @@ impl ComponentCache {
         content_hash: &str,
         entry: &'a [u8],
     ) -> Result<&'a [u8], Untrusted> {
-        if entry.len() < MAC_LEN {
-            return Err(Untrusted::TooShort);
-        }
-        let (compiled, tag) = entry.split_at(entry.len() - MAC_LEN);
-        self.mac(key, content_hash, compiled)
-            .verify_slice(tag)
-            .map_err(|_| Untrusted::Foreign)?;
-        Ok(compiled)
+        verified(entry, |compiled| self.mac(key, content_hash, compiled))
     }
 
     fn store(
@@ -213,6 +220,82 @@ impl ComponentCache {
 }
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA256 under `key` over a domain tag, the engine key, the content
+/// hash and the compiled code.
+fn mac(
+    key: &[u8],
+    domain: &[u8],
+    engine_key: &str,
+    content_hash: &str,
+    compiled: &[u8],
+) -> HmacSha256 {
+    // HMAC takes keys of any length.
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC-SHA256 accepts keys of any length"));
+    mac.update(domain);
+    mac.update(engine_key.as_bytes());
+    mac.update(content_hash.as_bytes());
+    mac.update(compiled);
+    mac
+}
+
+/// The code of `entry` (code, then a MAC) if `mac_of` the code matches.
+fn verified(entry: &[u8], mac_of: impl FnOnce(&[u8]) -> HmacSha256) -> Result<&[u8], Untrusted> {
+    if entry.len() < MAC_LEN {
+        return Err(Untrusted::TooShort);
+    }
+    let (compiled, tag) = entry.split_at(entry.len() - MAC_LEN);
+    mac_of(compiled)
+        .verify_slice(tag)
+        .map_err(|_| Untrusted::Foreign)?;
+    Ok(compiled)
+}
+
+/// The key a fleet shares to trust one another's compiled components
+/// (`engine.fleet_cache_key`): whoever holds it can make every host run
+/// native code, so it is kept like a signing key.
+#[derive(Clone)]
+pub struct FleetKey(Vec<u8>);
+
+impl std::fmt::Debug for FleetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetKey(***)")
+    }
+}
+
+/// Domain tag of fleet MACs (never confused with a host's entries).
+const FLEET_DOMAIN: &[u8] = b"jetplug-fleet-cache-v1\0";
+
+impl FleetKey {
+    /// Shortest key accepted, in bytes.
+    pub const MIN_LEN: usize = 32;
+
+    pub fn new(secret: &[u8]) -> Option<Self> {
+        (secret.len() >= Self::MIN_LEN).then(|| FleetKey(secret.to_vec()))
+    }
+
+    /// `compiled` followed by its fleet MAC.
+    pub fn seal(&self, engine_key: &str, content_hash: &str, compiled: &[u8]) -> Vec<u8> {
+        let tag = mac(&self.0, FLEET_DOMAIN, engine_key, content_hash, compiled).finalize();
+        let mut out = Vec::with_capacity(compiled.len() + MAC_LEN);
+        out.extend_from_slice(compiled);
+        out.extend_from_slice(&tag.into_bytes());
+        out
+    }
+
+    /// The compiled code of a sealed artifact whose fleet MAC matches.
+    pub fn open<'a>(
+        &self,
+        engine_key: &str,
+        content_hash: &str,
+        sealed: &'a [u8],
+    ) -> Result<&'a [u8], Untrusted> {
+        verified(sealed, |c| {
+            mac(&self.0, FLEET_DOMAIN, engine_key, content_hash, c)
+        })
+    }
+}
 
 /// Why the cache's key cannot be had (the cache is then off).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -305,11 +388,48 @@ impl Hasher for ShaHasher {
         self.0.update(bytes);
     }
 }
-/// Why a cache entry is not used.
+/// Why a cache entry or a fleet artifact is not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-enum Untrusted {
+pub enum Untrusted {
     #[error("entry too short")]
     TooShort,
     #[error("not written by this host (its MAC does not match): tampered or foreign")]
     Foreign,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_seal_opens_only_with_its_key_engine_and_hash() {
+        let key = FleetKey::new(&[7; 32]).expect("32 bytes");
+        let sealed = key.seal("e1", "h1", b"code");
+        assert_eq!(key.open("e1", "h1", &sealed), Ok(&b"code"[..]));
+        let other = FleetKey::new(&[8; 32]).expect("32 bytes");
+        assert_eq!(other.open("e1", "h1", &sealed), Err(Untrusted::Foreign));
+        assert_eq!(key.open("e2", "h1", &sealed), Err(Untrusted::Foreign));
+        assert_eq!(key.open("e1", "h2", &sealed), Err(Untrusted::Foreign));
+        let mut flipped = sealed.clone();
+        flipped[0] ^= 1;
+        assert_eq!(key.open("e1", "h1", &flipped), Err(Untrusted::Foreign));
+        assert_eq!(key.open("e1", "h1", b"short"), Err(Untrusted::TooShort));
+        assert!(FleetKey::new(&[1; 31]).is_none(), "short keys are refused");
+    }
+
+    #[test]
+    fn an_imported_entry_loads_as_a_hit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::default();
+        let cache = ComponentCache::new(dir.path().join("c"), &engine);
+        // An empty component: the preamble alone.
+        let wasm = b"\0asm\x0d\0\x01\0".to_vec();
+        let hash = content_hash(&wasm);
+        assert!(!cache.has(&hash));
+        let compiled = engine.precompile_component(&wasm).expect("compile");
+        cache.import(&hash, &compiled).expect("import");
+        assert!(cache.has(&hash));
+        let (_, outcome) = cache.load_or_compile(&engine, &wasm, &hash).expect("load");
+        assert_eq!(outcome, CacheOutcome::Hit);
+    }
 }

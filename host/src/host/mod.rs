@@ -4,6 +4,7 @@
 //! Plugins are loaded and initialised before anything connects, so a broken
 //! plugin fails the start with a clear error instead of failing messages.
 
+mod compiled;
 pub mod resolve;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use crate::capability::Backends;
 use crate::capability::backends::BackendError;
 use crate::config::{Config, ConfigError};
 use crate::deadletter::Route;
+use crate::engine::cache::FleetKey;
 use crate::engine::{EngineError, Runtime};
 use crate::hotswap::signing::TrustedKey;
 use crate::hotswap::{Swapper, fleet::Fleet, watch};
@@ -104,13 +106,7 @@ pub async fn load_plugins(
     runtime: &Arc<Runtime>,
     backends: &Arc<Backends>,
 ) -> Result<BTreeMap<String, Arc<Plugin>>, HostError> {
-    let mut used: Vec<&String> = config.pipelines.iter().map(|p| &p.plugin).collect();
-    used.extend(
-        config
-            .pipelines
-            .iter()
-            .filter_map(|p| p.dead_letter.as_ref()),
-    );
+    let used = compiled::used_plugins(config);
     let mut loaded = BTreeMap::new();
     let mut loader = plugin::Loader::default();
     for name in used {
@@ -193,12 +189,17 @@ async fn follow_deploys(
     swapper: &Arc<Swapper>,
     loaded: &BTreeMap<String, Arc<Plugin>>,
     trusted: Vec<TrustedKey>,
+    sharing: Option<(FleetKey, Arc<Runtime>)>,
     shutdown: &CancellationToken,
 ) {
     let bucket = &config.host.deploy_bucket;
     match Fleet::open(js, bucket).await {
         Ok(fleet) => {
-            let fleet = fleet.trusting(trusted);
+            let artifacts = sharing.map(|(key, runtime)| fleet.artifacts(key, runtime));
+            if let Some(a) = &artifacts {
+                compiled::push(a.clone(), loaded);
+            }
+            let fleet = fleet.trusting(trusted).sharing(artifacts);
             let files = loaded
                 .iter()
                 .map(|(n, p)| (n.clone(), p.spec().path.clone()))
@@ -245,6 +246,10 @@ pub async fn run(
         }
     }
     let backends = Backends::with_databases(&config.databases)?;
+    let fleet_key = compiled::fleet_key(&config.engine, &runtime);
+    if let Some(key) = &fleet_key {
+        compiled::pull(&config, &runtime, key).await;
+    }
     let loaded = load_plugins(&config, &runtime, &backends).await?;
     let plugins: BTreeMap<String, Arc<PluginSlot>> = loaded
         .iter()
@@ -347,7 +352,17 @@ pub async fn run(
     backends.set_nats(js.clone());
     backends.set_publishing(config.nats.publish, health.publish_refusals());
     if !config.host.deploy_bucket.is_empty() {
-        follow_deploys(&config, &js, &swapper, &loaded, resolved.trusted, &shutdown).await;
+        let sharing = fleet_key.map(|key| (key, runtime.clone()));
+        follow_deploys(
+            &config,
+            &js,
+            &swapper,
+            &loaded,
+            resolved.trusted,
+            sharing,
+            &shutdown,
+        )
+        .await;
     }
     let tenant_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>> = config
         .tenants

@@ -24,8 +24,10 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Swapper;
+use super::artifacts::Artifacts;
 use super::signing::{self, Signature, TrustedKey};
-use crate::engine::cache;
+use crate::engine::Runtime;
+use crate::engine::cache::{self, FleetKey};
 
 /// Default name of the Object Store and KV buckets.
 pub const DEFAULT_BUCKET: &str = crate::config::DEFAULT_DEPLOY_BUCKET;
@@ -125,6 +127,8 @@ pub struct Fleet {
     objects: object_store::ObjectStore,
     /// With keys, only versions one of them signed are run.
     pub(super) trusted: Vec<TrustedKey>,
+    /// Compiled components shared with the fleet (`engine.fleet_cache_key`).
+    artifacts: Option<Artifacts>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -170,12 +174,26 @@ impl Fleet {
             kv,
             objects,
             trusted: Vec::new(),
+            artifacts: None,
         })
     }
 
     /// Runs only versions signed by one of `keys` (none: any version).
     pub fn trusting(mut self, keys: Vec<TrustedKey>) -> Self {
         self.trusted = keys;
+        self
+    }
+
+    /// The fleet's compiled components, trusted under `key`, loaded into
+    /// `runtime`'s cache.
+    pub fn artifacts(&self, key: FleetKey, runtime: Arc<Runtime>) -> Artifacts {
+        Artifacts::new(self.objects.clone(), key, runtime)
+    }
+
+    /// Takes new versions' compiled code from the fleet, and shares it
+    /// after compiling one no host had shared.
+    pub fn sharing(mut self, artifacts: Option<Artifacts>) -> Self {
+        self.artifacts = artifacts;
         self
     }
 
@@ -499,7 +517,17 @@ impl Fleet {
                 }
             }
         };
-        let _ = swapper.offer(name, bytes, origin).await;
+        let hash = cache::content_hash(&bytes);
+        if let Some(a) = &self.artifacts {
+            a.pull_logged(name, &hash).await;
+        }
+        let swapped = swapper.offer(name, bytes, origin).await;
+        if let (Some(a), Ok(super::Swapped::Yes { .. })) = (&self.artifacts, swapped)
+            && let Some(slot) = swapper.slots().get(name)
+        {
+            let (a, plugin) = (a.clone(), slot.current());
+            tokio::spawn(async move { a.push_plugin(&plugin).await });
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! batches in flight finish on the old one. A version that fails is refused
 //! with a log line and a metric, and the old one keeps running.
 
+pub mod artifacts;
 pub mod config;
 pub mod fleet;
 pub mod rollout;

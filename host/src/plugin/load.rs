@@ -145,6 +145,12 @@ impl Plugin {
         self.faulted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The compiled code of this version, as the engine loads it from a
+    /// cache (shared with the fleet by `engine.fleet_cache_key`).
+    pub fn compiled(&self) -> wasmtime::Result<Vec<u8>> {
+        self.pre.instance_pre().component().serialize()
+    }
+
     /// The jetplug capabilities the component imports.
     pub fn imports(&self) -> &[Capability] {
         &self.imports

@@ -168,6 +168,7 @@ pub(crate) use jetplug_tests::jetplug;
 mod canary;
 mod config_edits;
 mod fleet;
+mod fleet_cache;
 mod shadow;
 mod signed;
 mod swap;

@@ -69,6 +69,7 @@ pub(super) fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> 
             format!("`{bucket}` contains `{c}`; use ASCII letters, digits, `-` and `_`"),
         ));
     }
+    fleet_cache(config).map_err(|(k, r)| invalid(k, r))?;
     if config.host.stats_interval.0 < std::time::Duration::from_millis(100) {
         return Err(invalid(
             "host.stats_interval".into(),
@@ -415,6 +416,36 @@ fn tls(db: &super::DatabaseConfig) -> Result<(), (&'static str, String)> {
             "sslcert"
         };
         return Err((missing, "`sslcert` and `sslkey` go together".into()));
+    }
+    Ok(())
+}
+
+/// A fleet cache key needs somewhere to keep the components (the deploy
+/// bucket) and somewhere to load them from (this host's cache), and must
+/// be long enough not to be guessed.
+fn fleet_cache(config: &Config) -> Result<(), (String, String)> {
+    let Some(key) = &config.engine.fleet_cache_key else {
+        return Ok(());
+    };
+    let k = "engine.fleet_cache_key".to_owned();
+    let len = key.expose().len();
+    if len < 32 {
+        return Err((
+            k,
+            format!("is {len} bytes long; use at least 32 (e.g. `openssl rand -base64 32`)"),
+        ));
+    }
+    if config.host.deploy_bucket.is_empty() {
+        return Err((
+            k,
+            "needs host.deploy_bucket: the fleet's compiled components are kept there".into(),
+        ));
+    }
+    if config.engine.no_cache {
+        return Err((
+            k,
+            "needs the compiled-component cache, which engine.no_cache turns off".into(),
+        ));
     }
     Ok(())
 }
