@@ -26,5 +26,7 @@ trap stop_servers EXIT
 # A nats-server, a 3-node cluster for the R3 figures, PostgreSQL: free ports.
 start_servers "$work" --nats 0 --cluster 0,0,0 --postgres 0
 
+# The nats-server's process, for the CPU per message in the payload sweep.
+if [ -n "${NATS_PID:-}" ]; then export JETPLUG_BENCH_NATS_PID="$NATS_PID"; fi
 ./target/release/jetplug-bench --nats "$NATS_URL" --postgres "$PG_URL" --cluster "$CLUSTER_URLS" \
   --record "$root/target/bench/latest.json" "$@"

@@ -7,7 +7,7 @@ servers_pid=""
 
 # start_servers DIR ARGS...: starts what ARGS ask for (--nats PORT,
 # --cluster P,P,P, --postgres PORT ...; 0 = a free port) with its files
-# under DIR, waits until every server is ready and sets NATS_URL,
+# under DIR, waits until every server is ready and sets NATS_URL, NATS_PID,
 # CLUSTER_URLS, CLUSTER_PIDS, PG_URL and PG_PORT. Exits with the
 # launcher's log if a server does not start.
 start_servers() {

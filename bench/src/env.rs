@@ -354,6 +354,22 @@ pub fn host_binary() -> anyhow::Result<std::path::PathBuf> {
     jetplug_tests::jetplug_binary()
 }
 
+/// CPU seconds (user + system) of process `pid` so far.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+    let mut f = rest.split_whitespace().skip(11);
+    let mut next = || f.next().context("short /proc stat");
+    let ticks: f64 = next()?.parse::<f64>()? + next()?.parse::<f64>()?;
+    Ok(ticks / USER_HZ)
+}
+
+/// The unit of /proc's CPU times (`USER_HZ`: 100 on every Linux ABI the
+/// host builds for).
+const USER_HZ: f64 = 100.0;
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

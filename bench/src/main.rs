@@ -81,6 +81,10 @@ struct Common {
     /// (table jetplug_bench_events is dropped and re-created). Without it they are skipped.
     #[arg(long, global = true, env = "JETPLUG_BENCH_POSTGRES")]
     postgres: Option<String>,
+    /// The process id of the nats-server at --nats, for the CPU it spends
+    /// per message in the payload sweep (`make bench` passes it).
+    #[arg(long, global = true, env = "JETPLUG_BENCH_NATS_PID")]
+    nats_pid: Option<u32>,
     /// Messages per run.
     #[arg(long, global = true, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     count: u64,

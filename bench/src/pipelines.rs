@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::env::{Env, HostProcess};
+use super::env::{Env, HostProcess, cpu_seconds};
 
 /// Settings for [`run`].
 #[derive(Debug, Clone, Copy)]
@@ -112,21 +112,6 @@ fn body(files: &[PathBuf; 3], s: &Settings, only: Option<&[u32]>) -> String {
     }
     text
 }
-
-/// CPU seconds (user + system) of process `pid` so far.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces): utime is the
-    // 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / USER_HZ)
-}
-
-/// The unit of /proc's CPU times (`USER_HZ`: 100 on every Linux ABI the
-/// host builds for).
-const USER_HZ: f64 = 100.0;
 
 /// Resident memory of process `pid`, bytes.
 fn rss_of(pid: u32) -> anyhow::Result<u64> {

@@ -88,8 +88,8 @@ pub(crate) async fn throughput(
     rows.push(row(
         "ratio jetplug / native",
         format!("{ratio:.2}"),
-        "≥ 0.95",
-        Some(ratio >= 0.95),
+        "≥ 1.0",
+        Some(ratio >= 1.0),
     ));
     rows.push(row(
         "nats-py consumer (fetch, ack each; Python without jetplug)",
@@ -153,7 +153,7 @@ pub(crate) async fn payloads(
     c: &Common,
     rows: &mut Vec<record::Line>,
 ) -> anyhow::Result<()> {
-    let points = payloads::run(env, throughput_settings(c)).await?;
+    let points = payloads::run(env, throughput_settings(c), c.nats_pid).await?;
     for p in points {
         let mb = |per_sec: f64| per_sec * p.size as f64 / 1e6;
         let ratio = p.jetplug_per_sec / p.native_per_sec;
@@ -180,6 +180,20 @@ pub(crate) async fn payloads(
                 "{} ({} held at most)",
                 p.host_peak_rss.map(mib).unwrap_or_else(|| "n/a".into()),
                 mib(p.held_bound)
+            ),
+            "",
+            None,
+        ));
+        let us = |s: f64| format!("{:.1}", s * 1e6);
+        let server = |s: Option<f64>| s.map(us).unwrap_or_else(|| "n/a".into());
+        rows.push(row(
+            &format!("payload {label}: CPU per message, consumer / nats-server"),
+            format!(
+                "jetplug {} / {} µs; native {} / {} µs",
+                us(p.cpu.host),
+                server(p.cpu.host_nats),
+                us(p.cpu.native),
+                server(p.cpu.native_nats)
             ),
             "",
             None,
@@ -260,13 +274,22 @@ pub(crate) async fn latency(
         env,
         latency::Settings {
             count: c.latency_count,
-            rates: [100, 5000],
+            rates: vec![100, 1000, 5000],
         },
     )
     .await?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     for p in points {
-        let low = p.rate <= 100;
+        // A low rate (a batch never fills) and the default settings at
+        // 1,000 msg/s; the high rate is reported without a goal.
+        let (goal, met) = match p.rate {
+            100 => (
+                "p50 ≤ 5 ms, p99 ≤ 15 ms",
+                Some(ms(p.p50) <= 5.0 && ms(p.p99) <= 15.0),
+            ),
+            1000 => ("p99 ≤ 2 ms", Some(ms(p.p99) <= 2.0)),
+            _ => ("", None),
+        };
         rows.push(row(
             &format!(
                 "latency publish → plugin → republish at {} msg/s (default batching)",
@@ -278,12 +301,8 @@ pub(crate) async fn latency(
                 ms(p.p90),
                 ms(p.p99)
             ),
-            if low {
-                "p50 ≤ 5 ms, p99 ≤ 15 ms"
-            } else {
-                ""
-            },
-            low.then(|| ms(p.p50) <= 5.0 && ms(p.p99) <= 15.0),
+            goal,
+            met,
         ));
     }
     Ok(())
@@ -368,8 +387,8 @@ pub(crate) async fn indexer(
                     "{:.0} rows/s (indexer: {of_copy:.2} of it)",
                     r.copy_rows_per_sec
                 ),
-                "indexer ≥ 0.6 of it",
-                Some(of_copy >= 0.6),
+                "indexer ≥ 0.8 of it",
+                Some(of_copy >= 0.8),
             ));
             let once = r.exactly_once_rows_per_sec / r.copy_rows_per_sec.max(1e-9);
             let of_plain = r.exactly_once_rows_per_sec / r.indexer_rows_per_sec.max(1e-9);
@@ -379,8 +398,8 @@ pub(crate) async fn indexer(
                     "{:.0} rows/s ({once:.2} of the plain COPY, {of_plain:.2} of at-least-once)",
                     r.exactly_once_rows_per_sec
                 ),
-                "≥ 0.6 of the plain COPY",
-                Some(once >= 0.6),
+                "≥ 0.8 of the plain COPY",
+                Some(once >= 0.8),
             ));
             let of_batched = r.indexer_rows_per_sec / r.copy_batched_rows_per_sec.max(1e-9);
             rows.push(row(

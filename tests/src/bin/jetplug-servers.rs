@@ -22,7 +22,7 @@ struct Args {
     /// Where the servers keep their files: DIR/nats, DIR/cluster/n*, DIR/pg.
     #[arg(long)]
     dir: PathBuf,
-    /// Written when every server is ready: NATS_URL, CLUSTER_URLS,
+    /// Written when every server is ready: NATS_URL, NATS_PID, CLUSTER_URLS,
     /// CLUSTER_PIDS, PG_URL, PG_PORT (shell assignments).
     #[arg(long)]
     env: PathBuf,
@@ -63,6 +63,9 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("nats-server")?;
         env += &format!("NATS_URL={}\n", s.url());
+        if let Some(pid) = s.pid() {
+            env += &format!("NATS_PID={pid}\n");
+        }
         nats = Some(s);
     }
     let mut cluster = None;
