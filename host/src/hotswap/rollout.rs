@@ -42,7 +42,8 @@ pub struct Rules {
     /// or failure rate may be (absolute: 0.02 = 2 points).
     pub max_rate_increase: f64,
     /// How much slower its p99 handling time per message may be (a
-    /// ratio; differences under 2 ms are noise and pass).
+    /// ratio; differences under 2 ms are noise and pass). Judged only when
+    /// the canary is due, on at least 50 timed calls of each version.
     pub max_p99_ratio: f64,
 }
 
@@ -138,19 +139,26 @@ pub enum Verdict {
 const EARLY: u64 = 100;
 /// p99 differences below this are noise.
 const P99_NOISE_US: f64 = 2000.0;
+/// Timed calls each version needs before its p99 says anything (a batch
+/// is one call; over fewer, the p99 is the one slowest call — a cold
+/// instance or a busy moment of the machine).
+const P99_MIN_CALLS: u64 = 50;
 
 /// Judges a canary `elapsed` after its start on the two versions' figures.
 pub fn judge(rules: &Rules, elapsed: Duration, live: &Figures, cand: &Figures) -> Verdict {
-    let worse = worse(rules, live, cand);
     let enough = cand.messages >= rules.decide_after_messages;
     let late = elapsed >= Duration::from_secs(rules.decide_after_secs);
-    if let Some(why) = worse {
+    // Rates may roll back early; the p99 only once the canary is due.
+    if let Some(why) = worse_rates(rules, live, cand) {
         if cand.messages >= EARLY.min(rules.decide_after_messages) || late {
             return Verdict::RollBack(why);
         }
     } else if enough || late {
+        if let Some(why) = slower(rules, live, cand) {
+            return Verdict::RollBack(why);
+        }
         return Verdict::Promote(format!(
-            "{} messages on the candidate, {} on the live version; not worse: term {:.3} vs {:.3}, retry {:.3} vs {:.3}, failures {:.3} vs {:.3}, p99 {:.1} ms vs {:.1} ms",
+            "{} messages on the candidate, {} on the live version; not worse: term {:.3} vs {:.3}, retry {:.3} vs {:.3}, failures {:.3} vs {:.3}, p99 {:.1} ms vs {:.1} ms{}",
             cand.messages,
             live.messages,
             cand.term_rate,
@@ -161,13 +169,18 @@ pub fn judge(rules: &Rules, elapsed: Duration, live: &Figures, cand: &Figures) -
             live.failure_rate,
             f64::from(cand.p99_us) / 1000.0,
             f64::from(live.p99_us) / 1000.0,
+            if cand.calls < P99_MIN_CALLS || live.calls < P99_MIN_CALLS {
+                format!(" (not judged: under {P99_MIN_CALLS} calls)")
+            } else {
+                String::new()
+            },
         ));
     }
     Verdict::Wait
 }
 
-/// What makes the candidate worse than the live version, if anything.
-fn worse(rules: &Rules, live: &Figures, cand: &Figures) -> Option<String> {
+/// Which of the candidate's rates is worse than the live version's, if any.
+fn worse_rates(rules: &Rules, live: &Figures, cand: &Figures) -> Option<String> {
     let m = rules.max_rate_increase;
     for (what, c, l) in [
         ("term rate", cand.term_rate, live.term_rate),
@@ -181,8 +194,17 @@ fn worse(rules: &Rules, live: &Figures, cand: &Figures) -> Option<String> {
             ));
         }
     }
+    None
+}
+
+/// Whether the candidate's p99 is slower beyond the rules (both versions
+/// timed over enough calls).
+fn slower(rules: &Rules, live: &Figures, cand: &Figures) -> Option<String> {
+    if cand.calls < P99_MIN_CALLS || live.calls < P99_MIN_CALLS {
+        return None;
+    }
     let (c, l) = (f64::from(cand.p99_us), f64::from(live.p99_us));
-    if live.messages > 0 && c > l * rules.max_p99_ratio && c - l > P99_NOISE_US {
+    if c > l * rules.max_p99_ratio && c - l > P99_NOISE_US {
         return Some(format!(
             "p99 handling time {:.1} ms against {:.1} ms on the live version (allowed ×{})",
             c / 1000.0,
@@ -563,6 +585,7 @@ mod tests {
     fn figures(messages: u64, term: f64, p99_ms: u32) -> Figures {
         Figures {
             messages,
+            calls: messages / 4,
             ack_rate: 1.0 - term,
             term_rate: term,
             p99_us: p99_ms * 1000,
@@ -595,14 +618,27 @@ mod tests {
             ),
             "late: judged on what was seen"
         );
-        let Verdict::RollBack(why) = judge(&rules, t, &live, &figures(200, 0.0, 9)) else {
+        assert_eq!(
+            judge(&rules, t, &live, &figures(200, 0.0, 9)),
+            Verdict::Wait,
+            "the p99 is judged only when the canary is due"
+        );
+        let Verdict::RollBack(why) = judge(&rules, t, &live, &figures(1000, 0.0, 9)) else {
             panic!("9 ms against 1 ms is slower beyond ×1.5 + 2 ms");
         };
         assert!(why.contains("p99"), "{why}");
-        assert_eq!(
-            judge(&rules, t, &figures(4000, 0.0, 1), &figures(200, 0.0, 2)),
-            Verdict::Wait,
+        assert!(
+            matches!(
+                judge(&rules, t, &figures(4000, 0.0, 1), &figures(1000, 0.0, 2)),
+                Verdict::Promote(_)
+            ),
             "1 ms slower is noise"
+        );
+        let mut few = figures(1000, 0.0, 9);
+        few.calls = 10;
+        assert!(
+            matches!(judge(&rules, t, &live, &few), Verdict::Promote(_)),
+            "a p99 over 10 calls (their slowest) says nothing"
         );
     }
 

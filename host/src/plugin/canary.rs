@@ -147,6 +147,7 @@ impl Tally {
         };
         Figures {
             messages,
+            calls: self.next.load(Ordering::Relaxed),
             ack_rate: rate(&self.acked),
             retry_rate: rate(&self.retried),
             term_rate: rate(&self.terminated),
@@ -160,6 +161,9 @@ impl Tally {
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Figures {
     pub messages: u64,
+    /// Calls timed for the p99 (a batch is one call).
+    #[serde(default)]
+    pub calls: u64,
     pub ack_rate: f64,
     pub retry_rate: f64,
     pub term_rate: f64,
