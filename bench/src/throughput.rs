@@ -197,6 +197,7 @@ pub(crate) async fn native(
         .create_consumer(consumer::config(pc, sc))
         .await?;
     let (count, batch) = (s.count, s.batch as usize);
+    let max_bytes = usize::try_from(pc.batch_max_bytes.0).unwrap_or(usize::MAX);
     // The consumer acks whatever it is given until the stream's ack floor
     // says the run is done: a message redelivered after its ack_wait (large
     // payloads on a busy machine) is acked again rather than left behind.
@@ -208,7 +209,15 @@ pub(crate) async fn native(
             // durable consumer keeps the progress): on a fresh clustered
             // consumer a pull request can be lost while it elects a leader,
             // and the stream then waited for ever.
-            let mut messages = c.stream().max_messages_per_batch(batch).messages().await?;
+            // Cut by bytes as jetplug's batches are (`batch_max_bytes`):
+            // uncut, a request for 100 messages of 1 MiB overruns what the
+            // server buffers for a client, and it drops them.
+            let mut messages = c
+                .stream()
+                .max_messages_per_batch(batch)
+                .max_bytes_per_batch(max_bytes)
+                .messages()
+                .await?;
             loop {
                 let m = match tokio::time::timeout(NATIVE_STALL, messages.next()).await {
                     Ok(Some(Ok(m))) => m,

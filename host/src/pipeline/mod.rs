@@ -289,12 +289,14 @@ impl Pipeline {
                     expires,
                     heartbeat: HEARTBEAT.min(expires / 3),
                     group: Some(crate::config::PIN_GROUP.to_owned()),
+                    window_bytes: puller::window_bytes(&self.cfg),
                 }
             } else {
                 PullOptions {
                     expires: PULL_EXPIRES,
                     heartbeat: HEARTBEAT,
                     group: None,
+                    window_bytes: puller::window_bytes(&self.cfg),
                 }
             };
             // The rare steps are boxed, so that an idle pipeline's task
@@ -331,7 +333,10 @@ impl Pipeline {
                 }
                 // An open breaker: ask for nothing more until it lets a probe through.
                 let paused = self.pull_paused();
-                if paused.is_none() && puller.outstanding() + puller.buffered() <= window / 2 {
+                if paused.is_none()
+                    && puller.outstanding() + puller.buffered() <= window / 2
+                    && puller.room_for_bytes()
+                {
                     // A tenant over its rate waits here, before pulling.
                     let want = match &self.tenant_rate {
                         None => window,

@@ -64,7 +64,23 @@ pub struct PullOptions {
     pub heartbeat: Duration,
     /// Priority group of a pinned-client consumer (`exclusive`).
     pub group: Option<String>,
+    /// Bytes the open requests and the buffer may hold together (see
+    /// [`window_bytes`]); never less than the largest message the server
+    /// accepts, which a request must be able to bring.
+    pub window_bytes: usize,
 }
+
+/// Bytes asked for in pull requests: the byte twin of [`window`], a
+/// `batch_max_bytes` for each worker and one more, so large messages are
+/// pulled as far as the workers' batches can take them and no further.
+pub fn window_bytes(cfg: &crate::config::PipelineConfig) -> usize {
+    let batch = usize::try_from(cfg.batch_max_bytes.0).unwrap_or(usize::MAX);
+    batch.saturating_mul(cfg.concurrency.max(1) as usize + 1)
+}
+
+/// Room above the server's `max_payload` for what it counts beside the
+/// payload and headers (subject, reply), so a request always fits a message.
+const MESSAGE_MARGIN: usize = 64 << 10;
 
 /// A pull that could not be made (transient: the binding is made again).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,6 +112,12 @@ pub struct Puller {
     forgotten: u64,
     /// Messages the open requests may still deliver.
     outstanding: usize,
+    /// What each open request may still bring, oldest first: messages and
+    /// bytes (the server serves one client's requests in order, so a
+    /// message or an end counts against the oldest).
+    requests: VecDeque<(usize, usize)>,
+    /// Bytes of the messages taken in and not collected.
+    buffered_bytes: usize,
     /// The pin id given to this client (exclusive pipelines).
     pin: Option<String>,
     /// When the last request went out.
@@ -122,6 +144,8 @@ struct Request<'a> {
     expires: Duration,
     #[serde(with = "nanos")]
     idle_heartbeat: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,6 +186,14 @@ impl Puller {
                 reason: e.to_string(),
             })?;
         let leader = leaders.watch(stream, consumer);
+        let mut opts = opts;
+        if opts.window_bytes > 0 {
+            let largest = client
+                .server_info()
+                .max_payload
+                .saturating_add(MESSAGE_MARGIN);
+            opts.window_bytes = opts.window_bytes.max(largest);
+        }
         Ok(Puller {
             leader,
             heartbeat: opts.heartbeat,
@@ -173,6 +205,8 @@ impl Puller {
             sub,
             opts,
             outstanding: 0,
+            requests: VecDeque::new(),
+            buffered_bytes: 0,
             pin,
             last_request: Instant::now(),
             buffered: VecDeque::new(),
@@ -224,6 +258,25 @@ impl Puller {
         self.count
     }
 
+    /// Whether the byte window has room for another request: what the open
+    /// requests may bring and what is buffered fill at most half of it
+    /// (always, without a byte window).
+    pub fn room_for_bytes(&self) -> bool {
+        self.opts.window_bytes == 0
+            || self.outstanding_bytes() + self.buffered_bytes <= self.opts.window_bytes / 2
+    }
+
+    /// Bytes the open requests may still bring.
+    fn outstanding_bytes(&self) -> usize {
+        self.requests.iter().map(|(_, bytes)| bytes).sum()
+    }
+
+    /// Forgets the open requests (lost, ended by a new leader, or not sent).
+    fn forget_requests(&mut self) {
+        self.outstanding = 0;
+        self.requests.clear();
+    }
+
     /// Asks the server for up to `n` messages.
     pub async fn request(&mut self, n: usize) -> Result<(), PullError> {
         // An answer is due while the server holds messages for us. Such a
@@ -237,9 +290,16 @@ impl Puller {
             self.heartbeat = self.opts.heartbeat;
             self.opts.expires
         };
+        // The rest of the byte window, but always room for one message.
+        let max_bytes = (self.opts.window_bytes > 0).then(|| {
+            let held = self.outstanding_bytes() + self.buffered_bytes;
+            let largest = self.client.server_info().max_payload + MESSAGE_MARGIN;
+            self.opts.window_bytes.saturating_sub(held).max(largest)
+        });
         let body = serde_json::to_vec(&Request {
             batch: n,
             expires,
+            max_bytes,
             idle_heartbeat: self.heartbeat,
             group: self.opts.group.as_deref(),
             id: self.pin.clone(),
@@ -250,11 +310,12 @@ impl Puller {
         }
         self.last_request = Instant::now();
         self.outstanding += n;
+        self.requests.push_back((n, max_bytes.unwrap_or(0)));
         self.client
             .publish_with_reply(self.subject.clone(), self.inbox.clone(), body.into())
             .await
             .map_err(|e| {
-                self.outstanding = 0;
+                self.forget_requests();
                 PullError::Send(e.to_string())
             })
     }
@@ -272,7 +333,7 @@ impl Puller {
                 _ = self.leader.notified() => {
                     // A new leader knows nothing of the open requests.
                     tracing::debug!(subject = %self.subject, "consumer leader changed; asking again");
-                    self.outstanding = 0;
+                    self.forget_requests();
                     return;
                 }
             };
@@ -293,7 +354,7 @@ impl Puller {
                         tracing::debug!(subject = %self.subject, silent = ?self.heard.elapsed(),
                             "pull request unanswered; asking again");
                         self.forgotten += 1;
-                        self.outstanding = 0;
+                        self.forget_requests();
                         return;
                     }
                 }
@@ -329,6 +390,15 @@ impl Puller {
                         self.pin = Some(id.as_str().to_owned());
                     }
                     self.outstanding = self.outstanding.saturating_sub(1);
+                    if let Some((left, bytes)) = self.requests.front_mut() {
+                        *left = left.saturating_sub(1);
+                        *bytes = bytes.saturating_sub(m.length);
+                        if *left == 0 {
+                            // Fulfilled: the server ends it without a word.
+                            self.requests.pop_front();
+                        }
+                    }
+                    self.buffered_bytes += m.length;
                     msgs.push(jetstream::Message {
                         message: m,
                         context: self.js.clone(),
@@ -338,13 +408,21 @@ impl Puller {
                 StatusCode::IDLE_HEARTBEAT => self.fresh = false,
                 status => {
                     // The request's unmet part (all of it if not said).
-                    let unmet = m
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Pending-Messages"))
-                        .and_then(|v| v.as_str().parse::<usize>().ok())
-                        .unwrap_or(usize::MAX);
-                    self.outstanding = self.outstanding.saturating_sub(unmet);
+                    let unmet = |header: &str| {
+                        m.headers
+                            .as_ref()
+                            .and_then(|h| h.get(header))
+                            .and_then(|v| v.as_str().parse::<usize>().ok())
+                            .unwrap_or(usize::MAX)
+                    };
+                    self.outstanding = self
+                        .outstanding
+                        .saturating_sub(unmet("Nats-Pending-Messages"));
+                    // It ends the oldest request.
+                    self.requests.pop_front();
+                    if self.outstanding == 0 {
+                        self.requests.clear();
+                    }
                     if status == StatusCode::PIN_ID_MISMATCH {
                         self.pin = None;
                     }
@@ -451,6 +529,8 @@ impl Puller {
             out.guards.push(guard);
         }
         self.count -= out.messages.len();
+        let bytes: usize = out.messages.iter().map(|m| m.length).sum();
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(bytes);
         out
     }
 
@@ -489,7 +569,7 @@ fn fatal(status: StatusCode, description: Option<&str>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::window_of;
+    use super::*;
 
     #[test]
     fn a_window_is_a_batch_per_worker_and_one_more_within_max_ack_pending() {
@@ -499,5 +579,105 @@ mod tests {
         // Never less than a batch, even with a small max_ack_pending.
         assert_eq!(window_of(500, 2, 100), 500);
         assert_eq!(window_of(0, 0, 0), 1);
+    }
+
+    /// A pull request brings no more bytes than the byte window, yet
+    /// always room for the largest message the server accepts; requests
+    /// cut by bytes end (the server's 409) and the next one goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_are_cut_by_bytes_and_a_largest_message_still_fits() -> anyhow::Result<()> {
+        use async_nats::jetstream::{consumer, stream};
+        let nats = jetplug_tests::NatsServer::start().await?;
+        let client = async_nats::connect(nats.url()).await?;
+        let js = jetstream::new(client.clone());
+        js.create_stream(stream::Config {
+            name: "BYTES".into(),
+            subjects: vec!["bytes.>".into()],
+            ..Default::default()
+        })
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("c".into()),
+            ..Default::default()
+        })
+        .await?;
+        let size = 256 << 10;
+        for _ in 0..20 {
+            js.publish("bytes.x", vec![b'x'; size].into())
+                .await?
+                .await?;
+        }
+        let largest = client.server_info().max_payload - 1024;
+        js.publish("bytes.x", vec![b'y'; largest].into())
+            .await?
+            .await?;
+
+        let opts = PullOptions {
+            expires: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(1),
+            group: None,
+            // Below the floor: the window becomes max_payload + margin.
+            window_bytes: 1 << 20,
+        };
+        let leaders = crate::jetstream::leaders::Leaders::default();
+        let keepalive = Arc::new(KeepAlive::default());
+        let mut p = Puller::start(
+            &js, &client, "BYTES", "c", opts, keepalive, None, true, &leaders,
+        )
+        .await?;
+        let window = client.server_info().max_payload + MESSAGE_MARGIN;
+        let (mut per_request, mut sizes) = (Vec::new(), Vec::new());
+        while sizes.len() < 21 && per_request.len() < 30 {
+            assert!(p.room_for_bytes(), "nothing open or buffered, yet no room");
+            p.request(100).await?;
+            let mut got = 0;
+            loop {
+                let pull = p.collect(100, usize::MAX, Duration::from_millis(100));
+                let (pulled, error) = tokio::time::timeout(Duration::from_secs(10), pull).await?;
+                assert_eq!(error, None);
+                got += pulled.messages.len();
+                sizes.extend(pulled.messages.iter().map(|m| m.payload.len()));
+                if p.outstanding() == 0 && p.buffered() == 0 {
+                    break;
+                }
+            }
+            per_request.push(got);
+        }
+        assert_eq!(sizes.len(), 21, "every message arrived: {per_request:?}");
+        assert_eq!(
+            sizes.last(),
+            Some(&largest),
+            "the largest message came last"
+        );
+        let most = window / size;
+        assert!(
+            per_request[0] >= 1 && per_request[0] <= most,
+            "the first request brought {} messages of {size} B; the window holds {most}",
+            per_request[0]
+        );
+        assert!(per_request.len() >= 20 / most, "requests: {per_request:?}");
+
+        // Requests fulfilled by their count (no word from the server)
+        // give their bytes back: small messages keep pipelining.
+        p.request(10).await?;
+        p.request(10).await?;
+        assert!(
+            !p.room_for_bytes(),
+            "two open requests fill the byte window"
+        );
+        for _ in 0..20 {
+            js.publish("bytes.x", vec![b's'; 100].into()).await?.await?;
+        }
+        let mut small = 0;
+        while small < 20 {
+            let pull = p.collect(100, usize::MAX, Duration::from_millis(100));
+            let (pulled, error) = tokio::time::timeout(Duration::from_secs(10), pull).await?;
+            assert_eq!(error, None);
+            small += pulled.messages.len();
+        }
+        assert_eq!(p.outstanding(), 0);
+        assert_eq!(p.outstanding_bytes(), 0, "fulfilled requests hold no bytes");
+        assert!(p.room_for_bytes());
+        Ok(())
     }
 }
