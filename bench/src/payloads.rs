@@ -38,6 +38,9 @@ pub struct Cpu {
     pub host_nats: Option<f64>,
     pub native: f64,
     pub native_nats: Option<f64>,
+    /// nats-server while the messages were published and stored (one
+    /// publisher, acknowledged publishes).
+    pub store_nats: Option<f64>,
 }
 
 /// CPU seconds of this process and of nats-server (if known), so far.
@@ -76,8 +79,15 @@ pub async fn run(env: &Env, s: Settings, nats_pid: Option<u32>) -> anyhow::Resul
         env.fresh_streams(&config).await?;
         let payload = vec![b'x'; size];
         let bar = env::bar(count, &format!("publishing {size} B"));
+        let before = nats_pid.map(cpu_seconds).transpose()?;
         env.publish("bench_size.x", count, |_| payload.clone(), &bar)
             .await?;
+        let store_nats = per_message(
+            (0.0, before),
+            (0.0, nats_pid.map(cpu_seconds).transpose()?),
+            count,
+        )
+        .1;
         bar.finish_and_clear();
         let (mut pc, sc) = throughput::noop_on(&config, "BENCH_SIZE")?;
         let run_settings = Settings { count, size, ..s };
@@ -137,6 +147,7 @@ pub async fn run(env: &Env, s: Settings, nats_pid: Option<u32>) -> anyhow::Resul
                     host_nats: host_nats.1.then_some(host_nats.0),
                     native: native.0,
                     native_nats: native_nats.1.then_some(native_nats.0),
+                    store_nats,
                 }
             },
         });

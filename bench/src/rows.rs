@@ -189,11 +189,12 @@ pub(crate) async fn payloads(
         rows.push(row(
             &format!("payload {label}: CPU per message, consumer / nats-server"),
             format!(
-                "jetplug {} / {} µs; native {} / {} µs",
+                "jetplug {} / {} µs; native {} / {} µs; nats-server storing it {} µs",
                 us(p.cpu.host),
                 server(p.cpu.host_nats),
                 us(p.cpu.native),
-                server(p.cpu.native_nats)
+                server(p.cpu.native_nats),
+                server(p.cpu.store_nats)
             ),
             "",
             None,

@@ -213,7 +213,9 @@ impl ComponentCache {
                 .finalize()
                 .into_bytes(),
         )?;
-        tmp.as_file().sync_all()?;
+        // Not synced: an entry torn by a crash fails its MAC and is
+        // compiled again, and syncing tens of MiB costs a start more than
+        // the load itself.
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     }

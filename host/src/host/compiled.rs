@@ -43,9 +43,15 @@ pub(super) async fn pull(config: &Config, runtime: &Arc<Runtime>, key: &FleetKey
     let Some(artifacts) = connect(config, runtime, key).await else {
         return;
     };
+    // Entries often share a file (tenants on one handler): once per file.
+    let mut seen = std::collections::HashSet::new();
     for name in used_plugins(config) {
+        let path = &config.plugins[name].path;
+        if !seen.insert(path) {
+            continue;
+        }
         // A file that cannot be read is reported by the load itself.
-        let Ok(bytes) = tokio::fs::read(&config.plugins[name].path).await else {
+        let Ok(bytes) = tokio::fs::read(path).await else {
             continue;
         };
         let hash = cache::content_hash(&bytes);

@@ -62,7 +62,12 @@ pub struct Artifacts {
     objects: ObjectStore,
     key: FleetKey,
     runtime: Arc<Runtime>,
+    /// Bytes per stored chunk.
+    chunk: usize,
 }
+
+/// Room left in a chunk's message for what the server adds.
+const CHUNK_MARGIN: usize = 4 << 10;
 
 impl std::fmt::Debug for Artifacts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,11 +76,23 @@ impl std::fmt::Debug for Artifacts {
 }
 
 impl Artifacts {
-    pub(super) fn new(objects: ObjectStore, key: FleetKey, runtime: Arc<Runtime>) -> Self {
+    /// `max_payload`: the server's largest message. Compiled code is tens
+    /// of MiB, so it goes in chunks as large as the server takes (the
+    /// Object Store's default, 128 KiB, makes a Python component ~280
+    /// messages to fetch on every joining host).
+    pub(super) fn new(
+        objects: ObjectStore,
+        key: FleetKey,
+        runtime: Arc<Runtime>,
+        max_payload: usize,
+    ) -> Self {
         Artifacts {
             objects,
             key,
             runtime,
+            chunk: max_payload
+                .saturating_sub(CHUNK_MARGIN)
+                .clamp(16 << 10, 8 << 20),
         }
     }
 
@@ -100,7 +117,9 @@ impl Artifacts {
             }
             Err(e) => return Pulled::Failed(format!("cannot read `{object}`: {e}")),
         };
-        let mut sealed = Vec::new();
+        // Sized up front (the object says how large it is; capped, as
+        // the bucket is not trusted before the seal is checked).
+        let mut sealed = Vec::with_capacity(reader.info.size.min(256 << 20));
         if let Err(e) = reader.read_to_end(&mut sealed).await {
             return Pulled::Failed(format!("cannot read `{object}`: {e}"));
         }
@@ -141,7 +160,12 @@ impl Artifacts {
         }
         let sealed = self.key.seal(engine_key, content_hash, compiled);
         let mut reader = sealed.as_slice();
-        match self.objects.put(object.as_str(), &mut reader).await {
+        let meta = async_nats::jetstream::object_store::ObjectMetadata {
+            name: object.clone(),
+            chunk_size: Some(self.chunk),
+            ..Default::default()
+        };
+        match self.objects.put(meta, &mut reader).await {
             Ok(_) => Ok(true),
             Err(e) => Err(ShareError::Store {
                 object,

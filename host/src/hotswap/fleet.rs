@@ -129,6 +129,9 @@ pub struct Fleet {
     pub(super) trusted: Vec<TrustedKey>,
     /// Compiled components shared with the fleet (`engine.fleet_cache_key`).
     artifacts: Option<Artifacts>,
+    /// The server's largest message: compiled code is stored in chunks
+    /// just under it.
+    max_payload: usize,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -175,6 +178,7 @@ impl Fleet {
             objects,
             trusted: Vec::new(),
             artifacts: None,
+            max_payload: js.client().server_info().max_payload,
         })
     }
 
@@ -187,7 +191,7 @@ impl Fleet {
     /// The fleet's compiled components, trusted under `key`, loaded into
     /// `runtime`'s cache.
     pub fn artifacts(&self, key: FleetKey, runtime: Arc<Runtime>) -> Artifacts {
-        Artifacts::new(self.objects.clone(), key, runtime)
+        Artifacts::new(self.objects.clone(), key, runtime, self.max_payload)
     }
 
     /// Takes new versions' compiled code from the fleet, and shares it
