@@ -412,6 +412,9 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let mut stats = BTreeMap::new();
     let leaders = jetstream::leaders::Leaders::start(client.clone(), shutdown.clone());
+    // Routed until every pipeline has settled (not cut by the shutdown).
+    let inboxes_stop = CancellationToken::new();
+    let inboxes = jetstream::inboxes::Inboxes::start(client.clone(), inboxes_stop.clone()).await;
     let mut running = Vec::new();
     for pc in &config.pipelines {
         let route = match &pc.dead_letter {
@@ -446,6 +449,7 @@ pub async fn run(
             shutdown: shutdown.clone(),
             keepalive: Default::default(),
             leaders: leaders.clone(),
+            inboxes: inboxes.clone(),
             effects: effects_plan(&config, pc, &backends)?,
             captures: captures.clone(),
         });
@@ -508,6 +512,7 @@ pub async fn run(
     }
     advisories_stop.cancel();
     let _ = advisories.await;
+    inboxes_stop.cancel();
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "could not flush the last acknowledgements");
     }

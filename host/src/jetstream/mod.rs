@@ -7,6 +7,7 @@ pub mod connect;
 pub mod consumer;
 pub mod convert;
 pub mod figures;
+pub mod inboxes;
 pub mod leaders;
 pub mod raw_get;
 pub mod streams;

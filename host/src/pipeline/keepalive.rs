@@ -69,7 +69,8 @@ impl KeepAlive {
             }
             let replies: Vec<Subject> = self.lock().values().flatten().cloned().collect();
             for reply in replies {
-                if let Err(e) = client.publish(reply, "+WPI".into()).await {
+                // Boxed: only a ticker waits in an idle pipeline's task.
+                if let Err(e) = Box::pin(client.publish(reply, "+WPI".into())).await {
                     tracing::debug!(error = %e, "+WPI failed");
                 }
             }

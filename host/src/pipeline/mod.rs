@@ -69,6 +69,8 @@ pub struct Pipeline {
     pub keepalive: Arc<keepalive::KeepAlive>,
     /// New consumer leaders, heard host-wide.
     pub leaders: Arc<crate::jetstream::leaders::Leaders>,
+    /// Pull requests' replies, heard host-wide.
+    pub inboxes: Arc<crate::jetstream::inboxes::Inboxes>,
     /// With `effects = "exactly-once"`: its ledger and outbox.
     pub effects: Option<Arc<effects::EffectsPlan>>,
     /// Where captures go (None: the host keeps none).
@@ -88,7 +90,9 @@ pub(crate) async fn hand_back(msgs: &[jetstream::Message], delay: Duration) {
 /// Where pulled messages go: the workers' shared channel, or the queue by
 /// key of an ordered pipeline.
 enum Out {
-    Shared(mpsc::Sender<Batch>),
+    /// Boxed batches: the channel's first block (32 slots, allocated with
+    /// it, idle or not) holds pointers, not batches.
+    Shared(mpsc::Sender<Box<Batch>>),
     Keyed(Arc<KeyedQueue>),
 }
 
@@ -144,7 +148,8 @@ impl Pipeline {
         let stop = shutdown.child_token();
         let mut relay = None;
         if let Some(plan) = &self.effects {
-            if let Err(source) = self.prepare_effects(plan, &shutdown).await {
+            // Boxed: a start-up step, not part of the running task's state.
+            if let Err(source) = Box::pin(self.prepare_effects(plan, &shutdown)).await {
                 return Err(PipelineError::Effects {
                     pipeline: self.cfg.name.clone(),
                     source,
@@ -254,11 +259,15 @@ impl Pipeline {
         'outer: while !shutdown.is_cancelled() {
             let bound = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                c = Box::pin(consumer::ensure(&self.js, &self.cfg, &stream)) => c,
+                // Only whether the server holds messages for it (then an
+                // answer is due) outlives the box: a consumer's info is large.
+                c = Box::pin(async {
+                    let c = consumer::ensure(&self.js, &self.cfg, &stream).await?;
+                    Ok::<_, BindError>(c.cached_info().num_pending > 0)
+                }) => c,
             };
-            // Whether the server holds messages for it: then an answer is due.
             let backlog = match bound {
-                Ok(c) => c.cached_info().num_pending > 0,
+                Ok(backlog) => backlog,
                 Err(e) if e.is_permanent() => {
                     tracing::error!(pipeline = %self.cfg.name, consumer = %consumer_name, error = %e,
                         "the server refuses this pipeline's consumer; the pipeline stops (fix its settings, \
@@ -311,6 +320,7 @@ impl Pipeline {
                 pin.take(),
                 backlog,
                 &self.leaders,
+                &self.inboxes,
             ))
             .await;
             let mut puller = match started {
@@ -344,8 +354,7 @@ impl Pipeline {
                             let want = window.min(rate.capacity()).max(1);
                             let waiting = std::time::Instant::now();
                             // One take, kept across arrivals, keeps its turn.
-                            let take = rate.take(want);
-                            tokio::pin!(take);
+                            let mut take = Box::pin(rate.take(want));
                             let stop = loop {
                                 tokio::select! {
                                     _ = &mut take => break false,
@@ -525,7 +534,7 @@ impl Pipeline {
     /// meanwhile. False if the workers are gone.
     async fn send(
         &self,
-        sender: &mpsc::Sender<Batch>,
+        sender: &mpsc::Sender<Box<Batch>>,
         mut msgs: Vec<jetstream::Message>,
         guards: Vec<keepalive::Guard>,
         puller: &mut Puller,
@@ -543,11 +552,11 @@ impl Pipeline {
             if msgs.len() > 1 && self.failing() {
                 let rest = msgs.split_off(1);
                 let one = self.keepalive.track(&msgs);
-                permit.send(Batch(msgs, vec![one]));
+                permit.send(Box::new(Batch(msgs, vec![one])));
                 msgs = rest;
                 continue;
             }
-            permit.send(Batch(msgs, guards));
+            permit.send(Box::new(Batch(msgs, guards)));
             return true;
         }
     }

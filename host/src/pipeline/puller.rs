@@ -25,10 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use async_nats::{Client, StatusCode, Subject, Subscriber};
-use futures::{FutureExt, StreamExt};
+use async_nats::{Client, StatusCode};
 
 use super::keepalive::{Guard, KeepAlive};
+use crate::jetstream::inboxes::{Inbox, Inboxes};
 
 /// Messages asked for in one pull request: a batch for each worker and one
 /// more, so every worker finds a batch waiting while the next request is
@@ -85,8 +85,6 @@ const MESSAGE_MARGIN: usize = 64 << 10;
 /// A pull that could not be made (transient: the binding is made again).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PullError {
-    #[error("subscribing {what}: {reason}")]
-    Subscribe { what: &'static str, reason: String },
     #[error("sending a pull request: {0}")]
     Send(String),
 }
@@ -101,8 +99,8 @@ pub struct Puller {
     client: Client,
     js: jetstream::Context,
     subject: String,
-    inbox: Subject,
-    sub: Subscriber,
+    /// Where the requests' replies come (one of the host's inboxes).
+    inbox: Inbox,
     /// Fires on the consumer's `LEADER_ELECTED` advisories.
     leader: Arc<tokio::sync::Notify>,
     opts: PullOptions,
@@ -176,15 +174,9 @@ impl Puller {
         pin: Option<String>,
         backlog: bool,
         leaders: &crate::jetstream::leaders::Leaders,
+        inboxes: &Arc<Inboxes>,
     ) -> Result<Self, PullError> {
-        let inbox = Subject::from(client.new_inbox());
-        let sub = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| PullError::Subscribe {
-                what: "the pull inbox",
-                reason: e.to_string(),
-            })?;
+        let inbox = inboxes.open(stream, consumer);
         let leader = leaders.watch(stream, consumer);
         let mut opts = opts;
         if opts.window_bytes > 0 {
@@ -202,7 +194,6 @@ impl Puller {
             js: js.clone(),
             subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox,
-            sub,
             opts,
             outstanding: 0,
             requests: VecDeque::new(),
@@ -312,7 +303,11 @@ impl Puller {
         self.outstanding += n;
         self.requests.push_back((n, max_bytes.unwrap_or(0)));
         self.client
-            .publish_with_reply(self.subject.clone(), self.inbox.clone(), body.into())
+            .publish_with_reply(
+                self.subject.clone(),
+                self.inbox.subject().clone(),
+                body.into(),
+            )
             .await
             .map_err(|e| {
                 self.forget_requests();
@@ -329,7 +324,7 @@ impl Puller {
                 return std::future::pending().await;
             }
             let next = tokio::select! {
-                m = tokio::time::timeout(self.heartbeat, self.sub.next()) => m,
+                m = tokio::time::timeout(self.heartbeat, self.inbox.next()) => m,
                 _ = self.leader.notified() => {
                     // A new leader knows nothing of the open requests.
                     tracing::debug!(subject = %self.subject, "consumer leader changed; asking again");
@@ -345,7 +340,7 @@ impl Puller {
                     }
                 }
                 Ok(None) => {
-                    self.error = Some("the pull subscription closed".into());
+                    self.error = Some("the pull inboxes closed".into());
                     return;
                 }
                 Err(_) => {
@@ -372,7 +367,8 @@ impl Puller {
             _ = self.arrive() => false,
             _ = tokio::time::sleep_until(due) => true,
         };
-        if renew && let Err(e) = self.keep_pin().await {
+        // Boxed: a rare step, kept out of every waiting pipeline's state.
+        if renew && let Err(e) = Box::pin(self.keep_pin()).await {
             self.error = Some(e.to_string());
         }
     }
@@ -433,7 +429,7 @@ impl Puller {
                 }
             }
             if !ended && msgs.len() < 10_000 {
-                next = self.sub.next().now_or_never().flatten();
+                next = self.inbox.try_next();
             }
         }
         let got = !msgs.is_empty();
@@ -451,7 +447,7 @@ impl Puller {
 
     /// Takes in what has already arrived, without waiting.
     fn take_in_ready(&mut self) {
-        while let Some(Some(m)) = self.sub.next().now_or_never() {
+        while let Some(m) = self.inbox.try_next() {
             self.heard = Instant::now();
             self.take_in(m);
         }
@@ -620,9 +616,11 @@ mod tests {
             window_bytes: 1 << 20,
         };
         let leaders = crate::jetstream::leaders::Leaders::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let inboxes = Inboxes::start(client.clone(), stop.clone()).await;
         let keepalive = Arc::new(KeepAlive::default());
         let mut p = Puller::start(
-            &js, &client, "BYTES", "c", opts, keepalive, None, true, &leaders,
+            &js, &client, "BYTES", "c", opts, keepalive, None, true, &leaders, &inboxes,
         )
         .await?;
         let window = client.server_info().max_payload + MESSAGE_MARGIN;

@@ -27,25 +27,28 @@ pub struct Batch(
 /// Where a worker takes its batches from.
 pub(super) enum Source {
     /// The pipeline's channel: any batch.
-    Shared(Arc<Mutex<mpsc::Receiver<Batch>>>),
+    Shared(Arc<Mutex<mpsc::Receiver<Box<Batch>>>>),
     /// An ordered pipeline's queue: keys not running elsewhere.
     Keyed(Arc<super::keyed::KeyedQueue>),
 }
 
 pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: Source) {
     instance.set_capture(p.capturing());
-    let mut spare = Spare::default();
+    // Made on the first batch: an idle pipeline's task holds a pointer.
+    let mut spare: Option<Box<Spare>> = None;
     loop {
         match &source {
             Source::Shared(rx) => {
                 let next =
                     next_or_release(&mut instance, async { rx.lock().await.recv().await }).await;
-                let Some(Batch(batch, _alive)) = next else {
+                let Some(next) = next else {
                     return;
                 };
+                let Batch(batch, _alive) = *next;
+                let spare = spare.get_or_insert_with(Box::default);
                 // Boxed: an idle worker holds only a pointer to this
                 // (large) future's state, not its whole size.
-                Box::pin(process(&p, &mut instance, &mut spare, batch)).await;
+                Box::pin(process(&p, &mut instance, spare, batch)).await;
             }
             Source::Keyed(queue) => {
                 // A failing plugin takes one message at a time (see `failing`).
@@ -55,9 +58,10 @@ pub(super) async fn run(p: Arc<Pipeline>, mut instance: PluginInstance, source: 
                 };
                 let batch = std::mem::take(&mut taken.messages);
                 let started = std::time::Instant::now();
+                let spare = spare.get_or_insert_with(Box::default);
                 // Boxed: an idle worker holds only a pointer to this
                 // (large) future's state, not its whole size.
-                Box::pin(process(&p, &mut instance, &mut spare, batch)).await;
+                Box::pin(process(&p, &mut instance, spare, batch)).await;
                 queue.release(taken, started.elapsed());
             }
         }
