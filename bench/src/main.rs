@@ -170,6 +170,9 @@ fn row(what: &str, result: String, goal: &str, met: Option<bool>) -> record::Lin
 }
 
 fn main() -> ExitCode {
+    // The native consumer runs in this process: it keeps freed memory as
+    // the host does, so large payloads are compared alike.
+    jetplug::cli::malloc::keep_freed_memory();
     use clap::Parser as _;
     let args = Args::parse();
     tracing_subscriber::fmt()

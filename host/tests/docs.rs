@@ -525,8 +525,9 @@ fn figures_read_the_same_everywhere() -> TestResult {
         let noop = row(&format!("{lang} plugin, no-op"))?;
         let json = row(&format!("{lang} plugin, parse JSON"))?;
         let compiling = number(noop, " ms compiling").ok_or("compiling")?;
+        let fleet = number(noop, " ms from the fleet").ok_or("from the fleet")?;
         let cached = number(noop, " ms cached").ok_or("cached")?;
-        let want_cold = format!("{compiling} ms / {cached} ms");
+        let want_cold = format!("{compiling} ms / {fleet} ms / {cached} ms");
         assert_eq!(
             cold[i], want_cold,
             "{lang} cold start in docs/plugins/README.md"

@@ -6,6 +6,7 @@ mod capture;
 mod check;
 mod dlq;
 mod doctor;
+pub mod malloc;
 mod new;
 mod offline;
 mod plugin;
