@@ -62,6 +62,8 @@ impl Mailbox {
 pub struct Inbox {
     subject: Subject,
     id: u64,
+    /// `STREAM.CONSUMER`.
+    consumer: String,
     mailbox: Arc<Mailbox>,
     owner: Weak<Inboxes>,
 }
@@ -104,19 +106,20 @@ impl Inboxes {
     pub fn open(self: &Arc<Self>, stream: &str, consumer: &str) -> Inbox {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::default());
+        let key = format!("{stream}.{consumer}");
         if self.ended.load(Ordering::Acquire) {
             mailbox.end();
         } else {
             let mut boxes = self.lock();
             boxes.by_id.insert(id, Arc::downgrade(&mailbox));
-            boxes.by_consumer.insert(
-                format!("{stream}.{consumer}"),
-                (id, Arc::downgrade(&mailbox)),
-            );
+            boxes
+                .by_consumer
+                .insert(key.clone(), (id, Arc::downgrade(&mailbox)));
         }
         Inbox {
             subject: Subject::from(format!("{}.{id}", self.prefix)),
             id,
+            consumer: key,
             mailbox,
             owner: Arc::downgrade(self),
         }
@@ -215,7 +218,14 @@ impl Drop for Inbox {
         if let Some(owner) = self.owner.upgrade() {
             let mut boxes = owner.lock();
             boxes.by_id.remove(&self.id);
-            boxes.by_consumer.retain(|_, (id, _)| *id != self.id);
+            // Unless a newer binding of the consumer took its place.
+            if boxes
+                .by_consumer
+                .get(&self.consumer)
+                .is_some_and(|(id, _)| *id == self.id)
+            {
+                boxes.by_consumer.remove(&self.consumer);
+            }
         }
     }
 }
@@ -284,6 +294,38 @@ mod tests {
             .await?
             .context("a reply")?;
         assert_eq!(m.payload, "c".as_bytes(), "the late reply went nowhere");
+
+        // A delivery goes by its consumer to that consumer's newest inbox,
+        // whichever inbox its request named: a request of a binding since
+        // closed brings its message to the binding after it.
+        let js = async_nats::jetstream::new(client.clone());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "S".into(),
+            subjects: vec!["s.>".into()],
+            ..Default::default()
+        })
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("c".into()),
+            ..Default::default()
+        })
+        .await?;
+        let older = inboxes.open("S", "c");
+        client
+            .publish_with_reply(
+                "$JS.API.CONSUMER.MSG.NEXT.S.c",
+                older.subject().clone(),
+                r#"{"batch":1,"expires":10000000000}"#.into(),
+            )
+            .await?;
+        client.flush().await?;
+        let newer = inboxes.open("S", "c");
+        drop(older);
+        js.publish("s.x", "delivered".into()).await?.await?;
+        let m = tokio::time::timeout(Duration::from_secs(5), newer.next())
+            .await?
+            .context("a delivery")?;
+        assert_eq!(m.payload, "delivered".as_bytes());
 
         stop.cancel();
         let ended = tokio::time::timeout(Duration::from_secs(5), b.next()).await?;
