@@ -444,7 +444,7 @@ pub async fn run(
             js: js.clone(),
             client: client.clone(),
             health: health.clone(),
-            stats: Arc::new(Stats::new(&metrics, &pc.name, &tenant_name, &pc.plugin)),
+            stats: Stats::new(&metrics, &pc.name, &tenant_name, &pc.plugin),
             breaker: std::sync::Mutex::new(crate::pipeline::breaker::Breaker::new(pc.breaker)),
             shutdown: shutdown.clone(),
             keepalive: Default::default(),

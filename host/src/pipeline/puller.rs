@@ -104,6 +104,9 @@ pub struct Puller {
     /// Fires on the consumer's `LEADER_ELECTED` advisories.
     leader: Arc<tokio::sync::Notify>,
     opts: PullOptions,
+    /// The largest message the server takes, with its headers' margin: a
+    /// request always has room for one.
+    largest: usize,
     /// The heartbeat asked for in the last request.
     heartbeat: Duration,
     /// Requests given up as lost.
@@ -179,11 +182,11 @@ impl Puller {
         let inbox = inboxes.open(stream, consumer);
         let leader = leaders.watch(stream, consumer);
         let mut opts = opts;
+        let largest = client
+            .server_info()
+            .max_payload
+            .saturating_add(MESSAGE_MARGIN);
         if opts.window_bytes > 0 {
-            let largest = client
-                .server_info()
-                .max_payload
-                .saturating_add(MESSAGE_MARGIN);
             opts.window_bytes = opts.window_bytes.max(largest);
         }
         Ok(Puller {
@@ -195,6 +198,7 @@ impl Puller {
             subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox,
             opts,
+            largest,
             outstanding: 0,
             requests: VecDeque::new(),
             buffered_bytes: 0,
@@ -284,8 +288,10 @@ impl Puller {
         // The rest of the byte window, but always room for one message.
         let max_bytes = (self.opts.window_bytes > 0).then(|| {
             let held = self.outstanding_bytes() + self.buffered_bytes;
-            let largest = self.client.server_info().max_payload + MESSAGE_MARGIN;
-            self.opts.window_bytes.saturating_sub(held).max(largest)
+            self.opts
+                .window_bytes
+                .saturating_sub(held)
+                .max(self.largest)
         });
         let body = serde_json::to_vec(&Request {
             batch: n,

@@ -1,6 +1,6 @@
-//! A pipeline's counters: handles into the host's Prometheus metrics,
-//! kept per pipeline so the hot path does not look labels up, and read
-//! directly by tests and the admin API.
+//! A pipeline's counters: kept per pipeline so the hot path does not look
+//! labels up, encoded into the host's Prometheus exposition on scrape
+//! (see `metrics::pipelines`), and read directly by tests and the admin API.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +9,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+
+use crate::metrics::pipelines::{PipelineSeries, Series};
 use crate::metrics::{Labels, Metrics, labels, reason_kind};
 
-/// Counters per pipeline: handles into the host's Prometheus metrics, also
-/// read directly by tests and the admin API.
+/// Counters per pipeline, exposed on scrape and read directly by tests and
+/// the admin API.
 #[derive(Debug)]
 pub struct Stats {
     pub batches: Counter,
@@ -57,6 +60,67 @@ pub struct Stats {
     metrics: Arc<Metrics>,
 }
 
+impl PipelineSeries for Stats {
+    fn encode(&self, family: Series, enc: &mut MetricEncoder) -> Result<(), std::fmt::Error> {
+        let base = &self.labels[..];
+        let one =
+            |enc: &mut MetricEncoder, m: &dyn EncodeMetric| m.encode(enc.encode_family(&base)?);
+        let each =
+            |enc: &mut MetricEncoder, key: &'static str, ms: &[(&str, &dyn EncodeMetric)]| {
+                ms.iter().try_for_each(|(value, m)| {
+                    m.encode(enc.encode_family(&(base, [(key, *value)].as_slice()))?)
+                })
+            };
+        match family {
+            Series::Messages => each(
+                enc,
+                "outcome",
+                &[
+                    ("ack", &self.acked),
+                    ("retry", &self.retried),
+                    ("dead_letter", &self.dead_lettered),
+                    ("skipped", &self.skipped),
+                ],
+            ),
+            Series::Batches => one(enc, &self.batches),
+            Series::Captures => {
+                let [stored, too_large, failed] = &self.captures;
+                each(
+                    enc,
+                    "outcome",
+                    &[
+                        ("stored", stored),
+                        ("too-large", too_large),
+                        ("failed", failed),
+                    ],
+                )
+            }
+            Series::BatchSeconds => one(enc, &self.batch_seconds),
+            Series::PausedSeconds => one(enc, &self.paused_seconds),
+            Series::DeadLetterFailures => one(enc, &self.dead_letter_failures),
+            Series::DeadLettersHeld => one(enc, &self.dead_letters_held),
+            Series::PullRequestsLost => one(enc, &self.pull_requests_lost),
+            Series::HeldBatches => one(enc, &self.held_batches),
+            Series::EffectsLedger => one(enc, &self.effects_ledger),
+            Series::EffectsOutbox => one(enc, &self.effects_outbox),
+            Series::EffectsRelayed => one(enc, &self.outbox_relayed),
+            Series::EffectsReruns => one(enc, &self.effects_reruns),
+            Series::HeldExpired => one(enc, &self.held_expired),
+            Series::BreakerState => one(enc, &self.breaker_state),
+            Series::BreakerOpened => one(enc, &self.breaker_opened),
+            Series::CpuSeconds => one(enc, &self.cpu_seconds),
+            Series::MemoryHighWater => one(enc, &self.memory_high_water),
+            Series::CapabilityCalls => crate::capability::Capability::ALL
+                .iter()
+                .zip(&self.capability_calls)
+                .try_for_each(|(c, m)| {
+                    m.encode(enc.encode_family(&(base, [("capability", c.name())].as_slice()))?)
+                }),
+            Series::ThrottledSeconds => one(enc, &self.throttled_seconds),
+        }
+    }
+}
+
 /// The pipeline's labels (shared) and `more`.
 fn with_base(base: &[(&'static str, Arc<str>)], more: &[(&'static str, &str)]) -> Labels {
     let mut l = base.to_vec();
@@ -65,57 +129,44 @@ fn with_base(base: &[(&'static str, Arc<str>)], more: &[(&'static str, &str)]) -
 }
 
 impl Stats {
-    pub fn new(metrics: &Arc<Metrics>, pipeline: &str, tenant: &str, plugin: &str) -> Self {
-        let base: [(&'static str, Arc<str>); 3] = [
-            ("tenant", tenant.into()),
-            ("plugin", plugin.into()),
-            ("pipeline", pipeline.into()),
-        ];
-        let with = |more: &[(&'static str, &str)]| with_base(&base, more);
-        let p = with(&[]);
-        let outcome = |o: &str| {
-            metrics
-                .messages
-                .get_or_create_owned(&with(&[("outcome", o)]))
-        };
-        let capability_calls = crate::capability::Capability::ALL.map(|c| {
-            metrics
-                .capability_calls
-                .get_or_create_owned(&with(&[("capability", c.name())]))
-        });
-        Stats {
-            batches: metrics.batches.get_or_create_owned(&p),
+    /// A pipeline's counters, added to the host's exposition.
+    pub fn new(metrics: &Arc<Metrics>, pipeline: &str, tenant: &str, plugin: &str) -> Arc<Self> {
+        let stats = Arc::new(Stats {
+            batches: Counter::default(),
             failed_batches: Counter::default(),
-            acked: outcome("ack"),
-            retried: outcome("retry"),
-            dead_lettered: outcome("dead_letter"),
-            skipped: outcome("skipped"),
-            dead_letter_failures: metrics.dead_letter_failures.get_or_create_owned(&p),
-            dead_letters_held: metrics.dead_letters_held.get_or_create_owned(&p),
-            pull_requests_lost: metrics.pull_requests_lost.get_or_create_owned(&p),
-            captures: ["stored", "too-large", "failed"].map(|o| {
-                metrics
-                    .captures
-                    .get_or_create_owned(&with(&[("outcome", o)]))
-            }),
-            held_batches: metrics.held_batches.get_or_create_owned(&p),
-            held_expired: metrics.held_expired.get_or_create_owned(&p),
-            effects_ledger: metrics.effects_ledger.get_or_create_owned(&p),
-            effects_outbox: metrics.effects_outbox.get_or_create_owned(&p),
-            outbox_relayed: metrics.effects_relayed.get_or_create_owned(&p),
-            effects_reruns: metrics.effects_reruns.get_or_create_owned(&p),
-            breaker_state: metrics.breaker_state.get_or_create_owned(&p),
-            breaker_opened: metrics.breaker_opened.get_or_create_owned(&p),
-            batch_seconds: metrics.batch_seconds.get_or_create_owned(&p),
-            paused_seconds: metrics.paused_seconds.get_or_create_owned(&p),
-            cpu_seconds: metrics.cpu_seconds.get_or_create_owned(&p),
-            memory_high_water: metrics.memory_high_water.get_or_create_owned(&p),
-            throttled_seconds: metrics.throttled_seconds.get_or_create_owned(&p),
-            capability_calls,
+            acked: Counter::default(),
+            retried: Counter::default(),
+            dead_lettered: Counter::default(),
+            skipped: Counter::default(),
+            dead_letter_failures: Counter::default(),
+            dead_letters_held: Gauge::default(),
+            pull_requests_lost: Counter::default(),
+            captures: Default::default(),
+            held_batches: Counter::default(),
+            held_expired: Counter::default(),
+            effects_ledger: Gauge::default(),
+            effects_outbox: Gauge::default(),
+            outbox_relayed: Counter::default(),
+            effects_reruns: Counter::default(),
+            breaker_state: Gauge::default(),
+            breaker_opened: Counter::default(),
+            batch_seconds: crate::metrics::batch_histogram(),
+            paused_seconds: Counter::default(),
+            cpu_seconds: Counter::default(),
+            memory_high_water: Gauge::default(),
+            throttled_seconds: Counter::default(),
+            capability_calls: Default::default(),
             capability_errors: Default::default(),
-            labels: base,
+            labels: [
+                ("tenant", tenant.into()),
+                ("plugin", plugin.into()),
+                ("pipeline", pipeline.into()),
+            ],
             metrics: metrics.clone(),
-        }
+        });
+        let series: Arc<dyn PipelineSeries> = stats.clone();
+        metrics.pipelines.add(Arc::downgrade(&series));
+        stats
     }
 
     fn labels_with(&self, more: &[(&'static str, &str)]) -> crate::metrics::Labels {
@@ -212,5 +263,47 @@ impl Stats {
                 .get_or_create(&l)
                 .set(age.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(r: &prometheus_client::registry::Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, r).expect("encode");
+        text
+    }
+
+    #[test]
+    fn a_pipelines_series_are_exposed_while_it_lives() {
+        let (metrics, registry) = Metrics::new();
+        let metrics = Arc::new(metrics);
+        let a = Stats::new(&metrics, "a", "t", "p");
+        let b = Stats::new(&metrics, "b", "t", "p");
+        a.acked.inc_by(3);
+        a.capability_calls[1].inc();
+        a.batch_took(Duration::from_millis(2));
+        b.breaker_state.set(1);
+        let text = scrape(&registry);
+        for line in [
+            r#"jetplug_messages_total{tenant="t",plugin="p",pipeline="a",outcome="ack"} 3"#,
+            r#"jetplug_messages_total{tenant="t",plugin="p",pipeline="b",outcome="skipped"} 0"#,
+            r#"jetplug_capability_calls_total{tenant="t",plugin="p",pipeline="a",capability="publish"} 1"#,
+            r#"jetplug_batch_duration_seconds_count{tenant="t",plugin="p",pipeline="a"} 1"#,
+            r#"jetplug_breaker_state{tenant="t",plugin="p",pipeline="b"} 1"#,
+            r#"jetplug_captures_total{tenant="t",plugin="p",pipeline="b",outcome="too-large"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE jetplug_messages counter").count(), 1);
+        assert!(text.contains(
+            "# HELP jetplug_breaker_state Circuit breaker: 0 closed, 1 open, 2 half-open.\n"
+        ));
+        drop(b);
+        let text = scrape(&registry);
+        assert!(!text.contains(r#"pipeline="b""#), "{text}");
+        assert!(text.contains(r#"pipeline="a""#));
     }
 }

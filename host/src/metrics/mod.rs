@@ -1,6 +1,9 @@
-//! Prometheus metrics. One registry per host; each pipeline takes handles
-//! (labelled counters and gauges) from it at start, so the hot path only
-//! increments atomics and `/metrics` encodes the registry on scrape.
+//! Prometheus metrics. One registry per host; each pipeline keeps its own
+//! counters (encoded by [`pipelines::Pipelines`] on scrape) and takes
+//! handles for the few series whose labels vary at run time, so the hot
+//! path only increments atomics.
+
+pub mod pipelines;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,7 +29,8 @@ pub static PUBLISH_RETRIES: LazyLock<Family<Labels, Counter>> = LazyLock::new(Fa
 /// names once, not thirty times (a fifth of an idle pipeline's memory).
 pub type Labels = Vec<(&'static str, std::sync::Arc<str>)>;
 
-fn batch_histogram() -> Histogram {
+/// Buckets of `jetplug_batch_duration_seconds`.
+pub fn batch_histogram() -> Histogram {
     // 0.5 ms .. ~16 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -34,24 +38,8 @@ fn batch_histogram() -> Histogram {
 /// Every metric the host exports (names are prefixed `jetplug_`).
 #[derive(Debug)]
 pub struct Metrics {
-    pub messages: Family<Labels, Counter>,
-    pub batches: Family<Labels, Counter>,
     pub batch_failures: Family<Labels, Counter>,
-    pub batch_seconds: Family<Labels, Histogram, fn() -> Histogram>,
-    pub paused_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     pub dead_letters: Family<Labels, Counter>,
-    pub dead_letter_failures: Family<Labels, Counter>,
-    pub dead_letters_held: Family<Labels, Gauge>,
-    pub captures: Family<Labels, Counter>,
-    pub pull_requests_lost: Family<Labels, Counter>,
-    pub held_batches: Family<Labels, Counter>,
-    pub held_expired: Family<Labels, Counter>,
-    pub effects_ledger: Family<Labels, Gauge>,
-    pub effects_outbox: Family<Labels, Gauge>,
-    pub effects_relayed: Family<Labels, Counter>,
-    pub effects_reruns: Family<Labels, Counter>,
-    pub breaker_state: Family<Labels, Gauge>,
-    pub breaker_opened: Family<Labels, Counter>,
     pub consumer_pending: Family<Labels, Gauge>,
     pub consumer_ack_pending: Family<Labels, Gauge>,
     pub consumer_redelivered: Family<Labels, Gauge>,
@@ -76,12 +64,10 @@ pub struct Metrics {
     pub shadow_agreed: Family<Labels, Gauge>,
     pub shadow_disagreements: Family<Labels, Gauge>,
     pub config_reloads: Family<Labels, Counter>,
-    pub cpu_seconds: Family<Labels, Counter<f64, AtomicU64>>,
-    pub memory_high_water: Family<Labels, Gauge>,
-    pub capability_calls: Family<Labels, Counter>,
     pub capability_errors: Family<Labels, Counter>,
-    pub throttled_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     pub tenant_quota: Family<Labels, Gauge>,
+    /// Every pipeline's own series, encoded on scrape.
+    pub pipelines: pipelines::Pipelines,
     /// Every series name exposed (`jetplug_messages_total`, ...).
     pub series: Vec<String>,
 }
@@ -90,24 +76,8 @@ impl Metrics {
     /// The metrics and the registry that encodes them.
     pub fn new() -> (Metrics, Registry) {
         let m = Metrics {
-            messages: Family::default(),
-            batches: Family::default(),
             batch_failures: Family::default(),
-            batch_seconds: Family::new_with_constructor(batch_histogram),
-            paused_seconds: Family::default(),
             dead_letters: Family::default(),
-            dead_letter_failures: Family::default(),
-            dead_letters_held: Family::default(),
-            captures: Family::default(),
-            pull_requests_lost: Family::default(),
-            held_batches: Family::default(),
-            held_expired: Family::default(),
-            effects_ledger: Family::default(),
-            effects_outbox: Family::default(),
-            effects_relayed: Family::default(),
-            effects_reruns: Family::default(),
-            breaker_state: Family::default(),
-            breaker_opened: Family::default(),
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
             consumer_redelivered: Family::default(),
@@ -130,12 +100,9 @@ impl Metrics {
             shadow_agreed: Family::default(),
             shadow_disagreements: Family::default(),
             config_reloads: Family::default(),
-            cpu_seconds: Family::default(),
-            memory_high_water: Family::default(),
-            capability_calls: Family::default(),
             capability_errors: Family::default(),
-            throttled_seconds: Family::default(),
             tenant_quota: Family::default(),
+            pipelines: Default::default(),
             series: Vec::new(),
         };
         let mut r = Registry::with_prefix("jetplug");
@@ -158,90 +125,14 @@ impl Metrics {
             PUBLISH_RETRIES.clone(),
         );
         reg!(
-            "messages",
-            "Messages settled, by tenant, plugin, pipeline and outcome (ack, retry, dead_letter, skipped)",
-            m.messages.clone(),
-        );
-        reg!("batches", "Batches run, by pipeline", m.batches.clone());
-        reg!(
-            "captures",
-            "Captured plugin calls, by pipeline and outcome (stored, too-large: past capture_max_size, failed: the bucket refused it)",
-            m.captures.clone(),
-        );
-        reg!(
             "batch_failures",
             "Failed batches, by pipeline and kind (trap, deadline, memory-limit, ...)",
             m.batch_failures.clone(),
         );
         reg!(
-            "batch_duration_seconds",
-            "Time a plugin spent on a batch",
-            m.batch_seconds.clone(),
-        );
-        reg!(
-            "plugin_paused_seconds",
-            "Time plugin calls were paused so that other pipelines could run (slow lane pacing)",
-            m.paused_seconds.clone(),
-        );
-        reg!(
             "dead_letters",
             "Dead letters delivered, by pipeline and reason kind",
             m.dead_letters.clone(),
-        );
-        reg!(
-            "dead_letter_failures",
-            "Attempts to store a dead letter that the route did not take (the message is held and tried again)",
-            m.dead_letter_failures.clone(),
-        );
-        reg!(
-            "dead_letters_held",
-            "Messages held now because their dead letter cannot be stored (alert when above 0)",
-            m.dead_letters_held.clone(),
-        );
-        reg!(
-            "pull_requests_lost",
-            "Pull requests the server never answered (lost in a leader change or while a consumer settled), asked again",
-            m.pull_requests_lost.clone(),
-        );
-        reg!(
-            "held_batches",
-            "Times a batch was held (kept and run again, no delivery spent) because a downstream is out",
-            m.held_batches.clone(),
-        );
-        reg!(
-            "effects_ledger_entries",
-            "Exactly-once pipelines: origins in the ledger now (pruned after effects_retention)",
-            m.effects_ledger.clone(),
-        );
-        reg!(
-            "effects_outbox_queued",
-            "Exactly-once pipelines: committed publishes not yet relayed to JetStream (alert when it grows)",
-            m.effects_outbox.clone(),
-        );
-        reg!(
-            "effects_relayed",
-            "Exactly-once pipelines: publishes relayed from the outbox",
-            m.effects_relayed.clone(),
-        );
-        reg!(
-            "effects_reruns",
-            "Exactly-once pipelines: runs of a batch again without the messages that asked to retry",
-            m.effects_reruns.clone(),
-        );
-        reg!(
-            "held_expired",
-            "Batches held longer than breaker.max_hold, returned to retry accounting",
-            m.held_expired.clone(),
-        );
-        reg!(
-            "breaker_state",
-            "Circuit breaker: 0 closed, 1 open, 2 half-open",
-            m.breaker_state.clone(),
-        );
-        reg!(
-            "breaker_opened",
-            "Times the circuit breaker opened",
-            m.breaker_opened.clone(),
         );
         reg!(
             "consumer_pending",
@@ -354,35 +245,20 @@ impl Metrics {
             m.config_reloads.clone(),
         );
         reg!(
-            "plugin_cpu_seconds",
-            "Time plugin calls were running (wasm or host code, not waiting on a downstream), by tenant, plugin and pipeline",
-            m.cpu_seconds.clone(),
-        );
-        reg!(
-            "instance_memory_high_water_bytes",
-            "Largest linear memory of the pipeline's plugin instances, by tenant, plugin and pipeline",
-            m.memory_high_water.clone(),
-        );
-        reg!(
-            "capability_calls",
-            "Capability calls (publish, sql, kv), by tenant, plugin, pipeline and capability",
-            m.capability_calls.clone(),
-        );
-        reg!(
             "capability_errors",
             "Capability calls that failed, by tenant, plugin, pipeline, capability and kind (access-denied, not-found, unavailable, invalid, other)",
             m.capability_errors.clone(),
-        );
-        reg!(
-            "tenant_throttled_seconds",
-            "Time a tenant's pullers waited for its limits.max_messages_per_second, by tenant and pipeline",
-            m.throttled_seconds.clone(),
         );
         reg!(
             "tenant_quota",
             "A tenant's configured limits, by tenant and quota (max_messages_per_second, max_concurrent_batches)",
             m.tenant_quota.clone(),
         );
+        for family in pipelines::Series::ALL {
+            let (name, kind, _) = family.describe();
+            series.extend(series_of(name, kind));
+        }
+        r.register_collector(Box::new(m.pipelines.clone()));
         (Metrics { series, ..m }, r)
     }
 }
