@@ -5,7 +5,8 @@
 //! host's resident memory per idle pipeline (beyond the same host with
 //! only the busy pipelines); idle CPU of the host and of nats-server;
 //! throughput of `busy` pipelines beside all the idle ones against the
-//! same pipelines alone; and the first message of an idle pipeline (its
+//! same pipelines alone (on a fresh server, and on the server still
+//! holding the idle ones' consumers: the host's share of the loss); and the first message of an idle pipeline (its
 //! plugin instance is made then), by language.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ pub struct Report {
     /// rest (medians of [`ROUNDS`] rounds).
     pub alone_per_sec: f64,
     pub beside_per_sec: f64,
+    /// The busy pipelines in a host of their own again, the idle ones'
+    /// streams and consumers still on the server (medians of [`ROUNDS`]).
+    pub alone_same_server_per_sec: f64,
     /// First message of an idle pipeline to its acknowledgement, median
     /// per language (Rust, Python, JavaScript).
     pub cold: Vec<(&'static str, Duration)>,
@@ -298,6 +302,19 @@ pub async fn run(env_plugins: &Path, guest: &Path, s: Settings) -> anyhow::Resul
         cold_times.push((*lang, Duration::from_secs_f64(super::median(times))));
     }
     host.stop()?;
+
+    // The busy pipelines alone again, in a host of their own, the idle
+    // ones' streams and consumers still on the server: what is lost
+    // beside against this is the host's doing; against the first rounds,
+    // the server's too (nats-server holding 10,000 consumers is slower).
+    let (path, config) = env.config("many-busy", "cache", &body(&files, &s, Some(&busy)))?;
+    let mut host = env.spawn_host(&path, "many-busy-again.log")?;
+    wait_ready(&mut host, &config).await?;
+    let mut alone_same_server = Vec::new();
+    for round in 2 * ROUNDS..3 * ROUNDS {
+        alone_same_server.push(traffic(&env, &s, &busy, round).await?);
+    }
+    host.stop()?;
     server.stop().await?;
     Ok(Report {
         settings: s,
@@ -309,6 +326,7 @@ pub async fn run(env_plugins: &Path, guest: &Path, s: Settings) -> anyhow::Resul
         nats_rss,
         alone_per_sec: super::median(alone),
         beside_per_sec: super::median(beside),
+        alone_same_server_per_sec: super::median(alone_same_server),
         cold: cold_times,
     })
 }

@@ -253,6 +253,19 @@ pub(crate) async fn pipelines(c: &Common, rows: &mut Vec<record::Line>) -> anyho
         "≥ 0.95",
         Some(ratio >= 0.95),
     ));
+    let host_share = r.beside_per_sec / r.alone_same_server_per_sec.max(1e-9);
+    rows.push(row(
+        &format!(
+            "{what}: {} busy beside the idle / alone, idle consumers on the server",
+            s.busy
+        ),
+        format!(
+            "{host_share:.2} ({:.0} / {:.0} msg/s)",
+            r.beside_per_sec, r.alone_same_server_per_sec
+        ),
+        "≥ 0.95",
+        Some(host_share >= 0.95),
+    ));
     for (lang, took) in &r.cold {
         let ms = took.as_secs_f64() * 1e3;
         rows.push(row(
