@@ -286,8 +286,17 @@ pub async fn wait_acked(
             {
                 first_ack = Some(Instant::now());
             }
-            if floor >= n / 10 && warm.is_none() {
-                warm = Some((Instant::now(), floor));
+            // Settled so far: the floor lags what is settled out of order
+            // (whole batches of later workers), so a rate counted from a
+            // floor that then jumps came out high; the deliveries less
+            // what awaits its ack do not lag (a redelivery counts twice).
+            let settled = info
+                .delivered
+                .consumer_sequence
+                .saturating_sub(info.num_ack_pending as u64)
+                .max(floor);
+            if settled >= n / 10 && warm.is_none() {
+                warm = Some((Instant::now(), settled.min(n)));
             }
             bar.set_position(floor.min(n));
             if floor >= n && info.num_ack_pending == 0 {

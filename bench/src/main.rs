@@ -121,7 +121,7 @@ struct Common {
     index_batch: u32,
     /// Workers of the indexer pipeline (its `concurrency`); its
     /// `max_ack_pending` is batch × workers × 2.
-    #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     index_concurrency: u32,
     /// Batches timed by the dispatch benchmark.
     #[arg(long, global = true, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
