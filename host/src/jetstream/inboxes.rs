@@ -235,20 +235,24 @@ impl Drop for Inbox {
 /// `$JS.ACK.DOMAIN.ACCOUNT.STREAM.CONSUMER.…`, 12 or more).
 fn consumer_of(reply: &str) -> Option<&str> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
-    let tokens = reply.split('.').count();
-    let skip = match tokens {
+    // One pass: where the first tokens of `rest` end, and how many it has.
+    let mut ends = [0usize; 4];
+    let mut tokens = 1;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'.' {
+            if let Some(end) = ends.get_mut(tokens - 1) {
+                *end = i;
+            }
+            tokens += 1;
+        }
+    }
+    let start = match tokens + 2 {
         9 => 0,
-        n if n >= 12 => 2,
+        n if n >= 12 => ends[1] + 1,
         _ => return None,
     };
-    // The byte range of tokens skip and skip + 1 of `rest`.
-    let mut start = 0;
-    for _ in 0..skip {
-        start += rest[start..].find('.')? + 1;
-    }
-    let first = rest[start..].find('.')?;
-    let second = rest[start + first + 1..].find('.')?;
-    Some(&rest[start..start + first + 1 + second])
+    let end = if start == 0 { ends[1] } else { ends[3] };
+    Some(&rest[start..end])
 }
 
 #[cfg(test)]
@@ -344,6 +348,8 @@ mod tests {
             Some("ORDERS.c")
         );
         assert_eq!(consumer_of("_INBOX.abc.7"), None);
+        assert_eq!(consumer_of("$JS.ACK.a.b.c.d.e.f.g.h"), None, "10 tokens");
+        assert_eq!(consumer_of("$JS.ACK.a.b.c.d.e.f.g.h.i"), None, "11 tokens");
         assert_eq!(consumer_of("$JS.ACK.short"), None);
     }
 
