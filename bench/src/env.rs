@@ -233,7 +233,9 @@ impl Run {
     pub fn rate(&self, n: u64) -> f64 {
         let (at, floor) = self.warm;
         let took = self.done.duration_since(at).as_secs_f64();
-        if took < 1e-3 {
+        // Past half settled when first seen (a late look; settled
+        // deliveries run ahead of the floor): too little left to time.
+        if took < 1e-3 || floor.saturating_mul(2) > n {
             // The run was not watched while it went (a poll answered late):
             // count from the first delivery seen, or from the start of the
             // wait if even that came with the end (start-up included, so the
@@ -402,5 +404,13 @@ mod tests {
             ..unseen
         };
         assert!((watched.rate(1000) - 900.0).abs() < 1e-6);
+        // All settled at the first look, the floor caught up later: timed
+        // from the first delivery, not a rate of zero.
+        let late = Run {
+            first_delivery: started,
+            warm: (started + Duration::from_secs(1), 1000),
+            ..unseen
+        };
+        assert!((late.rate(1000) - 500.0).abs() < 1e-6);
     }
 }
