@@ -38,7 +38,7 @@ pub(crate) fn message(i: usize, payload: &[u8]) -> Message {
         consumer: "bench".into(),
         subject: "bench.event.created".into(),
         headers: vec![("traceparent".into(), "00-1-2-01".into())],
-        payload: payload.to_vec(),
+        payload: payload.to_vec().into(),
         stream_seq: i as u64 + 1,
         delivered: 1,
         published_at_ms: 0,

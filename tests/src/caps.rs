@@ -16,7 +16,7 @@ pub fn msg(payload: &str) -> Message {
         consumer: "c".into(),
         subject: "t.x".into(),
         headers: vec![],
-        payload: payload.as_bytes().to_vec(),
+        payload: payload.as_bytes().to_vec().into(),
         stream_seq: 1,
         delivered: 1,
         published_at_ms: 0,

@@ -215,7 +215,7 @@ pub fn parse_fixture(
                 consumer: String::new(),
                 subject,
                 headers,
-                payload,
+                payload: payload.into(),
                 stream_seq: seq,
                 delivered: event.delivered.unwrap_or(1).max(1),
                 published_at_ms: event.published_at_ms.unwrap_or(now_ms),
@@ -264,10 +264,10 @@ mod tests {
             "{\"subject\":\"a.b.c\",\"payload_base64\":\"AAEC\",\"headers\":[[\"h\",\"1\"],[\"h\",\"2\"]]}\n",
         ))?;
         assert_eq!(msgs.len(), 3);
-        assert_eq!(msgs[0].message.payload, br#"{"x":1}"#);
+        assert_eq!(&msgs[0].message.payload[..], br#"{"x":1}"#);
         assert_eq!(msgs[0].message.headers, vec![("h".into(), "v".into())]);
         assert_eq!(msgs[1].line, 3);
-        assert_eq!(msgs[1].message.payload, b"retry");
+        assert_eq!(&msgs[1].message.payload[..], b"retry");
         assert_eq!(msgs[2].message.payload, vec![0, 1, 2]);
         assert_eq!(msgs[2].message.headers.len(), 2);
         assert_eq!(msgs[2].message.stream_seq, 3);

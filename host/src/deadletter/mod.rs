@@ -52,7 +52,7 @@ pub struct DeadLetter {
     pub deliveries: u32,
     pub reason: String,
     pub headers: Vec<(String, String)>,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     pub published_at_ms: i64,
     /// Where the message was first stored (differs from stream/sequence
     /// when the failed message was itself a redrive).
@@ -167,7 +167,7 @@ mod tests {
                 ("traceparent".into(), "00-1".into()),
                 ("Nats-Msg-Id".into(), "x".into()),
             ],
-            payload: b"{".to_vec(),
+            payload: bytes::Bytes::from_static(b"{"),
             published_at_ms: 7,
             origin: Origin {
                 stream: "LEARNING".into(),

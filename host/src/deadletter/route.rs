@@ -91,7 +91,7 @@ async fn publish(
         headers.append(k.as_str(), v.as_str());
     }
     headers.insert("Nats-Msg-Id", dl.message_id().as_str());
-    retry::publish(js, &subject, headers, dl.payload.clone().into(), how)
+    retry::publish(js, &subject, headers, dl.payload.clone(), how)
         .await
         .map(|_| ())
         .map_err(DeadLetterError::Publish)

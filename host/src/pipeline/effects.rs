@@ -684,7 +684,7 @@ mod tests {
             consumer: String::new(),
             subject: "s".into(),
             headers: Vec::new(),
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
             stream_seq: seq,
             delivered: 1,
             published_at_ms: 0,

@@ -463,7 +463,7 @@ mod tests {
             consumer: "c".into(),
             subject: "s.x".into(),
             headers: vec![],
-            payload: b"{}".to_vec(),
+            payload: bytes::Bytes::from_static(b"{}"),
             stream_seq: 1,
             delivered: 1,
             published_at_ms: 0,

@@ -19,7 +19,7 @@ use super::pace::{Pace, Pacing, Tick};
 use super::tape::Handed;
 use super::world::{Witness, World, collect};
 use super::{Plugin, PluginState};
-use crate::bindings::{Decision, EventPlugin, Message};
+use crate::bindings::{Decision, EventPlugin, HandleFunc, Message};
 use crate::capability::Usage;
 use crate::capability::effects::EffectsTx;
 use crate::capability::record::Recording;
@@ -77,7 +77,8 @@ pub struct CallUsage {
 
 struct Live {
     store: Store<PluginState>,
-    bindings: EventPlugin,
+    /// The handler's `handle`, called with the batch's payloads uncopied.
+    handle: HandleFunc,
 }
 
 /// A plugin plus (at most) one live instance of it.
@@ -500,7 +501,7 @@ async fn run(call: Call) -> Done {
         live.store.data().caps.calls().record(r);
     }
     world.install(live.store.data());
-    let result = call_handle(&plugin, &mut live, &batch).await;
+    let result = call_handle(&plugin, &mut live, batch).await;
     let witness = collect(live.store.data());
     let recording = if recorded {
         live.store.data().caps.calls().take_recording()
@@ -536,27 +537,37 @@ async fn run(call: Call) -> Done {
 async fn call_handle(
     plugin: &Plugin,
     live: &mut Live,
-    batch: &[Message],
+    batch: Arc<[Message]>,
 ) -> Result<Vec<Decision>, BatchError> {
     let deadline = plugin.spec.limits.deadline;
     start_clock(&mut live.store, deadline);
-    let call = live
-        .bindings
-        .jetplug_plugin_handler()
-        .call_handle(&mut live.store, batch);
+    let expected = batch.len();
+    let call = live.handle.call_async(&mut live.store, (batch,));
     let decisions = match call.await {
-        Ok(d) => d,
+        Ok((d,)) => d,
         Err(e) => return Err(classify(plugin, &live.store, e)),
     };
     plugin.overran.store(false, Ordering::Relaxed);
-    if decisions.len() != batch.len() {
+    if decisions.len() != expected {
         return Err(BatchError::WrongDecisionCount {
             plugin: plugin.name().to_owned(),
-            expected: batch.len(),
+            expected,
             got: decisions.len(),
         });
     }
     Ok(decisions)
+}
+
+/// The bindings of a new instance and its `handle`, typed with our
+/// [`Message`] (wasmtime checks the component's record against it).
+fn typed(
+    plugin: &Plugin,
+    store: &mut Store<PluginState>,
+    instance: &wasmtime::component::Instance,
+) -> wasmtime::Result<(EventPlugin, HandleFunc)> {
+    let bindings = EventPlugin::new(&mut *store, instance)?;
+    let handle = instance.get_typed_func(&mut *store, plugin.handle_export)?;
+    Ok((bindings, handle))
 }
 
 /// A fresh instance, `init` run. `fixed`: a replay's seed, and the time
@@ -634,7 +645,16 @@ async fn instantiate(
     });
     start_clock(&mut store, deadline);
 
-    let bindings = match plugin.pre.instantiate_async(&mut store).await {
+    let made = match plugin
+        .pre
+        .instance_pre()
+        .instantiate_async(&mut store)
+        .await
+    {
+        Ok(instance) => typed(plugin, &mut store, &instance),
+        Err(e) => Err(e),
+    };
+    let (bindings, handle) = match made {
         Ok(b) => b,
         Err(e) => {
             return Err(match classify(plugin, &store, e) {
@@ -652,7 +672,7 @@ async fn instantiate(
     let init = init.await;
     store.data().tape.stop();
     match init {
-        Ok(Ok(())) => Ok(Live { store, bindings }),
+        Ok(Ok(())) => Ok(Live { store, handle }),
         Ok(Err(reason)) => Err(BatchError::Init {
             plugin: name,
             reason,

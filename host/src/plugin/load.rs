@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Linker};
 
 use super::{PluginSpec, PluginState};
 use crate::bindings::EventPluginPre;
@@ -85,6 +85,8 @@ pub struct Plugin {
     pub(crate) spec: PluginSpec,
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) pre: EventPluginPre<PluginState>,
+    /// Where `handler.handle` is among the component's exports.
+    pub(crate) handle_export: ComponentExportIndex,
     pub(crate) backends: Arc<Backends>,
     hash: String,
     loaded_at: SystemTime,
@@ -287,6 +289,7 @@ fn from_component(
     };
     let linker = linker_for(runtime, &imports).map_err(not_a_plugin)?;
     let instance_pre = linker.instantiate_pre(&component).map_err(not_a_plugin)?;
+    let handle_export = handle_export(&component).map_err(not_a_plugin)?;
     let pre = EventPluginPre::new(instance_pre).map_err(not_a_plugin)?;
 
     tracing::debug!(plugin = %spec.name, hash = %hash, ?cache, "plugin loaded");
@@ -295,6 +298,7 @@ fn from_component(
         spec,
         runtime: runtime.clone(),
         pre,
+        handle_export,
         backends,
         hash,
         loaded_at: SystemTime::now(),
@@ -373,6 +377,18 @@ fn check_exports(
         path: spec.path.clone(),
         reason: format!("it does not export `{HANDLER_EXPORT}` (it exports {found})"),
     })
+}
+
+/// The handler's `handle` export, looked up once per version (as the
+/// bindings look up theirs; a component of an earlier patch version of
+/// the contract is found by its compatible name).
+fn handle_export(component: &Component) -> wasmtime::Result<ComponentExportIndex> {
+    let handler = component
+        .get_export_index(None, HANDLER_EXPORT)
+        .ok_or_else(|| wasmtime::format_err!("no exported instance named `{HANDLER_EXPORT}`"))?;
+    component
+        .get_export_index(Some(&handler), "handle")
+        .ok_or_else(|| wasmtime::format_err!("`{HANDLER_EXPORT}` does not export `handle`"))
 }
 
 /// A linker with WASI and exactly the granted capabilities the plugin uses.

@@ -40,7 +40,7 @@ pub(crate) fn msg(payload: &str) -> Message {
         consumer: "c".into(),
         subject: "test.subject".into(),
         headers: vec![],
-        payload: payload.as_bytes().to_vec(),
+        payload: payload.as_bytes().to_vec().into(),
         stream_seq: 1,
         delivered: 1,
         published_at_ms: 0,
