@@ -159,6 +159,28 @@ async fn wait_ready(
 
 /// Publishes `count` messages to each busy pipeline and returns messages
 /// per second from the first publish to the last acknowledgement.
+/// The busy pipelines in a host of their own: msg/s of each of `rounds`,
+/// and the host's RSS after them.
+async fn alone_rounds(
+    env: &Env,
+    files: &[PathBuf; 3],
+    s: &Settings,
+    busy: &[u32],
+    rounds: std::ops::Range<u32>,
+    log: &str,
+) -> anyhow::Result<(Vec<f64>, u64)> {
+    let (path, config) = env.config("many-busy", "cache", &body(files, s, Some(busy)))?;
+    let mut host = env.spawn_host(&path, log)?;
+    wait_ready(&mut host, &config).await?;
+    let mut rates = Vec::new();
+    for round in rounds {
+        rates.push(traffic(env, s, busy, round).await?);
+    }
+    let rss = rss_of(host.pid())?;
+    host.stop()?;
+    Ok((rates, rss))
+}
+
 async fn traffic(env: &Env, s: &Settings, busy: &[u32], round: u32) -> anyhow::Result<f64> {
     let started = Instant::now();
     let payload = bytes::Bytes::from_static(&[b'x'; 256]);
@@ -245,15 +267,8 @@ pub async fn run(env_plugins: &Path, guest: &Path, s: Settings) -> anyhow::Resul
     let busy = busy_pipelines(&s);
 
     // The busy pipelines alone.
-    let (path, config) = env.config("many-busy", "cache", &body(&files, &s, Some(&busy)))?;
-    let mut host = env.spawn_host(&path, "many-busy.log")?;
-    wait_ready(&mut host, &config).await?;
-    let mut alone = Vec::new();
-    for round in 0..ROUNDS {
-        alone.push(traffic(&env, &s, &busy, round).await?);
-    }
-    let rss_busy_only = rss_of(host.pid())?;
-    host.stop()?;
+    let (alone, rss_busy_only) =
+        alone_rounds(&env, &files, &s, &busy, 0..ROUNDS, "many-busy.log").await?;
 
     // Everything, its plugins compiled beforehand (`jetplug check` fills
     // the cache), as on any start but a host's first: compiling is the
@@ -307,14 +322,15 @@ pub async fn run(env_plugins: &Path, guest: &Path, s: Settings) -> anyhow::Resul
     // ones' streams and consumers still on the server: what is lost
     // beside against this is the host's doing; against the first rounds,
     // the server's too (nats-server holding 10,000 consumers is slower).
-    let (path, config) = env.config("many-busy", "cache", &body(&files, &s, Some(&busy)))?;
-    let mut host = env.spawn_host(&path, "many-busy-again.log")?;
-    wait_ready(&mut host, &config).await?;
-    let mut alone_same_server = Vec::new();
-    for round in 2 * ROUNDS..3 * ROUNDS {
-        alone_same_server.push(traffic(&env, &s, &busy, round).await?);
-    }
-    host.stop()?;
+    let (alone_same_server, _) = alone_rounds(
+        &env,
+        &files,
+        &s,
+        &busy,
+        2 * ROUNDS..3 * ROUNDS,
+        "many-busy-again.log",
+    )
+    .await?;
     server.stop().await?;
     Ok(Report {
         settings: s,

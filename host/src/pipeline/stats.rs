@@ -110,12 +110,12 @@ impl PipelineSeries for Stats {
             Series::BreakerOpened => one(enc, &self.breaker_opened),
             Series::CpuSeconds => one(enc, &self.cpu_seconds),
             Series::MemoryHighWater => one(enc, &self.memory_high_water),
-            Series::CapabilityCalls => crate::capability::Capability::ALL
-                .iter()
-                .zip(&self.capability_calls)
-                .try_for_each(|(c, m)| {
-                    m.encode(enc.encode_family(&(base, [("capability", c.name())].as_slice()))?)
-                }),
+            Series::CapabilityCalls => {
+                let all = crate::capability::Capability::ALL;
+                let calls: [(&str, &dyn EncodeMetric); 4] =
+                    std::array::from_fn(|i| (all[i].name(), &self.capability_calls[i] as _));
+                each(enc, "capability", &calls)
+            }
             Series::ThrottledSeconds => one(enc, &self.throttled_seconds),
         }
     }
