@@ -9,6 +9,8 @@ PLUGINS := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml)))
 GUEST_DIR := target/plugins/guest
 PY_PLUGINS := $(patsubst plugins/%/app.py,$(GUEST_DIR)/%.wasm,$(wildcard plugins/*-py/app.py))
 JS_PLUGINS := $(patsubst plugins/%/plugin.js,$(GUEST_DIR)/%.wasm,$(wildcard plugins/*-js/plugin.js))
+# The JS benchmark plugin on the other engine too (QuickJS, componentize-qjs).
+JS_PLUGINS += $(GUEST_DIR)/bench-js-quickjs.wasm
 
 .PHONY: demo demo-cluster demo-offline test bench setup plugins rust-plugins build lint fmt clean image
 
@@ -50,6 +52,9 @@ rust-plugins:
 
 $(GUEST_DIR)/%-py.wasm: plugins/%-py/app.py plugins/%-py/plugin.wit sdk/python/jetplug.py wit/world.wit scripts/build-guest.sh
 	scripts/build-guest.sh python plugins/$*-py $@
+
+$(GUEST_DIR)/%-js-quickjs.wasm: plugins/%-js/plugin.js plugins/%-js/plugin.wit sdk/js/jetplug.js sdk/js/build.mjs wit/world.wit scripts/build-guest.sh
+	scripts/build-guest.sh js-quickjs plugins/$*-js $@
 
 $(GUEST_DIR)/%-js.wasm: plugins/%-js/plugin.js plugins/%-js/plugin.wit sdk/js/jetplug.js sdk/js/build.mjs wit/world.wit scripts/build-guest.sh
 	scripts/build-guest.sh js plugins/$*-js $@

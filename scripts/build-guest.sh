@@ -2,6 +2,7 @@
 # Builds one Python or JavaScript plugin of plugins/ into a component:
 #   scripts/build-guest.sh python plugins/NAME-py OUT.wasm   (DIR/app.py, componentize-py)
 #   scripts/build-guest.sh js     plugins/NAME-js OUT.wasm   (DIR/plugin.js, componentize-js)
+#   scripts/build-guest.sh js-quickjs plugins/NAME-js OUT.wasm (the same, componentize-qjs)
 # DIR/plugin.wit holds the plugin's world (the imports it uses); it is built
 # with wit/ as its dependency. The toolchains are the pinned ones
 # scripts/setup.sh installs under .local/.
@@ -37,6 +38,15 @@ case "$lang" in
     fi
     COMPONENTIZE_JS="$cjs" node "$root/sdk/js/build.mjs" "$dir/plugin.js" "$wit" "$out"
     ;;
-  *) echo "build-guest: unknown language '$lang' (python or js)" >&2; exit 1 ;;
+  js-quickjs)
+    command -v node >/dev/null 2>&1 || { echo "build-guest: node not found: install Node.js >= 20" >&2; exit 1; }
+    qjs="$root/.local/node-qjs/node_modules/componentize-qjs"
+    if [ ! -f "$qjs/package.json" ]; then
+      echo "build-guest: componentize-qjs not found: run scripts/setup.sh (installs componentize-qjs 0.4.5 into .local/node-qjs)" >&2
+      exit 1
+    fi
+    COMPONENTIZE_QJS="$qjs" JETPLUG_JS_ROOT="$root" node "$root/sdk/js/build.mjs" "$dir/plugin.js" "$wit" "$out" quickjs
+    ;;
+  *) echo "build-guest: unknown language '$lang' (python, js or js-quickjs)" >&2; exit 1 ;;
 esac
 echo "built $out ($(du -h "$out" | cut -f1))"

@@ -10,7 +10,8 @@
 #     shipped Kubernetes manifests, and podman (Debian), which builds the image;
 #   - the plugin toolchains for Python and JavaScript, pinned, under .local/:
 #     componentize-py (PyPI) into .local/venv, @bytecodealliance/componentize-js
-#     (npm) into .local/node.
+#     into .local/node, and componentize-qjs (npm; the QuickJS engine,
+#     docs/plugins/javascript.md) into .local/node-qjs.
 # Safe to run again: each step checks first and does nothing if already done.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NATS_SERVER_VERSION="2.12.8"
 COMPONENTIZE_PY_VERSION="0.25.1"
 COMPONENTIZE_JS_VERSION="0.23.0"
+COMPONENTIZE_QJS_VERSION="0.4.5"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 venv="$root/.local/venv"
 node_dir="$root/.local/node"
@@ -96,6 +98,19 @@ else
   mkdir -p "$node_dir"
   [ -f "$node_dir/package.json" ] || echo '{"private": true}' > "$node_dir/package.json"
   npm install --silent --no-audit --no-fund --prefix "$node_dir" "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION"
+fi
+# QuickJS's componentize-qjs in a prefix of its own: installed beside
+# componentize-js, npm re-lays the tree and drops a package componentize-js
+# needs without declaring it (@bytecodealliance/preview2-shim 0.25).
+qjs_dir="$root/.local/node-qjs"
+qjs_pkg="$qjs_dir/node_modules/componentize-qjs/package.json"
+if [ -f "$qjs_pkg" ] && grep -q "\"version\": \"$COMPONENTIZE_QJS_VERSION\"" "$qjs_pkg"; then
+  say "componentize-qjs $COMPONENTIZE_QJS_VERSION: present (.local/node-qjs)"
+else
+  say "installing componentize-qjs $COMPONENTIZE_QJS_VERSION (npm) into .local/node-qjs"
+  mkdir -p "$qjs_dir"
+  [ -f "$qjs_dir/package.json" ] || echo '{"private": true}' > "$qjs_dir/package.json"
+  npm install --silent --no-audit --no-fund --prefix "$qjs_dir" "componentize-qjs@$COMPONENTIZE_QJS_VERSION"
 fi
 # --- Operations tooling: promtool, podman, kubernetes-validate -----------------
 # debian_tool COMMAND PACKAGE WHY: installs PACKAGE unless COMMAND is on PATH.

@@ -513,6 +513,10 @@ pub(crate) async fn languages(
                     "JavaScript",
                     std::path::absolute(c.guest_plugins.join("bench-js.wasm"))?,
                 ),
+                (
+                    "JavaScript (QuickJS)",
+                    std::path::absolute(c.guest_plugins.join("bench-js-quickjs.wasm"))?,
+                ),
             ],
         },
     )

@@ -146,6 +146,32 @@ fn js_project_builds_and_tests() -> TestResult {
     passes_then_fails_on_a_wrong_expectation(&project.join("my-orders.wasm"), &project)
 }
 
+/// The same project built on QuickJS, as the docs say: the one engine
+/// swapped for the other, `npm run build:quickjs`.
+#[test]
+fn js_project_builds_and_tests_on_quickjs() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let project = new_project("js", tmp.path())?;
+    let npm = |args: &[&str]| {
+        let mut c = Command::new("npm");
+        c.args(args)
+            .args(["--no-audit", "--no-fund", "--silent"])
+            .current_dir(&project);
+        c
+    };
+    run(&mut npm(&[
+        "uninstall",
+        "@bytecodealliance/componentize-js",
+    ]))?;
+    run(&mut npm(&[
+        "install",
+        "--save-dev",
+        "componentize-qjs@0.4.5",
+    ]))?;
+    run(&mut npm(&["run", "build:quickjs"]))?;
+    passes_then_fails_on_a_wrong_expectation(&project.join("my-orders.wasm"), &project)
+}
+
 #[test]
 fn wit_out_writes_the_exact_package() -> TestResult {
     let tmp = tempfile::tempdir()?;

@@ -74,10 +74,9 @@ fn python_helper_tells_parse_errors_from_shape_errors() -> TestResult {
     check(&String::from_utf8(out.stdout)?)
 }
 
-#[test]
-fn javascript_helper_tells_parse_errors_from_shape_errors() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
+/// Writes sdk/js/jetplug.js into `d` as `jetplug.mjs`, its `log` import a
+/// stand-in.
+fn js_helper(d: &Path) -> TestResult {
     let helper = std::fs::read_to_string(root().join("sdk/js/jetplug.js"))?;
     let import = "from 'jetplug:plugin/log@";
     let start = helper
@@ -87,6 +86,63 @@ fn javascript_helper_tells_parse_errors_from_shape_errors() -> TestResult {
     let helper = format!("{}from './log.mjs'{}", &helper[..start], &helper[end..]);
     std::fs::write(d.join("jetplug.mjs"), helper)?;
     std::fs::write(d.join("log.mjs"), "export const log = () => {};\n")?;
+    Ok(())
+}
+
+/// Runs `script` with node in `d` (beside the helper); its output.
+fn node(d: &Path, script: &str) -> Result<String, Box<dyn std::error::Error>> {
+    std::fs::write(d.join("t.mjs"), script)?;
+    let out = Command::new("node").arg(d.join("t.mjs")).output()?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// QuickJS (componentize-qjs) has no TextDecoder or TextEncoder: the
+/// helper's own UTF-8 decoding and encoding must agree with them — valid
+/// text, every malformed sequence refused (the same inputs as a strict
+/// TextDecoder refuses), lone surrogates — and `origin` keeps the engine's
+/// integer type.
+#[test]
+fn javascript_helper_works_without_text_codecs() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    js_helper(d)?;
+    let script = r#"
+const TD = globalThis.TextDecoder, TE = globalThis.TextEncoder;
+delete globalThis.TextDecoder; delete globalThis.TextEncoder;
+const { text, bytes, origin, witError, PayloadError } = await import('./jetplug.mjs');
+const strict = new TD('utf-8', { fatal: true }), enc = new TE();
+const fail = (m) => { console.log('FAIL ' + m); process.exit(1); };
+const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+const texts = ['', 'hello', 'héllo wörld', '日本語', '😀 𝄞', 'x'.repeat(9000) + 'é' + 'y'.repeat(5000), 'a\ud800b', '\udfff'];
+for (const t of texts) {
+  if (!same(bytes(t), enc.encode(t))) fail('bytes ' + JSON.stringify(t.slice(0, 20)));
+  if (text({ payload: enc.encode(t) }) !== strict.decode(enc.encode(t))) fail('text ' + JSON.stringify(t.slice(0, 20)));
+}
+let seed = 7;
+const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+for (let n = 0; n < 30000; n++) {
+  const b = new Uint8Array(Math.floor(rnd() * 8)).map(() => Math.floor(rnd() * 256));
+  let want, got;
+  try { want = strict.decode(b); } catch { want = null; }
+  try { got = text({ payload: b }); } catch (e) { if (!(e instanceof PayloadError)) throw e; got = null; }
+  if (want !== got) fail('decode ' + Array.from(b));
+}
+const m = (seq) => ({ stream: 'S', streamSeq: seq, publishedAtMs: seq, headers: [['Jetplug-Origin', 'DLQ:42']] });
+if (typeof origin(m(5n)).sequence !== 'bigint' || typeof origin(m(5)).sequence !== 'number') fail('origin types');
+const wit = { tag: 'unavailable', val: 'x' };
+if (witError(Object.assign(new Error('e'), { payload: wit })) !== wit || witError(wit) !== wit) fail('witError');
+console.log('ok');
+"#;
+    assert_eq!(node(d, script)?.trim(), "ok");
+    Ok(())
+}
+
+#[test]
+fn javascript_helper_tells_parse_errors_from_shape_errors() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    js_helper(d)?;
     let mut script = String::from(
         "import { jsonPayload, PayloadError } from './jetplug.mjs';\n\
          const m = (p) => ({ payload: new TextEncoder().encode(p) });\n",
@@ -97,8 +153,5 @@ fn javascript_helper_tells_parse_errors_from_shape_errors() -> TestResult {
              catch (e) {{ if (!(e instanceof PayloadError)) throw e; console.log(e.message); }}\n"
         );
     }
-    std::fs::write(d.join("t.mjs"), script)?;
-    let out = Command::new("node").arg(d.join("t.mjs")).output()?;
-    assert!(out.status.success(), "{}", output_text(&out));
-    check(&String::from_utf8(out.stdout)?)
+    check(&node(d, &script)?)
 }

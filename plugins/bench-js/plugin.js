@@ -1,10 +1,11 @@
 // Benchmark plugin for `jetplug-bench languages` (twin of bench-rust):
 // config `mode = "noop"` (default) acks every message; `mode = "json"`
 // parses each payload as JSON first (terminating what does not parse).
-import { Plugin, exportPlugin, ack, term, ConfigError } from '../../sdk/js/jetplug.js';
+// Built on both engines: bench-js.wasm (componentize-js) and
+// bench-js-quickjs.wasm (componentize-qjs).
+import { Plugin, exportPlugin, ack, term, text, ConfigError } from '../../sdk/js/jetplug.js';
 
 const ACK = ack();
-const decoder = new TextDecoder();
 
 class Bench extends Plugin {
   constructor(config) {
@@ -19,7 +20,7 @@ class Bench extends Plugin {
     if (!this.parse) return batch.map(() => ACK);
     return batch.map((msg) => {
       try {
-        JSON.parse(decoder.decode(msg.payload));
+        JSON.parse(text(msg));
         return ACK;
       } catch (e) {
         return term(`payload is not JSON: ${e.message}`);

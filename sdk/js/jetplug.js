@@ -16,8 +16,9 @@
 // Capabilities are imports of the WIT package, e.g.
 // `import { publish } from 'jetplug:plugin/publish@0.1.1';`, available when
 // the plugin's world (wit/plugin.wit) imports them: list there only what the
-// plugin is granted. A failed call throws an error whose `payload` is the
-// WIT error, e.g. `{ tag: 'unavailable', val: '...' }`.
+// plugin is granted. A failed call throws; `witError(e)` is the WIT error,
+// e.g. `{ tag: 'unavailable', val: '...' }` (componentize-js throws an Error
+// whose `payload` is it, componentize-qjs throws it as it is).
 // This module itself imports `log` only.
 //
 // Targets the WIT package jetplug:plugin@0.1.1 (`jetplug wit` prints it).
@@ -38,15 +39,71 @@ export const retry = (delayMs) =>
 /** Never: dead-letter the message with `reason`, then terminate it. */
 export const term = (reason) => ({ tag: 'term', val: String(reason) });
 
+/** The WIT error a failed capability call threw, under either engine. */
+export const witError = (e) => (e && typeof e === 'object' && 'payload' in e ? e.payload : e);
+
 // --- payloads and headers ---------------------------------------------------------
 
 /** The payload is not what was asked for; `e.message` is a ready reason. */
 export class PayloadError extends Error {}
 
+// StarlingMonkey (componentize-js) has TextDecoder; QuickJS (componentize-qjs)
+// does not, so there the payload is decoded here.
+let utf8 = null;
+function decodeUtf8(bytes) {
+  if (typeof TextDecoder === 'function') {
+    utf8 ??= new TextDecoder('utf-8', { fatal: true });
+    return utf8.decode(bytes);
+  }
+  const parts = [];
+  let i = 0;
+  while (i < bytes.length) {
+    // A run of ASCII at once, then one multi-byte character.
+    let j = i;
+    while (j < bytes.length && j - i < 4096 && bytes[j] < 0x80) j++;
+    if (j > i) {
+      parts.push(String.fromCharCode.apply(null, bytes.subarray(i, j)));
+      i = j;
+      continue;
+    }
+    const b = bytes[i];
+    const n = b >= 0xc2 && b < 0xe0 ? 1 : b >= 0xe0 && b < 0xf0 ? 2 : b >= 0xf0 && b < 0xf5 ? 3 : -1;
+    if (n < 0 || i + n >= bytes.length) throw new TypeError(`invalid UTF-8 at byte ${i}`);
+    let c = b & (0x3f >> n);
+    for (let k = 1; k <= n; k++) {
+      const x = bytes[i + k];
+      if ((x & 0xc0) !== 0x80) throw new TypeError(`invalid UTF-8 at byte ${i + k}`);
+      c = (c << 6) | (x & 0x3f);
+    }
+    if ((n === 2 && (c < 0x800 || (c >= 0xd800 && c < 0xe000))) || (n === 3 && (c < 0x10000 || c > 0x10ffff))) {
+      throw new TypeError(`invalid UTF-8 at byte ${i}`);
+    }
+    parts.push(String.fromCodePoint(c));
+    i += n + 1;
+  }
+  return parts.join('');
+}
+
+/** `s` as UTF-8 bytes, e.g. a payload to publish (TextEncoder is
+ * StarlingMonkey's only; a lone surrogate becomes U+FFFD as it does there). */
+export function bytes(s) {
+  if (typeof TextEncoder === 'function') return new TextEncoder().encode(s);
+  const out = [];
+  for (const ch of String(s)) {
+    const c = ch.codePointAt(0);
+    if (c < 0x80) out.push(c);
+    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+    else if (c >= 0xd800 && c < 0xe000) out.push(0xef, 0xbf, 0xbd);
+    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+  }
+  return new Uint8Array(out);
+}
+
 /** The payload as UTF-8 text. */
 export function text(msg) {
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(msg.payload);
+    return decodeUtf8(msg.payload);
   } catch (e) {
     throw new PayloadError(`payload is not UTF-8 text: ${e.message ?? e}`);
   }
@@ -100,10 +157,12 @@ export function origin(msg) {
   const seq = at > 0 ? value.slice(at + 1).trim() : "";
   if (stream && /^[0-9]+$/.test(seq)) {
     const published = header(msg, "Jetplug-Origin-Published-Ms", "").trim();
+    // 64-bit numbers as the engine gives them: BigInt (componentize-js), number (QuickJS).
+    const int = typeof msg.streamSeq === "bigint" ? BigInt : Number;
     return {
       stream,
-      sequence: BigInt(seq),
-      publishedAtMs: /^-?[0-9]+$/.test(published) ? BigInt(published) : msg.publishedAtMs,
+      sequence: int(seq),
+      publishedAtMs: /^-?[0-9]+$/.test(published) ? int(published) : msg.publishedAtMs,
     };
   }
   return { stream: msg.stream, sequence: msg.streamSeq, publishedAtMs: msg.publishedAtMs };
