@@ -510,18 +510,19 @@ fn figures_read_the_same_everywhere() -> TestResult {
         plugins
             .lines()
             .find(|l| l.starts_with(&format!("| {label}")))
-            .map(|l| (1..=3).map(|i| cell(l, i).to_owned()).collect::<Vec<_>>())
+            .map(|l| (1..=4).map(|i| cell(l, i).to_owned()).collect::<Vec<_>>())
             .unwrap_or_default()
     };
     let cold = cells("cold start");
     let through = cells("through the host");
-    assert_eq!(cold.len(), 3, "docs/plugins/README.md: no cold start row");
+    assert_eq!(cold.len(), 4, "docs/plugins/README.md: no cold start row");
     assert_eq!(
         through.len(),
-        3,
+        4,
         "docs/plugins/README.md: no throughput row"
     );
-    for (i, lang) in ["Rust", "Python", "JavaScript"].into_iter().enumerate() {
+    let langs = ["Rust", "Python", "JavaScript", "JavaScript (QuickJS)"];
+    for (i, lang) in langs.into_iter().enumerate() {
         let noop = row(&format!("{lang} plugin, no-op"))?;
         let json = row(&format!("{lang} plugin, parse JSON"))?;
         let compiling = number(noop, " ms compiling").ok_or("compiling")?;
