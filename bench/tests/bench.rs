@@ -108,6 +108,11 @@ async fn bench_prints_every_figure() -> anyhow::Result<()> {
         ("Python plugin, parse JSON", "MiB per instance"),
         ("JavaScript plugin, no-op", "MiB per instance"),
         ("JavaScript plugin, parse JSON", "MiB per instance"),
+        ("JavaScript (QuickJS) plugin, no-op", "MiB per instance"),
+        (
+            "JavaScript (QuickJS) plugin, parse JSON",
+            "MiB per instance",
+        ),
         ("R3 stream: native async-nats consumer", "msg/s"),
         ("R3 stream: jetplug + no-op plugin, one host", "msg/s"),
         ("R3 stream: jetplug + no-op plugin, two hosts", "msg/s"),
