@@ -1,6 +1,7 @@
 //! The same handlers in Rust, Python and JavaScript (`bench-rust`,
 //! `bench-py`, `bench-js` built with componentize-js and with
-//! componentize-qjs: a no-op, and one that parses every payload as JSON): messages per second through the host (nats-server, a host child
+//! componentize-qjs: a no-op, and one that parses every payload as JSON):
+//! messages per second through the host (nats-server, a host child
 //! process, one pipeline), and cold start — compiling the component, from
 //! the fleet (another host's compiled code, `engine.fleet_cache_key`), then
 //! from the local compiled-component cache — so authors can weigh a language.
@@ -99,14 +100,10 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
         let instance_rss = super::memory::per_instance(&plugin, &batch, EXTRA_INSTANCES).await?;
         drop(plugin);
         for mode in MODES {
-            let slug: String = language
-                .chars()
-                .filter_map(|c| match c {
-                    'a'..='z' | 'A'..='Z' | '0'..='9' => Some(c.to_ascii_lowercase()),
-                    ' ' => Some('-'),
-                    _ => None,
-                })
-                .collect();
+            let slug = language
+                .to_lowercase()
+                .replace(['(', ')'], "")
+                .replace(' ', "-");
             let name = format!("lang-{slug}-{mode}");
             let (cfg_path, config) = env.config(
                 &name,

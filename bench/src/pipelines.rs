@@ -157,8 +157,6 @@ async fn wait_ready(
     }
 }
 
-/// Publishes `count` messages to each busy pipeline and returns messages
-/// per second from the first publish to the last acknowledgement.
 /// The busy pipelines in a host of their own: msg/s of each of `rounds`,
 /// and the host's RSS after them.
 async fn alone_rounds(
@@ -181,6 +179,8 @@ async fn alone_rounds(
     Ok((rates, rss))
 }
 
+/// Publishes `count` messages to each busy pipeline and returns messages
+/// per second from the first publish to the last acknowledgement.
 async fn traffic(env: &Env, s: &Settings, busy: &[u32], round: u32) -> anyhow::Result<f64> {
     let started = Instant::now();
     let payload = bytes::Bytes::from_static(&[b'x'; 256]);

@@ -645,15 +645,12 @@ async fn instantiate(
     });
     start_clock(&mut store, deadline);
 
-    let made = match plugin
+    let made = plugin
         .pre
         .instance_pre()
         .instantiate_async(&mut store)
         .await
-    {
-        Ok(instance) => typed(plugin, &mut store, &instance),
-        Err(e) => Err(e),
-    };
+        .and_then(|instance| typed(plugin, &mut store, &instance));
     let (bindings, handle) = match made {
         Ok(b) => b,
         Err(e) => {
