@@ -41,9 +41,9 @@ pub struct Row {
     /// code in the deploy bucket: fetch, verify, import, load, `init`.
     pub fleet: Duration,
     pub cached: Duration,
-    /// Resident memory per further live instance (no-op handler, after one
+    /// Memory (PSS) per further live instance (no-op handler, after one
     /// batch), when it could be read.
-    pub instance_rss: Option<u64>,
+    pub instance_memory: Option<u64>,
 }
 
 /// Instances measured beside the first for the memory per instance.
@@ -97,7 +97,7 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
         let batch: std::sync::Arc<[jetplug::Message]> = (0..s.batch)
             .map(|i| dispatch::message(i as usize, EVENT))
             .collect();
-        let instance_rss = super::memory::per_instance(&plugin, &batch, EXTRA_INSTANCES).await?;
+        let instance_memory = super::memory::per_instance(&plugin, &batch, EXTRA_INSTANCES).await?;
         drop(plugin);
         for mode in MODES {
             let slug = language
@@ -157,7 +157,7 @@ pub async fn run(env: &Env, s: &Settings) -> anyhow::Result<Vec<Row>> {
                 compile,
                 fleet,
                 cached,
-                instance_rss,
+                instance_memory,
             });
         }
     }

@@ -530,7 +530,7 @@ pub(crate) async fn languages(
                 l.compile.as_secs_f64() * 1e3,
                 l.fleet.as_secs_f64() * 1e3,
                 l.cached.as_secs_f64() * 1e3,
-                l.instance_rss.map(mib).unwrap_or_else(|| "n/a".into()),
+                l.instance_memory.map(mib).unwrap_or_else(|| "n/a".into()),
             ),
             "",
             None,
