@@ -350,4 +350,15 @@ mod tests {
         assert!(names.contains(&"jetplug_breaker_state".to_owned()));
         assert!(names.len() >= 20, "{names:?}");
     }
+
+    #[test]
+    fn pipeline_help_texts_end_like_the_registrys() {
+        for family in pipelines::Series::ALL {
+            let (name, _, help) = family.describe();
+            assert!(
+                help.ends_with('.') && !help.ends_with(".."),
+                "{name}: {help}"
+            );
+        }
+    }
 }

@@ -60,101 +60,102 @@ impl Series {
         Series::ThrottledSeconds,
     ];
 
-    /// Name (without the `jetplug_` prefix), type and help text.
+    /// Name (without the `jetplug_` prefix), type and help text (ending
+    /// with a full stop, as the registry's own do).
     pub fn describe(self) -> (&'static str, MetricType, &'static str) {
         use MetricType::{Counter as C, Gauge as G, Histogram as H};
         match self {
             Series::Messages => (
                 "messages",
                 C,
-                "Messages settled, by tenant, plugin, pipeline and outcome (ack, retry, dead_letter, skipped)",
+                "Messages settled, by tenant, plugin, pipeline and outcome (ack, retry, dead_letter, skipped).",
             ),
-            Series::Batches => ("batches", C, "Batches run, by pipeline"),
+            Series::Batches => ("batches", C, "Batches run, by pipeline."),
             Series::Captures => (
                 "captures",
                 C,
-                "Captured plugin calls, by pipeline and outcome (stored, too-large: past capture_max_size, failed: the bucket refused it)",
+                "Captured plugin calls, by pipeline and outcome (stored, too-large: past capture_max_size, failed: the bucket refused it).",
             ),
             Series::BatchSeconds => (
                 "batch_duration_seconds",
                 H,
-                "Time a plugin spent on a batch",
+                "Time a plugin spent on a batch.",
             ),
             Series::PausedSeconds => (
                 "plugin_paused_seconds",
                 C,
-                "Time plugin calls were paused so that other pipelines could run (slow lane pacing)",
+                "Time plugin calls were paused so that other pipelines could run (slow lane pacing).",
             ),
             Series::DeadLetterFailures => (
                 "dead_letter_failures",
                 C,
-                "Attempts to store a dead letter that the route did not take (the message is held and tried again)",
+                "Attempts to store a dead letter that the route did not take (the message is held and tried again).",
             ),
             Series::DeadLettersHeld => (
                 "dead_letters_held",
                 G,
-                "Messages held now because their dead letter cannot be stored (alert when above 0)",
+                "Messages held now because their dead letter cannot be stored (alert when above 0).",
             ),
             Series::PullRequestsLost => (
                 "pull_requests_lost",
                 C,
-                "Pull requests the server never answered (lost in a leader change or while a consumer settled), asked again",
+                "Pull requests the server never answered (lost in a leader change or while a consumer settled), asked again.",
             ),
             Series::HeldBatches => (
                 "held_batches",
                 C,
-                "Times a batch was held (kept and run again, no delivery spent) because a downstream is out",
+                "Times a batch was held (kept and run again, no delivery spent) because a downstream is out.",
             ),
             Series::EffectsLedger => (
                 "effects_ledger_entries",
                 G,
-                "Exactly-once pipelines: origins in the ledger now (pruned after effects_retention)",
+                "Exactly-once pipelines: origins in the ledger now (pruned after effects_retention).",
             ),
             Series::EffectsOutbox => (
                 "effects_outbox_queued",
                 G,
-                "Exactly-once pipelines: committed publishes not yet relayed to JetStream (alert when it grows)",
+                "Exactly-once pipelines: committed publishes not yet relayed to JetStream (alert when it grows).",
             ),
             Series::EffectsRelayed => (
                 "effects_relayed",
                 C,
-                "Exactly-once pipelines: publishes relayed from the outbox",
+                "Exactly-once pipelines: publishes relayed from the outbox.",
             ),
             Series::EffectsReruns => (
                 "effects_reruns",
                 C,
-                "Exactly-once pipelines: runs of a batch again without the messages that asked to retry",
+                "Exactly-once pipelines: runs of a batch again without the messages that asked to retry.",
             ),
             Series::HeldExpired => (
                 "held_expired",
                 C,
-                "Batches held longer than breaker.max_hold, returned to retry accounting",
+                "Batches held longer than breaker.max_hold, returned to retry accounting.",
             ),
             Series::BreakerState => (
                 "breaker_state",
                 G,
-                "Circuit breaker: 0 closed, 1 open, 2 half-open",
+                "Circuit breaker: 0 closed, 1 open, 2 half-open.",
             ),
-            Series::BreakerOpened => ("breaker_opened", C, "Times the circuit breaker opened"),
+            Series::BreakerOpened => ("breaker_opened", C, "Times the circuit breaker opened."),
             Series::CpuSeconds => (
                 "plugin_cpu_seconds",
                 C,
-                "Time plugin calls were running (wasm or host code, not waiting on a downstream), by tenant, plugin and pipeline",
+                "Time plugin calls were running (wasm or host code, not waiting on a downstream), by tenant, plugin and pipeline.",
             ),
             Series::MemoryHighWater => (
                 "instance_memory_high_water_bytes",
                 G,
-                "Largest linear memory of the pipeline's plugin instances, by tenant, plugin and pipeline",
+                "Largest linear memory of the pipeline's plugin instances, by tenant, plugin and pipeline.",
             ),
             Series::CapabilityCalls => (
                 "capability_calls",
                 C,
-                "Capability calls (publish, sql, kv), by tenant, plugin, pipeline and capability",
+                "Capability calls (publish, sql, kv), by tenant, plugin, pipeline and capability.",
             ),
             Series::ThrottledSeconds => (
                 "tenant_throttled_seconds",
                 C,
-                "Time a tenant's pullers waited for its limits.max_messages_per_second, by tenant and pipeline",
+                "Time a tenant's pullers waited for its limits.max_messages_per_second, by tenant and pipeline.",
             ),
         }
     }
@@ -200,9 +201,7 @@ impl Collector for Pipelines {
         let live = self.live();
         for family in Series::ALL {
             let (name, kind, help) = family.describe();
-            // The registry ends help texts with a full stop; so do we.
-            let help = format!("{help}.");
-            let mut metric = encoder.encode_descriptor(name, &help, None, kind)?;
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
             for p in &live {
                 p.encode(family, &mut metric)?;
             }

@@ -222,35 +222,20 @@ impl Pipeline {
         let mut read = 0u64;
         let mut consumer = None;
         while tries < READ_TRIES && !self.shutdown.is_cancelled() {
-            let c = match &consumer {
-                Some(c) => c,
-                None => {
-                    let made = async {
+            let fetched = async {
+                let c = match &consumer {
+                    Some(c) => c,
+                    None => consumer.insert(
                         js.get_stream_no_info(kept)
                             .await?
                             .create_consumer(config.clone())
-                            .await
-                            .map_err(async_nats::Error::from)
-                    };
-                    match made.await {
-                        Ok(c) => consumer.insert(c),
-                        Err(e) => {
-                            tries += 1;
-                            tracing::debug!(stream = %kept, consumer = %consumer_name, error = %e,
-                                "cannot make the advisory reader yet");
-                            tokio::time::sleep(READ_WAIT / 2).await;
-                            continue;
-                        }
-                    }
-                }
+                            .await?,
+                    ),
+                };
+                let batch = c.batch().max_messages(100).expires(READ_WAIT);
+                Ok::<_, async_nats::Error>(batch.messages().await?)
             };
-            let batch = c
-                .batch()
-                .max_messages(100)
-                .expires(READ_WAIT)
-                .messages()
-                .await;
-            let mut batch = match batch {
+            let mut batch = match fetched.await {
                 Ok(b) => b,
                 Err(e) => {
                     tries += 1;

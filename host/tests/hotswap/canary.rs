@@ -91,34 +91,18 @@ async fn a_canary_that_terminates_a_fifth_is_rolled_back_on_every_host() -> anyh
     publish_distinct(&js, 0, 200).await?;
 
     // Judged early: a clearly worse candidate is not kept for 100 000.
-    let out = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_CANARY_V2,
-        "--canary",
-        "30",
-        "--decide-after-messages",
-        "100000",
-        "-c",
+    let out = deploy(
         conf,
-    ])?;
+        plugins::TEST_CANARY_V2,
+        &["--canary", "30", "--decide-after-messages", "100000"],
+    )?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("takes 30 % of the messages"),
         "{}",
         text(&out)
     );
-    let out = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_CANARY_V2,
-        "--canary",
-        "5",
-        "-c",
-        conf,
-    ])?;
+    let out = deploy(conf, plugins::TEST_CANARY_V2, &["--canary", "5"])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("promote or abort it first"),
@@ -213,18 +197,11 @@ async fn a_canary_as_good_as_the_running_version_is_promoted_on_every_host() -> 
     let b = host_process(&conf_b, admin_b, dir.path().join("b.log"))?;
     a.ready().await?;
     b.ready().await?;
-    let out = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_CANARY_V2,
-        "--canary",
-        "50",
-        "--decide-after-messages",
-        "200",
-        "-c",
+    let out = deploy(
         conf,
-    ])?;
+        plugins::TEST_CANARY_V2,
+        &["--canary", "50", "--decide-after-messages", "200"],
+    )?;
     assert!(out.status.success(), "{}", text(&out));
     for host in [&a, &b] {
         eventually(WAIT, "the canary running", || async {
@@ -262,16 +239,7 @@ async fn a_canary_as_good_as_the_running_version_is_promoted_on_every_host() -> 
         "{}",
         text(&out)
     );
-    let out = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_CANARY_V1,
-        "--canary",
-        "10",
-        "-c",
-        conf,
-    ])?;
+    let out = deploy(conf, plugins::TEST_CANARY_V1, &["--canary", "10"])?;
     assert!(out.status.success(), "{}", text(&out));
     let out = jetplug(&["plugin", "abort", "p", "-c", conf])?;
     assert!(out.status.success(), "{}", text(&out));
@@ -304,18 +272,11 @@ async fn a_python_candidate_is_promoted_and_an_unsigned_one_refused() -> anyhow:
     let conf_s = conf.to_str().context("utf-8 path")?;
     let host = host_process(&conf, admin.clone(), dir.path().join("host.log"))?;
     host.ready().await?;
-    let out = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_PY,
-        "--canary",
-        "50",
-        "--decide-after-messages",
-        "50",
-        "-c",
+    let out = deploy(
         conf_s,
-    ])?;
+        plugins::TEST_PY,
+        &["--canary", "50", "--decide-after-messages", "50"],
+    )?;
     assert!(out.status.success(), "{}", text(&out));
     eventually(
         WAIT,
@@ -354,16 +315,7 @@ async fn a_python_candidate_is_promoted_and_an_unsigned_one_refused() -> anyhow:
     let conf_s = conf.to_str().context("utf-8 path")?;
     let host = host_process(&conf, admin, dir.path().join("signed.log"))?;
     host.ready().await?;
-    let out = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_V2,
-        "--canary",
-        "20",
-        "-c",
-        conf_s,
-    ])?;
+    let out = deploy(conf_s, plugins::TEST_V2, &["--canary", "20"])?;
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -407,18 +359,11 @@ async fn a_javascript_candidate_in_a_tenant_pipeline_is_promoted() -> anyhow::Re
     let conf_s = conf.to_str().context("utf-8 path")?;
     let host = host_process(&conf, admin, dir.path().join("host.log"))?;
     host.ready().await?;
-    let out = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::BENCH_JS,
-        "--canary",
-        "50",
-        "--decide-after-messages",
-        "100",
-        "-c",
+    let out = deploy(
         conf_s,
-    ])?;
+        plugins::BENCH_JS,
+        &["--canary", "50", "--decide-after-messages", "100"],
+    )?;
     assert!(out.status.success(), "{}", text(&out));
     eventually(
         WAIT,

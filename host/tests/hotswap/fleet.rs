@@ -20,14 +20,7 @@ async fn fleet_deploy_and_rollback_across_two_host_processes() -> anyhow::Result
     runs(&a, &v1).await?;
 
     // Refused before anything is announced: not a plugin, unknown name.
-    let out = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_NOT_A_PLUGIN,
-        "-c",
-        conf,
-    ])?;
+    let out = deploy(conf, plugins::TEST_NOT_A_PLUGIN, &[])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("is not a valid new version of `p`"),
@@ -49,7 +42,7 @@ async fn fleet_deploy_and_rollback_across_two_host_processes() -> anyhow::Result
         text(&out)
     );
 
-    let out = jetplug(&["plugin", "deploy", "p", plugins::TEST_V2, "-c", conf])?;
+    let out = deploy(conf, plugins::TEST_V2, &[])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("deployed plugin `p`: version {}", &v2[..12])),

@@ -94,7 +94,7 @@ async fn a_joining_host_loads_what_another_compiled_and_a_foreign_key_is_refused
 
     // A deploy shares the new version's code: B swaps to it without compiling.
     let conf = conf_a.to_str().context("utf-8 path")?;
-    let out = jetplug(&["plugin", "deploy", "p", plugins::TEST_V2, "-c", conf])?;
+    let out = deploy(conf, plugins::TEST_V2, &[])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("compiled code shared with the fleet"),

@@ -165,6 +165,19 @@ pub(crate) async fn runs(host: &HostProcess, hash: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) use jetplug_tests::jetplug;
+
+/// `jetplug plugin deploy p FILE EXTRA… -c CONF`: every test's plugin is `p`.
+pub(crate) fn deploy(
+    conf: &str,
+    file: &str,
+    extra: &[&str],
+) -> std::io::Result<std::process::Output> {
+    let mut args = vec!["plugin", "deploy", "p", file];
+    args.extend_from_slice(extra);
+    args.extend(["-c", conf]);
+    jetplug(&args)
+}
+
 mod canary;
 mod config_edits;
 mod fleet;

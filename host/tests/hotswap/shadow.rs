@@ -78,17 +78,7 @@ async fn a_shadow_that_writes_other_rows_changes_nothing_and_reports_it() -> any
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     publish_orders(&js, 0, 50).await?;
 
-    let out_ = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_NAIVE_V2,
-        "--shadow",
-        "--for",
-        "8s",
-        "-c",
-        conf,
-    ])?;
+    let out_ = deploy(conf, plugins::TEST_NAIVE_V2, &["--shadow", "--for", "8s"])?;
     assert!(out_.status.success(), "{}", text(&out_));
     assert!(
         text(&out_).contains("its effects held back"),
@@ -158,19 +148,11 @@ async fn a_shadow_that_writes_other_rows_changes_nothing_and_reports_it() -> any
 
     // A shadow that agrees, promoted when its window ends.
     let v1 = content_hash(&std::fs::read(plugins::TEST_NAIVE)?);
-    let out_ = jetplug(&[
-        "plugin",
-        "deploy",
-        "p",
-        plugins::TEST_NAIVE,
-        "--shadow",
-        "--for",
-        "6s",
-        "--promote-if",
-        "99",
-        "-c",
+    let out_ = deploy(
         conf,
-    ])?;
+        plugins::TEST_NAIVE,
+        &["--shadow", "--for", "6s", "--promote-if", "99"],
+    )?;
     assert!(out_.status.success(), "{}", text(&out_));
     eventually(WAIT, "host a runs the second shadow", || async {
         Ok(!shadow_of(&a.admin).await?.is_null())

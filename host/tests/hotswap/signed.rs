@@ -44,7 +44,7 @@ async fn only_versions_signed_by_a_trusted_key_run() -> anyhow::Result<()> {
     runs(&host, &v1).await?;
 
     // The CLI refuses to deploy what these hosts would refuse.
-    let out = jetplug(&["plugin", "deploy", "p", plugins::TEST_V2, "-c", conf_s])?;
+    let out = deploy(conf_s, plugins::TEST_V2, &[])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("would be refused"), "{}", text(&out));
 
@@ -108,7 +108,7 @@ async fn only_versions_signed_by_a_trusted_key_run() -> anyhow::Result<()> {
         key.to_str().context("utf-8")?,
     ])?;
     assert!(out.status.success(), "{}", text(&out));
-    let out = jetplug(&["plugin", "deploy", "p", copy_s, "-c", conf_s])?;
+    let out = deploy(conf_s, copy_s, &[])?;
     assert!(out.status.success(), "{}", text(&out));
     runs(&host, &v1).await?;
     Ok(())
