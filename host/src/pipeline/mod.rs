@@ -259,11 +259,11 @@ impl Pipeline {
         'outer: while !shutdown.is_cancelled() {
             let bound = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                // Only how many messages the server holds for it (then an
+                // Only whether the server holds messages for it (then an
                 // answer is due) outlives the box: a consumer's info is large.
                 c = Box::pin(async {
                     let c = consumer::ensure(&self.js, &self.cfg, &stream).await?;
-                    Ok::<_, BindError>(c.cached_info().num_pending)
+                    Ok::<_, BindError>(c.cached_info().num_pending > 0)
                 }) => c,
             };
             let backlog = match bound {

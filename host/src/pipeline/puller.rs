@@ -129,10 +129,10 @@ pub struct Puller {
     heard: Instant,
     /// Why pulling on this binding cannot go on, once known.
     error: Option<String>,
-    /// How many more messages the server had waiting for this consumer
-    /// when it sent the last one (its `pending` count): a batch waits for
-    /// those, never for messages published after.
-    backlog: u64,
+    /// Whether the server had more messages waiting for this consumer when
+    /// it sent the last one (its `pending` count): only then is a batch
+    /// worth waiting for.
+    backlog: bool,
     /// No word from the server on this binding yet (an answer is due).
     fresh: bool,
     keepalive: Arc<KeepAlive>,
@@ -165,7 +165,7 @@ mod nanos {
 impl Puller {
     /// Subscribes an inbox for `consumer` of `stream`; `pin` is the pin id
     /// an earlier binding held (exclusive pipelines keep it across rebinds),
-    /// `backlog` how many messages the server holds for the consumer.
+    /// `backlog` whether the server holds messages for the consumer.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         js: &jetstream::Context,
@@ -175,7 +175,7 @@ impl Puller {
         opts: PullOptions,
         keepalive: Arc<KeepAlive>,
         pin: Option<String>,
-        backlog: u64,
+        backlog: bool,
         leaders: &crate::jetstream::leaders::Leaders,
         inboxes: &Arc<Inboxes>,
     ) -> Result<Self, PullError> {
@@ -277,7 +277,7 @@ impl Puller {
         // An answer is due while the server holds messages for us. Such a
         // request is short-lived: an idle pipeline's first one would
         // otherwise bring quick heartbeats for its whole (long) life.
-        let quick = self.fresh || self.backlog > 0;
+        let quick = self.fresh || self.backlog;
         let expires = if quick {
             self.heartbeat = QUICK_HEARTBEAT.min(self.opts.heartbeat);
             QUICK_EXPIRES.min(self.opts.expires)
@@ -440,7 +440,7 @@ impl Puller {
         }
         let got = !msgs.is_empty();
         if let Some(last) = msgs.last() {
-            self.backlog = last.info().map_or(0, |i| i.pending);
+            self.backlog = last.info().is_ok_and(|i| i.pending > 0);
             self.fresh = false;
         }
         if got {
@@ -459,15 +459,12 @@ impl Puller {
         }
     }
 
-    /// Up to `size` messages: waits for the first, then — for the messages
-    /// the server said it had waiting (a backlog) — up to `max_wait` for
-    /// those while an open request may bring them. Never for messages
-    /// published after: waiting for those made a steady 5,000 msg/s flip
-    /// into batches that filled up (p50 13 ms instead of 1.5). Without a
-    /// backlog a batch goes at once with what has arrived, so a quiet
-    /// pipeline does not wait for batches to fill; under load batches fill.
-    /// Empty when the open request ended without any; the error ends
-    /// pulling on this binding.
+    /// Up to `size` messages: waits for the first, then — only while the
+    /// server has more waiting (a backlog) — up to `max_wait` for more
+    /// while an open request may bring them. Without a backlog a batch goes
+    /// at once with what has arrived, so a quiet pipeline does not wait for
+    /// batches to fill; under load batches fill. Empty when the open request
+    /// ended without any; the error ends pulling on this binding.
     pub async fn collect(
         &mut self,
         size: usize,
@@ -479,11 +476,11 @@ impl Puller {
             self.arrive().await;
         }
         let deadline = tokio::time::Instant::now() + max_wait;
-        let wanted = batch_target(size, self.count, self.backlog);
         while self.error.is_none()
+            && self.backlog
             && self.count > 0
             && self.fitting(size, max_bytes) == self.count
-            && self.count < wanted
+            && self.count < size
             && self.outstanding > 0
         {
             if tokio::time::timeout_at(deadline, self.arrive())
@@ -556,13 +553,6 @@ impl Puller {
     }
 }
 
-/// How many messages a batch waits for: those taken in and those the
-/// server said it had waiting (`backlog`), at most `size`.
-fn batch_target(size: usize, taken: usize, backlog: u64) -> usize {
-    let backlog = usize::try_from(backlog).unwrap_or(usize::MAX);
-    size.min(taken.saturating_add(backlog))
-}
-
 /// Why a status message on the inbox ends pulling on this binding (None:
 /// the request merely ended: expired, leadership change, pin moved).
 fn fatal(status: StatusCode, description: Option<&str>) -> Option<String> {
@@ -582,15 +572,6 @@ fn fatal(status: StatusCode, description: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_batch_waits_for_the_backlog_the_server_reported_only() {
-        use super::batch_target;
-        assert_eq!(batch_target(100, 1, 0), 1, "no backlog: goes at once");
-        assert_eq!(batch_target(100, 1, 5), 6, "the five it had, not more");
-        assert_eq!(batch_target(100, 40, 500), 100, "a deep backlog fills");
-        assert_eq!(batch_target(100, 1, u64::MAX), 100);
-    }
 
     #[test]
     fn a_window_is_a_batch_per_worker_and_one_more_within_max_ack_pending() {
@@ -645,7 +626,7 @@ mod tests {
         let inboxes = Inboxes::start(client.clone(), stop.clone()).await;
         let keepalive = Arc::new(KeepAlive::default());
         let mut p = Puller::start(
-            &js, &client, "BYTES", "c", opts, keepalive, None, 1, &leaders, &inboxes,
+            &js, &client, "BYTES", "c", opts, keepalive, None, true, &leaders, &inboxes,
         )
         .await?;
         let window = client.server_info().max_payload + MESSAGE_MARGIN;
