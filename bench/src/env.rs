@@ -121,16 +121,18 @@ cache_dir = "{cache}"
         mut payload: impl FnMut(u64) -> Vec<u8>,
         bar: &indicatif::ProgressBar,
     ) -> anyhow::Result<()> {
-        const WINDOW: u64 = 2000;
+        // Publishes awaiting their acknowledgement, at most: 2000 of 1 MiB
+        // were more than nats-server takes in at once (429, too many
+        // requests).
+        const WINDOW: usize = 2000;
+        const WINDOW_BYTES: usize = 32 << 20;
         let mut i = 0;
         while i < n {
-            let mut acks = Vec::with_capacity(WINDOW as usize);
-            for _ in 0..WINDOW.min(n - i) {
-                acks.push(
-                    self.js
-                        .publish(subject.to_owned(), payload(i).into())
-                        .await?,
-                );
+            let (mut acks, mut bytes) = (Vec::with_capacity(WINDOW), 0);
+            while i < n && acks.len() < WINDOW && bytes < WINDOW_BYTES {
+                let body = payload(i);
+                bytes += body.len();
+                acks.push(self.js.publish(subject.to_owned(), body.into()).await?);
                 i += 1;
             }
             for a in acks {
