@@ -3,7 +3,7 @@
 //! `jetplug plugin deploy` stores the component in a JetStream Object Store
 //! bucket (content-addressed: `NAME/SHA256`) and announces it under the
 //! plugin's name in a KV bucket of the same name. Every host watches that
-//! KV bucket: on a new announcement it fetches the object, checks its
+//! KV bucket (`follow`): on a new announcement it fetches the object, checks its
 //! hash and offers it to its [`Swapper`]. A host that starts later reads the
 //! current announcements before its pipelines run, so the fleet converges
 //! on one version whether hosts were running at deploy time or not.
@@ -15,13 +15,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_nats::jetstream::{self, kv, object_store};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
-use tokio_util::sync::CancellationToken;
 
 use super::Swapper;
 use super::artifacts::Artifacts;
@@ -349,131 +348,6 @@ impl Fleet {
         Ok(())
     }
 
-    /// Brings every plugin of `swapper` to its announced version (and
-    /// canary) now, then follows new announcements until `shutdown` (in a
-    /// spawned task), judging running canaries once a second.
-    /// `files` are the configured plugin files (for `file` announcements).
-    pub async fn follow(
-        self,
-        swapper: Arc<Swapper>,
-        files: BTreeMap<String, PathBuf>,
-        shutdown: CancellationToken,
-    ) {
-        let watch = self.kv.watch_all().await.ok();
-        let mut rollouts = BTreeMap::new();
-        self.sync_all(&swapper, &files, &mut rollouts).await;
-        tokio::spawn(async move {
-            let mut watch = watch;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                if let Some(w) = watch.as_mut() {
-                    loop {
-                        let next = tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tick.tick() => {
-                                self.judge_all(&swapper, &rollouts).await;
-                                continue;
-                            }
-                            n = w.next() => n,
-                        };
-                        match next {
-                            Some(Ok(e)) if e.operation == kv::Operation::Put => {
-                                self.on_entry(&swapper, &files, &mut rollouts, &e).await;
-                            }
-                            Some(Ok(_)) => {}
-                            Some(Err(err)) => {
-                                tracing::warn!(bucket = %self.bucket, error = %err,
-                                    "plugin version watch failed; re-watching");
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                watch = self.kv.watch_all().await.ok();
-                if watch.is_some() {
-                    // Announcements made while not watching.
-                    self.sync_all(&swapper, &files, &mut rollouts).await;
-                }
-            }
-        });
-    }
-
-    async fn on_entry(
-        &self,
-        swapper: &Swapper,
-        files: &BTreeMap<String, PathBuf>,
-        rollouts: &mut BTreeMap<String, super::rollout::Rollout>,
-        e: &kv::Entry,
-    ) {
-        if files.contains_key(&e.key) {
-            self.apply_entry(swapper, files, e).await;
-        } else if let Some(name) = e.key.strip_suffix(".canary")
-            && files.contains_key(name)
-        {
-            match self.rollout(name).await {
-                Ok(Some((r, _))) => self.follow_rollout(swapper, rollouts, name, r).await,
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::error!(plugin = %name, error = %err, "ignoring a canary record")
-                }
-            }
-        }
-    }
-
-    async fn follow_rollout(
-        &self,
-        swapper: &Swapper,
-        rollouts: &mut BTreeMap<String, super::rollout::Rollout>,
-        name: &str,
-        r: super::rollout::Rollout,
-    ) {
-        self.apply_rollout(swapper, name, &r).await;
-        if r.ended.is_none() {
-            rollouts.insert(name.to_owned(), r);
-        } else {
-            rollouts.remove(name);
-        }
-    }
-
-    async fn sync_all(
-        &self,
-        swapper: &Swapper,
-        files: &BTreeMap<String, PathBuf>,
-        rollouts: &mut BTreeMap<String, super::rollout::Rollout>,
-    ) {
-        for name in files.keys() {
-            match self.current(name).await {
-                Ok(Some(ann)) => self.apply(swapper, files, name, &ann).await,
-                Ok(None) => {}
-                Err(e) => tracing::warn!(plugin = %name, error = %e,
-                    "cannot read the announced plugin version"),
-            }
-            match self.rollout(name).await {
-                Ok(Some((r, _))) => self.follow_rollout(swapper, rollouts, name, r).await,
-                Ok(None) => {}
-                Err(e) => tracing::warn!(plugin = %name, error = %e,
-                    "cannot read the plugin's canary record"),
-            }
-        }
-    }
-
-    async fn apply_entry(
-        &self,
-        swapper: &Swapper,
-        files: &BTreeMap<String, PathBuf>,
-        e: &kv::Entry,
-    ) {
-        match parse(e) {
-            Ok(ann) => self.apply(swapper, files, &e.key, &ann).await,
-            Err(err) => tracing::error!(error = %err, "ignoring a plugin announcement"),
-        }
-    }
-
     pub(super) async fn apply(
         &self,
         swapper: &Swapper,
@@ -535,7 +409,7 @@ impl Fleet {
     }
 }
 
-fn parse(e: &kv::Entry) -> Result<Announcement, FleetError> {
+pub(super) fn parse(e: &kv::Entry) -> Result<Announcement, FleetError> {
     serde_json::from_slice(&e.value).map_err(|err| FleetError::BadAnnouncement {
         plugin: e.key.clone(),
         revision: e.revision,

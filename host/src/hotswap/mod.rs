@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod config;
 pub mod fleet;
+mod follow;
 pub mod rollout;
 pub mod shadow;
 pub mod signing;

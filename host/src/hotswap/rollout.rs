@@ -15,20 +15,15 @@
 //! So all hosts act on one decision, whoever made it, and a host that
 //! starts mid-canary joins it by reading the record.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::Swapper;
 use super::fleet::{Announcement, Fleet, FleetError, check_name};
-use super::signing::{self, Signature};
-use crate::metrics::labels;
-use crate::plugin::{Canary, Figures, Shadow};
+use super::signing::Signature;
+use crate::plugin::Figures;
 
 /// What a canary must show, and when it is judged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -394,164 +389,6 @@ impl Fleet {
             plugin: plugin.to_owned(),
             bucket: self.bucket.clone(),
             reason: e.to_string(),
-        }
-    }
-
-    /// Brings `name`'s canary on this host in line with record `r`.
-    pub(super) async fn apply_rollout(&self, swapper: &Swapper, name: &str, r: &Rollout) {
-        let Some(slot) = swapper.slots().get(name) else {
-            return;
-        };
-        let running = slot
-            .canary()
-            .map(|c| c.id.clone())
-            .or_else(|| slot.shadow().map(|s| s.id.clone()));
-        let kind = if r.shadow.is_some() {
-            "shadow"
-        } else {
-            "canary"
-        };
-        let metric = |p: u32| {
-            swapper
-                .metrics()
-                .canary_percent
-                .get_or_create(&labels(&[("plugin", name)]))
-                .set(i64::from(p));
-        };
-        if let Some(ended) = &r.ended {
-            if running.as_deref() == Some(r.id.as_str()) {
-                slot.set_canary(None);
-                if let Some(shadow) = slot.set_shadow(None) {
-                    super::shadow::report(self, swapper, name, &shadow).await;
-                }
-                metric(0);
-                swapper
-                    .metrics()
-                    .canary_decisions
-                    .get_or_create(&labels(&[
-                        ("plugin", name),
-                        ("outcome", ended.outcome.as_str()),
-                    ]))
-                    .inc();
-                match ended.outcome {
-                    Outcome::Promoted => {
-                        tracing::info!(plugin = %name, rollout = %r.id, kind, by = %ended.by,
-                        reason = %ended.reason, "promoted; the new version becomes the running version")
-                    }
-                    Outcome::Finished => tracing::info!(plugin = %name, rollout = %r.id, kind,
-                        reason = %ended.reason, "shadow finished; see `jetplug plugin shadow`"),
-                    _ => tracing::warn!(plugin = %name, rollout = %r.id, kind, by = %ended.by,
-                        outcome = ended.outcome.as_str(), reason = %ended.reason,
-                        "ended; every message goes to the running version alone again"),
-                }
-            }
-            return;
-        }
-        if running.as_deref() == Some(r.id.as_str()) {
-            return;
-        }
-        let Announcement::Store {
-            hash,
-            object,
-            signature,
-            ..
-        } = &r.candidate
-        else {
-            return;
-        };
-        let origin = PathBuf::from(format!("nats:{}/{object}", self.bucket));
-        let refused = |why: String| Ended {
-            outcome: Outcome::RolledBack,
-            at: now(),
-            reason: why,
-            by: host_name(),
-            live: None,
-            candidate: None,
-        };
-        if !self.trusted.is_empty()
-            && let Err(refusal) = signing::verify(&self.trusted, hash, signature.as_ref())
-        {
-            swapper.refuse(name, &origin, &refusal);
-            let why = format!(
-                "the candidate was refused on host {}: {refusal}",
-                host_name()
-            );
-            let _ = self.end_canary(name, Some(&r.id), refused(why)).await;
-            return;
-        }
-        let loaded = match self.fetch(object, hash).await {
-            Ok(bytes) => swapper
-                .candidate(name, bytes, origin)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match loaded {
-            Ok(plugin) => match &r.shadow {
-                Some(rules) => {
-                    slot.set_shadow(Some(Arc::new(Shadow::new(&r.id, plugin, rules.sample))));
-                    tracing::info!(plugin = %name, shadow = %r.id, sample = rules.sample,
-                        version = %super::short(hash), "shadow started: the new version runs beside, its effects held back");
-                }
-                None => {
-                    slot.set_canary(Some(Arc::new(Canary::new(&r.id, plugin, r.percent))));
-                    metric(r.percent);
-                    tracing::info!(plugin = %name, canary = %r.id, percent = r.percent,
-                        candidate = %super::short(hash), "canary started: the candidate takes its share of the keys");
-                }
-            },
-            Err(e) => {
-                tracing::error!(plugin = %name, canary = %r.id, error = %e,
-                    "canary candidate refused; rolling the canary back");
-                let why = format!("the candidate failed to start on host {}: {e}", host_name());
-                let _ = self.end_canary(name, Some(&r.id), refused(why)).await;
-            }
-        }
-    }
-
-    /// Judges this host's running canaries once; ends those with a verdict.
-    pub(super) async fn judge_all(&self, swapper: &Swapper, rollouts: &BTreeMap<String, Rollout>) {
-        for (name, r) in rollouts {
-            if let Some(rules) = &r.shadow {
-                super::shadow::tick(self, swapper, name, r, rules).await;
-                continue;
-            }
-            let Some(canary) = swapper.slots().get(name).and_then(|s| s.canary()) else {
-                continue;
-            };
-            if canary.id != r.id {
-                continue;
-            }
-            let (live, cand) = (canary.live.read(), canary.candidate.read());
-            for (version, f) in [("live", &live), ("candidate", &cand)] {
-                swapper
-                    .metrics()
-                    .canary_messages
-                    .get_or_create(&labels(&[("plugin", name), ("version", version)]))
-                    .set(i64::try_from(f.messages).unwrap_or(i64::MAX));
-            }
-            let elapsed = humantime::parse_rfc3339(&r.started_at)
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .unwrap_or_default();
-            let (outcome, reason) = match judge(&r.rules, elapsed, &live, &cand) {
-                Verdict::Wait => continue,
-                Verdict::Promote(why) => (Outcome::Promoted, why),
-                Verdict::RollBack(why) => (Outcome::RolledBack, why),
-            };
-            let ended = Ended {
-                outcome,
-                at: now(),
-                reason,
-                by: host_name(),
-                live: Some(live),
-                candidate: Some(cand),
-            };
-            match self.end_canary(name, Some(&r.id), ended).await {
-                Ok(_) | Err(FleetError::CanaryEnded(_)) | Err(FleetError::NoCanary(_)) => {}
-                Err(e) => tracing::warn!(plugin = %name, canary = %r.id, error = %e,
-                    "cannot record the canary's verdict; judging again in a second"),
-            }
         }
     }
 }

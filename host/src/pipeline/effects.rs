@@ -27,6 +27,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use deadpool_postgres::Pool;
 
+use super::{ack, circuit};
 use crate::bindings::Message;
 use crate::capability::effects::{EffectsTx, Entry, Outcome, StoreError, Tables};
 use crate::deadletter::Origin;
@@ -298,7 +299,6 @@ pub(super) async fn run_batch(
     trace: &crate::telemetry::context::BatchTrace,
 ) -> Ran {
     use super::settle::{self, Action};
-    use super::worker;
     use crate::bindings::Decision;
 
     let max = p.cfg.max_deliver;
@@ -326,8 +326,8 @@ pub(super) async fn run_batch(
         if msgs.is_empty() {
             return Ran::Settled;
         }
-        if !worker::wait_for_breaker(p).await {
-            worker::hand_back(&delivered).await;
+        if !circuit::wait_for_breaker(p).await {
+            ack::hand_back(&delivered, ack::STOPPING).await;
             return Ran::Settled;
         }
         let _slot = match &p.tenant_slots {
@@ -416,7 +416,7 @@ pub(super) async fn run_batch(
                 if let Some(tx) = tx {
                     tx.rollback().await;
                 }
-                worker::record_outcome(p, true);
+                circuit::record_outcome(p, true);
                 let e = match outcome {
                     Err(e) => e,
                     Ok(_) => crate::plugin::BatchError::Trap {
@@ -435,7 +435,7 @@ pub(super) async fn run_batch(
                         if failed_alone >= ISOLATION_GIVE_UP {
                             let action = settle::for_failure(&e, m.delivered, max, &p.backoff);
                             trace.decided(i, action.kind());
-                            worker::settle_one(p, &js_msg, m, action).await;
+                            ack::settle_one(p, &js_msg, m, action).await;
                             continue;
                         }
                         let alone = Box::pin(run_batch(
@@ -470,20 +470,20 @@ pub(super) async fn run_batch(
                     let capture = matches!(action, Action::DeadLetter(_))
                         .then(|| capture.clone())
                         .flatten();
-                    worker::settle_captured(p, js_msg, m, action, capture).await;
+                    ack::settle_captured(p, js_msg, m, action, capture).await;
                 }
                 return Ran::PluginFailed;
             }
         };
         if downstream > 0 {
             tx.rollback().await;
-            let open = worker::record_outcome(p, true);
+            let open = circuit::record_outcome(p, true);
             if !hold_after(p, &delivered, &msgs, open, held_since, &mut holds).await {
                 return Ran::Settled;
             }
             continue;
         }
-        worker::record_outcome(p, false);
+        circuit::record_outcome(p, false);
         // A retry: nothing of this run stays; the others run again.
         if decisions.iter().any(|d| matches!(d, Decision::Retry(_))) {
             tx.rollback().await;
@@ -514,7 +514,7 @@ pub(super) async fn run_batch(
                     let capture = matches!(action, Action::DeadLetter(_))
                         .then(|| capture.clone())
                         .flatten();
-                    worker::settle_captured(p, &js_msg, m, action, capture).await;
+                    ack::settle_captured(p, &js_msg, m, action, capture).await;
                 } else {
                     keep_js.push(js_msg);
                     keep.push(m.clone());
@@ -542,7 +542,7 @@ pub(super) async fn run_batch(
                 if !p.store_dead_letter(&dl).await {
                     // Stopping: nothing is committed; JetStream redelivers.
                     tx.rollback().await;
-                    worker::hand_back(&delivered).await;
+                    ack::hand_back(&delivered, ack::STOPPING).await;
                     return Ran::Settled;
                 }
                 terms[i] = true;
@@ -631,7 +631,7 @@ async fn hold(
     holds: &mut u32,
 ) -> bool {
     tracing::warn!(pipeline = %p.cfg.name, error = %e, "exactly-once: the effects database is out; holding the batch");
-    let open = super::worker::record_outcome(p, true);
+    let open = circuit::record_outcome(p, true);
     hold_after(p, delivered, msgs, open, held_since, holds).await
 }
 
@@ -654,7 +654,7 @@ async fn hold_after(
                 p.cfg.max_deliver,
                 &p.backoff,
             );
-            super::worker::settle_one(p, js_msg, m, action).await;
+            ack::settle_one(p, js_msg, m, action).await;
         }
         return false;
     }
@@ -667,7 +667,7 @@ async fn hold_after(
             _ = tokio::time::sleep(wait) => false,
         };
         if stop {
-            super::worker::hand_back(delivered).await;
+            ack::hand_back(delivered, ack::STOPPING).await;
             return false;
         }
     }

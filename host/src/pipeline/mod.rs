@@ -10,11 +10,13 @@
 //! letters the pipeline stores itself, and those of MAX_DELIVERIES
 //! advisories, are in `advisories`.
 
+mod ack;
 pub mod advisories;
 pub mod backoff;
 pub mod breaker;
 mod canary;
 pub mod capture;
+mod circuit;
 pub mod effects;
 mod keepalive;
 mod keyed;
@@ -75,16 +77,6 @@ pub struct Pipeline {
     pub effects: Option<Arc<effects::EffectsPlan>>,
     /// Where captures go (None: the host keeps none).
     pub captures: Option<capture::Capturer>,
-}
-
-/// Hands messages the host holds but will not run back to JetStream (a
-/// NAK with `delay`), so this or another host takes them soon.
-pub(crate) async fn hand_back(msgs: &[jetstream::Message], delay: Duration) {
-    for m in msgs {
-        let _ = m
-            .ack_with(async_nats::jetstream::AckKind::Nak(Some(delay)))
-            .await;
-    }
 }
 
 /// Where pulled messages go: the workers' shared channel, or the queue by

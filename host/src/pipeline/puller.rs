@@ -548,7 +548,7 @@ impl Puller {
     pub async fn release(mut self) {
         self.take_in_ready();
         for (msgs, _guard) in self.buffered.drain(..) {
-            super::hand_back(&msgs, Duration::from_millis(100)).await;
+            super::ack::hand_back(&msgs, Duration::from_millis(100)).await;
         }
     }
 }

@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use tokio::sync::{Mutex, mpsc};
 
-use super::breaker::{Permit, State};
+use super::ack::{self, settle_captured, settle_one};
+use super::circuit::{record_outcome, wait_for_breaker};
 use super::settle::{self, Action};
 use super::{Pipeline, Stats};
 use crate::bindings::{Decision, Message};
-use crate::deadletter::{DeadLetter, addressed_to};
+use crate::deadletter::addressed_to;
 use crate::jetstream::convert;
 use crate::plugin::PluginInstance;
 use crate::telemetry::context::BatchTrace;
@@ -180,7 +181,7 @@ async fn handle(
     let outcome = loop {
         _slot = None;
         if !wait_for_breaker(p).await {
-            hand_back(&delivered).await;
+            ack::hand_back(&delivered, ack::STOPPING).await;
             return;
         }
         // The tenant's slot is held for the batch, settling included.
@@ -242,7 +243,7 @@ async fn handle(
                 _ = tokio::time::sleep(wait) => false,
             };
             if stop {
-                hand_back(&delivered).await;
+                ack::hand_back(&delivered, ack::STOPPING).await;
                 return;
             }
         }
@@ -297,11 +298,6 @@ async fn handle(
     }
 }
 
-/// Shutting down while holding messages: hand them back soon.
-pub(super) async fn hand_back(delivered: &[jetstream::Message]) {
-    super::hand_back(delivered, Duration::from_secs(1)).await;
-}
-
 /// Settles the messages the plugin acked or terminated while a downstream
 /// is out; returns the ones it asked to retry, to be held.
 async fn settle_decided(
@@ -322,52 +318,6 @@ async fn settle_decided(
         }
     }
     (keep_js, keep.into())
-}
-
-/// Waits until the breaker lets a batch run (the keep-alive ticker keeps
-/// the held messages from being redelivered). False when shutting down.
-pub(super) async fn wait_for_breaker(p: &Pipeline) -> bool {
-    loop {
-        let permit = lock(p).permit(std::time::Instant::now());
-        let wait = match permit {
-            Permit::Run { probe } => {
-                if probe {
-                    p.stats.breaker_state.set(2);
-                    tracing::info!(pipeline = %p.cfg.name, "circuit breaker half-open: running a probe batch");
-                }
-                return true;
-            }
-            Permit::Wait(d) => d,
-        };
-        tokio::select! {
-            _ = p.shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Feeds a batch outcome to the breaker; true if it is open afterwards.
-pub(super) fn record_outcome(p: &Pipeline, failed: bool) -> bool {
-    let mut b = lock(p);
-    if let Some(state) = b.record(std::time::Instant::now(), failed) {
-        p.stats.breaker_state.set(i64::from(state.code()));
-        match state {
-            State::Open { interval, .. } => {
-                Stats::add(&p.stats.breaker_opened, 1);
-                tracing::warn!(pipeline = %p.cfg.name, open_for = ?interval,
-                    "circuit breaker open: pausing the pipeline");
-            }
-            State::Closed => {
-                tracing::info!(pipeline = %p.cfg.name, "circuit breaker closed: pipeline resumed")
-            }
-            State::HalfOpen { .. } => {}
-        }
-    }
-    matches!(b.state(), State::Open { .. })
-}
-
-fn lock(p: &Pipeline) -> std::sync::MutexGuard<'_, super::breaker::Breaker> {
-    p.breaker.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs one message alone (on its last delivery, after its batch failed) so
@@ -404,52 +354,6 @@ async fn isolate(
 /// fail on everything: the rest of the batch is dead-lettered without being
 /// run alone (a looping plugin would otherwise burn its deadline per message).
 const ISOLATION_GIVE_UP: u32 = 3;
-
-pub(super) async fn settle_one(
-    p: &Pipeline,
-    js_msg: &jetstream::Message,
-    msg: &Message,
-    action: Action,
-) {
-    settle_captured(p, js_msg, msg, action, None).await;
-}
-
-/// [`settle_one`], a dead letter naming `capture`.
-pub(super) async fn settle_captured(
-    p: &Pipeline,
-    js_msg: &jetstream::Message,
-    msg: &Message,
-    action: Action,
-    capture: Option<String>,
-) {
-    let result = match action {
-        Action::Ack => {
-            Stats::add(&p.stats.acked, 1);
-            js_msg.ack().await
-        }
-        Action::Nak(delay) => {
-            Stats::add(&p.stats.retried, 1);
-            js_msg.ack_with(AckKind::Nak(Some(delay))).await
-        }
-        Action::DeadLetter(reason) => {
-            let mut dl = DeadLetter::from_message(&p.cfg.name, msg, reason);
-            dl.capture = capture;
-            if p.store_dead_letter(&dl).await {
-                js_msg.ack_with(AckKind::Term).await
-            } else {
-                // Stopping with its dead letter unstored: back to JetStream,
-                // which redelivers it (on the spare delivery at the latest).
-                js_msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::warn!(pipeline = %p.cfg.name, stream = %msg.stream, seq = msg.stream_seq, error = %e,
-            "settling failed; JetStream will redeliver after ack_wait");
-    }
-}
 
 #[cfg(test)]
 mod tests {
