@@ -283,7 +283,9 @@ impl Postgres {
         }
     }
 
-    fn log(&self) -> String {
+    /// What the server has logged so far (its stderr: errors, warnings,
+    /// the statements that caused them).
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 }

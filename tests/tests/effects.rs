@@ -525,3 +525,40 @@ async fn the_ledger_is_pruned_past_its_retention_and_sized() -> anyhow::Result<(
     host.stop().await?;
     assert_exact(&db, &js, 3).await
 }
+
+/// A bulk load (the indexer's `insert-rows`: `COPY`) joins the batch's
+/// transaction: every event is one row, and the load opens no transaction
+/// of its own inside it (PostgreSQL would log a warning for every batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_load_joins_the_batch_transaction() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let pg = Postgres::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = TestConfig::events(dir.path(), &nats.url())
+        .database("events", &pg.url())
+        .plugin("indexer", plugins::POSTGRES_INDEXER)
+        .set("plugin.indexer.grants", "sql", vec!["events"])
+        .pipeline("main", &["EVENTS"], "indexer")
+        .set("pipeline.main", "effects", "exactly-once")
+        .set("pipeline.main", "batch", 50)
+        .load_in(dir.path())?;
+    let js = js(&nats).await?;
+    jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
+    let events: Vec<String> = (0..200).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+    publish(&js, "events.order.created", &refs).await?;
+    let mut host = start(config);
+    eventually(Duration::from_secs(60), "every event settled", || async {
+        all_settled(&js, 200).await
+    })
+    .await?;
+    host.stop().await?;
+    let db = pg.connect().await?;
+    assert_eq!(scalar(&db, "select count(*) from events").await?, 200);
+    let log = pg.log();
+    assert!(
+        !log.contains("already a transaction in progress"),
+        "a nested BEGIN in the batch transaction: {log}"
+    );
+    Ok(())
+}

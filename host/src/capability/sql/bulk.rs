@@ -134,14 +134,25 @@ pub(super) fn plan(
     })
 }
 
-/// Opens a transaction on `client` and runs `plan` with `rows` in it;
-/// returns the rows inserted. The caller commits (or, on error, closes the
-/// connection, which rolls back).
+/// Where [`run`] loads its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Within {
+    /// A transaction of its own, opened here; the caller commits (or, on
+    /// error, closes the connection, which rolls back).
+    Own,
+    /// The transaction already open on the connection (an exactly-once
+    /// batch's): no `BEGIN`, which PostgreSQL would answer with a warning.
+    Open,
+}
+
+/// Runs `plan` with `rows` on `client`, `within` a transaction; returns
+/// the rows inserted.
 pub(super) async fn run(
     client: &Object,
     plan: &Plan,
     width: usize,
     rows: &[Vec<Value>],
+    within: Within,
 ) -> Result<u64, CapabilityError> {
     if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != width) {
         return Err(CapabilityError::Invalid(format!(
@@ -150,12 +161,15 @@ pub(super) async fn run(
         )));
     }
     let chunks = encode(rows);
-    let begin = if plan.skipping.is_some() {
-        "BEGIN; SAVEPOINT jetplug_bulk"
-    } else {
-        "BEGIN"
+    let begin = match (within, plan.skipping.is_some()) {
+        (Within::Own, true) => "BEGIN; SAVEPOINT jetplug_bulk",
+        (Within::Own, false) => "BEGIN",
+        (Within::Open, true) => "SAVEPOINT jetplug_bulk",
+        (Within::Open, false) => "",
     };
-    client.batch_execute(begin).await.map_err(pg_error)?;
+    if !begin.is_empty() {
+        client.batch_execute(begin).await.map_err(pg_error)?;
+    }
     match (copy(client, &plan.copy, &chunks).await, &plan.skipping) {
         (Err(e), Some(skipping)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             let stage = format!("ROLLBACK TO SAVEPOINT jetplug_bulk; {}", skipping.stage);

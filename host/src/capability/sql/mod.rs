@@ -420,7 +420,9 @@ impl sql::Host for SqlState {
                         return Ok(0);
                     }
                     return tx
-                        .savepoint(async |c| bulk::run(c, &plan, columns.len(), &rows).await)
+                        .savepoint(async |c| {
+                            bulk::run(c, &plan, columns.len(), &rows, bulk::Within::Open).await
+                        })
                         .await;
                 }
                 let conn = self.client(&database).await?;
@@ -435,7 +437,8 @@ impl sql::Host for SqlState {
                 };
                 let client = open(&tx)?;
                 // On error `tx` is dropped: its connection is closed, rolling back.
-                let inserted = bulk::run(client, &plan, columns.len(), &rows).await?;
+                let inserted =
+                    bulk::run(client, &plan, columns.len(), &rows, bulk::Within::Own).await?;
                 commit(tx).await?;
                 Ok(inserted)
             })
