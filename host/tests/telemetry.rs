@@ -399,3 +399,87 @@ impl<T> WithLog<T> for anyhow::Result<T> {
         self.map_err(|e| e.context(format!("host log:\n{}", host.log())))
     }
 }
+
+/// A batch held for a downstream outage settles what the plugin decided
+/// at once and runs the rest again: each decision lands on its own
+/// message's span, also when the held message is not first in its batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_decision_of_a_held_batch_lands_on_its_own_message() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let received = Received::default();
+    let endpoint = receiver(received.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    // Both messages in one batch: stored before the host pulls.
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    js.create_stream(jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    publish_traced(&js, "events.a", "hello", None).await?;
+    publish_traced(&js, "events.a", "sql-exec|down|select 1", None).await?;
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    // A database nothing listens on: its calls are `unavailable`.
+    let down = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port()?);
+    let path = TestConfig::new(dir.path(), &nats.url())
+        .set("admin", "address", admin.as_str())
+        .table("telemetry")
+        .set("telemetry", "endpoint", endpoint.as_str())
+        .stream("EVENTS", &["events.>"])
+        .stream("DLQ", &["dlq.>"])
+        .database("down", &down)
+        .set("database.down", "timeout", "200ms")
+        .plugin("caps", plugins::TEST_CAPABILITIES)
+        .set("plugin.caps.grants", "sql", vec!["down"])
+        .set("plugin.caps.grants", "publish", vec!["out.>"])
+        .set("plugin.caps.grants", "kv", vec!["cache"])
+        .table("kv.cache")
+        .set("plugin.caps.config", "on_unavailable", "retry")
+        .pipeline("main", &["EVENTS"], "caps")
+        .set("pipeline.main", "batch", 2)
+        .set("pipeline.main", "max_deliver", 2)
+        .set("pipeline.main.breaker", "max_hold", "1s")
+        .set("pipeline.main.breaker", "consecutive_failures", 1000)
+        .write_in(dir.path())?;
+    let host = HostProcess::start(
+        env!("CARGO_BIN_EXE_jetplug"),
+        &path,
+        admin,
+        dir.path().join("host.log"),
+    )?;
+    host.ready().await.with_context_log(&host)?;
+    // (sequence, delivery) → the decision on that delivery's span.
+    let decisions = || {
+        received
+            .spans()
+            .iter()
+            .filter(|s| s.name == "process events.a")
+            .filter_map(|s| {
+                let seq = attr(s, "messaging.nats.sequence")?;
+                let delivered = attr(s, "messaging.nats.delivered")?;
+                Some(((seq, delivered), attr(s, "jetplug.decision")))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let last = ("2".to_owned(), "2".to_owned());
+    eventually(WAIT, "the held message's last delivery traced", || async {
+        Ok(decisions().contains_key(&last))
+    })
+    .await
+    .with_context_log(&host)?;
+    let got = decisions();
+    let decision = |seq: &str, delivered: &str| {
+        got.get(&(seq.to_owned(), delivered.to_owned()))
+            .cloned()
+            .flatten()
+    };
+    assert_eq!(decision("1", "1").as_deref(), Some("ack"), "{got:?}");
+    assert_eq!(decision("2", "1").as_deref(), Some("retry"), "{got:?}");
+    assert_eq!(
+        decision("2", "2").as_deref(),
+        Some("dead-letter"),
+        "{got:?}"
+    );
+    Ok(())
+}

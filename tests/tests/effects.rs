@@ -547,7 +547,7 @@ async fn a_bulk_load_joins_the_batch_transaction() -> anyhow::Result<()> {
     let events: Vec<String> = (0..200).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
     let refs: Vec<&str> = events.iter().map(String::as_str).collect();
     publish(&js, "events.order.created", &refs).await?;
-    let mut host = start(config);
+    let host = start(config);
     eventually(Duration::from_secs(60), "every event settled", || async {
         all_settled(&js, 200).await
     })

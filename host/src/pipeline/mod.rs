@@ -22,6 +22,7 @@ mod keepalive;
 mod keyed;
 mod puller;
 pub mod quota;
+mod run;
 pub mod settle;
 mod shadow;
 mod stats;

@@ -9,6 +9,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::ack::{self, settle_captured, settle_one};
 use super::circuit::{record_outcome, wait_for_breaker};
+use super::run::{Hold, Run};
 use super::settle::{self, Action};
 use super::{Pipeline, Stats};
 use crate::bindings::{Decision, Message};
@@ -164,7 +165,7 @@ async fn handle(
     p: &Pipeline,
     instance: &mut PluginInstance,
     shadow: &mut Option<PluginInstance>,
-    mut delivered: Vec<jetstream::Message>,
+    delivered: Vec<jetstream::Message>,
     msgs: Vec<Message>,
 ) {
     let trace = BatchTrace::start(&p.cfg.name, &p.cfg.plugin, &msgs);
@@ -172,16 +173,15 @@ async fn handle(
         super::effects::run_batch(p, plan, instance, shadow, delivered, msgs, &trace).await;
         return;
     }
-    let mut msgs: Arc<[Message]> = msgs.into();
+    let mut run = Run::new(delivered, msgs);
     // A shadow runs the batch first, its effects held back.
-    let mut shadowed = super::shadow::run(p, shadow, &msgs).await;
+    let mut shadowed = super::shadow::run(p, shadow, &run.msgs).await;
     let mut _slot = None;
-    let held_since = std::time::Instant::now();
-    let mut holds = 0u32;
+    let mut hold = Hold::new();
     let outcome = loop {
         _slot = None;
         if !wait_for_breaker(p).await {
-            ack::hand_back(&delivered, ack::STOPPING).await;
+            ack::hand_back(&run.delivered, ack::STOPPING).await;
             return;
         }
         // The tenant's slot is held for the batch, settling included.
@@ -190,6 +190,7 @@ async fn handle(
             None => None,
         };
         Stats::add(&p.stats.batches, 1);
+        let msgs = &run.msgs;
         let started = std::time::Instant::now();
         let outcome = match shadowed.take() {
             Some(ran) => {
@@ -199,7 +200,7 @@ async fn handle(
                     .await;
                 super::shadow::compare(
                     ran,
-                    &msgs,
+                    msgs,
                     &outcome,
                     recording.as_ref(),
                     started.elapsed(),
@@ -216,39 +217,24 @@ async fn handle(
         p.stats.used(instance.last_call_usage());
         let downstream = instance.downstream_failures();
         let open = record_outcome(p, outcome.is_err() || downstream > 0);
-        if downstream == 0 {
-            break outcome;
-        }
-        if held_since.elapsed() >= p.cfg.breaker.max_hold.0 {
-            Stats::add(&p.stats.held_expired, 1);
-            tracing::warn!(pipeline = %p.cfg.name, messages = msgs.len(), held_for = ?held_since.elapsed(),
-                "a downstream has been out for longer than breaker.max_hold: these messages go back to retry accounting");
+        if downstream == 0 || hold.expired(p, &run) {
             break outcome;
         }
         // A downstream is out: settle what the plugin decided, keep the
         // rest (no delivery is spent) and run it again once the breaker
         // lets it, or after a backoff while it is still closed.
         if let Ok(decisions) = &outcome {
-            (delivered, msgs) = settle_decided(p, delivered, &msgs, decisions).await;
-            if msgs.is_empty() {
+            settle_decided(p, &mut run, decisions, &trace).await;
+            if run.msgs.is_empty() {
                 return;
             }
         }
-        Stats::add(&p.stats.held_batches, 1);
-        holds += 1;
-        if !open {
-            let wait = p.backoff.delay(holds);
-            let stop = tokio::select! {
-                _ = p.shutdown.cancelled() => true,
-                _ = tokio::time::sleep(wait) => false,
-            };
-            if stop {
-                ack::hand_back(&delivered, ack::STOPPING).await;
-                return;
-            }
+        if !hold.wait(p, &run, open).await {
+            return;
         }
     };
     let witness = instance.take_witness();
+    let msgs = &run.msgs;
     let max = p.cfg.max_deliver;
     // The capture that explains each message's dead letter, if any.
     let mut captured: Vec<Option<String>> = vec![None; msgs.len()];
@@ -284,40 +270,36 @@ async fn handle(
     };
     let dead = super::capture::first_dead(&actions, &captured);
     let plugin = instance.plugin().clone();
-    if let Some(id) = super::capture::keep(p, &plugin, &msgs, &outcome, witness, dead).await {
+    if let Some(id) = super::capture::keep(p, &plugin, msgs, &outcome, witness, dead).await {
         for (c, a) in captured.iter_mut().zip(&actions) {
             if c.is_none() && matches!(a, Action::DeadLetter(_)) {
                 *c = Some(id.clone());
             }
         }
     }
-    let settled = delivered.iter().zip(msgs.iter()).zip(actions).zip(captured);
+    let settled = run
+        .delivered
+        .iter()
+        .zip(msgs.iter())
+        .zip(actions)
+        .zip(captured);
     for (i, (((js_msg, msg), action), capture)) in settled.enumerate() {
-        trace.decided(i, action.kind());
+        trace.decided(run.at[i], action.kind());
         settle_captured(p, js_msg, msg, action, capture).await;
     }
 }
 
 /// Settles the messages the plugin acked or terminated while a downstream
-/// is out; returns the ones it asked to retry, to be held.
-async fn settle_decided(
-    p: &Pipeline,
-    delivered: Vec<jetstream::Message>,
-    msgs: &[Message],
-    decisions: &[Decision],
-) -> (Vec<jetstream::Message>, Arc<[Message]>) {
-    let mut keep_js = Vec::new();
-    let mut keep = Vec::new();
-    for ((js_msg, msg), d) in delivered.into_iter().zip(msgs.iter()).zip(decisions) {
-        if matches!(d, Decision::Retry(_)) {
-            keep_js.push(js_msg);
-            keep.push(msg.clone());
-        } else {
-            let action = settle::for_decision(d, msg.delivered, p.cfg.max_deliver, &p.backoff);
-            settle_one(p, &js_msg, msg, action).await;
-        }
+/// is out; the ones it asked to retry stay in `run`, to be held.
+async fn settle_decided(p: &Pipeline, run: &mut Run, decisions: &[Decision], trace: &BatchTrace) {
+    let is_retry = |d: &Decision| matches!(d, Decision::Retry(_));
+    let keep: Vec<bool> = decisions.iter().map(is_retry).collect();
+    let decided = decisions.iter().filter(|d| !is_retry(d));
+    for ((js_msg, msg, place), d) in run.take(|i| !keep[i]).into_iter().zip(decided) {
+        let action = settle::for_decision(d, msg.delivered, p.cfg.max_deliver, &p.backoff);
+        trace.decided(place, action.kind());
+        settle_one(p, &js_msg, &msg, action).await;
     }
-    (keep_js, keep.into())
 }
 
 /// Runs one message alone (on its last delivery, after its batch failed) so

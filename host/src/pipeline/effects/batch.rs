@@ -3,11 +3,8 @@
 //! holds, run the rest in a transaction, take out the retries and run the
 //! others again, commit and settle; a failed batch runs again message by
 //! message.
-//!
-//! Why a [`Run`]: every step takes messages out of the batch and settles
-//! them, and what stays runs again from the top (the breaker, the ledger),
-//! so the deliveries, the plugin's messages and their places in the trace
-//! travel together and are split in one place.
+//! Every step takes messages out of the [`Run`] and settles them; what
+//! stays runs again from the top (the breaker, the ledger).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +15,7 @@ use async_nats::jetstream::{self, AckKind};
 use super::{EffectsPlan, entry, is_redrive};
 use crate::bindings::{Decision, Message};
 use crate::capability::effects::{EffectsTx, Entry, Outcome, StoreError};
+use crate::pipeline::run::{Hold, Run};
 use crate::pipeline::settle::{self, Action};
 use crate::pipeline::{Pipeline, Stats, ack, circuit};
 use crate::plugin::{BatchError, Plugin, PluginInstance, Witness};
@@ -33,51 +31,6 @@ pub(in crate::pipeline) enum Ran {
 /// Messages in a row that fail alone after which the rest of a failed
 /// batch is settled for the failure without running alone.
 const ISOLATION_GIVE_UP: u32 = 3;
-
-/// The messages of a run: each delivery, its plugin message (shared with
-/// the plugin call, not copied for it) and its place in the batch's trace.
-struct Run {
-    delivered: Vec<jetstream::Message>,
-    msgs: Arc<[Message]>,
-    at: Vec<usize>,
-}
-
-/// A message taken out of a run: its delivery, its plugin message and its
-/// place in the trace.
-type Taken = (jetstream::Message, Message, usize);
-
-impl Run {
-    fn new(delivered: Vec<jetstream::Message>, msgs: Vec<Message>) -> Self {
-        let at = (0..msgs.len()).collect();
-        Run {
-            delivered,
-            msgs: msgs.into(),
-            at,
-        }
-    }
-
-    /// Takes out the messages `out` picks (by their index in the run);
-    /// the rest stay, in their order.
-    fn take(&mut self, out: impl Fn(usize) -> bool) -> Vec<Taken> {
-        let (mut delivered, mut msgs, mut at) = (Vec::new(), Vec::new(), Vec::new());
-        let mut taken = Vec::new();
-        let all = std::mem::take(&mut self.delivered)
-            .into_iter()
-            .zip(self.msgs.iter())
-            .zip(std::mem::take(&mut self.at));
-        for (i, ((js_msg, m), place)) in all.enumerate() {
-            if out(i) {
-                taken.push((js_msg, m.clone(), place));
-            } else {
-                delivered.push(js_msg);
-                msgs.push(m.clone());
-                at.push(place);
-            }
-        }
-        (self.delivered, self.msgs, self.at) = (delivered, msgs.into(), at);
-        taken
-    }
-}
 
 /// Runs `msgs` (delivered as `delivered`) exactly-once, as the module
 /// docs say, and settles every one of them. A batch the plugin fails on
@@ -116,7 +69,7 @@ pub(in crate::pipeline) async fn run_batch(
         // Handled before (a redelivery after the commit): settled unrun.
         let done = match plan.handled(&p.cfg.name, &entries).await {
             Ok(done) => done.into_iter().collect(),
-            Err(e) => match hold.store_out(p, &run, &e).await {
+            Err(e) => match store_out(p, &mut hold, &run, &e).await {
                 true => continue,
                 false => return Ran::Settled,
             },
@@ -126,7 +79,7 @@ pub(in crate::pipeline) async fn run_batch(
         }
         let tx = match plan.begin(&p.cfg.name, &entries[0]).await {
             Ok(tx) => tx,
-            Err(e) => match hold.store_out(p, &run, &e).await {
+            Err(e) => match store_out(p, &mut hold, &run, &e).await {
                 true => continue,
                 false => return Ran::Settled,
             },
@@ -153,7 +106,7 @@ pub(in crate::pipeline) async fn run_batch(
         if downstream > 0 {
             tx.rollback().await;
             let open = circuit::record_outcome(p, true);
-            match hold.after(p, &run, open).await {
+            match held(p, &mut hold, &run, open).await {
                 true => continue,
                 false => return Ran::Settled,
             }
@@ -179,7 +132,7 @@ pub(in crate::pipeline) async fn run_batch(
             // batch again; the ledger skips those.
             Ok(false) => Stats::add(&p.stats.effects_reruns, 1),
             Err(e) => {
-                if !hold.store_out(p, &run, &e).await {
+                if !store_out(p, &mut hold, &run, &e).await {
                     return Ran::Settled;
                 }
             }
@@ -487,61 +440,27 @@ fn firsts_only(msgs: &[Message]) -> Option<Vec<bool>> {
     Some(firsts)
 }
 
-/// A run held while a downstream (the effects database, or one the plugin
-/// calls) is out: no delivery is spent, up to `breaker.max_hold`.
-struct Hold {
-    since: Instant,
-    holds: u32,
+/// The effects database is out: hold the run as for any downstream
+/// outage. False when the run was settled or handed back instead.
+async fn store_out(p: &Pipeline, hold: &mut Hold, run: &Run, e: &StoreError) -> bool {
+    tracing::warn!(pipeline = %p.cfg.name, error = %e, "exactly-once: the effects database is out; holding the batch");
+    let open = circuit::record_outcome(p, true);
+    held(p, hold, run, open).await
 }
 
-impl Hold {
-    fn new() -> Self {
-        Hold {
-            since: Instant::now(),
-            holds: 0,
+/// Holds the run after a failure the breaker has counted (`open`: it is
+/// open now). False when the run was settled for retry (held past
+/// `breaker.max_hold`: nothing of it was committed) or handed back.
+async fn held(p: &Pipeline, hold: &mut Hold, run: &Run, open: bool) -> bool {
+    if hold.expired(p, run) {
+        for (js_msg, m) in run.delivered.iter().zip(run.msgs.iter()) {
+            let retry = Decision::Retry(None);
+            let action = settle::for_decision(&retry, m.delivered, p.cfg.max_deliver, &p.backoff);
+            ack::settle_one(p, js_msg, m, action).await;
         }
+        return false;
     }
-
-    /// The effects database is out: hold the run as for any downstream
-    /// outage. False when the run was settled or handed back instead.
-    async fn store_out(&mut self, p: &Pipeline, run: &Run, e: &StoreError) -> bool {
-        tracing::warn!(pipeline = %p.cfg.name, error = %e, "exactly-once: the effects database is out; holding the batch");
-        let open = circuit::record_outcome(p, true);
-        self.after(p, run, open).await
-    }
-
-    /// Holds the run after a failure the breaker has counted (`open`: it
-    /// is open now, and its permit is the wait). False when the run was
-    /// settled for retry (held past `breaker.max_hold`) or handed back
-    /// (stopping).
-    async fn after(&mut self, p: &Pipeline, run: &Run, open: bool) -> bool {
-        if self.since.elapsed() >= p.cfg.breaker.max_hold.0 {
-            Stats::add(&p.stats.held_expired, 1);
-            tracing::warn!(pipeline = %p.cfg.name, messages = run.msgs.len(), held_for = ?self.since.elapsed(),
-                "a downstream has been out for longer than breaker.max_hold: these messages go back to retry accounting");
-            for (js_msg, m) in run.delivered.iter().zip(run.msgs.iter()) {
-                let retry = Decision::Retry(None);
-                let action =
-                    settle::for_decision(&retry, m.delivered, p.cfg.max_deliver, &p.backoff);
-                ack::settle_one(p, js_msg, m, action).await;
-            }
-            return false;
-        }
-        Stats::add(&p.stats.held_batches, 1);
-        self.holds += 1;
-        if !open {
-            let wait = p.backoff.delay(self.holds);
-            let stop = tokio::select! {
-                _ = p.shutdown.cancelled() => true,
-                _ = tokio::time::sleep(wait) => false,
-            };
-            if stop {
-                ack::hand_back(&run.delivered, ack::STOPPING).await;
-                return false;
-            }
-        }
-        true
-    }
+    hold.wait(p, run, open).await
 }
 
 #[cfg(test)]
