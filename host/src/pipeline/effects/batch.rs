@@ -3,6 +3,7 @@
 //! holds, run the rest in a transaction, take out the retries and run the
 //! others again, commit and settle; a failed batch runs again message by
 //! message.
+//!
 //! Every step takes messages out of the [`Run`] and settles them; what
 //! stays runs again from the top (the breaker, the ledger).
 
