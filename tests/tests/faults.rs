@@ -331,6 +331,9 @@ kv = ["*"]"#,
             .set(&format!("{at}.backoff"), "max", "200ms")
             .set(&format!("{at}.breaker"), "consecutive_failures", 1000);
     }
+    // The flood reaches its limit long before the deadline, also on a
+    // loaded machine (10,000 lines could take the 200 ms there).
+    config = config.set("plugin.flood.limits", "log_lines_per_batch", 1000);
     let config = config.load_in(dir.path())?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     jetplug::jetstream::streams::reconcile(&js, &config.streams).await?;
