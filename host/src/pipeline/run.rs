@@ -15,7 +15,11 @@ use std::time::Instant;
 use async_nats::jetstream;
 
 use super::{Pipeline, Stats, ack};
-use crate::bindings::Message;
+use crate::bindings::{Decision, Message};
+use crate::capability::effects::EffectsTx;
+use crate::capability::record::Recording;
+use crate::plugin::{BatchError, PluginInstance};
+use crate::telemetry::context::BatchTrace;
 
 /// The messages of a run: each delivery, its plugin message (shared with
 /// the plugin call, not copied for it) and its place in the batch's trace.
@@ -59,6 +63,38 @@ impl Run {
         }
         (self.delivered, self.msgs, self.at) = (delivered, msgs.into(), at);
         taken
+    }
+}
+
+impl Run {
+    /// The plugin's call on the run (in `tx`, an exactly-once batch's
+    /// transaction, when given), compared with the shadow's run of it when
+    /// one `shadowed` it, and the call's figures recorded: its time, the
+    /// canary's tally, pauses and usage.
+    pub async fn call(
+        &self,
+        p: &Pipeline,
+        instance: &mut PluginInstance,
+        shadowed: Option<super::shadow::Ran>,
+        tx: Option<EffectsTx>,
+        trace: &BatchTrace,
+    ) -> (Result<Vec<Decision>, BatchError>, Option<EffectsTx>) {
+        let msgs = &self.msgs;
+        let started = Instant::now();
+        let observe = shadowed.as_ref().map(|_| Recording::observe());
+        let (outcome, tx, recording) = instance
+            .handle_recorded(msgs.clone(), trace.call(), tx, observe)
+            .await;
+        if let Some(ran) = shadowed {
+            let took = started.elapsed();
+            super::shadow::compare(ran, msgs, &outcome, recording.as_ref(), took, instance);
+        }
+        p.stats.batch_took(started.elapsed());
+        let decided = outcome.as_ref().ok().map(Vec::as_slice);
+        super::canary::tally(p, instance, msgs.len(), started.elapsed(), decided);
+        p.stats.paused(instance.last_call_paused());
+        p.stats.used(instance.last_call_usage());
+        (outcome, tx)
     }
 }
 

@@ -190,31 +190,7 @@ async fn handle(
             None => None,
         };
         Stats::add(&p.stats.batches, 1);
-        let msgs = &run.msgs;
-        let started = std::time::Instant::now();
-        let outcome = match shadowed.take() {
-            Some(ran) => {
-                let observe = Some(crate::capability::record::Recording::observe());
-                let (outcome, _, recording) = instance
-                    .handle_recorded(msgs.clone(), trace.call(), None, observe)
-                    .await;
-                super::shadow::compare(
-                    ran,
-                    msgs,
-                    &outcome,
-                    recording.as_ref(),
-                    started.elapsed(),
-                    instance,
-                );
-                outcome
-            }
-            None => instance.handle_traced(msgs.clone(), trace.call()).await,
-        };
-        p.stats.batch_took(started.elapsed());
-        let decided = outcome.as_ref().ok().map(Vec::as_slice);
-        super::canary::tally(p, instance, msgs.len(), started.elapsed(), decided);
-        p.stats.paused(instance.last_call_paused());
-        p.stats.used(instance.last_call_usage());
+        let (outcome, _) = run.call(p, instance, shadowed.take(), None, &trace).await;
         let downstream = instance.downstream_failures();
         let open = record_outcome(p, outcome.is_err() || downstream > 0);
         if downstream == 0 || hold.expired(p, &run) {

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_nats::jetstream::{self, AckKind};
 
@@ -86,7 +85,10 @@ pub(in crate::pipeline) async fn run_batch(
             },
         };
         Stats::add(&p.stats.batches, 1);
-        let (outcome, tx, witness) = call(p, instance, shadow, &run.msgs, tx, trace).await;
+        // A shadow runs the batch first, its effects held back.
+        let shadowed = crate::pipeline::shadow::run(p, shadow, &run.msgs).await;
+        let (outcome, tx) = run.call(p, instance, shadowed, Some(tx), trace).await;
+        let witness = instance.take_witness();
         let downstream = instance.downstream_failures();
         let (decisions, tx) = match (outcome, tx) {
             (Ok(d), Some(tx)) => (d, tx),
@@ -170,48 +172,6 @@ async fn skip_handled(
         }
     }
     true
-}
-
-/// The plugin's call on the open transaction (a shadow first, when one
-/// samples the batch), with the call's figures recorded.
-async fn call(
-    p: &Pipeline,
-    instance: &mut PluginInstance,
-    shadow: &mut Option<PluginInstance>,
-    msgs: &Arc<[Message]>,
-    tx: EffectsTx,
-    trace: &BatchTrace,
-) -> (
-    Result<Vec<Decision>, BatchError>,
-    Option<EffectsTx>,
-    Option<Witness>,
-) {
-    // A shadow runs the batch first, its effects held back.
-    let shadowed = crate::pipeline::shadow::run(p, shadow, msgs).await;
-    let started = Instant::now();
-    let observe = shadowed
-        .as_ref()
-        .map(|_| crate::capability::record::Recording::observe());
-    let (outcome, tx, recording) = instance
-        .handle_recorded(msgs.clone(), trace.call(), Some(tx), observe)
-        .await;
-    let witness = instance.take_witness();
-    if let Some(ran) = shadowed {
-        crate::pipeline::shadow::compare(
-            ran,
-            msgs,
-            &outcome,
-            recording.as_ref(),
-            started.elapsed(),
-            instance,
-        );
-    }
-    p.stats.batch_took(started.elapsed());
-    let decided = outcome.as_ref().ok().map(Vec::as_slice);
-    crate::pipeline::canary::tally(p, instance, msgs.len(), started.elapsed(), decided);
-    p.stats.paused(instance.last_call_paused());
-    p.stats.used(instance.last_call_usage());
-    (outcome, tx, witness)
 }
 
 /// The plugin failed on the run (its transaction is rolled back): a run
